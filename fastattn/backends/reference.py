@@ -1,0 +1,126 @@
+"""The ``reference`` backend: :mod:`fastattn.reference` behind every core op.
+
+It runs on any device and any dtype, so it is also what ``auto`` falls back
+to. Low-precision inputs are computed in float32 (as torch's math path
+does on CPU) and cast back; float64 stays float64. Backward passes
+differentiate the reference with autograd. Dropout draws its keep-mask from
+a ``torch.Generator`` seeded with ``seed + offset``, so forward and backward
+draw the same mask.
+"""
+from __future__ import annotations
+
+import torch
+
+from fastattn import dispatch, reference
+from fastattn.ops.attention_args import AttentionArgs, empty_like_layout
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def dropout_keep_mask(shape, args: AttentionArgs, device) -> torch.Tensor:
+    """The reference backend's dropout keep-mask (True = kept) for ``args``' seed/offset."""
+    gen = torch.Generator(device="cpu").manual_seed(int(args.seed) + int(args.offset))
+    keep = torch.rand(shape, generator=gen) >= args.dropout_p
+    return keep.to(device)
+
+
+def _run(q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
+    ct = _compute_dtype(q.dtype)
+    drop = None
+    if args.dropout_p > 0:
+        drop = dropout_keep_mask((q.shape[0], q.shape[1], q.shape[2], k.shape[2]), args, q.device)
+    mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.to(ct)
+    return reference.attention(
+        q.to(ct), k.to(ct), v.to(ct), args, attn_mask=mask,
+        alibi_slopes=None if alibi_slopes is None else alibi_slopes.to(ct),
+        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, dropout_mask=drop,
+    )
+
+
+def attention_fwd(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
+    out, lse = _run(q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args)
+    result = empty_like_layout(q, v.shape[-1])  # the contract: out in q's dim order
+    result.copy_(out)
+    return result, lse.float()
+
+
+def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
+    ct = _compute_dtype(q.dtype)
+    fn = lambda q_, k_, v_: _run(q_, k_, v_, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args)[0]
+    dq, dk, dv = _vjp(fn, (q, k, v), dout.to(ct))
+    return dq, dk, dv
+
+
+def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slopes, args):
+    ct = _compute_dtype(q.dtype)
+    if k_new is not None:  # the in-place append must land in the caller's tensors
+        lens = cache_seqlens.tolist()
+        for b in range(q.shape[0]):
+            k_cache[b, lens[b] : lens[b] + k_new.shape[1]] = k_new[b]
+            v_cache[b, lens[b] : lens[b] + v_new.shape[1]] = v_new[b]
+    out, lse = reference.flash_attn_with_kvcache(
+        q.to(ct), k_cache.to(ct), v_cache.to(ct), None, None,
+        cache_seqlens=cache_seqlens + (0 if k_new is None else k_new.shape[1]),
+        softmax_scale=args.scale, causal=args.causal,
+        window_size=(args.window_left, args.window_right), softcap=args.softcap,
+        alibi_slopes=None if alibi_slopes is None else alibi_slopes.to(ct), return_softmax_lse=True,
+    )
+    return out.to(q.dtype), lse.float()
+
+
+def softmax_fwd(scores, mask, scale, causal):
+    return reference.scaled_masked_softmax(scores, mask, scale, causal)
+
+
+def softmax_bwd(dprobs, probs, scale):
+    # d(softmax)/dx = y * (dy - sum(dy * y)), times the scale applied before the softmax.
+    y, dy = probs.float(), dprobs.float()
+    dx = y * (dy - (dy * y).sum(dim=-1, keepdim=True)) * scale
+    return dx.to(probs.dtype)
+
+
+def _vjp(fn, inputs, dout):
+    """Gradients of ``fn`` at ``inputs`` (computed in fp32/fp64) for cotangent ``dout``, cast
+    back to each input's dtype. ``torch.func.vjp`` rather than ``autograd.grad``: backends run
+    inside a custom op, below the autograd dispatch key, where only functorch re-enables it."""
+    ct = _compute_dtype(dout.dtype)
+    _, pullback = torch.func.vjp(fn, *(t.to(ct) for t in inputs))
+    return [g.to(t.dtype) for g, t in zip(pullback(dout.to(ct)), inputs)]
+
+
+def gated_act_fwd(gate, up, activation):
+    ct = _compute_dtype(gate.dtype)
+    return reference.gated_activation(gate.to(ct), up.to(ct), activation).to(gate.dtype)
+
+
+def gated_act_bwd(dout, gate, up, activation):
+    return tuple(_vjp(lambda g, u: reference.gated_activation(g, u, activation), (gate, up), dout))
+
+
+def bias_gelu_fwd(x, bias, approximate):
+    ct = _compute_dtype(x.dtype)
+    return reference.bias_gelu(x.to(ct), bias.to(ct), approximate).to(x.dtype)
+
+
+def bias_gelu_bwd(dout, x, bias, approximate):
+    # d/dx gelu(x + b): the bias gradient is this summed over the leading dims (done by the op).
+    return _vjp(lambda t: reference.bias_gelu(t, bias.to(t.dtype), approximate), (x,), dout)[0]
+
+
+def feed_forward_fwd(x, w_gate, w_up, w_down, activation):
+    ct = _compute_dtype(x.dtype)
+    hidden = reference.gated_activation(x.to(ct) @ w_gate.to(ct).t(), x.to(ct) @ w_up.to(ct).t(), activation)
+    return (hidden @ w_down.to(ct).t()).to(x.dtype), hidden.to(x.dtype)
+
+
+def feed_forward_bwd(dout, x, w_gate, w_up, w_down, hidden, activation):
+    # Recomputes the pre-activations from x (they were never stored).
+    fn = lambda x_, g_, u_, d_: reference.feed_forward(x_, (g_, u_), d_, activation)
+    return tuple(_vjp(fn, (x, w_gate, w_up, w_down), dout))
+
+
+dispatch.register_backend("reference", lambda device: None)
+for _name in dispatch.OP_SIGNATURES:
+    dispatch.register(_name, "reference", globals()[_name])

@@ -1,0 +1,219 @@
+"""Backend registry and selection: the one place that decides which kernel runs.
+
+Every functional op is split into named *core ops* (``"attention_fwd"``,
+``"attention_bwd"``, ``"gated_act_fwd"``, ...; the full list and each one's
+signature is in :data:`OP_SIGNATURES`). A backend (``"reference"``,
+``"triton"``, ``"cuda"``, ``"cpu"``) registers an implementation of a core op
+with :func:`register`; the public op calls :func:`select` once per call to pick
+one.
+
+Selection rules (DESIGN.md section 3 and 5):
+
+* an explicit backend (the ``backend=`` argument, else the innermost
+  ``with fastattn.backend(name):`` block) must be available for the device of
+  the inputs and must support the inputs, or a ``ValueError`` says why and
+  lists what is available;
+* ``"auto"`` walks :data:`AUTO_ORDER` for the inputs' device and takes the
+  first backend that is available and supports the inputs; the ``reference``
+  backend supports everything and ends every list, so ``auto`` never fails.
+  ``auto`` never picks ``triton`` or ``cuda`` for CPU tensors (those run there
+  only as the interpreter/simulator, on explicit request).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import torch
+
+BACKENDS = ("reference", "triton", "cuda", "cpu")
+"""Every backend name the public API accepts, besides ``"auto"``."""
+
+AUTO_ORDER = {
+    "cuda": ("cuda", "triton", "reference"),
+    "cpu": ("cpu", "reference"),
+}
+"""Preference of ``auto`` per device type; backends missing an op are skipped."""
+
+OP_SIGNATURES = {
+    # q (B,Hq,Lq,D), k (B,Hk,Lk,D), v (B,Hk,Lk,Dv), any strides -> (out (B,Hq,Lq,Dv) in q's
+    # dim order, lse float32 (B,Hq,Lq)). See fastattn.ops.attention for the exact contract.
+    "attention_fwd": "fn(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args) -> (out, lse)",
+    "attention_bwd": "fn(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args) -> (dq, dk, dv)",
+    "kvcache_fwd": "fn(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slopes, args) -> (out, lse)",
+    "softmax_fwd": "fn(scores, mask, scale, causal) -> probs",
+    "softmax_bwd": "fn(dprobs, probs, scale) -> dscores",
+    "gated_act_fwd": "fn(gate, up, activation) -> out",
+    "gated_act_bwd": "fn(dout, gate, up, activation) -> (dgate, dup)",
+    "bias_gelu_fwd": "fn(x, bias, approximate) -> out",
+    "bias_gelu_bwd": "fn(dout, x, bias, approximate) -> dx",
+    "feed_forward_fwd": "fn(x, w_gate, w_up, w_down, activation) -> (out, hidden)",
+    "feed_forward_bwd": "fn(dout, x, w_gate, w_up, w_down, hidden, activation) -> (dx, dw_gate, dw_up, dw_down)",
+}
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One backend's implementation of one core op.
+
+    ``supports`` takes the inputs of the family's *forward* op (a backward op's
+    ``supports`` too: it is asked before the forward runs), e.g. for attention
+    ``supports(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+    args)``, and returns ``None`` when the implementation covers them, else a
+    short reason (which ``select`` shows when an explicit backend cannot run).
+    """
+
+    op: str
+    backend: str
+    fn: Callable
+    supports: Optional[Callable] = None
+
+
+_IMPLS: dict[tuple[str, str], Impl] = {}
+_AVAILABILITY: dict[str, Callable[[torch.device], Optional[str]]] = {}
+_state = threading.local()
+
+
+def register(op: str, backend: str, fn: Callable, supports: Optional[Callable] = None) -> None:
+    """Register ``fn`` as ``backend``'s implementation of core op ``op``."""
+    if op not in OP_SIGNATURES:
+        raise KeyError(f"unknown core op {op!r}; known: {sorted(OP_SIGNATURES)}")
+    if backend not in BACKENDS:
+        raise KeyError(f"unknown backend {backend!r}; known: {BACKENDS}")
+    _IMPLS[(op, backend)] = Impl(op, backend, fn, supports)
+
+
+def register_backend(name: str, available: Callable[[torch.device], Optional[str]]) -> None:
+    """Declare how to tell whether backend ``name`` can run on a device.
+
+    ``available(device)`` returns ``None`` when it can, else the reason it
+    cannot (e.g. "fastattn._cuda was not built", "set TRITON_INTERPRET=1").
+    """
+    if name not in BACKENDS:
+        raise KeyError(f"unknown backend {name!r}; known: {BACKENDS}")
+    _AVAILABILITY[name] = available
+
+
+def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
+    """Why backend ``name`` cannot run on ``device`` (``None`` if it can)."""
+    _load_backends()
+    check = _AVAILABILITY.get(name)
+    if check is None:
+        return "not built into this installation"
+    return check(torch.device(device))
+
+
+def implementations(op: str) -> dict[str, Impl]:
+    """The registered implementations of ``op``, keyed by backend name."""
+    _load_backends()
+    return {b: impl for (o, b), impl in _IMPLS.items() if o == op}
+
+
+def check_backend_name(backend: str) -> str:
+    """Validate a ``backend=`` argument; returns it, or raises ``ValueError``."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {('auto',) + BACKENDS}; got {type(backend).__name__}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}; got {backend!r}")
+    return backend
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Use backend ``name`` for every fastattn op called inside the block
+    (unless the call passes its own ``backend=``). Nests; thread-local.
+
+    >>> with fastattn.backend("reference"):
+    ...     out = fastattn.scaled_dot_product_attention(q, k, v)
+    """
+    check_backend_name(name)
+    stack = _stack()
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def current_backend() -> str:
+    """The backend selected by the innermost ``fastattn.backend`` block, else ``"auto"``."""
+    stack = _stack()
+    return stack[-1] if stack else "auto"
+
+
+def select(ops: str | tuple[str, ...], requested: Optional[str], device: torch.device, *args, **kwargs) -> str:
+    """Pick the backend that runs core op(s) ``ops`` for inputs on ``device``.
+
+    ``ops`` is one core op name or a tuple (e.g. forward and backward, when
+    gradients are needed): the chosen backend implements and supports them all.
+    ``requested`` is the op's ``backend=`` argument (``None`` means "not
+    given": the innermost ``fastattn.backend`` block's choice, else ``"auto"``).
+    ``args``/``kwargs`` go to each candidate's ``supports``. Returns the
+    backend name.
+    """
+    _load_backends()
+    ops = (ops,) if isinstance(ops, str) else tuple(ops)
+    name = current_backend() if requested is None else check_backend_name(requested)
+    device = torch.device(device)
+    if name != "auto":
+        why = _why_not(ops, name, device, args, kwargs)
+        if why is not None:
+            raise ValueError(
+                f"backend={name!r} cannot run this {'/'.join(ops)} call on {device.type}: {why}. "
+                f"Backends here: {_describe_available(ops[0], device)}"
+            )
+        return name
+    for candidate in AUTO_ORDER.get(device.type, ("reference",)):
+        if _why_not(ops, candidate, device, args, kwargs) is None:
+            return candidate
+    return "reference"
+
+
+def _why_not(ops: tuple[str, ...], name: str, device: torch.device, args, kwargs) -> Optional[str]:
+    why = unavailable_reason(name, device)
+    if why is not None:
+        return why
+    for op in ops:
+        impl = _IMPLS.get((op, name))
+        if impl is None:
+            return f"it has no implementation of {op}"
+        if impl.supports is not None:
+            why = impl.supports(*args, **kwargs)
+            if why is not None:
+                return why
+    return None
+
+
+def available_backends(device: torch.device | str = "cpu") -> dict[str, Optional[str]]:
+    """Every backend name mapped to ``None`` (usable on ``device``) or the reason it is not."""
+    return {name: unavailable_reason(name, torch.device(device)) for name in BACKENDS}
+
+
+def _describe_available(op: str, device: torch.device) -> str:
+    parts = []
+    for name in BACKENDS:
+        why = unavailable_reason(name, device)
+        if (op, name) not in _IMPLS:
+            why = why or f"no {op}"
+        parts.append(f"{name} ({'ok' if why is None else why})")
+    return ", ".join(parts)
+
+
+def _stack() -> list[str]:
+    if not hasattr(_state, "stack"):
+        _state.stack = []
+    return _state.stack
+
+
+_loaded = False
+
+
+def _load_backends() -> None:
+    """Import the backend modules once; each registers itself on import."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from fastattn import backends  # noqa: F401  (side effect: registration)

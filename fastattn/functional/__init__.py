@@ -1,0 +1,14 @@
+"""fastattn's functional API (re-exported at the top level)."""
+from fastattn.functional.attention import (
+    flash_attn_func,
+    flash_attn_varlen_func,
+    flash_attn_with_kvcache,
+    scaled_dot_product_attention,
+)
+from fastattn.functional.ffn import bias_gelu, feed_forward, geglu, swiglu
+from fastattn.functional.softmax import scaled_masked_softmax
+
+__all__ = [
+    "scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func", "flash_attn_with_kvcache",
+    "scaled_masked_softmax", "swiglu", "geglu", "bias_gelu", "feed_forward",
+]

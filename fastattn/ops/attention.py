@@ -1,0 +1,102 @@
+"""The attention family's one core op: ``fastattn::attention_fwd`` / ``attention_bwd``.
+
+Every public attention function (SDPA layout, flash layout, varlen) is a thin
+view in front of :func:`attention`, which takes ``(B, H, L, D)`` tensors by
+strides plus optional ``cu_seqlens``. The op is a ``torch.library.custom_op``
+with a fake implementation (so ``torch.compile`` traces through it) and an
+autograd formula that calls the backward op of the same backend.
+"""
+from __future__ import annotations
+
+from dataclasses import astuple, fields
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastattn import dispatch
+from fastattn.ops.attention_args import AttentionArgs, empty_like_layout
+
+_ARG_NAMES = [f.name for f in fields(AttentionArgs)]
+
+
+def _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
+          max_seqlen_q, max_seqlen_k, deterministic) -> AttentionArgs:
+    return AttentionArgs(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p,
+                         seed, offset, max_seqlen_q, max_seqlen_k, deterministic)
+
+
+@torch.library.custom_op("fastattn::attention_fwd", mutates_args=())
+def _attention_fwd(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], alibi_slopes: Optional[Tensor],
+    cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor],
+    scale: float, causal: bool, bottom_right: bool, window_left: int, window_right: int,
+    softcap: float, dropout_p: float, seed: int, offset: int, max_seqlen_q: int, max_seqlen_k: int,
+    deterministic: bool, backend: str,
+) -> tuple[Tensor, Tensor]:
+    args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
+                 max_seqlen_q, max_seqlen_k, deterministic)
+    impl = dispatch.implementations("attention_fwd")[backend]
+    return impl.fn(q, k, v, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
+                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
+
+
+@_attention_fwd.register_fake
+def _(q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *rest):
+    out = empty_like_layout(q, v.shape[-1])
+    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("fastattn::attention_bwd", mutates_args=())
+def _attention_bwd(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    attn_mask: Optional[Tensor], alibi_slopes: Optional[Tensor],
+    cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor],
+    scale: float, causal: bool, bottom_right: bool, window_left: int, window_right: int,
+    softcap: float, dropout_p: float, seed: int, offset: int, max_seqlen_q: int, max_seqlen_k: int,
+    deterministic: bool, backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
+                 max_seqlen_q, max_seqlen_k, deterministic)
+    impl = dispatch.implementations("attention_bwd")[backend]
+    return impl.fn(dout, q, k, v, out, lse, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
+                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
+
+
+@_attention_bwd.register_fake
+def _(dout, q, k, v, *rest):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, attn_mask, alibi_slopes, cu_q, cu_k = inputs[:7]
+    ctx.options = inputs[7:]
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, attn_mask, alibi_slopes, cu_q, cu_k)
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, attn_mask, alibi_slopes, cu_q, cu_k = ctx.saved_tensors
+    # dout may arrive non-contiguous or expanded (e.g. from .sum()); kernels want real strides.
+    dout = dout.contiguous() if dout.stride(-1) != 1 or 0 in dout.stride() else dout
+    dq, dk, dv = _attention_bwd(dout, q, k, v, out, lse, attn_mask, alibi_slopes, cu_q, cu_k, *ctx.options)
+    return (dq, dk, dv) + (None,) * (4 + len(ctx.options))
+
+
+_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, args: AttentionArgs, backend: str, *,
+    attn_mask: Optional[Tensor] = None, alibi_slopes: Optional[Tensor] = None,
+    cu_seqlens_q: Optional[Tensor] = None, cu_seqlens_k: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    """Run the core attention op on the concrete ``backend`` (already selected).
+
+    Shapes and semantics are those of :func:`fastattn.reference.attention` (minus
+    ``dropout_mask``: backends draw their own from ``args.seed``/``args.offset``).
+    Returns ``(out, lse)``; differentiable with respect to ``q``, ``k``, ``v``.
+    """
+    return _attention_fwd(q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+                          *astuple(args), backend)

@@ -1,0 +1,141 @@
+"""Feed-forward core ops: gated activations, bias-GELU and the fused gated MLP,
+as custom ops with fake implementations and autograd."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastattn import dispatch
+
+
+def _impl(op: str, backend: str):
+    return dispatch.implementations(op)[backend].fn
+
+
+# ---------------------------------------------------------------- gated activations
+
+@torch.library.custom_op("fastattn::gated_act_fwd", mutates_args=())
+def _gated_act_fwd(gate: Tensor, up: Tensor, activation: str, backend: str) -> Tensor:
+    return _impl("gated_act_fwd", backend)(gate, up, activation)
+
+
+@_gated_act_fwd.register_fake
+def _(gate, up, activation, backend):
+    return torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
+
+
+@torch.library.custom_op("fastattn::gated_act_bwd", mutates_args=())
+def _gated_act_bwd(dout: Tensor, gate: Tensor, up: Tensor, activation: str, backend: str) -> tuple[Tensor, Tensor]:
+    return _impl("gated_act_bwd", backend)(dout, gate, up, activation)
+
+
+@_gated_act_bwd.register_fake
+def _(dout, gate, up, activation, backend):
+    return (torch.empty(gate.shape, dtype=gate.dtype, device=gate.device),
+            torch.empty(up.shape, dtype=up.dtype, device=up.device))
+
+
+def _gated_setup(ctx, inputs, output):
+    gate, up, ctx.activation, ctx.backend = inputs
+    ctx.save_for_backward(gate, up)
+
+
+def _gated_backward(ctx, dout):
+    gate, up = ctx.saved_tensors
+    dgate, dup = _gated_act_bwd(dout.contiguous(), gate, up, ctx.activation, ctx.backend)
+    return dgate, dup, None, None
+
+
+_gated_act_fwd.register_autograd(_gated_backward, setup_context=_gated_setup)
+
+
+def gated_activation(gate: Tensor, up: Tensor, activation: str, backend: str) -> Tensor:
+    """Core op: ``act(gate) * up`` for activation "swiglu" | "geglu" | "geglu_tanh"."""
+    return _gated_act_fwd(gate, up, activation, backend)
+
+
+# ---------------------------------------------------------------- bias-GELU
+
+@torch.library.custom_op("fastattn::bias_gelu_fwd", mutates_args=())
+def _bias_gelu_fwd(x: Tensor, bias: Tensor, approximate: str, backend: str) -> Tensor:
+    return _impl("bias_gelu_fwd", backend)(x, bias, approximate)
+
+
+@_bias_gelu_fwd.register_fake
+def _(x, bias, approximate, backend):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("fastattn::bias_gelu_bwd", mutates_args=())
+def _bias_gelu_bwd(dout: Tensor, x: Tensor, bias: Tensor, approximate: str, backend: str) -> Tensor:
+    return _impl("bias_gelu_bwd", backend)(dout, x, bias, approximate)
+
+
+@_bias_gelu_bwd.register_fake
+def _(dout, x, bias, approximate, backend):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _bias_gelu_setup(ctx, inputs, output):
+    x, bias, ctx.approximate, ctx.backend = inputs
+    ctx.save_for_backward(x, bias)
+
+
+def _bias_gelu_backward(ctx, dout):
+    x, bias = ctx.saved_tensors
+    dx = _bias_gelu_bwd(dout.contiguous(), x, bias, ctx.approximate, ctx.backend)
+    dbias = dx.reshape(-1, dx.shape[-1]).sum(0, dtype=torch.float32).to(bias.dtype)
+    return dx, dbias, None, None
+
+
+_bias_gelu_fwd.register_autograd(_bias_gelu_backward, setup_context=_bias_gelu_setup)
+
+
+def bias_gelu(x: Tensor, bias: Tensor, approximate: str, backend: str) -> Tensor:
+    """Core op: ``gelu(x + bias)``."""
+    return _bias_gelu_fwd(x, bias, approximate, backend)
+
+
+# ---------------------------------------------------------------- fused gated MLP
+
+@torch.library.custom_op("fastattn::feed_forward_fwd", mutates_args=())
+def _feed_forward_fwd(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, activation: str,
+                      backend: str) -> tuple[Tensor, Tensor]:
+    return _impl("feed_forward_fwd", backend)(x, w_gate, w_up, w_down, activation)
+
+
+@_feed_forward_fwd.register_fake
+def _(x, w_gate, w_up, w_down, activation, backend):
+    out = x.new_empty(*x.shape[:-1], w_down.shape[0])
+    hidden = x.new_empty(*x.shape[:-1], w_gate.shape[0])
+    return out, hidden
+
+
+@torch.library.custom_op("fastattn::feed_forward_bwd", mutates_args=())
+def _feed_forward_bwd(dout: Tensor, x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor,
+                      hidden: Tensor, activation: str, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _impl("feed_forward_bwd", backend)(dout, x, w_gate, w_up, w_down, hidden, activation)
+
+
+@_feed_forward_bwd.register_fake
+def _(dout, x, w_gate, w_up, w_down, hidden, activation, backend):
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (x, w_gate, w_up, w_down))
+
+
+def _ff_setup(ctx, inputs, output):
+    x, w_gate, w_up, w_down, ctx.activation, ctx.backend = inputs
+    ctx.save_for_backward(x, w_gate, w_up, w_down, output[1])
+
+
+def _ff_backward(ctx, dout, dhidden):
+    x, w_gate, w_up, w_down, hidden = ctx.saved_tensors
+    grads = _feed_forward_bwd(dout.contiguous(), x, w_gate, w_up, w_down, hidden, ctx.activation, ctx.backend)
+    return (*grads, None, None)
+
+
+_feed_forward_fwd.register_autograd(_ff_backward, setup_context=_ff_setup)
+
+
+def feed_forward(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, activation: str, backend: str) -> Tensor:
+    """Core op: ``down(act(x @ w_gate.T) * (x @ w_up.T))``; returns the output only."""
+    return _feed_forward_fwd(x, w_gate, w_up, w_down, activation, backend)[0]

@@ -1,0 +1,53 @@
+"""``fastattn::attention_kvcache``: decoding against a KV cache (no backward).
+
+The op mutates ``k_cache``/``v_cache`` in place when new keys/values are given
+(flash-attn's ``flash_attn_with_kvcache`` contract), so it declares them in
+``mutates_args``.
+"""
+from __future__ import annotations
+
+from dataclasses import astuple
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastattn import dispatch
+from fastattn.ops.attention import _args
+from fastattn.ops.attention_args import AttentionArgs
+
+
+@torch.library.custom_op("fastattn::attention_kvcache", mutates_args=("k_cache", "v_cache"))
+def _attention_kvcache(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, k_new: Optional[Tensor], v_new: Optional[Tensor],
+    cache_seqlens: Tensor, alibi_slopes: Optional[Tensor],
+    scale: float, causal: bool, bottom_right: bool, window_left: int, window_right: int,
+    softcap: float, dropout_p: float, seed: int, offset: int, max_seqlen_q: int, max_seqlen_k: int,
+    deterministic: bool, backend: str,
+) -> tuple[Tensor, Tensor]:
+    args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
+                 max_seqlen_q, max_seqlen_k, deterministic)
+    impl = dispatch.implementations("kvcache_fwd")[backend]
+    return impl.fn(q, k_cache, v_cache, k_new, v_new, cache_seqlens, alibi_slopes=alibi_slopes, args=args)
+
+
+@_attention_kvcache.register_fake
+def _(q, k_cache, v_cache, k_new, v_new, cache_seqlens, alibi_slopes, *rest):
+    batch, seqlen_q, heads, _ = q.shape
+    out = q.new_empty(batch, seqlen_q, heads, v_cache.shape[-1])
+    lse = q.new_empty(batch, heads, seqlen_q, dtype=torch.float32)
+    return out, lse
+
+
+def attention_kvcache(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, k_new: Optional[Tensor], v_new: Optional[Tensor],
+    cache_seqlens: Tensor, args: AttentionArgs, backend: str, *, alibi_slopes: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    """Decode ``q`` ``(B, Lq, Hq, D)`` against ``k_cache``/``v_cache`` ``(B, Lcache, Hk, D)``.
+
+    ``cache_seqlens`` int32 ``(B,)``: tokens already in each cache. ``k_new``/``v_new``
+    ``(B, Lnew, Hk, D)`` (optional) are appended in place at those positions first.
+    Returns ``(out (B, Lq, Hq, Dv), lse (B, Hq, Lq))``.
+    """
+    return _attention_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens, alibi_slopes,
+                              *astuple(args), backend)

@@ -1,0 +1,389 @@
+"""Pure-PyTorch reference implementations of every fastattn op: the test oracle.
+
+Each function computes in the dtype of its inputs, or in float64 with
+``upcast=True`` (then it returns float64 tensors). They favour clarity over
+speed: scores are materialised, masks are built explicitly. Every kernel test,
+``fastattn verify`` and the benchmarks compare against these.
+
+Conventions (identical to the public API, see DESIGN.md section 3):
+
+* SDPA layout ``(batch, heads, seq, head_dim)``; flash layout
+  ``(batch, seq, heads, head_dim)``; varlen packs ``(total, heads, head_dim)``.
+* SDPA boolean masks: True = takes part. Float masks are added to the scores.
+  ``is_causal`` is aligned top-left. A fully masked row gives 0 (as torch does).
+* flash-attn: causal and windows aligned bottom-right; a row that sees no key
+  gives 0 and an LSE of ``+inf``.
+* ``scaled_masked_softmax`` follows Megatron-LM's ``FusedScaleMaskSoftmax``:
+  boolean mask True = masked out.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fastattn.ops.attention_args import AttentionArgs
+
+__all__ = [
+    "attention",
+    "scaled_dot_product_attention",
+    "flash_attn_func",
+    "flash_attn_varlen_func",
+    "flash_attn_with_kvcache",
+    "scaled_masked_softmax",
+    "swiglu",
+    "geglu",
+    "bias_gelu",
+    "feed_forward",
+    "gelu",
+]
+
+
+def _cast(upcast: bool, *tensors):
+    if not upcast:
+        return tensors
+    return tuple(None if t is None else (t.double() if t.is_floating_point() else t) for t in tensors)
+
+
+# --------------------------------------------------------------------------- attention core
+
+
+def visibility_mask(
+    seqlen_q: int, seqlen_k: int, args: AttentionArgs, device: torch.device
+) -> Optional[torch.Tensor]:
+    """Boolean ``(seqlen_q, seqlen_k)`` mask (True = visible) from ``args``'
+    causal flag and window, or ``None`` when every key is visible."""
+    wl, wr = args.window_left, args.window_right
+    if args.causal:
+        wr = 0
+    if wl < 0 and wr < 0:
+        return None
+    off = seqlen_k - seqlen_q if args.bottom_right else 0
+    i = torch.arange(seqlen_q, device=device).unsqueeze(1) + off
+    j = torch.arange(seqlen_k, device=device).unsqueeze(0)
+    visible = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
+    if wr >= 0:
+        visible &= j <= i + wr
+    if wl >= 0:
+        visible &= j >= i - wl
+    return visible
+
+
+def _attention_dense(q, k, v, args, attn_mask, alibi_slopes, dropout_mask):
+    """(B,H,Lq,D) x (B,Hk,Lk,D) -> out (B,H,Lq,Dv), lse (B,H,Lq); inputs already in the compute dtype."""
+    batch, heads, seqlen_q, _ = q.shape
+    heads_k, seqlen_k = k.shape[1], k.shape[2]
+    if heads != heads_k:
+        k = k.repeat_interleave(heads // heads_k, dim=1)
+        v = v.repeat_interleave(heads // heads_k, dim=1)
+    scores = torch.matmul(q, k.transpose(-2, -1)) * args.scale
+    if args.softcap > 0:
+        scores = args.softcap * torch.tanh(scores / args.softcap)
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(scores.dtype).reshape(-1, heads, 1, 1) if alibi_slopes.dim() == 2 \
+            else alibi_slopes.to(scores.dtype).reshape(1, heads, 1, 1)
+        i = torch.arange(seqlen_q, device=q.device).unsqueeze(1) + (seqlen_k - seqlen_q)
+        j = torch.arange(seqlen_k, device=q.device).unsqueeze(0)
+        scores = scores - slopes * (i - j).abs().to(scores.dtype)
+    visible = torch.ones_like(scores, dtype=torch.bool)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            visible = visible & attn_mask
+        else:
+            scores = scores + attn_mask.to(scores.dtype)
+    window = visibility_mask(seqlen_q, seqlen_k, args, q.device)
+    if window is not None:
+        visible = visible & window
+    scores = scores.masked_fill(~visible, float("-inf"))
+    # A row with no finite score sees no key: its output is 0 and its LSE +inf (flash-attn's rule;
+    # torch's SDPA also gives 0 there). Replace -inf maxima by 0 so exp() stays finite.
+    row_max = scores.amax(dim=-1, keepdim=True)
+    empty = ~torch.isfinite(row_max) & (row_max < 0)
+    row_max = torch.where(empty, torch.zeros_like(row_max), row_max)
+    probs = torch.exp(scores - row_max)
+    row_sum = probs.sum(dim=-1, keepdim=True)
+    lse = (row_max + torch.log(row_sum)).squeeze(-1)
+    lse = torch.where(empty.squeeze(-1), torch.full_like(lse, float("inf")), lse)
+    probs = torch.where(empty, torch.zeros_like(probs), probs / row_sum)
+    if dropout_mask is not None:
+        probs = probs * dropout_mask.to(probs.dtype) / (1.0 - args.dropout_p)
+    out = torch.matmul(probs, v)
+    return out, lse
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    args: AttentionArgs,
+    *,
+    attn_mask: Optional[torch.Tensor] = None,
+    alibi_slopes: Optional[torch.Tensor] = None,
+    cu_seqlens_q: Optional[torch.Tensor] = None,
+    cu_seqlens_k: Optional[torch.Tensor] = None,
+    dropout_mask: Optional[torch.Tensor] = None,
+    upcast: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The core attention every backend implements, in SDPA layout.
+
+    Args:
+        q: ``(B, Hq, Lq, D)``; k: ``(B, Hk, Lk, D)``; v: ``(B, Hk, Lk, Dv)``, ``Hq % Hk == 0``.
+            With ``cu_seqlens_q``/``cu_seqlens_k`` (int, ``(n + 1,)``): ``B == 1`` and the
+            sequence dim packs ``n`` sequences; each is attended independently.
+        args: scale, causal/window (aligned by ``args.bottom_right``), softcap, dropout_p;
+            see :class:`fastattn.ops.attention_args.AttentionArgs`.
+        attn_mask: bool (True = takes part) or float (added), broadcastable to
+            ``(B, Hq, Lq, Lk)``; not with varlen.
+        alibi_slopes: ``(Hq,)`` or ``(B, Hq)``; adds ``-slope * |i + Lk - Lq - j|``.
+        dropout_mask: bool ``(B, Hq, Lq, Lk)`` of kept probabilities (the reference has no
+            RNG of its own: it applies the mask a kernel reports). Not with varlen.
+        upcast: compute in float64 and return float64.
+
+    Returns:
+        ``(out, lse)``: ``out`` ``(B, Hq, Lq, Dv)``; ``lse`` ``(B, Hq, Lq)`` float32 (float64
+        with ``upcast``), the natural-log sum of exp of the final scores; ``+inf`` and an
+        output of 0 for rows that see no key.
+    """
+    q, k, v, attn_mask, alibi_slopes = _cast(upcast, q, k, v, attn_mask, alibi_slopes)
+    if cu_seqlens_q is None:
+        out, lse = _attention_dense(q, k, v, args, attn_mask, alibi_slopes, dropout_mask)
+    else:
+        if attn_mask is not None or dropout_mask is not None:
+            raise ValueError("attn_mask and dropout_mask are not defined for varlen attention")
+        outs, lses = [], []
+        cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+        for s in range(len(cq) - 1):
+            slopes = alibi_slopes
+            if slopes is not None and slopes.dim() == 2:
+                slopes = slopes[s : s + 1]
+            o, l = _attention_dense(
+                q[:, :, cq[s] : cq[s + 1]], k[:, :, ck[s] : ck[s + 1]], v[:, :, ck[s] : ck[s + 1]],
+                args, None, slopes, None,
+            )
+            outs.append(o)
+            lses.append(l)
+        out = torch.cat(outs, dim=2)
+        lse = torch.cat(lses, dim=2)
+    return out, (lse if upcast else lse.float())
+
+
+# --------------------------------------------------------------------------- SDPA API
+
+
+def scaled_dot_product_attention(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+    enable_gqa=False, *, dropout_mask=None, upcast=False,
+):
+    """``torch.nn.functional.scaled_dot_product_attention`` semantics, in plain PyTorch.
+
+    ``query`` ``(..., L, E)``, ``key`` ``(..., S, E)``, ``value`` ``(..., S, Ev)`` with any
+    number of leading dims (heads of key/value may divide query's with ``enable_gqa``);
+    bool masks True = takes part, float masks added; ``is_causal`` top-left; fully
+    masked rows give 0. Dropout needs an explicit ``dropout_mask`` (bool, kept = True).
+    Returns ``(..., L, Ev)``.
+    """
+    if attn_mask is not None and is_causal:
+        raise ValueError("attn_mask and is_causal=True cannot be given together")
+    lead = query.shape[:-2]
+    if query.dim() == 3:
+        q, k, v = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+    elif query.dim() == 2:
+        q, k, v = query[None, None], key[None, None], value[None, None]
+    else:
+        q = query.reshape(-1, *query.shape[-3:])
+        k = key.reshape(-1, *key.shape[-3:])
+        v = value.reshape(-1, *value.shape[-3:])
+    mask = attn_mask
+    if mask is not None:
+        mask = torch.broadcast_to(mask, (*lead, query.shape[-2], key.shape[-2])).reshape(
+            q.shape[0], q.shape[1], query.shape[-2], key.shape[-2]
+        )
+    if dropout_mask is not None:
+        dropout_mask = dropout_mask.reshape(q.shape[0], q.shape[1], query.shape[-2], key.shape[-2])
+    args = AttentionArgs(
+        scale=1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale),
+        causal=is_causal, bottom_right=False, dropout_p=dropout_p,
+    )
+    out, _ = attention(q, k, v, args, attn_mask=mask, dropout_mask=dropout_mask, upcast=upcast)
+    return out.reshape(*lead, query.shape[-2], value.shape[-1])
+
+
+# --------------------------------------------------------------------------- flash-attn API
+
+
+def _flash_args(q, k, softmax_scale, causal, window_size, softcap, dropout_p, max_q=0, max_k=0):
+    return AttentionArgs(
+        scale=1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale),
+        causal=causal, bottom_right=True,
+        window_left=int(window_size[0]), window_right=int(window_size[1]),
+        softcap=float(softcap), dropout_p=float(dropout_p), max_seqlen_q=max_q, max_seqlen_k=max_k,
+    )
+
+
+def flash_attn_func(
+    q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+    alibi_slopes=None, deterministic=False, return_attn_probs=False, *, dropout_mask=None, upcast=False,
+):
+    """flash-attn 2 ``flash_attn_func`` semantics: ``q`` ``(B, Lq, Hq, D)``, ``k``/``v``
+    ``(B, Lk, Hk, D)``; causal/window aligned bottom-right. Returns ``out`` ``(B, Lq, Hq, Dv)``,
+    or ``(out, softmax_lse (B, Hq, Lq), None)`` with ``return_attn_probs``."""
+    args = _flash_args(q, k, softmax_scale, causal, window_size, softcap, dropout_p)
+    out, lse = attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), args,
+        alibi_slopes=alibi_slopes, dropout_mask=dropout_mask, upcast=upcast,
+    )
+    out = out.transpose(1, 2)
+    return (out, lse, None) if return_attn_probs else out
+
+
+def flash_attn_varlen_func(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+    softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+    deterministic=False, return_attn_probs=False, *, upcast=False,
+):
+    """flash-attn 2 ``flash_attn_varlen_func``: packed ``q`` ``(total_q, Hq, D)``, ``k``/``v``
+    ``(total_k, Hk, D)``, sequence ``s`` spanning ``cu_seqlens[s]:cu_seqlens[s+1]``.
+    Returns ``out`` ``(total_q, Hq, Dv)`` or ``(out, softmax_lse (Hq, total_q), None)``."""
+    if dropout_p > 0:
+        raise ValueError("the reference varlen attention has no dropout")
+    args = _flash_args(q, k, softmax_scale, causal, window_size, softcap, 0.0, max_seqlen_q, max_seqlen_k)
+    out, lse = attention(
+        q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
+        args, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, upcast=upcast,
+    )
+    out = out.squeeze(0).transpose(0, 1)
+    return (out, lse.squeeze(0), None) if return_attn_probs else out
+
+
+def flash_attn_with_kvcache(
+    q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, softmax_scale=None, causal=False,
+    window_size=(-1, -1), softcap=0.0, alibi_slopes=None, return_softmax_lse=False, *, upcast=False,
+):
+    """flash-attn 2 ``flash_attn_with_kvcache``: ``q`` ``(B, Lq, Hq, D)`` against the cache
+    ``k_cache``/``v_cache`` ``(B, Lcache, Hk, D)``.
+
+    If ``k``/``v`` ``(B, Lnew, Hk, D)`` are given they are first written into the caches *in
+    place* at positions ``cache_seqlens[b] .. cache_seqlens[b] + Lnew``; then batch ``b``
+    attends to its first ``cache_seqlens[b] + Lnew`` keys (``cache_seqlens`` int or int32
+    ``(B,)``; ``None`` means the whole cache), causal/window aligned bottom-right.
+    Returns ``out`` ``(B, Lq, Hq, Dv)``, and ``softmax_lse`` ``(B, Hq, Lq)`` if asked.
+    """
+    batch, lcache = k_cache.shape[0], k_cache.shape[1]
+    if cache_seqlens is None:
+        lens = [lcache - (0 if k is None else k.shape[1])] * batch if k is not None else [lcache] * batch
+    elif isinstance(cache_seqlens, int):
+        lens = [cache_seqlens] * batch
+    else:
+        lens = [int(x) for x in cache_seqlens.tolist()]
+    new = 0 if k is None else k.shape[1]
+    if k is not None:
+        for b in range(batch):
+            k_cache[b, lens[b] : lens[b] + new] = k[b]
+            v_cache[b, lens[b] : lens[b] + new] = v[b]
+    args = _flash_args(q, k_cache, softmax_scale, causal, window_size, softcap, 0.0)
+    outs, lses = [], []
+    for b in range(batch):
+        n = lens[b] + new
+        slopes = alibi_slopes if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes[b : b + 1]
+        o, l = attention(
+            q[b : b + 1].transpose(1, 2), k_cache[b : b + 1, :n].transpose(1, 2),
+            v_cache[b : b + 1, :n].transpose(1, 2), args, alibi_slopes=slopes, upcast=upcast,
+        )
+        outs.append(o.transpose(1, 2))
+        lses.append(l)
+    out, lse = torch.cat(outs), torch.cat(lses)
+    return (out, lse) if return_softmax_lse else out
+
+
+# --------------------------------------------------------------------------- softmax
+
+
+def scaled_masked_softmax(scores, mask=None, scale=1.0, causal=False, *, upcast=False):
+    """Megatron-LM ``FusedScaleMaskSoftmax`` semantics: ``softmax(scale * scores, masked)``
+    over the last dim, computed in fp32 (float64 with ``upcast``), returned in the input dtype.
+
+    ``scores`` ``(..., Lq, Lk)``; ``mask`` broadcastable to it: bool (True = masked out, as
+    Megatron) or float (added after scaling); ``causal`` masks ``j > i`` (top-left).
+    Rows with every position masked give 0.
+    """
+    dtype = scores.dtype
+    x = scores.double() if upcast else scores.float()
+    x = x * scale
+    masked = None
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            masked = torch.broadcast_to(mask, x.shape)
+        else:
+            x = x + mask.to(x.dtype)
+    if causal:
+        lq, lk = x.shape[-2], x.shape[-1]
+        upper = torch.ones(lq, lk, dtype=torch.bool, device=x.device).triu(1)
+        masked = upper if masked is None else masked | upper
+    if masked is not None:
+        x = x.masked_fill(masked, float("-inf"))
+    row_max = x.amax(dim=-1, keepdim=True)
+    empty = torch.isneginf(row_max)
+    e = torch.exp(x - torch.where(empty, torch.zeros_like(row_max), row_max))
+    probs = torch.where(empty, torch.zeros_like(e), e / e.sum(dim=-1, keepdim=True))
+    return probs if upcast else probs.to(dtype)
+
+
+# --------------------------------------------------------------------------- feed-forward
+
+
+def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """``torch.nn.functional.gelu`` (erf or tanh), in the dtype of ``x``."""
+    return F.gelu(x, approximate=approximate)
+
+
+def swiglu(gate, up, *, upcast=False):
+    """``silu(gate) * up`` elementwise; ``gate`` and ``up`` of one shape ``(..., hidden)``."""
+    gate, up = _cast(upcast, gate, up)
+    return F.silu(gate) * up
+
+
+def geglu(gate, up, approximate="none", *, upcast=False):
+    """``gelu(gate, approximate) * up`` elementwise (erf by default, or ``"tanh"``)."""
+    gate, up = _cast(upcast, gate, up)
+    return F.gelu(gate, approximate=approximate) * up
+
+
+def bias_gelu(x, bias, approximate="none", *, upcast=False):
+    """``gelu(x + bias, approximate)``; ``bias`` ``(hidden,)`` broadcast over ``x``'s leading dims."""
+    x, bias = _cast(upcast, x, bias)
+    return F.gelu(x + bias, approximate=approximate)
+
+
+_GATED = {"swiglu": ("silu", None), "geglu": ("gelu", "none"), "geglu_tanh": ("gelu", "tanh")}
+
+
+def gated_activation(gate, up, activation: str, *, upcast=False):
+    """The gated activation named ``activation`` ("swiglu", "geglu", "geglu_tanh")."""
+    if activation == "swiglu":
+        return swiglu(gate, up, upcast=upcast)
+    return geglu(gate, up, _GATED[activation][1], upcast=upcast)
+
+
+def feed_forward(x, w_gate_up, w_down, activation="swiglu", *, upcast=False):
+    """The gated MLP ``down(act(x @ w_gate.T) * (x @ w_up.T))``.
+
+    ``x`` ``(..., dim)``; ``w_gate_up`` ``(2 * hidden, dim)`` with the gate rows first, or a
+    pair ``(w_gate, w_up)`` of ``(hidden, dim)``; ``w_down`` ``(dim_out, hidden)``.
+    Returns ``(..., dim_out)``.
+    """
+    if isinstance(w_gate_up, (tuple, list)):
+        w_gate, w_up = w_gate_up
+    else:
+        w_gate, w_up = w_gate_up.chunk(2, dim=0)
+    x, w_gate, w_up, w_down = _cast(upcast, x, w_gate, w_up, w_down)
+    hidden = gated_activation(x @ w_gate.t(), x @ w_up.t(), activation)
+    return hidden @ w_down.t()
+
+
+def split_gate_up(w_gate_up) -> Sequence[torch.Tensor]:
+    """``(w_gate, w_up)`` views of a ``(2*hidden, dim)`` tensor, or the pair itself."""
+    if isinstance(w_gate_up, (tuple, list)):
+        return tuple(w_gate_up)
+    return w_gate_up.chunk(2, dim=0)
