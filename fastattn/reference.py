@@ -28,6 +28,7 @@ from fastattn.ops.attention_args import AttentionArgs
 
 __all__ = [
     "attention",
+    "attention_backward",
     "scaled_dot_product_attention",
     "flash_attn_func",
     "flash_attn_varlen_func",
@@ -38,6 +39,11 @@ __all__ = [
     "bias_gelu",
     "feed_forward",
     "gelu",
+    "activation_grad",
+    "gated_activation",
+    "gated_activation_backward",
+    "bias_gelu_backward",
+    "feed_forward_backward",
 ]
 
 
@@ -71,19 +77,22 @@ def visibility_mask(
     return visible
 
 
-def _attention_dense(q, k, v, args, attn_mask, alibi_slopes, dropout_mask):
-    """(B,H,Lq,D) x (B,Hk,Lk,D) -> out (B,H,Lq,Dv), lse (B,H,Lq); inputs already in the compute dtype."""
-    batch, heads, seqlen_q, _ = q.shape
-    heads_k, seqlen_k = k.shape[1], k.shape[2]
-    if heads != heads_k:
-        k = k.repeat_interleave(heads // heads_k, dim=1)
-        v = v.repeat_interleave(heads // heads_k, dim=1)
+def _probabilities(q, k, args, attn_mask, alibi_slopes):
+    """Softmax probabilities of one dense attention problem.
+
+    ``q`` ``(B,H,Lq,D)``, ``k`` ``(B,H,Lk,D)`` (GQA already expanded), in the compute dtype.
+    Returns ``(probs, lse, capped)``: ``probs`` ``(B,H,Lq,Lk)`` (rows that see no key are 0),
+    ``lse`` ``(B,H,Lq)`` (``+inf`` for those rows), and ``tanh(scores / softcap)`` when
+    softcapping (for the backward), else ``None``.
+    """
+    heads, seqlen_q, seqlen_k = q.shape[1], q.shape[2], k.shape[2]
     scores = torch.matmul(q, k.transpose(-2, -1)) * args.scale
+    capped = None
     if args.softcap > 0:
-        scores = args.softcap * torch.tanh(scores / args.softcap)
+        capped = torch.tanh(scores / args.softcap)
+        scores = args.softcap * capped
     if alibi_slopes is not None:
-        slopes = alibi_slopes.to(scores.dtype).reshape(-1, heads, 1, 1) if alibi_slopes.dim() == 2 \
-            else alibi_slopes.to(scores.dtype).reshape(1, heads, 1, 1)
+        slopes = alibi_slopes.to(scores.dtype).reshape(-1, heads, 1, 1)
         i = torch.arange(seqlen_q, device=q.device).unsqueeze(1) + (seqlen_k - seqlen_q)
         j = torch.arange(seqlen_k, device=q.device).unsqueeze(0)
         scores = scores - slopes * (i - j).abs().to(scores.dtype)
@@ -107,10 +116,74 @@ def _attention_dense(q, k, v, args, attn_mask, alibi_slopes, dropout_mask):
     lse = (row_max + torch.log(row_sum)).squeeze(-1)
     lse = torch.where(empty.squeeze(-1), torch.full_like(lse, float("inf")), lse)
     probs = torch.where(empty, torch.zeros_like(probs), probs / row_sum)
+    return probs, lse, capped
+
+
+def _expand_kv(q, k, v):
+    groups = q.shape[1] // k.shape[1]
+    if groups == 1:
+        return k, v
+    return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+
+
+def _sum_groups(grad, heads_k):
+    """Sum a ``(B, H, L, D)`` gradient over the query heads sharing each of ``heads_k`` kv heads."""
+    batch, heads, length, dim = grad.shape
+    return grad.reshape(batch, heads_k, heads // heads_k, length, dim).sum(2)
+
+
+def _attention_dense(q, k, v, args, attn_mask, alibi_slopes, dropout_mask):
+    """(B,H,Lq,D) x (B,Hk,Lk,D) -> out (B,H,Lq,Dv), lse (B,H,Lq); inputs already in the compute dtype."""
+    k, v = _expand_kv(q, k, v)
+    probs, lse, _ = _probabilities(q, k, args, attn_mask, alibi_slopes)
     if dropout_mask is not None:
         probs = probs * dropout_mask.to(probs.dtype) / (1.0 - args.dropout_p)
-    out = torch.matmul(probs, v)
-    return out, lse
+    return torch.matmul(probs, v), lse
+
+
+def _attention_dense_backward(dout, q, k, v, args, attn_mask, alibi_slopes, dropout_mask):
+    """Closed-form gradients of :func:`_attention_dense` with respect to q, k, v."""
+    heads_k = k.shape[1]
+    k, v = _expand_kv(q, k, v)
+    probs, _, capped = _probabilities(q, k, args, attn_mask, alibi_slopes)
+    kept = probs
+    dprobs = torch.matmul(dout, v.transpose(-2, -1))
+    if dropout_mask is not None:
+        keep = dropout_mask.to(probs.dtype) / (1.0 - args.dropout_p)
+        kept = probs * keep
+        dprobs = dprobs * keep
+    dv = torch.matmul(kept.transpose(-2, -1), dout)
+    # softmax backward: dS = P * (dP - rowsum(dP * P)); masked entries have P = 0, so dS = 0 there.
+    dscores = probs * (dprobs - (dprobs * probs).sum(-1, keepdim=True))
+    if capped is not None:  # d/dx [c * tanh(x / c)] = 1 - tanh^2
+        dscores = dscores * (1 - capped * capped)
+    dscores = dscores * args.scale
+    dq = torch.matmul(dscores, k)
+    dk = torch.matmul(dscores.transpose(-2, -1), q)
+    return dq, _sum_groups(dk, heads_k), _sum_groups(dv, heads_k)
+
+
+def attention_backward(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: AttentionArgs, *,
+    attn_mask: Optional[torch.Tensor] = None, alibi_slopes: Optional[torch.Tensor] = None,
+    cu_seqlens_q: Optional[torch.Tensor] = None, cu_seqlens_k: Optional[torch.Tensor] = None,
+    dropout_mask: Optional[torch.Tensor] = None, upcast: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients ``(dq, dk, dv)`` of :func:`attention`'s output for the cotangent ``dout``
+    ``(B, Hq, Lq, Dv)``, in closed form (the FlashAttention backward equations, on
+    materialised probabilities). Arguments as :func:`attention`; GQA gradients are summed
+    over each kv head's query heads."""
+    dout, q, k, v, attn_mask, alibi_slopes = _cast(upcast, dout, q, k, v, attn_mask, alibi_slopes)
+    if cu_seqlens_q is None:
+        return _attention_dense_backward(dout, q, k, v, args, attn_mask, alibi_slopes, dropout_mask)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for s in range(len(cq) - 1):
+        sq, sk = slice(cq[s], cq[s + 1]), slice(ck[s], ck[s + 1])
+        slopes = alibi_slopes if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes[s : s + 1]
+        g = _attention_dense_backward(dout[:, :, sq], q[:, :, sq], k[:, :, sk], v[:, :, sk], args, None, slopes, None)
+        dq[:, :, sq], dk[:, :, sk], dv[:, :, sk] = g
+    return dq, dk, dv
 
 
 def attention(
@@ -166,7 +239,8 @@ def attention(
             lses.append(l)
         out = torch.cat(outs, dim=2)
         lse = torch.cat(lses, dim=2)
-    return out, (lse if upcast else lse.float())
+    # The LSE is float32 (as kernels give it) unless the computation itself is float64.
+    return out, (lse if lse.dtype == torch.float64 else lse.float())
 
 
 # --------------------------------------------------------------------------- SDPA API
@@ -364,6 +438,51 @@ def gated_activation(gate, up, activation: str, *, upcast=False):
     if activation == "swiglu":
         return swiglu(gate, up, upcast=upcast)
     return geglu(gate, up, _GATED[activation][1], upcast=upcast)
+
+
+def activation_grad(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Derivative of the activation ``name`` ("silu", "gelu" (erf), "gelu_tanh") at ``x``."""
+    if name == "silu":
+        sig = torch.sigmoid(x)
+        return sig * (1 + x * (1 - sig))
+    if name == "gelu":
+        cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2.0)))
+        pdf = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        return cdf + x * pdf
+    if name == "gelu_tanh":
+        k = math.sqrt(2 / math.pi)
+        t = torch.tanh(k * (x + 0.044715 * x**3))
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+_GATE_FN = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh"}
+
+
+def gated_activation_backward(dout, gate, up, activation: str, *, upcast=False):
+    """``(dgate, dup)`` of :func:`gated_activation` for the cotangent ``dout``, in closed form."""
+    dout, gate, up = _cast(upcast, dout, gate, up)
+    act = gated_activation(gate, torch.ones_like(up), activation)
+    return dout * up * activation_grad(gate, _GATE_FN[activation]), dout * act
+
+
+def bias_gelu_backward(dout, x, bias, approximate="none", *, upcast=False):
+    """``d/dx gelu(x + bias)`` times ``dout`` (the bias gradient is its sum over leading dims)."""
+    dout, x, bias = _cast(upcast, dout, x, bias)
+    return dout * activation_grad(x + bias, "gelu" if approximate == "none" else "gelu_tanh")
+
+
+def feed_forward_backward(dout, x, w_gate, w_up, w_down, activation="swiglu", *, upcast=False):
+    """``(dx, dw_gate, dw_up, dw_down)`` of :func:`feed_forward` in closed form, recomputing
+    the pre-activations from ``x``. ``dout`` ``(..., dim_out)``."""
+    dout, x, w_gate, w_up, w_down = _cast(upcast, dout, x, w_gate, w_up, w_down)
+    rows_x, rows_dout = x.reshape(-1, x.shape[-1]), dout.reshape(-1, dout.shape[-1])
+    gate, up = rows_x @ w_gate.t(), rows_x @ w_up.t()
+    hidden = gated_activation(gate, up, activation)
+    dhidden = rows_dout @ w_down
+    dgate, dup = gated_activation_backward(dhidden, gate, up, activation)
+    dx = (dgate @ w_gate + dup @ w_up).reshape(x.shape)
+    return dx, dgate.t() @ rows_x, dup.t() @ rows_x, rows_dout.t() @ hidden
 
 
 def feed_forward(x, w_gate_up, w_down, activation="swiglu", *, upcast=False):

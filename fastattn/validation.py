@@ -46,6 +46,8 @@ def same_device(names: Sequence[str], *xs: Optional[torch.Tensor]) -> None:
     """Every tensor in ``xs`` (``None`` skipped) lives on the first one's device."""
     ref = xs[0].device
     for name, x in zip(names[1:], xs[1:]):
+        if x is not None and not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(x).__name__}")
         if x is not None and x.device != ref:
             raise ValueError(f"{name} must be on the same device as {names[0]} ({ref}), got {x.device}")
 
@@ -137,7 +139,7 @@ def window_size(name: str, window) -> tuple[int, int]:
 def softcap(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float >= 0 (0 = off), got {type(value).__name__}")
-    if value < 0:
+    if not value >= 0:  # written so that NaN fails too
         raise ValueError(f"{name} must be >= 0 (0 = off), got {value}")
     return float(value)
 
@@ -176,6 +178,13 @@ def cu_seqlens(name: str, cu, total: int, max_seqlen, max_name: str, device: tor
     if max_seqlen < longest:
         raise ValueError(f"{max_name} ({max_seqlen}) must be >= the longest sequence in {name} ({longest})")
     return cu.to(torch.int32)
+
+
+def last_dim_contiguous(name: str, x: torch.Tensor) -> None:
+    """A tensor the kernels address in place (no copy possible, e.g. a KV cache written in
+    place) must have a unit stride along its last dim, as flash-attn requires."""
+    if x.dim() > 0 and x.shape[-1] > 1 and x.stride(-1) != 1:
+        raise ValueError(f"{name} must have a contiguous last dim (stride 1), got strides {tuple(x.stride())}")
 
 
 def writable(name: str, x: torch.Tensor) -> None:

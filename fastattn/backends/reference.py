@@ -26,31 +26,33 @@ def dropout_keep_mask(shape, args: AttentionArgs, device) -> torch.Tensor:
     return keep.to(device)
 
 
-def _run(q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
+def _inputs(q, k, v, attn_mask, alibi_slopes, args):
+    """The reference's view of a core-op call: tensors in the compute dtype and the dropout mask."""
     ct = _compute_dtype(q.dtype)
     drop = None
     if args.dropout_p > 0:
         drop = dropout_keep_mask((q.shape[0], q.shape[1], q.shape[2], k.shape[2]), args, q.device)
     mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.to(ct)
-    return reference.attention(
-        q.to(ct), k.to(ct), v.to(ct), args, attn_mask=mask,
-        alibi_slopes=None if alibi_slopes is None else alibi_slopes.to(ct),
-        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, dropout_mask=drop,
-    )
+    slopes = None if alibi_slopes is None else alibi_slopes.to(ct)
+    return q.to(ct), k.to(ct), v.to(ct), mask, slopes, drop
 
 
 def attention_fwd(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
-    out, lse = _run(q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args)
+    qc, kc, vc, mask, slopes, drop = _inputs(q, k, v, attn_mask, alibi_slopes, args)
+    out, lse = reference.attention(qc, kc, vc, args, attn_mask=mask, alibi_slopes=slopes,
+                                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, dropout_mask=drop)
     result = empty_like_layout(q, v.shape[-1])  # the contract: out in q's dim order
     result.copy_(out)
     return result, lse.float()
 
 
 def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
-    ct = _compute_dtype(q.dtype)
-    fn = lambda q_, k_, v_: _run(q_, k_, v_, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args)[0]
-    dq, dk, dv = _vjp(fn, (q, k, v), dout.to(ct))
-    return dq, dk, dv
+    qc, kc, vc, mask, slopes, drop = _inputs(q, k, v, attn_mask, alibi_slopes, args)
+    dq, dk, dv = reference.attention_backward(
+        dout.to(qc.dtype), qc, kc, vc, args, attn_mask=mask, alibi_slopes=slopes,
+        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, dropout_mask=drop,
+    )
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
 def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slopes, args):
@@ -81,13 +83,11 @@ def softmax_bwd(dprobs, probs, scale):
     return dx.to(probs.dtype)
 
 
-def _vjp(fn, inputs, dout):
-    """Gradients of ``fn`` at ``inputs`` (computed in fp32/fp64) for cotangent ``dout``, cast
-    back to each input's dtype. ``torch.func.vjp`` rather than ``autograd.grad``: backends run
-    inside a custom op, below the autograd dispatch key, where only functorch re-enables it."""
+def _computed(fn, dout, *inputs):
+    """Run ``fn`` on ``inputs`` in the compute dtype and cast each result back to its input's dtype."""
     ct = _compute_dtype(dout.dtype)
-    _, pullback = torch.func.vjp(fn, *(t.to(ct) for t in inputs))
-    return [g.to(t.dtype) for g, t in zip(pullback(dout.to(ct)), inputs)]
+    results = fn(dout.to(ct), *(t.to(ct) for t in inputs))
+    return tuple(r.to(t.dtype) for r, t in zip(results, inputs))
 
 
 def gated_act_fwd(gate, up, activation):
@@ -96,7 +96,7 @@ def gated_act_fwd(gate, up, activation):
 
 
 def gated_act_bwd(dout, gate, up, activation):
-    return tuple(_vjp(lambda g, u: reference.gated_activation(g, u, activation), (gate, up), dout))
+    return _computed(lambda d, g, u: reference.gated_activation_backward(d, g, u, activation), dout, gate, up)
 
 
 def bias_gelu_fwd(x, bias, approximate):
@@ -105,8 +105,8 @@ def bias_gelu_fwd(x, bias, approximate):
 
 
 def bias_gelu_bwd(dout, x, bias, approximate):
-    # d/dx gelu(x + b): the bias gradient is this summed over the leading dims (done by the op).
-    return _vjp(lambda t: reference.bias_gelu(t, bias.to(t.dtype), approximate), (x,), dout)[0]
+    ct = _compute_dtype(x.dtype)
+    return reference.bias_gelu_backward(dout.to(ct), x.to(ct), bias.to(ct), approximate).to(x.dtype)
 
 
 def feed_forward_fwd(x, w_gate, w_up, w_down, activation):
@@ -117,8 +117,7 @@ def feed_forward_fwd(x, w_gate, w_up, w_down, activation):
 
 def feed_forward_bwd(dout, x, w_gate, w_up, w_down, hidden, activation):
     # Recomputes the pre-activations from x (they were never stored).
-    fn = lambda x_, g_, u_, d_: reference.feed_forward(x_, (g_, u_), d_, activation)
-    return tuple(_vjp(fn, (x, w_gate, w_up, w_down), dout))
+    return _computed(lambda d, *ts: reference.feed_forward_backward(d, *ts, activation), dout, x, w_gate, w_up, w_down)
 
 
 dispatch.register_backend("reference", lambda device: None)

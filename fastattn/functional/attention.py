@@ -113,7 +113,7 @@ def scaled_dot_product_attention(
     backend = dispatch.check_backend_name(backend) if backend is not None else None
 
     covered = (
-        q.dim() == 4 and q.dtype in KERNEL_DTYPES and v.shape[-1] == q.shape[-1] <= check.MAX_HEAD_DIM
+        q.dim() == 4 and q.dtype in KERNEL_DTYPES and 1 <= v.shape[-1] == q.shape[-1] <= check.MAX_HEAD_DIM
         and not (attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled())
     )
     chosen = backend if backend is not None else dispatch.current_backend()
@@ -169,6 +169,7 @@ def _check_qkv(q, k, v, ndim: int, layout: str):
         check.tensor(name, t, ndim=ndim)
     check.same_dtype(("q", "k", "v"), q, k, v)
     check.same_device(("q", "k", "v"), q, k, v)
+    check.head_dim("q", q.shape[-1])
     check.dim_equal("k", "a head dim (last dim) of", k.shape[-1], q.shape[-1], "q")
     check.dim_equal("v", "a sequence length of", v.shape[-3], k.shape[-3], f"k, layout {layout}")
     check.dim_equal("v", "a number of heads of", v.shape[-2], k.shape[-2], f"k, layout {layout}")
@@ -304,9 +305,12 @@ def flash_attn_with_kvcache(
     if tuple(v_cache.shape[:3]) != tuple(k_cache.shape[:3]):
         raise ValueError(f"v_cache must match k_cache in (batch, seqlen_cache, heads_k) = "
                          f"{tuple(k_cache.shape[:3])}, got {tuple(v_cache.shape[:3])}")
+    check.head_dim("q", head_dim)
     check.gqa_heads("q", heads, "k_cache", k_cache.shape[2])
     check.writable("k_cache", k_cache)
     check.writable("v_cache", v_cache)
+    check.last_dim_contiguous("k_cache", k_cache)
+    check.last_dim_contiguous("v_cache", v_cache)
     if (k is None) != (v is None):
         raise ValueError("k and v must be given together (new keys and values to append) or both be None")
     seqlen_cache = k_cache.shape[1]

@@ -43,8 +43,12 @@ def swiglu(gate: Tensor, up: Tensor, *, backend: Optional[str] = None) -> Tensor
 
 
 def geglu(gate: Tensor, up: Tensor, approximate: str = "none", *, backend: Optional[str] = None) -> Tensor:
-    """Fused ``gelu(gate, approximate) * up``; ``approximate`` as in
-    :func:`torch.nn.functional.gelu`: ``"none"`` (exact erf) or ``"tanh"``. Shapes as :func:`swiglu`."""
+    """Fused ``gelu(gate, approximate) * up`` (GEGLU), forward and backward.
+
+    ``gate``, ``up``: the same shape ``(..., hidden)``, fp16/bf16/fp32 (computed in fp32);
+    ``approximate`` as in :func:`torch.nn.functional.gelu`: ``"none"`` (exact erf) or ``"tanh"``.
+    Returns that shape and dtype.
+    """
     _check_gate_up(gate, up)
     approximate = check.choice("approximate", approximate, check.GELU_APPROXIMATIONS)
     activation = "geglu" if approximate == "none" else "geglu_tanh"
