@@ -57,9 +57,11 @@ def dim_equal(name: str, what: str, got: int, expected: int, expected_from: str)
         raise ValueError(f"{name} must have {what} {expected} (as {expected_from}), got {got}")
 
 
-def head_dim(name: str, d: int) -> None:
-    if not 1 <= d:
-        raise ValueError(f"{name} must have a head dim >= 1, got {d}")
+def head_dim(name: str, d: int, maximum: Optional[int] = None) -> None:
+    """A head dim in ``[1, maximum]`` (the flash-attn API's kernels cover 1..256, as flash-attn)."""
+    if d < 1 or (maximum is not None and d > maximum):
+        bound = f"in [1, {maximum}]" if maximum is not None else ">= 1"
+        raise ValueError(f"{name} must have a head dim (last dim) {bound}, got {d}")
 
 
 def gqa_heads(q_name: str, heads_q: int, kv_name: str, heads_kv: int) -> None:

@@ -340,3 +340,12 @@ def test_checks_run_before_any_kernel(monkeypatch):
         flash(v=_t(B, S + 1, HK, D), backend="reference")
     with pytest.raises(AssertionError, match="kernel was launched"):
         flash(backend="reference")
+
+
+def test_flash_head_dim_over_256_is_rejected_as_flash_attn_does():
+    q = torch.randn(1, 3, 2, 257)
+    with pytest.raises(ValueError, match=r"q must have a head dim .*\[1, 256\]"):
+        fastattn.flash_attn_func(q, q, q)
+    with pytest.raises(ValueError, match="q must have a head dim"):
+        fastattn.flash_attn_varlen_func(q[0], q[0], q[0], torch.tensor([0, 3], dtype=torch.int32),
+                                        torch.tensor([0, 3], dtype=torch.int32), 3, 3)

@@ -94,7 +94,9 @@ def scaled_dot_product_attention(
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     check.dim_equal("key", "a head dim (last dim) of", k.shape[-1], q.shape[-1], "query")
     check.dim_equal("value", "a sequence length (dim -2) of", v.shape[-2], k.shape[-2], "key")
-    if q.shape[:-3] != k.shape[:-3] or k.shape[:-2] != v.shape[:-2]:
+    if k.shape[:-2] != v.shape[:-2]:
+        raise ValueError(f"value must have key's batch and head dims {tuple(k.shape[:-2])}, got {tuple(v.shape[:-2])}")
+    if q.shape[:-3] != k.shape[:-3]:
         raise ValueError(f"query, key and value must have the same batch dims, got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if q.dim() >= 3 and q.shape[-3] != k.shape[-3]:
@@ -169,7 +171,8 @@ def _check_qkv(q, k, v, ndim: int, layout: str):
         check.tensor(name, t, ndim=ndim)
     check.same_dtype(("q", "k", "v"), q, k, v)
     check.same_device(("q", "k", "v"), q, k, v)
-    check.head_dim("q", q.shape[-1])
+    check.head_dim("q", q.shape[-1], check.MAX_HEAD_DIM)
+    check.head_dim("v", v.shape[-1], check.MAX_HEAD_DIM)
     check.dim_equal("k", "a head dim (last dim) of", k.shape[-1], q.shape[-1], "q")
     check.dim_equal("v", "a sequence length of", v.shape[-3], k.shape[-3], f"k, layout {layout}")
     check.dim_equal("v", "a number of heads of", v.shape[-2], k.shape[-2], f"k, layout {layout}")
@@ -305,7 +308,8 @@ def flash_attn_with_kvcache(
     if tuple(v_cache.shape[:3]) != tuple(k_cache.shape[:3]):
         raise ValueError(f"v_cache must match k_cache in (batch, seqlen_cache, heads_k) = "
                          f"{tuple(k_cache.shape[:3])}, got {tuple(v_cache.shape[:3])}")
-    check.head_dim("q", head_dim)
+    check.head_dim("q", head_dim, check.MAX_HEAD_DIM)
+    check.head_dim("v_cache", v_cache.shape[-1], check.MAX_HEAD_DIM)
     check.gqa_heads("q", heads, "k_cache", k_cache.shape[2])
     check.writable("k_cache", k_cache)
     check.writable("v_cache", v_cache)
