@@ -1,0 +1,62 @@
+"""Helpers shared by every benchmark in this directory.
+
+The FLOP/byte formulas, timers, device peaks and the environment record live in the
+package (``fastattn.cli.measure``, ``fastattn.cli.peaks``, ``fastattn.cli.environment``)
+because ``python -m fastattn bench`` ships in the wheel and this directory does not; they
+are re-exported here so that a benchmark file imports everything from one place and the
+numbers of ``pytest benchmarks/`` and of the command are computed the same way.
+
+Conventions (flash-attn's): causal attention counts half the score matrix; the backward
+pass is 2.5x the forward's FLOPs. Times are seconds; throughput is TFLOP/s or GB/s.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastattn.cli.environment import command_line, cpu_model, environment, git_commit  # noqa: F401
+from fastattn.cli.measure import (  # noqa: F401
+    BWD_FACTOR,
+    DIRECTIONS,
+    Timing,
+    attention_flops,
+    feed_forward_flops,
+    gated_activation_bytes,
+    kvcache_bytes,
+    kvcache_flops,
+    rotation_count,
+    summarize,
+    tensor_bytes,
+    time_call,
+    time_cpu,
+    time_cuda,
+)
+from fastattn.cli.peaks import Peak, device_peak, measured_peak, table_peak  # noqa: F401
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+"""Where the pytest-benchmark files run: the GPU when there is one, else the CPU."""
+
+
+def tflops(flops: float, seconds: float) -> float:
+    """Throughput in TFLOP/s."""
+    return flops / seconds / 1e12
+
+
+def gbps(nbytes: float, seconds: float) -> float:
+    """Throughput in GB/s (10^9 bytes per second, as datasheets count)."""
+    return nbytes / seconds / 1e9
+
+
+def sync(device: torch.device = DEVICE) -> None:
+    """Wait for queued GPU work (a no-op on the CPU), so that a wall-clock timer is honest."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def write_json(path: str | Path, rows: list[dict], device: torch.device | str = DEVICE, **extra: Any) -> None:
+    """Write ``rows`` with the full environment record (see :func:`environment`) as JSON."""
+    record = {"environment": environment(device), **extra, "rows": rows}
+    Path(path).write_text(json.dumps(record, indent=2, default=str) + "\n")

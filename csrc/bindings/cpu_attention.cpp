@@ -1,0 +1,118 @@
+// pybind11 bindings of the native CPU attention (csrc/cpu/attention.h) for fastattn._C.
+//
+// Each function takes one dict describing the call (built by
+// fastattn/backends/cpu_attention.py); a tensor is a tuple (data_ptr, stride_b, stride_h,
+// stride_l, stride_d) with strides in elements. Inputs were validated in Python; the
+// kernels run with the GIL released.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "bindings/cpu_registry.h"
+#include "cpu/attention.h"
+
+namespace py = pybind11;
+
+namespace fastattn::bindings {
+
+namespace {
+
+using cpu::AttnParams;
+using cpu::AttnTensor;
+
+AttnTensor tensor_arg(const py::dict& d, const char* key) {
+  AttnTensor t;
+  if (!d.contains(key) || d[key].is_none()) return t;
+  const py::tuple tup = d[key].cast<py::tuple>();
+  if (tup.size() != 5) throw py::value_error(std::string(key) + ": expected (ptr, sb, sh, sl, sd)");
+  t.ptr = reinterpret_cast<const void*>(tup[0].cast<uintptr_t>());
+  t.sb = tup[1].cast<int64_t>();
+  t.sh = tup[2].cast<int64_t>();
+  t.sl = tup[3].cast<int64_t>();
+  t.sd = tup[4].cast<int64_t>();
+  return t;
+}
+
+template <class T>
+T get(const py::dict& d, const char* key, T fallback) {
+  return d.contains(key) && !d[key].is_none() ? d[key].cast<T>() : fallback;
+}
+
+AttnParams params_from(const py::dict& d) {
+  AttnParams p;
+  p.dtype = get<int>(d, "dtype", 0);
+  p.batch = get<int64_t>(d, "batch", 0);
+  p.heads_q = get<int64_t>(d, "heads_q", 0);
+  p.heads_k = get<int64_t>(d, "heads_k", 0);
+  p.seqlen_q = get<int64_t>(d, "seqlen_q", 0);
+  p.seqlen_k = get<int64_t>(d, "seqlen_k", 0);
+  p.head_dim = get<int64_t>(d, "head_dim", 0);
+  p.head_dim_v = get<int64_t>(d, "head_dim_v", 0);
+  p.q = tensor_arg(d, "q");
+  p.k = tensor_arg(d, "k");
+  p.v = tensor_arg(d, "v");
+  p.out = tensor_arg(d, "out");
+  p.dout = tensor_arg(d, "dout");
+  p.dq = tensor_arg(d, "dq");
+  p.dk = tensor_arg(d, "dk");
+  p.dv = tensor_arg(d, "dv");
+  const AttnTensor lse = tensor_arg(d, "lse");  // (ptr, sb, sh, sl, unused)
+  p.lse = const_cast<float*>(static_cast<const float*>(lse.ptr));
+  p.lse_sb = lse.sb;
+  p.lse_sh = lse.sh;
+  p.lse_sl = lse.sl;
+  p.mask_kind = static_cast<cpu::AttnMaskKind>(get<int>(d, "mask_kind", 0));
+  p.mask_dtype = get<int>(d, "mask_dtype", 0);
+  p.mask = tensor_arg(d, "mask");
+  const AttnTensor alibi = tensor_arg(d, "alibi");  // (ptr, sb, sh, 0, 0)
+  p.alibi = static_cast<const float*>(alibi.ptr);
+  p.alibi_sb = alibi.sb;
+  p.alibi_sh = alibi.sh;
+  p.cu_seqlens_q = reinterpret_cast<const int64_t*>(get<uintptr_t>(d, "cu_seqlens_q", 0));
+  p.cu_seqlens_k = reinterpret_cast<const int64_t*>(get<uintptr_t>(d, "cu_seqlens_k", 0));
+  p.num_seqs = get<int64_t>(d, "num_seqs", 0);
+  p.scale = get<float>(d, "scale", 1.0f);
+  p.softcap = get<float>(d, "softcap", 0.0f);
+  p.causal = get<bool>(d, "causal", false);
+  p.bottom_right = get<bool>(d, "bottom_right", false);
+  p.window_left = get<int64_t>(d, "window_left", -1);
+  p.window_right = get<int64_t>(d, "window_right", -1);
+  p.deterministic = get<bool>(d, "deterministic", false);
+  p.num_threads = get<int>(d, "num_threads", 1);
+  return p;
+}
+
+}  // namespace
+
+void register_cpu_attention(py::module_& m) {
+  m.def("cpu_attention_isa", &cpu::attention_isa,
+        "Instruction set the CPU attention kernels run with here: avx512bf16, avx512, avx2 or none.");
+  m.def(
+      "cpu_attention_use_isa", [](const std::string& name) { return cpu::attention_use_isa(name.c_str()); },
+      py::arg("name"),
+      "Run the CPU attention with a lower instruction set than this CPU's best ('avx2', 'avx512', "
+      "'avx512bf16'; 'auto' restores the best), for tests. Returns False if the CPU lacks it.");
+  m.def(
+      "cpu_attention_fwd",
+      [](const py::dict& spec) {
+        const AttnParams p = params_from(spec);
+        py::gil_scoped_release release;
+        cpu::attention_fwd(p);
+      },
+      py::arg("spec"),
+      "Fused attention forward on the CPU: writes spec['out'] (B,Hq,Lq,Dv) and spec['lse'] "
+      "(B,Hq,Lq) fp32. See fastattn/backends/cpu_attention.py for the spec's keys.");
+  m.def(
+      "cpu_attention_bwd",
+      [](const py::dict& spec) {
+        const AttnParams p = params_from(spec);
+        py::gil_scoped_release release;
+        cpu::attention_bwd(p);
+      },
+      py::arg("spec"),
+      "Fused attention backward on the CPU: writes spec['dq'], spec['dk'], spec['dv'] from "
+      "q, k, v, out, lse and dout.");
+}
+
+}  // namespace fastattn::bindings

@@ -1,0 +1,68 @@
+"""The ``triton`` backend of ``kvcache_fwd``: :mod:`fastattn.kernels.decode` (split-KV
+flash-decoding) behind :func:`fastattn.flash_attn_with_kvcache`.
+
+fp16, bf16 and fp32; head dims up to 256 (``q``'s and ``v_cache``'s); GQA/MQA; causal,
+windows (bottom-right), softcap, ALiBi; new keys/values appended in place. CUDA tensors
+need a GPU; CPU tensors run on the Triton interpreter (``TRITON_INTERPRET=1``), as the
+availability rule of :mod:`fastattn.backends.triton_attention` says.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from fastattn import dispatch
+from fastattn.kernels import decode as _kernels
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_HEAD_DIM = 256
+
+
+def _available(device: torch.device) -> Optional[str]:
+    try:
+        from fastattn.backends.triton_attention import available
+    except ImportError:  # the attention kernels are not in this installation: the same rule, here
+        return _own_availability(device)
+    return available(device)
+
+
+def _own_availability(device: torch.device) -> Optional[str]:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    interpreted = isinstance(_kernels._decode_split_kernel, InterpretedFunction)
+    if device.type == "cuda":
+        if interpreted:
+            return "TRITON_INTERPRET=1 is set: Triton runs on the CPU interpreter, not on CUDA tensors"
+        return None if torch.cuda.is_available() else "no CUDA device is available"
+    if device.type == "cpu":
+        return None if interpreted else "set TRITON_INTERPRET=1 before Python imports triton to run Triton on CPU tensors"
+    return f"Triton does not run on {device.type} tensors"
+
+
+def supports(q, k_cache, v_cache, k_new=None, v_new=None, cache_seqlens=None, *, alibi_slopes=None,
+             args=None) -> Optional[str]:
+    """``None`` if the Triton decoding kernels compute this call, else the reason."""
+    for t in (q, k_cache, v_cache, k_new, v_new):
+        if t is not None and t.dtype not in _DTYPES:
+            return f"the Triton decoding kernels take float16, bfloat16 or float32, got {str(t.dtype).replace('torch.', '')}"
+    if max(q.shape[-1], v_cache.shape[-1]) > _MAX_HEAD_DIM:
+        return f"head dims over {_MAX_HEAD_DIM}"
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("k", k_new), ("v", v_new)):
+        if t is not None and t.shape[-1] > 1 and t.stride(-1) != 1:
+            return f"{name} with a non-contiguous last dim"
+    if alibi_slopes is not None and alibi_slopes.dim() not in (1, 2):
+        return "alibi_slopes must be (Hq,) or (B, Hq)"
+    if args is not None and (args.dropout_p > 0 or not args.bottom_right):
+        return "dropout or top-left alignment in KV-cache decoding"
+    return None
+
+
+def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slopes, args):
+    return _kernels.kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, args,
+                                alibi_slopes=None if alibi_slopes is None else alibi_slopes.float())
+
+
+if "triton" not in dispatch._AVAILABILITY:
+    dispatch.register_backend("triton", _available)
+dispatch.register("kvcache_fwd", "triton", kvcache_fwd, supports)

@@ -1,0 +1,278 @@
+"""Ahead-of-time compilation of Triton kernel configs for NVIDIA archs, with no GPU.
+
+Each kernel module of this package may define ``aot_cases() -> list[AotCase]``: one case
+per (kernel, config, specialisation) that its autotuner can pick. :func:`kernel_reports`
+compiles every case for each requested compute capability with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`` (Triton needs no
+device for that), reads the shared memory from the compiled metadata, and the registers
+and spill bytes from ``ptxas -v`` run on the generated PTX with the ptxas Triton itself
+uses for that arch (registers are only known to the driver after loading otherwise). It
+estimates the occupancy from the arch's per-SM limits. Results are cached on disk
+(``$FASTATTN_CACHE_DIR`` or ``~/.cache/fastattn/aot``) keyed by the kernel source, the
+case and the Triton version, because a compile takes seconds.
+
+Records (DESIGN.md section 5): ``kernel``, ``backend`` ("triton"), ``config``, ``arch``
+("sm_80"), ``registers``, ``shared_memory_bytes``, ``spill_bytes``, ``occupancy``
+(resident warps per SM over the maximum, 0..1), plus ``shared_memory_limit``,
+``fits_shared_memory``, ``error`` (None when it compiled).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import tempfile
+import multiprocessing
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+ARCHS = (80, 86, 89, 90)
+"""Compute capabilities the package targets."""
+
+# Per-SM and per-block limits (CUDA C Programming Guide, "Technical Specifications per
+# Compute Capability"); shared memory per block is the opt-in maximum.
+_LIMITS = {
+    #     smem/block    smem/SM       warps/SM blocks/SM regs/SM
+    80: (163 * 1024, 164 * 1024, 64, 32, 65536),
+    86: (99 * 1024, 100 * 1024, 48, 16, 65536),
+    89: (99 * 1024, 100 * 1024, 48, 24, 65536),
+    90: (227 * 1024, 228 * 1024, 64, 32, 65536),
+}
+_RESERVED_SMEM_PER_BLOCK = 1024  # the driver reserves 1 KB of shared memory per resident block
+
+
+def shared_memory_limit(arch: int) -> int:
+    """Bytes of shared memory one block may use on compute capability ``arch``."""
+    return _LIMITS[arch][0]
+
+
+@dataclass(frozen=True)
+class AotCase:
+    """One kernel specialisation to compile ahead of time.
+
+    ``fn`` is the ``@triton.jit`` function (not its autotuner); ``signature`` maps every
+    non-constexpr argument name to a Triton type string (``"*fp16"``, ``"i32"``,
+    ``"fp32"``); ``constexprs`` gives every ``tl.constexpr`` argument (and may pin runtime
+    arguments, e.g. a stride of 1, as Triton's launcher specialises them); ``divisible_by_16``
+    names the arguments assumed multiples of 16 (pointers and most strides in practice).
+    ``archs`` restricts the case to the archs whose autotuner keeps it (None: all).
+    """
+
+    kernel: str
+    fn: Any
+    signature: dict
+    constexprs: dict
+    num_warps: int = 4
+    num_stages: int = 2
+    config: dict = field(default_factory=dict)
+    divisible_by_16: tuple = ()
+    archs: Optional[tuple] = None
+    origin: Optional[tuple] = None  # (module, index in its aot_cases()), set by discover_cases
+
+    def key(self) -> str:
+        # cache_key hashes the kernel *and* the @triton.jit helpers it calls (src alone would not).
+        src = getattr(self.fn, "cache_key", None) or getattr(self.fn, "src", "") or ""
+        body = json.dumps([self.kernel, src, sorted(self.signature.items()), sorted((k, repr(v)) for k, v in
+                           self.constexprs.items()), self.num_warps, self.num_stages, sorted(self.divisible_by_16)])
+        return hashlib.sha256(body.encode()).hexdigest()[:24]
+
+
+def signature_for(fn, pointer_types: dict, default_pointer: str, floats: Iterable[str] = (),
+                  constexprs: Optional[dict] = None) -> dict:
+    """A signature for ``fn``: names starting with an upper-case letter are pointers (type from
+    ``pointer_types`` or ``default_pointer``), names in ``floats`` are fp32, the rest i32;
+    ``constexprs`` are marked ``"constexpr"``."""
+    constexprs = constexprs or {}
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name[0].isupper():
+            sig[name] = pointer_types.get(name, default_pointer)
+        elif name in floats:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def discover_cases() -> list[AotCase]:
+    """Every ``aot_cases()`` of this package's kernel modules (each case knows its origin)."""
+    cases = []
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__package__}.{info.name}")
+        if hasattr(module, "aot_cases"):
+            cases.extend(replace(c, origin=(info.name, i)) for i, c in enumerate(module.aot_cases()))
+    return cases
+
+
+def _ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
+    """(registers, spill bytes) from ``ptxas -v`` of Triton's own ptxas for ``arch``."""
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    ptxas = get_ptxas(arch).path
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        res = subprocess.run([ptxas, "-v", "--regAllocOptLevel=2", f"--gpu-name={sm_arch_from_capability(arch)}",
+                              str(src), "-o", str(Path(tmp) / "k.cubin")], capture_output=True, text=True)
+    log = res.stdout + res.stderr
+    if res.returncode != 0:
+        raise RuntimeError(f"ptxas failed: {log[-2000:]}")
+    regs = int(re.search(r"Used (\d+) registers", log).group(1))
+    spills = sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
+    return regs, spills
+
+
+def occupancy(arch: int, registers: int, shared_bytes: int, num_warps: int) -> float:
+    """Resident warps per SM over the arch's maximum, from registers, shared memory and warps."""
+    _, smem_sm, max_warps, max_blocks, regs_sm = _LIMITS[arch]
+    regs_per_warp = -(-max(registers, 1) * 32 // 256) * 256  # allocated per warp in units of 256
+    by_regs = regs_sm // (regs_per_warp * num_warps)
+    by_smem = smem_sm // (shared_bytes + _RESERVED_SMEM_PER_BLOCK) if shared_bytes else max_blocks
+    blocks = min(by_regs, by_smem, max_warps // num_warps, max_blocks)
+    return round(blocks * num_warps / max_warps, 4)
+
+
+def _compile_one(case: AotCase, arch: int) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    record = dict(kernel=case.kernel, backend="triton", config=dict(case.config, num_warps=case.num_warps,
+                  num_stages=case.num_stages), arch=f"sm_{arch}", registers=None, shared_memory_bytes=None,
+                  spill_bytes=None, occupancy=None, shared_memory_limit=shared_memory_limit(arch),
+                  fits_shared_memory=None, error=None)
+    try:
+        names = case.fn.arg_names
+        attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in case.divisible_by_16 if n in names}
+        src = ASTSource(case.fn, dict(case.signature), dict(case.constexprs), attrs)
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                  options=dict(num_warps=case.num_warps, num_stages=case.num_stages))
+        shared = int(compiled.metadata.shared)
+        regs, spills = _ptxas_report(compiled.asm["ptx"], arch)
+        record.update(registers=regs, shared_memory_bytes=shared, spill_bytes=spills,
+                      occupancy=occupancy(arch, regs, shared, case.num_warps),
+                      fits_shared_memory=shared <= shared_memory_limit(arch))
+    except Exception as exc:  # reported per record, so one bad config does not hide the others
+        record["error"] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
+    return record
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("FASTATTN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fastattn")
+    return Path(root) / "aot"
+
+
+def _cache_path(case: AotCase, arch: int) -> Path:
+    import triton
+
+    return _cache_dir() / f"{case.key()}-sm{arch}-triton{triton.__version__}.json"
+
+
+_POOL_WORK: list = []  # (case, arch) pairs handed to forked workers by index (JIT functions don't pickle)
+
+
+def _compile_index(i: int) -> dict:
+    return _compile_cached(_POOL_WORK[i])
+
+
+def _compile_cached(job) -> dict:
+    case, arch = job
+    path = _cache_path(case, arch)
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    record = _compile_one(case, arch)
+    if record["error"] is None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(record))
+            tmp.replace(path)
+        except OSError:
+            pass
+    return record
+
+
+def _interpreted(cases: list[AotCase]) -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return any(isinstance(c.fn, InterpretedFunction) for c in cases)
+
+
+def _reports_in_subprocess(work: list, jobs: Optional[int]) -> list[dict]:
+    """Under TRITON_INTERPRET=1 the kernels in this process are interpreter objects that cannot be
+    compiled: compile in a fresh interpreter-free Python, naming the cases by their origin."""
+    if any(c.origin is None for c, _ in work):
+        raise RuntimeError("under TRITON_INTERPRET=1 only cases from discover_cases() can be compiled")
+    payload = json.dumps({"work": [[list(c.origin), a] for c, a in work], "jobs": jobs})
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-m", __name__], input=payload, capture_output=True, text=True,
+                         env=env, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"ahead-of-time compile subprocess failed:\n{res.stderr[-4000:]}")
+    return json.loads(res.stdout)
+
+
+def _main() -> None:
+    request = json.loads(sys.stdin.read())
+    by_origin = {c.origin: c for c in discover_cases()}
+    work = [(by_origin[tuple(o)], a) for o, a in request["work"]]
+    json.dump(_reports(work, request["jobs"]), sys.stdout)
+
+
+def kernel_reports(archs: Iterable[int | str] = (80, 90), cases: Optional[list[AotCase]] = None,
+                   jobs: Optional[int] = None) -> list[dict]:
+    """Compile every AOT case (default: all of this package's) for each arch and report it.
+
+    ``archs``: compute capabilities (80, "sm_90", ...). Returns one record per (case, arch)
+    the case is kept for, in a stable order. Compiles in ``jobs`` worker processes (default:
+    the CPU count) and caches results on disk.
+    """
+    archs = [int(str(a).replace("sm_", "").rstrip("a")) for a in archs]
+    cases = discover_cases() if cases is None else cases
+    work = [(c, a) for c in cases for a in archs if c.archs is None or a in c.archs]
+    if _interpreted(cases):
+        return _reports_in_subprocess(work, jobs)
+    return _reports(work, jobs)
+
+
+def _reports(work: list, jobs: Optional[int]) -> list[dict]:
+    todo = [w for w in work if not _cache_path(*w).exists()]
+    jobs = jobs or os.cpu_count() or 1
+    if len(todo) > 1 and jobs > 1:
+        _POOL_WORK[:] = todo
+        try:
+            with multiprocessing.get_context("fork").Pool(min(jobs, len(todo))) as pool:
+                pool.map(_compile_index, range(len(todo)), chunksize=1)
+        finally:
+            _POOL_WORK.clear()
+    return [_compile_cached(w) for w in work]
+
+
+def format_table(records: list[dict]) -> str:
+    """The records as a fixed-width text table."""
+    head = ("kernel", "arch", "config", "regs", "smem", "spill", "occ")
+    rows = [head] + [
+        (r["kernel"], r["arch"], " ".join(f"{k}={v}" for k, v in r["config"].items()),
+         str(r["registers"]), str(r["shared_memory_bytes"]), str(r["spill_bytes"]),
+         "-" if r["occupancy"] is None else f"{r['occupancy']:.2f}")
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+
+
+if __name__ == "__main__":
+    _main()

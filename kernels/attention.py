@@ -1,0 +1,814 @@
+"""FlashAttention-2 forward and backward in Triton.
+
+Math (one head, query row ``i``, key column ``j``, ``Lq`` queries, ``Lk`` keys)::
+
+    s_ij = scale * q_i . k_j                   (then ``softcap * tanh(s / softcap)`` if softcap)
+    s_ij += -slope * |i + Lk - Lq - j|         (ALiBi) ; + attn_mask_ij (float) ; -inf where hidden
+    p_ij = exp(s_ij - lse_i),  lse_i = log sum_j exp(s_ij),  o_i = sum_j p_ij v_j
+
+Forward (Dao, "FlashAttention-2", 2023, algorithm 1): one program owns ``BLOCK_M`` query
+rows and streams ``BLOCK_N``-key blocks of K and V through an *online softmax*: it keeps
+the running row max ``m``, the running sum ``l`` and an unnormalised fp32 accumulator,
+rescaling both by ``exp(m_old - m_new)`` whenever the max grows. The scores never reach
+memory: HBM traffic is O(L * D) instead of O(L^2). Exponentials are ``exp2`` with
+``scale * log2(e)`` folded into one multiply of ``q.k`` (one FMA per score instead of a
+multiply and a slower ``exp``). The log-sum-exp ``lse_i`` (natural log, fp32) is stored for
+the backward. Key blocks that the causal mask or the window hides entirely are never
+visited (the loop bounds are computed from the block's rows), in both alignments: key
+``j`` is visible from row ``i`` iff ``i + off - window_left <= j <= i + off + window_right``
+with ``off = Lk - Lq`` for bottom-right (flash-attn) and ``0`` for top-left (SDPA); causal
+is ``window_right = 0``. A row that sees no key gets ``o = 0`` and ``lse = +inf``.
+
+Backward (FA2, algorithm 2): ``delta_i = sum_d dO_id * O_id`` (a small preprocess kernel),
+then, per key block, ``P = exp(S - lse)`` is recomputed and::
+
+    dV_j += P^T dO,  dP = dO V^T,  dS = P * (dP - delta),  dK_j += scale * dS^T Q
+    dQ_i += scale * dS K
+
+One program owns a key block of one kv head and loops over every query head of its GQA
+group, so dK/dV are summed over the group in registers (no repeated K/V, no atomics on
+dK/dV). dQ is either accumulated by fp32 atomics from the same program (fast, order
+non-deterministic) or, with ``deterministic=True``, computed by its own pass over key
+blocks per query block (atomics-free, bitwise reproducible).
+
+Shapes: tensors are ``(B, H, L, D)`` views taken by strides (the SDPA layout and the
+flash layout ``(B, L, H, D).transpose(1, 2)`` alike, no copies). Varlen packs ``B == 1``
+and sequence ``s`` spans rows ``cu_seqlens[s]:cu_seqlens[s+1]``. Any head dim 1..256 (fp32:
+1..128) runs in a power-of-two ``BLOCK_D`` tile with masked loads/stores. Feature flags are
+``tl.constexpr`` so a disabled feature costs nothing: ``CAUSAL``, ``WINDOW``,
+``BOTTOM_RIGHT``, ``SOFTCAP``, ``ALIBI``, ``MASK_MODE`` (0 none, 1 bool, 2 additive;
+``attn_mask`` broadcast by zero strides), ``VARLEN``. Dropout is not implemented here
+(:func:`supports` says so, and dispatch falls back).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ._interpreter import ensure_interpreter_fixes
+
+__all__ = ["attention_fwd", "attention_bwd", "supports", "block_d", "kernel_configs", "keep_config"]
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+# "Unbounded" window side: large enough to never bind, small enough that i + off + w stays in int32.
+_FAR = 1 << 30
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# --------------------------------------------------------------------------- capabilities and configs
+
+# Shared memory per block (opt-in maximum), bytes, per compute capability.
+SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+
+
+def block_d(head_dim: int) -> int:
+    """The register tile width for ``head_dim``: the next power of two, at least 16 (``tl.dot``'s minimum)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def delta_block_m(bd: int) -> int:
+    """Rows per program of the delta preprocess: two (rows x BLOCK_D) tiles stay within 64 fp32 registers a thread."""
+    return max(16, min(64, 4096 // bd))
+
+
+def _arch() -> int:
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return major * 10 + minor
+    return 80
+
+
+def _smem_bytes(kernel: str, bm: int, bn: int, bd: int, stages: int, elem: int) -> int:
+    """Shared memory a config needs, estimated like Triton's tutorial ``keep()`` (tiles ``tl.dot`` stages
+    through shared memory, streamed ones per stage); fp32 backward more: tf32x3 stages hi/lo halves."""
+    if kernel == "fwd":  # Q resident; K and V streamed
+        return (bm * bd + stages * 2 * bn * bd) * elem
+    if kernel == "bwd_dkdv":  # K, V resident; Q and dO streamed, double-buffered even at 1 stage (measured)
+        return (2 * bn * bd + max(stages, 2) * 2 * bm * bd + bm * bn) * elem * (2 if elem == 4 else 1)
+    # bwd_dq: Q, dO resident; K and V streamed (+ the dS tile)
+    return (2 * bm * bd + stages * 2 * bn * bd + bm * bn) * elem * (3 if elem == 4 else 2) // 2
+
+
+# Most fp32 accumulator elements a thread may own (forward O and dQ tiles; dK + dV) before ptxas
+# spills, measured by the ahead-of-time compile of every candidate for sm_80 and sm_90; fp32
+# inputs far fewer (tf32x3 keeps a high and a low tf32 copy of every operand in registers).
+_ACC_PER_THREAD = {("fwd", 2): 64, ("bwd_dq", 2): 64, ("bwd_dkdv", 2): 64, ("fwd", 4): 16, ("bwd_dq", 4): 16,
+                   ("bwd_dkdv", 4): 32}
+
+
+def keep_config(kernel: str, cfg: dict, arch: int, bd: int, elem: int, features: bool = False) -> bool:
+    """Whether config ``cfg`` (BLOCK_M, BLOCK_N, num_warps, num_stages) is worth running for
+    ``kernel`` on compute capability ``arch`` with tile width ``bd`` and element size ``elem``.
+
+    Limits: the arch's shared memory per block (estimated as Triton's tutorial does); the fp32
+    accumulators per thread (``BLOCK_M x BLOCK_D`` for the forward and dQ, ``2 x BLOCK_N x BLOCK_D``
+    for dK + dV) within :data:`_ACC_PER_THREAD`, 3/4 of it when ``features`` (window, softcap,
+    ALiBi, mask) add per-element work; dK/dV: at most 8 elements per thread of each P/dP/dS tile.
+    tests/test_triton_aot.py compiles every kept config and checks that none spills.
+    """
+    bm, bn, warps, stages = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"]
+    if _smem_bytes(kernel, bm, bn, bd, stages, elem) > SMEM_LIMIT.get(arch, 99 * 1024):
+        return False
+    threads = 32 * warps
+    if kernel == "bwd_dkdv" and bm * bn // threads > 8:
+        return False
+    acc = 2 * bn * bd if kernel == "bwd_dkdv" else bm * bd
+    return acc // threads <= _ACC_PER_THREAD[kernel, elem] * (3 if features else 4) // 4
+
+
+# Candidates, few on purpose (each is compiled per arch by the ahead-of-time check): large tiles
+# for small head dims, small ones with 8 warps for 256; keep_config picks per arch/tile/dtype.
+_CANDIDATES = {
+    "fwd": [
+        dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [(128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 1)]
+    ],
+    "bwd_dkdv": [
+        dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [(32, 128, 8, 2), (32, 64, 4, 2), (16, 64, 8, 1), (16, 32, 8, 1), (16, 32, 4, 1)]
+    ],
+    "bwd_dq": [
+        dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [(128, 32, 8, 2), (64, 32, 4, 2), (32, 16, 4, 1), (16, 32, 4, 1)]
+    ],
+}
+
+# Under TRITON_INTERPRET=1 one small config per kernel: the autotuner would run every config
+# on the (slow, numpy-backed) interpreter for each new key, and timings there mean nothing.
+# BLOCK_M != BLOCK_N on purpose, so the causal block-range arithmetic is exercised with unequal tiles.
+_INTERPRETER_CONFIG = {
+    "fwd": dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
+    "bwd_dkdv": dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=1),
+    "bwd_dq": dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
+}
+
+
+def kernel_configs(kernel: str) -> list[dict]:
+    """Every candidate config of ``kernel`` ("fwd", "bwd_dkdv", "bwd_dq") as plain dicts."""
+    if INTERPRET:
+        return [_INTERPRETER_CONFIG[kernel]]
+    return list(_CANDIDATES[kernel])
+
+
+def _configs(kernel: str) -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]}, num_warps=c["num_warps"],
+                      num_stages=c["num_stages"])
+        for c in kernel_configs(kernel)
+    ]
+
+
+def _as_dict(cfg: triton.Config) -> dict:
+    return dict(BLOCK_M=cfg.kwargs["BLOCK_M"], BLOCK_N=cfg.kwargs["BLOCK_N"], num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages)
+
+
+def _prune(kernel: str):
+    def prune(configs, nargs, **kwargs):
+        arch = _arch()
+        flag = lambda name: kwargs.get(name, nargs.get(name))
+        bd = flag("BLOCK_D")
+        elem = nargs["Q"].element_size()
+        features = bool(flag("WINDOW") or flag("SOFTCAP") or flag("ALIBI") or flag("MASK_MODE"))
+        kept = [c for c in configs if keep_config(kernel, _as_dict(c), arch, bd, elem, features)]
+        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+    return prune
+
+
+# Autotuning keys: head dim and causal (plus the dtypes, which Triton's autotuner always adds)
+# and the feature flags, which change the code and so the best (and the register-safe) tile.
+_TUNE_KEY = ["HEAD_DIM", "CAUSAL", "WINDOW", "SOFTCAP", "ALIBI", "MASK_MODE", "VARLEN"]
+
+
+# --------------------------------------------------------------------------- device helpers
+
+
+@triton.jit
+def _tanh(x):
+    # tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at +-inf in fp32 and runs in the interpreter.
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right,
+            qk_scale, softcap, slope, MaskBlk, stride_mm, stride_mn,
+            CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+            ALIBI: tl.constexpr, MASK_MODE: tl.constexpr):
+    """Base-2 scores ``log2(e) * s`` of a (rows x cols) tile of raw ``q.k`` products, -inf where
+    hidden. Also returns ``tanh`` of the softcapped scores (for the backward's chain rule)."""
+    if SOFTCAP:
+        # qk_scale is scale / softcap here; softcap is softcap * log2(e).
+        t = _tanh(qk * qk_scale)
+        s = t * softcap
+    else:
+        t = qk
+        s = qk * qk_scale  # qk_scale = scale * log2(e): exp(x) = exp2(x * log2(e))
+    if ALIBI:
+        # ALiBi always aligns bottom-right; slope already carries the log2(e) factor.
+        dist = (rows[:, None] + (seqlen_k - seqlen_q)) - cols[None, :]
+        s = s - slope * tl.abs(dist).to(tl.float32)
+    # Rows past seqlen_q need no mask: the forward never stores them and the backward gives them
+    # lse = +inf (so P = 0). Fewer predicates per element = fewer registers.
+    visible = cols[None, :] < seqlen_k
+    if CAUSAL or WINDOW:
+        rel = cols[None, :] - rows[:, None]  # j - i, compared with the window around the diagonal
+        visible = visible & (rel <= off + window_right) & (rel >= off - window_left)
+    if MASK_MODE == 1:
+        m = tl.load(MaskBlk + rows[:, None] * stride_mm + cols[None, :] * stride_mn,
+                    mask=visible & (rows[:, None] < seqlen_q), other=0).to(tl.int1)
+        visible = visible & m
+    if MASK_MODE == 2:
+        m = tl.load(MaskBlk + rows[:, None] * stride_mm + cols[None, :] * stride_mn,
+                    mask=visible & (rows[:, None] < seqlen_q), other=0.0).to(tl.float32)
+        s = s + m * 1.4426950408889634
+    s = tl.where(visible, s, float("-inf"))
+    return s, t
+
+
+@triton.jit
+def _seq_bounds(CuSeqQ, CuSeqK, off_b, seqlen_q, seqlen_k, VARLEN: tl.constexpr):
+    """(first row of the sequence in the packed dim, its Lq, first key row, its Lk)."""
+    if VARLEN:
+        start_q = tl.load(CuSeqQ + off_b).to(tl.int64)
+        end_q = tl.load(CuSeqQ + off_b + 1).to(tl.int64)
+        start_k = tl.load(CuSeqK + off_b).to(tl.int64)
+        end_k = tl.load(CuSeqK + off_b + 1).to(tl.int64)
+        return start_q, (end_q - start_q).to(tl.int32), start_k, (end_k - start_k).to(tl.int32)
+    return tl.zeros([], tl.int64), seqlen_q, tl.zeros([], tl.int64), seqlen_k
+
+
+# --------------------------------------------------------------------------- forward
+
+
+@triton.autotune(configs=_configs("fwd"), key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune("fwd")})
+@triton.jit
+def _attn_fwd(
+    Q, K, V, Out, LSE, CuSeqQ, CuSeqK, Alibi, Mask,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_lb, stride_lh, stride_lm,
+    stride_ab, stride_ah,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    seqlen_q, seqlen_k, kv_group, sm_scale, softcap, window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    off_h = tl.program_id(1).to(tl.int64)
+    off_b = tl.program_id(2).to(tl.int64)
+    off_hk = off_h // kv_group  # GQA: query head h reads kv head h // group, no repeated K/V
+    start_q, seqlen_q, start_k, seqlen_k = _seq_bounds(CuSeqQ, CuSeqK, off_b, seqlen_q, seqlen_k, VARLEN)
+    start_m = pid_m * BLOCK_M
+    if start_m >= seqlen_q:  # varlen: this sequence is shorter than the longest one
+        return
+    if VARLEN:
+        bq = 0
+    else:
+        bq = off_b
+    off = 0
+    if BOTTOM_RIGHT:
+        off = seqlen_k - seqlen_q
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    rows = start_m + offs_m
+
+    # int64 bases; in-tile offsets stay small int32.
+    q_base = Q + bq * stride_qb + off_h * stride_qh + (start_q + start_m) * stride_qm
+    k_base = K + bq * stride_kb + off_hk * stride_kh + start_k * stride_kn
+    v_base = V + bq * stride_vb + off_hk * stride_vh + start_k * stride_vn
+    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=(rows[:, None] < seqlen_q) & d_ok[None, :], other=0.0)
+
+    if SOFTCAP:
+        qk_scale = sm_scale / softcap
+        cap = softcap * 1.4426950408889634
+    else:
+        qk_scale = sm_scale * 1.4426950408889634  # exp -> exp2
+        cap = softcap
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * 1.4426950408889634
+    mask_base = Mask
+    if MASK_MODE != 0:
+        mask_base = Mask + off_b * stride_mb + off_h * stride_mh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    # Key range this row block can see: blocks wholly above the causal diagonal or outside the
+    # window are skipped, not masked.
+    lo = 0
+    hi = seqlen_k
+    if CAUSAL or WINDOW:
+        hi = tl.minimum(seqlen_k, start_m + BLOCK_M + off + window_right)
+        lo = tl.maximum(0, start_m + off - window_left)
+        lo = (lo // BLOCK_N) * BLOCK_N
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_ok = cols < seqlen_k
+        k = tl.load(k_base + tl.cast(start_n, tl.int64) * stride_kn + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                    mask=kv_ok[None, :] & d_ok[:, None], other=0.0)
+        qk = tl.dot(q, k, input_precision=DOT_PRECISION)
+        s, _ = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
+                       mask_base, stride_mm, stride_mn, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row that has seen only hidden keys has max -inf: subtract 0 instead, so exp2 gives 0, not NaN.
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_sub[:, None])
+        alpha = tl.math.exp2(m_i - m_sub)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + tl.cast(start_n, tl.int64) * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                    mask=kv_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    empty = l_i == 0.0
+    acc = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)  # back to natural log
+    o_base = Out + bq * stride_ob + off_h * stride_oh + (start_q + start_m) * stride_om
+    tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, acc.to(Out.dtype.element_ty),
+             mask=(rows[:, None] < seqlen_q) & d_ok[None, :])
+    l_base = LSE + bq * stride_lb + off_h * stride_lh + (start_q + start_m) * stride_lm
+    tl.store(l_base + offs_m * stride_lm, lse, mask=rows < seqlen_q)
+
+
+# --------------------------------------------------------------------------- backward
+
+
+@triton.jit
+def _attn_bwd_delta(
+    Out, DOut, Delta,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_db, stride_dh, stride_dm, stride_dd,
+    stride_lb, stride_lh, stride_lm,
+    seqlen_q,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta_i = sum_d dO_id * O_id, fp32: the rowsum(P * dP) term of the softmax gradient."""
+    pid_m = tl.program_id(0)
+    off_h = tl.program_id(1).to(tl.int64)
+    off_b = tl.program_id(2).to(tl.int64)
+    start_m = pid_m * BLOCK_M
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = ((start_m + offs_m)[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(Out + off_b * stride_ob + off_h * stride_oh + tl.cast(start_m, tl.int64) * stride_om
+                + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=ok, other=0.0)
+    do = tl.load(DOut + off_b * stride_db + off_h * stride_dh + tl.cast(start_m, tl.int64) * stride_dm
+                 + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd, mask=ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + off_b * stride_lb + off_h * stride_lh + tl.cast(start_m, tl.int64) * stride_lm + offs_m * stride_lm,
+             delta, mask=start_m + offs_m < seqlen_q)
+
+
+@triton.autotune(configs=_configs("bwd_dkdv"), key=_TUNE_KEY + ["ATOMIC_DQ"],
+                 prune_configs_by={"early_config_prune": _prune("bwd_dkdv")}, reset_to_zero=["DQAcc"])
+@triton.jit
+def _attn_bwd_dkdv(
+    Q, K, V, DOut, LSE, Delta, DK, DV, DQAcc, CuSeqQ, CuSeqK, Alibi, Mask,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_lb, stride_lh, stride_lm,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    stride_ab, stride_ah,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    seqlen_q, seqlen_k, kv_group, sm_scale, softcap, window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    off_hk = tl.program_id(1).to(tl.int64)
+    off_b = tl.program_id(2).to(tl.int64)
+    start_q, seqlen_q, start_k, seqlen_k = _seq_bounds(CuSeqQ, CuSeqK, off_b, seqlen_q, seqlen_k, VARLEN)
+    start_n = pid_n * BLOCK_N
+    if start_n >= seqlen_k:
+        return
+    if VARLEN:
+        bq = 0
+    else:
+        bq = off_b
+    off = 0
+    if BOTTOM_RIGHT:
+        off = seqlen_k - seqlen_q
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    cols = start_n + offs_n
+    kv_ok = (cols[:, None] < seqlen_k) & d_ok[None, :]
+
+    k_base = K + bq * stride_kb + off_hk * stride_kh + (start_k + start_n) * stride_kn
+    v_base = V + bq * stride_vb + off_hk * stride_vh + (start_k + start_n) * stride_vn
+    k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0)
+
+    if SOFTCAP:
+        qk_scale = sm_scale / softcap
+        cap = softcap * 1.4426950408889634
+    else:
+        qk_scale = sm_scale * 1.4426950408889634  # exp -> exp2
+        cap = softcap
+
+    # Query rows that can see this key block: j - off - window_right <= i <= j - off + window_left.
+    lo = 0
+    hi = seqlen_q
+    if CAUSAL or WINDOW:
+        lo = tl.maximum(0, start_n - off - window_right)
+        lo = (lo // BLOCK_M) * BLOCK_M
+        hi = tl.minimum(seqlen_q, start_n + BLOCK_N - off + window_left)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for g in range(0, kv_group):  # every query head of this kv head's group: dK/dV summed in registers
+        off_h = off_hk * kv_group + g
+        q_base = Q + bq * stride_qb + off_h * stride_qh + start_q * stride_qm
+        do_base = DOut + bq * stride_dob + off_h * stride_doh + start_q * stride_dom
+        l_base = LSE + bq * stride_lb + off_h * stride_lh + start_q * stride_lm
+        d_base = Delta + bq * stride_lb + off_h * stride_lh + start_q * stride_lm
+        dq_base = DQAcc + bq * stride_dqb + off_h * stride_dqh + start_q * stride_dqm
+        slope = 0.0
+        if ALIBI:
+            slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * 1.4426950408889634
+        mask_base = Mask
+        if MASK_MODE != 0:
+            mask_base = Mask + off_b * stride_mb + off_h * stride_mh
+        for start_m in range(lo, hi, BLOCK_M):
+            rows = start_m + offs_m
+            q_ok = (rows[:, None] < seqlen_q) & d_ok[None, :]
+            row_off = tl.cast(start_m, tl.int64)
+            q = tl.load(q_base + row_off * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                        mask=q_ok, other=0.0)
+            do = tl.load(do_base + row_off * stride_dom + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
+                         mask=q_ok, other=0.0)
+            # Rows past the end read lse = +inf, so their P is exactly 0.
+            lse = tl.load(l_base + row_off * stride_lm + offs_m * stride_lm, mask=rows < seqlen_q, other=float("inf"))
+            delta = tl.load(d_base + row_off * stride_lm + offs_m * stride_lm, mask=rows < seqlen_q, other=0.0)
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+            s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
+                           mask_base, stride_mm, stride_mn, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
+            p = tl.math.exp2(s - lse[:, None] * 1.4426950408889634)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+            ds = p * (dp - delta[:, None])
+            if SOFTCAP:
+                ds = ds * (1.0 - t * t)  # d(c * tanh(x / c))/dx = 1 - tanh^2
+            ds = ds.to(q.dtype)
+            dk += tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION)
+            if ATOMIC_DQ:
+                dq = tl.dot(ds, k, input_precision=DOT_PRECISION) * sm_scale
+                tl.atomic_add(dq_base + row_off * stride_dqm + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+                              dq, mask=q_ok, sem="relaxed")
+
+    dk_base = DK + bq * stride_dkb + off_hk * stride_dkh + (start_k + start_n) * stride_dkn
+    dv_base = DV + bq * stride_dvb + off_hk * stride_dvh + (start_k + start_n) * stride_dvn
+    tl.store(dk_base + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_ok)
+    tl.store(dv_base + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty),
+             mask=kv_ok)
+
+
+@triton.autotune(configs=_configs("bwd_dq"), key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune("bwd_dq")})
+@triton.jit
+def _attn_bwd_dq(
+    Q, K, V, DOut, LSE, Delta, DQ, CuSeqQ, CuSeqK, Alibi, Mask,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_lb, stride_lh, stride_lm,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    stride_ab, stride_ah,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    seqlen_q, seqlen_k, kv_group, sm_scale, softcap, window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dQ of one query block, by its own pass over key blocks: no atomics, a fixed summation order."""
+    pid_m = tl.program_id(0)
+    off_h = tl.program_id(1).to(tl.int64)
+    off_b = tl.program_id(2).to(tl.int64)
+    off_hk = off_h // kv_group
+    start_q, seqlen_q, start_k, seqlen_k = _seq_bounds(CuSeqQ, CuSeqK, off_b, seqlen_q, seqlen_k, VARLEN)
+    start_m = pid_m * BLOCK_M
+    if start_m >= seqlen_q:
+        return
+    if VARLEN:
+        bq = 0
+    else:
+        bq = off_b
+    off = 0
+    if BOTTOM_RIGHT:
+        off = seqlen_k - seqlen_q
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    rows = start_m + offs_m
+    q_ok = (rows[:, None] < seqlen_q) & d_ok[None, :]
+
+    row0 = start_q + start_m
+    q = tl.load(Q + bq * stride_qb + off_h * stride_qh + row0 * stride_qm
+                + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0)
+    do = tl.load(DOut + bq * stride_dob + off_h * stride_doh + row0 * stride_dom
+                 + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=q_ok, other=0.0)
+    l_base = bq * stride_lb + off_h * stride_lh + row0 * stride_lm
+    lse = tl.load(LSE + l_base + offs_m * stride_lm, mask=rows < seqlen_q, other=float("inf"))
+    delta = tl.load(Delta + l_base + offs_m * stride_lm, mask=rows < seqlen_q, other=0.0)
+    lse2 = lse * 1.4426950408889634
+
+    k_base = K + bq * stride_kb + off_hk * stride_kh + start_k * stride_kn
+    v_base = V + bq * stride_vb + off_hk * stride_vh + start_k * stride_vn
+    if SOFTCAP:
+        qk_scale = sm_scale / softcap
+        cap = softcap * 1.4426950408889634
+    else:
+        qk_scale = sm_scale * 1.4426950408889634  # exp -> exp2
+        cap = softcap
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * 1.4426950408889634
+    mask_base = Mask
+    if MASK_MODE != 0:
+        mask_base = Mask + off_b * stride_mb + off_h * stride_mh
+
+    lo = 0
+    hi = seqlen_k
+    if CAUSAL or WINDOW:
+        hi = tl.minimum(seqlen_k, start_m + BLOCK_M + off + window_right)
+        lo = tl.maximum(0, start_m + off - window_left)
+        lo = (lo // BLOCK_N) * BLOCK_N
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_ok = (cols[:, None] < seqlen_k) & d_ok[None, :]
+        col_off = tl.cast(start_n, tl.int64)
+        k = tl.load(k_base + col_off * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                    mask=kv_ok, other=0.0)
+        v = tl.load(v_base + col_off * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                    mask=kv_ok, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
+                       mask_base, stride_mm, stride_mn, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
+        p = tl.math.exp2(s - lse2[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * (1.0 - t * t)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+
+    tl.store(DQ + bq * stride_dqb + off_h * stride_dqh + row0 * stride_dqm
+             + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_ok)
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+def supports(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None, args=None):
+    """``None`` when these kernels compute this call exactly, else why not (so dispatch falls back)."""
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {q.dtype} (fp16, bf16 and fp32 only)"
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        return "q, k and v must share one dtype"
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return "4-D (B, H, L, D) inputs only"
+    d = q.shape[-1]
+    if not 1 <= d <= 256:
+        return f"head dim {d} (1 to 256 only)"
+    if q.dtype == torch.float32 and d > 128:
+        return f"fp32 with head dim {d} > 128 (its tiles would spill registers; 16-bit inputs go to 256)"
+    if q.is_cuda and not INTERPRET:
+        arch = _arch()
+        bd, elem = block_d(d), q.element_size()
+        for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
+            if not any(keep_config(kernel, c, arch, bd, elem) for c in _CANDIDATES[kernel]):
+                return f"no {kernel} tile for head dim {d} in {q.dtype} fits sm_{arch}'s shared memory and registers"
+    if k.shape[-1] != d or v.shape[-1] != d:
+        return "a value head dim unlike the query's"
+    if q.shape[1] % k.shape[1] != 0 or v.shape[1] != k.shape[1]:
+        return "query heads must be a multiple of key/value heads"
+    if args is not None and args.dropout_p > 0:
+        return "dropout is not implemented in the Triton attention kernels"
+    if attn_mask is not None:
+        if cu_seqlens_q is not None:
+            return "attn_mask with varlen"
+        if attn_mask.dtype not in (torch.bool, torch.float16, torch.bfloat16, torch.float32):
+            return f"attn_mask dtype {attn_mask.dtype}"
+        if attn_mask.dim() > 4:
+            return "attn_mask of more than 4 dims"
+    if alibi_slopes is not None and alibi_slopes.dim() not in (1, 2):
+        return "alibi_slopes must be (H,) or (B, H)"
+    return None
+
+
+def _mask_args(attn_mask, q, k):
+    """(tensor, MASK_MODE, 4 strides) for an attn_mask broadcast to (B, H, Lq, Lk) by zero strides."""
+    if attn_mask is None:
+        return q, 0, (0, 0, 0, 0)
+    m = attn_mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    return m, (1 if m.dtype == torch.bool else 2), tuple(m.stride())
+
+
+def _alibi_args(alibi_slopes, q):
+    if alibi_slopes is None:
+        return q, False, (0, 0)
+    a = alibi_slopes if alibi_slopes.dim() == 2 else alibi_slopes.unsqueeze(0)
+    return a, True, (a.stride(0) if a.shape[0] > 1 else 0, a.stride(1))
+
+
+def _common(q, k, args, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k):
+    """Scalars, feature flags and the grid extent shared by every kernel of one call."""
+    varlen = cu_seqlens_q is not None
+    batch = cu_seqlens_q.numel() - 1 if varlen else q.shape[0]
+    if varlen:
+        lq = args.max_seqlen_q or int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
+        lk = args.max_seqlen_k or int((cu_seqlens_k[1:] - cu_seqlens_k[:-1]).max())
+    else:
+        lq, lk = q.shape[2], k.shape[2]
+    window = args.window_left >= 0 or (args.window_right >= 0 and not args.causal)
+    wl = args.window_left if args.window_left >= 0 else _FAR
+    wr = 0 if args.causal else (args.window_right if args.window_right >= 0 else _FAR)
+    mask, mask_mode, mask_strides = _mask_args(attn_mask, q, k)
+    alibi, has_alibi, alibi_strides = _alibi_args(alibi_slopes, q)
+    cu_q = cu_seqlens_q if varlen else q
+    cu_k = cu_seqlens_k if varlen else q
+    scalars = (lq, lk, q.shape[1] // k.shape[1], float(args.scale), float(args.softcap), wl, wr)
+    flags = dict(
+        HEAD_DIM=q.shape[-1], BLOCK_D=block_d(q.shape[-1]), CAUSAL=bool(args.causal),
+        BOTTOM_RIGHT=bool(args.bottom_right), WINDOW=window, SOFTCAP=args.softcap > 0, ALIBI=has_alibi,
+        MASK_MODE=mask_mode, VARLEN=varlen,
+        # fp32 inputs: tf32x3 (three tf32 tensor-core products, hi*hi + hi*lo + lo*hi) keeps ~fp32
+        # accuracy where plain tf32 costs ~1e-3 relative; "ieee" would run on FMA units with the
+        # whole tile in registers (it spills at every useful tile size).
+        DOT_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32",
+    )
+    return batch, lq, lk, (cu_q, cu_k, alibi, mask), alibi_strides + mask_strides, scalars, flags
+
+
+def attention_fwd(q, k, v, args, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None):
+    """Attention forward.
+
+    Args:
+        q: ``(B, Hq, Lq, D)``; k, v: ``(B, Hk, Lk, D)``, ``Hq % Hk == 0``; any strides.
+            Varlen: ``B == 1`` and ``cu_seqlens_q``/``cu_seqlens_k`` int32 ``(n + 1,)`` pack
+            ``n`` sequences along L.
+        args: :class:`fastattn.ops.attention_args.AttentionArgs` (scale, causal, alignment,
+            window, softcap; ``dropout_p`` must be 0).
+        attn_mask: bool (True = takes part) or float (added), broadcastable to ``(B, Hq, Lq, Lk)``.
+        alibi_slopes: fp32 ``(Hq,)`` or ``(B, Hq)``.
+
+    Returns:
+        ``out`` ``(B, Hq, Lq, D)`` in q's dtype and dim order, ``lse`` fp32 ``(B, Hq, Lq)``
+        (natural log; ``+inf`` where a row sees no key).
+    """
+    from fastattn.ops.attention_args import empty_like_layout
+
+    ensure_interpreter_fixes()
+    batch, lq, lk, ptrs, extra_strides, scalars, flags = _common(q, k, args, attn_mask, alibi_slopes,
+                                                                 cu_seqlens_q, cu_seqlens_k)
+    out = empty_like_layout(q, v.shape[-1])
+    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    if out.numel() == 0 or lk == 0 or batch == 0:  # nothing to launch; rows without keys: 0 and +inf
+        return out.zero_(), lse.fill_(float("inf"))
+    heads = q.shape[1]
+    grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), heads, batch)
+    _attn_fwd[grid](
+        q, k, v, out, lse, *ptrs,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *extra_strides,
+        *scalars, **flags,
+    )
+    return out, lse
+
+
+def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None,
+                  cu_seqlens_k=None):
+    """Attention backward: ``(dq, dk, dv)`` shaped and laid out like ``q``, ``k``, ``v``.
+
+    ``dout``/``out`` ``(B, Hq, Lq, D)`` and ``lse`` fp32 ``(B, Hq, Lq)`` from :func:`attention_fwd`
+    with the same arguments. ``args.deterministic`` selects the atomics-free dQ pass.
+    """
+    ensure_interpreter_fixes()
+    batch, lq, lk, ptrs, extra_strides, scalars, flags = _common(q, k, args, attn_mask, alibi_slopes,
+                                                                 cu_seqlens_q, cu_seqlens_k)
+    hq, hk = q.shape[1], k.shape[1]
+    if q.numel() == 0 or k.numel() == 0 or batch == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    bd, hd = flags["BLOCK_D"], flags["HEAD_DIM"]
+    delta = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    bm = delta_block_m(bd)
+    _attn_bwd_delta[(triton.cdiv(q.shape[2], bm), hq, q.shape[0])](
+        out, dout, delta, *out.stride(), *dout.stride(), *delta.stride(), q.shape[2],
+        HEAD_DIM=hd, BLOCK_D=bd, BLOCK_M=bm,
+    )
+    lse = lse if lse.stride() == delta.stride() else lse.contiguous()  # the kernels share LSE/Delta strides
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    atomic = not args.deterministic
+    # Atomic dQ accumulates in fp32 (low-precision atomics would round at every add).
+    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else dq
+    grid = lambda meta: (triton.cdiv(lk, meta["BLOCK_N"]), hk, batch)
+    _attn_bwd_dkdv[grid](
+        q, k, v, dout, lse, delta, dk, dv, dq_acc, *ptrs,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse.stride(),
+        *dk.stride(), *dv.stride(), *dq_acc.stride(), *extra_strides,
+        *scalars, ATOMIC_DQ=atomic, **flags,
+    )
+    if atomic:
+        dq.copy_(dq_acc)
+    else:
+        grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), hq, batch)
+        _attn_bwd_dq[grid](
+            q, k, v, dout, lse, delta, dq, *ptrs,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse.stride(), *dq.stride(),
+            *extra_strides, *scalars, **flags,
+        )
+    return dq, dk, dv
+
+
+# --------------------------------------------------------------------------- ahead-of-time cases
+
+_AOT_DTYPES = {"fp16": 2, "fp32": 4}  # bf16 compiles to the same tiles and register footprint as fp16
+_AOT_BLOCK_D = (16, 32, 64, 128, 256)
+# Specialisations checked: the common launch (causal) for every tile and dtype, and every
+# feature at once (window, softcap, ALiBi, additive mask, bottom-right) for the large 16-bit
+# tiles, where the extra per-element work is most likely to spill.
+_AOT_VARIANTS = {
+    "causal": (dict(CAUSAL=True), tuple(_AOT_DTYPES), _AOT_BLOCK_D),  # fp32 stops at 128 (see supports)
+    "features": (dict(CAUSAL=True, BOTTOM_RIGHT=True, WINDOW=True, SOFTCAP=True, ALIBI=True, MASK_MODE=2),
+                 ("fp16",), (128, 256)),
+}
+
+
+def aot_cases(all_candidates: bool = False) -> list:
+    """Every (kernel, config, head-dim tile, dtype) the autotuner can run, for kernels/_aot.py.
+
+    Each case carries the archs whose pruning keeps it (all archs with ``all_candidates``).
+    Specialised as the common launch is: unit head-dim strides, 16-byte aligned pointers
+    and strides; feature flags per :data:`_AOT_VARIANTS`.
+    """
+    from ._aot import ARCHS, AotCase, signature_for
+
+    fns = {"fwd": _attn_fwd.fn, "bwd_dkdv": _attn_bwd_dkdv.fn, "bwd_dq": _attn_bwd_dq.fn}
+    cases = []
+    for variant, (on, dtypes, tiles) in _AOT_VARIANTS.items():
+        features = variant != "causal"
+        for dname in dtypes:
+            elem = _AOT_DTYPES[dname]
+            for bd in tiles:
+                if elem == 4 and bd > 128:
+                    continue
+                flags = dict(HEAD_DIM=bd, BLOCK_D=bd, CAUSAL=False, BOTTOM_RIGHT=False, WINDOW=False, SOFTCAP=False,
+                             ALIBI=False, MASK_MODE=0, VARLEN=False,
+                             DOT_PRECISION="tf32x3" if dname == "fp32" else "tf32")
+                flags.update(on)
+                for kernel, fn in fns.items():
+                    for cfg in _CANDIDATES[kernel]:
+                        archs = tuple(ARCHS) if all_candidates else tuple(
+                            a for a in ARCHS if keep_config(kernel, cfg, a, bd, elem, features))
+                        if not archs:
+                            continue
+                        const = dict(flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
+                        if kernel == "bwd_dkdv":
+                            const["ATOMIC_DQ"] = True
+                        # Triton's launcher turns an int argument equal to 1 into a constant: unit strides
+                        # (not the mask's, which broadcasts with stride 0 or runs along keys).
+                        const.update({n: 1 for n in fn.arg_names if n.startswith("stride") and n.endswith("d")})
+                        sig = signature_for(fn, {"LSE": "*fp32", "Delta": "*fp32", "DQAcc": "*fp32",
+                                                 "CuSeqQ": "*i32", "CuSeqK": "*i32", "Alibi": "*fp32",
+                                                 "Mask": f"*{dname}"}, f"*{dname}",
+                                            floats=("sm_scale", "softcap"), constexprs=const)
+                        divisible = tuple(n for n in fn.arg_names if n not in const and (
+                            n[0].isupper() or n.startswith("stride")))
+                        cases.append(AotCase(
+                            kernel=f"attention_{kernel}", fn=fn, signature=sig, constexprs=const,
+                            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                            config=dict(variant=variant, dtype=dname, BLOCK_D=bd, BLOCK_M=cfg["BLOCK_M"],
+                                        BLOCK_N=cfg["BLOCK_N"]),
+                            divisible_by_16=divisible, archs=archs,
+                        ))
+    return cases
