@@ -250,6 +250,7 @@ def main(argv=None) -> int:
     p.add_argument("--mode", choices=("both", "causal", "full"), default="both")
     p.add_argument("--memory", action="store_true", help="peak memory at 2k/4k/8k (subprocesses)")
     p.add_argument("--no-time", action="store_true", help="skip the timings (with --memory)")
+    p.add_argument("--memory-impls", default="fastattn:cpu,sdpa_flash,sdpa_math")
     p.add_argument("--json", help="write rows and the environment here")
     args = p.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",") if t] or [None]
@@ -263,7 +264,7 @@ def main(argv=None) -> int:
     if args.memory:
         for dtype in ("float32", "bfloat16"):
             for direction in ("fwd", "fwd+bwd"):
-                mem += memory_rows(dtype=dtype, direction=direction)
+                mem += memory_rows(dtype=dtype, direction=direction, impl_names=args.memory_impls.split(","))
     if args.json:
         record = {"environment": environment("cpu"), "command": " ".join([sys.executable] + sys.argv),
                   "load_average": os.getloadavg(), "rows": rows, "memory": mem}

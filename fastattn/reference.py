@@ -106,6 +106,9 @@ def _probabilities(q, k, args, attn_mask, alibi_slopes):
     if window is not None:
         visible = visible & window
     scores = scores.masked_fill(~visible, float("-inf"))
+    if seqlen_k == 0:  # no key at all (e.g. an empty KV cache): every row sees no key
+        probs = scores.new_zeros(scores.shape)
+        return probs, scores.new_full(scores.shape[:-1], float("inf")), capped
     # A row with no finite score sees no key: its output is 0 and its LSE +inf (flash-attn's rule;
     # torch's SDPA also gives 0 there). Replace -inf maxima by 0 so exp() stays finite.
     row_max = scores.amax(dim=-1, keepdim=True)

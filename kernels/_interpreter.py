@@ -1,16 +1,20 @@
 """Corrections to the Triton interpreter (``TRITON_INTERPRET=1``) that fastattn's kernels need.
 
 Triton's interpreter stores bfloat16 values as their raw ``uint16`` bit patterns
-(numpy has no bfloat16). Its ``tl.dot`` (``InterpreterBuilder.create_dot``) converts
-only 8-bit floats before calling ``np.matmul``, so a bf16 dot multiplies the bit
-patterns as *integers*: results are off by ~1e10 (seen in Triton 3.7 to 3.9). Every
-other bf16 op (casts, loads, stores) is right, because it goes through
-``_convert_float``.
+(numpy has no bfloat16), which goes wrong in two places (seen in Triton 3.7 to 3.9):
+
+* ``tl.dot`` (``InterpreterBuilder.create_dot``) converts only 8-bit floats before
+  calling ``np.matmul``, so a bf16 dot multiplies the bit patterns as *integers*:
+  results are off by ~1e10;
+* the fp32 -> bf16 cast (``cast_impl``, behind ``.to(tl.bfloat16)`` and stores)
+  *truncates* (drops the low 16 bits) where the GPU rounds to nearest even
+  (``cvt.rn.bf16.f32``): up to one bf16 ulp of error instead of half of one.
 
 :func:`ensure_interpreter_fixes` wraps ``create_dot`` so that bf16 operands are
 decoded to float32 (exactly: every bf16 value is a float32 value) before the matmul,
-which then accumulates in the accumulator's dtype as for every other input type. It
-is idempotent, a no-op when the interpreter is not in use, and every fastattn
+which then accumulates in the accumulator's dtype as for every other input type, and
+wraps ``cast_impl`` so fp32 -> bf16 rounds as the hardware does. Each fix is applied
+only when a probe shows the installed Triton needs it. It is idempotent, a no-op when the interpreter is not in use, and every fastattn
 launcher calls it, so ``backend="triton"`` on bf16 CPU tensors is right for tests,
 users and outside checks alike.
 """
@@ -38,6 +42,37 @@ def _bf16_dot_is_wrong(builder_cls) -> bool:
     return float(out.data[0, 0]) != 1.0
 
 
+def _bf16_cast_truncates(builder_cls) -> bool:
+    """Probe the fp32 -> bf16 cast with a value just above a rounding midpoint."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime.interpreter import TensorHandle
+
+    above_half = np.array([0x3F808001], dtype=np.uint32).view(np.float32)  # rounds up to 0x3F81
+    out = builder_cls.cast_impl(builder_cls.__new__(builder_cls), TensorHandle(above_half, tl.float32), tl.bfloat16)
+    return int(np.asarray(out.data).view(np.uint16)[0]) != 0x3F81
+
+
+def _round_bf16_casts(builder_cls) -> None:
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    original = builder_cls.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            bits = np.asarray(src.data, dtype=np.float32).view(np.uint32).astype(np.uint64)
+            # Round to nearest even on the 16 dropped bits: add 0x7FFF plus the kept lsb, then drop.
+            rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+            rounded[np.isnan(src.data)] = 0x7FC0  # a carry must not turn a NaN into an infinity
+            return interpreter.TensorHandle(rounded, tl.bfloat16)
+        return original(self, src, dst_type)
+
+    cast_impl._fastattn_bf16_fix = True
+    builder_cls.cast_impl = cast_impl
+
+
 def ensure_interpreter_fixes() -> None:
     """Patch the Triton interpreter's bf16 ``tl.dot`` once; safe to call any number of times.
 
@@ -53,6 +88,8 @@ def ensure_interpreter_fixes() -> None:
     from triton.runtime import interpreter
 
     builder_cls = interpreter.InterpreterBuilder
+    if not getattr(builder_cls.cast_impl, "_fastattn_bf16_fix", False) and _bf16_cast_truncates(builder_cls):
+        _round_bf16_casts(builder_cls)
     if getattr(builder_cls.create_dot, "_fastattn_bf16_fix", False) or not _bf16_dot_is_wrong(builder_cls):
         return
     original = builder_cls.create_dot

@@ -76,8 +76,11 @@ def decode_config(rows: int, bd: int, bdv: int, elem: int) -> dict:
     bm = min(cap, max(16, triton.next_power_of_2(rows)))
     budget = 32768 // ((bd + bdv) * elem)
     bn = max(16, min(64, 1 << (budget.bit_length() - 1) if budget > 0 else 16))  # a power of two
-    # fp32 operands of the (FMA) dot are held in registers: 8 warps from 2048-element tiles, or ptxas spills.
+    # fp32 operands of the (FMA) dot are held in registers: 8 warps from 2048-element tiles, and
+    # at most 32 keys a block from 4096, or ptxas spills.
     warps = 4 if bm * max(bd, bdv) <= (4096 if elem == 2 else 1024) else 8
+    if elem == 4 and bm * max(bd, bdv) >= 4096:
+        bn = min(bn, 32)
     return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=2)
 
 

@@ -88,6 +88,7 @@ def _sdpa_case(dtype, seqlen_q, seqlen_k, head_dim, causal, heads=2, heads_k=2, 
 FAST_FLASH = [
     ("fp16", 1, 1, 64, False), ("fp16", 17, 17, 64, True), ("fp16", 113, 17, 64, True),
     ("fp16", 17, 113, 64, True), ("fp16", 64, 113, 64, False), ("bf16", 17, 113, 64, True),
+    ("bf16", 128, 128, 64, False),
     ("bf16", 65, 17, 128, True), ("fp16", 17, 40, 128, False), ("bf16", 17, 33, 256, True),
 ]
 
@@ -127,17 +128,20 @@ def test_strided_inputs_taken_without_copy():
 
 
 def test_backward_is_served():
-    """Gradients flow through backend="cuda" (Triton or reference backward) and match the reference."""
+    """Gradients flow through backend="cuda" (Triton or reference backward, fed by this forward's
+    out and lse) and meet the error-ratio rule against the float64 reference's gradients."""
     q, k, v = (torch.randn(1, 2, 17, 64, device=DEVICE).to(torch.float16).requires_grad_() for _ in range(3))
     out = fastattn.scaled_dot_product_attention(q, k, v, is_causal=True, backend="cuda")
     dout = torch.randn_like(out)
     out.backward(dout)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
     reference.scaled_dot_product_attention(q64, k64, v64, is_causal=True).backward(dout.double())
-    for name, g, g64 in (("dq", q.grad, q64.grad), ("dk", k.grad, k64.grad), ("dv", v.grad, v64.grad)):
-        assert g is not None and not torch.isnan(g).any(), name
-        scale = g64.abs().max().item()
-        assert (g.double() - g64).abs().max().item() <= 2e-2 * scale + 1e-3, name
+    qlp, klp, vlp = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    reference.scaled_dot_product_attention(qlp, klp, vlp, is_causal=True).backward(dout)
+    for name, g, g64, glp in (("dq", q.grad, q64.grad, qlp.grad), ("dk", k.grad, k64.grad, klp.grad),
+                              ("dv", v.grad, v64.grad, vlp.grad)):
+        assert g is not None, name
+        _err_ok(g, g64, glp, name)
 
 
 @pytest.mark.parametrize("why,kwargs", [
@@ -159,8 +163,11 @@ def test_supports_declines_misaligned_rows():
     assert cuda_attention.supports(q.transpose(1, 2), q.transpose(1, 2), q.transpose(1, 2)) is not None
 
 
+# 1024 only at head dim 64: the simulator runs one OS thread per CUDA thread, and a 1024 x 1024
+# head-dim-256 case is ~1000 key-tile steps of 16 keys.
 SLOW = [(dt, lq, lk, d, causal) for dt in ("fp16", "bf16") for d in (64, 128, 256)
-        for (lq, lk) in ((1, 257), (113, 113), (257, 128), (1024, 1024)) for causal in (False, True)]
+        for (lq, lk) in ((1, 257), (113, 113), (257, 128), (128, 257)) for causal in (False, True)]
+SLOW += [(dt, 1024, 1024, 64, causal) for dt in ("fp16", "bf16") for causal in (False, True)]
 
 
 @pytest.mark.slow

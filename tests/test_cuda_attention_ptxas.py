@@ -25,7 +25,7 @@ def smem_bytes(head_dim: int) -> int:
 def records():
     if _ptxas.nvcc_path() is None:
         pytest.skip("nvcc not found")
-    recs = [r for r in _ptxas.kernel_reports(_ptxas.ARCHS) if r["kernel"] == "flash_fwd_kernel"]
+    recs = [r for r in _ptxas.compile_reports(_ptxas.ARCHS) if r["kernel"] == "flash_fwd_kernel"]
     assert recs, "no flash_fwd_kernel in the ptxas reports"
     return recs
 

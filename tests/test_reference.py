@@ -468,3 +468,15 @@ def test_upcast_returns_float64():
     out32 = reference.flash_attn_func(q, k, v, causal=True)
     assert out32.dtype == torch.float32 and not torch.equal(out32.double(), out)
     torch.testing.assert_close(out32.double(), out, rtol=1e-5, atol=1e-6)
+
+
+def test_kvcache_with_an_empty_cache_row_sees_no_key():
+    gen = torch.Generator().manual_seed(41)
+    q = torch.randn(2, 1, 4, 8, generator=gen)
+    k_cache, v_cache = torch.randn(2, 5, 2, 8, generator=gen), torch.randn(2, 5, 2, 8, generator=gen)
+    lens = torch.tensor([0, 3], dtype=torch.int32)
+    out, lse = reference.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, return_softmax_lse=True)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    assert torch.isinf(lse[0]).all() and (lse[0] > 0).all()
+    expected = reference.flash_attn_func(q[1:], k_cache[1:, :3], v_cache[1:, :3])
+    torch.testing.assert_close(out[1:], expected, rtol=1e-6, atol=1e-6)

@@ -366,6 +366,33 @@ def test_interpreter_bf16_dot_fix():
     torch.testing.assert_close(c, want, rtol=1e-5, atol=1e-5)
 
 
+def test_interpreter_bf16_cast_rounds_to_nearest_even():
+    """The interpreter truncates fp32 -> bf16 casts; the fix rounds to nearest even as the GPU does."""
+    if not INTERPRETED:
+        pytest.skip("the interpreter is not in use")
+    import triton
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpreterBuilder
+
+    from fastattn.kernels._interpreter import ensure_interpreter_fixes
+
+    @triton.jit
+    def _cast(X, Y, N: tl.constexpr):
+        r = tl.arange(0, N)
+        tl.store(Y + r, tl.load(X + r).to(tl.bfloat16))
+
+    x = torch.randn(64) * 100
+    x[0], x[1] = float("nan"), float("inf")
+    ensure_interpreter_fixes()
+    fixed = InterpreterBuilder.cast_impl
+    assert getattr(fixed, "_fastattn_bf16_fix", False)
+    y = torch.full((64,), float("nan"), dtype=BF16)
+    _cast[(1,)](x, y, N=64)
+    want = x.to(BF16)  # torch rounds to nearest even
+    assert torch.isnan(y[0]) and torch.isinf(y[1])
+    assert torch.equal(y[2:].view(torch.int16), want[2:].view(torch.int16))
+
+
 # --------------------------------------------------------------------------- slow cross-product
 
 SLOW_DIMS = [1, 8, 40, 59, 64, 72, 96, 111, 128, 160, 192, 256]

@@ -48,6 +48,7 @@ void attention_fwd(const AttnFwdParams& p, void* stream) {
   if (p.heads_k <= 0 || p.heads % p.heads_k != 0) throw std::invalid_argument("attention_fwd: heads % heads_k != 0");
   if (p.seqlen_q > 0x3fffffff || p.seqlen_k > 0x3fffffff)
     throw std::invalid_argument("attention_fwd: sequences longer than 2^30");
+  if (p.batch * p.heads > 65535) throw std::invalid_argument("attention_fwd: batch * heads over 65535 (grid y)");
   if (p.seqlen_q == 0 || p.batch * p.heads == 0) return;
   if (p.dtype == static_cast<int>(DType::kFloat16))
     run_for_type<__half>(p, stream);

@@ -103,10 +103,11 @@ __global__ void __launch_bounds__(AttnFwdTraits<D>::kThreads)
   const T* k = static_cast<const T*>(p.k) + b * p.k_strides[0] + hk * p.k_strides[1];
   const T* v = static_cast<const T*>(p.v) + b * p.v_strides[0] + hk * p.v_strides[1];
 
-  // Key tiles [0, n_tiles): causal stops after the last key the CTA's last row can see.
+  // Key tiles [0, n_tiles): causal stops after the last key the CTA's last real row can see.
   int kv_end = Lk;
   if (Causal) {
-    const int last_visible = m0 + BM - 1 + off;  // by the CTA's last row
+    const int last_row = (m0 + BM < Lq ? m0 + BM : Lq) - 1;
+    const int last_visible = last_row + off;
     kv_end = last_visible + 1 < Lk ? last_visible + 1 : Lk;
     if (kv_end < 0) kv_end = 0;
   }
