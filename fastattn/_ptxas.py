@@ -42,6 +42,9 @@ LAUNCH = {
     "split_kv_decode_kernel": (128, 0),
     "split_kv_combine_kernel": (128, 0),
     "arch_probe_kernel": (1, 0),  # csrc/cuda/info.cu
+    # 4 warps; dynamic smem by head dim 64/128/256 = 40/80/64 KB (kernel_traits.cuh): the
+    # largest is used for every instantiation, so its occupancy is a lower bound.
+    "flash_fwd_kernel": (128, 81920),
 }
 
 

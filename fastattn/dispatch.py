@@ -32,10 +32,15 @@ BACKENDS = ("reference", "triton", "cuda", "cpu")
 """Every backend name the public API accepts, besides ``"auto"``."""
 
 AUTO_ORDER = {
-    "cuda": ("cuda", "triton", "reference"),
+    "cuda": ("triton", "cuda", "reference"),
     "cpu": ("cpu", "reference"),
 }
-"""Preference of ``auto`` per device type; backends missing an op are skipped."""
+"""Preference of ``auto`` per device type; backends missing an op are skipped.
+
+On CUDA tensors Triton comes first: its kernels are autotuned per device and cover the
+most options; the CUDA C++ kernels serve what Triton does not and every explicit
+``backend="cuda"`` call. Until GPU benchmarks exist (benchmarks/RESULTS.md: not
+measured) this order is a judgement, not a measurement."""
 
 OP_SIGNATURES = {
     # q (B,Hq,Lq,D), k (B,Hk,Lk,D), v (B,Hk,Lk,Dv), any strides -> (out (B,Hq,Lq,Dv) in q's
