@@ -130,7 +130,10 @@ def test_info_json_is_complete(capsys):
     assert data["backends"]["availability"]["cpu"]["reference"] is None
     for ext in data["extensions"]:
         if ext["name"] == "fastattn._cuda" and ext["loaded"]:
-            assert ext["archs"], "fastattn._cuda must answer compiled_archs()"
+            import fastattn._cuda as cuda
+
+            assert ext["archs"] == cuda.compiled_arch_names(), "info lists the archs with their suffixes"
+            assert [int(a.rstrip("a")) for a in ext["archs"]] == cuda.compiled_archs()
 
 
 def test_python_dash_m_entry_point():

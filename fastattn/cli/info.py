@@ -35,7 +35,8 @@ def extension_info(name: str) -> dict:
         info.update(loaded=False, error=f"{type(exc).__name__}: {exc}")
         return info
     info.update(loaded=True, file=getattr(mod, "__file__", None))
-    for attr in ("compiled_archs", "archs"):
+    # compiled_arch_names() keeps arch suffixes (90a: Hopper's wgmma/TMA features); compiled_archs() gives ints.
+    for attr in ("compiled_arch_names", "compiled_archs", "archs"):
         fn = getattr(mod, attr, None)
         if callable(fn):
             try:
