@@ -11,6 +11,7 @@ pass is 2.5x the forward's FLOPs. Times are seconds; throughput is TFLOP/s or GB
 """
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -60,3 +61,62 @@ def write_json(path: str | Path, rows: list[dict], device: torch.device | str = 
     """Write ``rows`` with the full environment record (see :func:`environment`) as JSON."""
     record = {"environment": environment(device), **extra, "rows": rows}
     Path(path).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def case_id(case) -> str:
+    """A pytest id for a :mod:`fastattn.cli.cases` case."""
+    return case.name.replace(" ", "-").replace("/", "_")
+
+
+def _input_sets(case):
+    first = case.make_inputs(DEVICE, requires_grad=case.direction != "fwd")
+    n = rotation_count(tensor_bytes(*first.values()), DEVICE)
+    return [first] + [case.make_inputs(DEVICE, requires_grad=case.direction != "fwd") for _ in range(n - 1)]
+
+
+def _call(runner, case, sets):
+    """A no-argument callable running ``case.direction`` on the next input set each call."""
+    from fastattn.cli import impls
+
+    sets = [runner.adapt(case, s) for s in sets]
+    keys = impls.GRAD_KEYS[case.family]
+    counter = itertools.count()
+
+    def fn():
+        s = sets[next(counter) % len(sets)]
+        if case.direction == "fwd":
+            with torch.no_grad():
+                out = runner.forward(case, s)
+        else:
+            out = torch.autograd.grad(runner.forward(case, s), [s[k] for k in keys], s["dout"])
+        sync()
+        return out
+
+    return fn
+
+
+def run_case(benchmark, case, runner) -> None:
+    """Time ``runner`` on ``case`` with pytest-benchmark (inputs rotated between calls), and
+    record the case, FLOPs/bytes and throughput in ``extra_info``. Skips, saying why, when the
+    runner does not implement the case or declines its inputs."""
+    import pytest
+
+    if case.family not in runner.families:
+        pytest.skip(f"{runner.name} does not implement {case.family}")
+    why = runner.why_not(case, DEVICE)
+    if why is not None:
+        pytest.skip(why)
+    torch.manual_seed(0)
+    sets = _input_sets(case)
+    with runner.context():
+        fn = _call(runner, case, sets)
+        try:
+            fn()  # warm-up (and autotuning); a backend that declines this input says so here
+        except (ValueError, TypeError, NotImplementedError) as exc:
+            pytest.skip(f"{runner.name}: {exc}".splitlines()[0])
+        benchmark.group = case.name
+        benchmark.pedantic(fn, rounds=5 if DEVICE.type == "cpu" else 50, warmup_rounds=1)
+    median = benchmark.stats.stats.median
+    benchmark.extra_info.update(case.as_dict())
+    benchmark.extra_info.update(impl=runner.name, flops=case.flops(), bytes=case.nbytes(),
+                                tflops=tflops(case.flops(), median), gbps=gbps(case.nbytes(), median))

@@ -17,13 +17,11 @@ between calls so that caches do not flatter.
 """
 from __future__ import annotations
 
-import itertools
 import os
 
 import pytest
-import torch
 
-from _common import DEVICE, gbps, rotation_count, sync, tensor_bytes, tflops
+from _common import DEVICE, case_id, run_case
 
 from fastattn.cli import cases, impls
 
@@ -33,55 +31,7 @@ CASES = [c for c in cases.preset(PRESET, DEVICE.type) if c.family in FAMILIES]
 RUNNERS = [r for r in impls.runners(DEVICE, full=PRESET == "full") if set(r.families) & set(FAMILIES)]
 
 
-def _id(case) -> str:
-    return case.name.replace(" ", "-").replace("/", "_")
-
-
-def _input_sets(case):
-    make = lambda: case.make_inputs(DEVICE, requires_grad=case.direction != "fwd")
-    first = make()
-    n = rotation_count(tensor_bytes(*first.values()), DEVICE)
-    return [first] + [make() for _ in range(n - 1)]
-
-
-def _call(runner, case, sets):
-    """A no-argument callable running ``case.direction`` on the next input set each call."""
-    sets = [runner.adapt(case, s) for s in sets]
-    keys = impls.GRAD_KEYS[case.family]
-    counter = itertools.count()
-
-    def fn():
-        s = sets[next(counter) % len(sets)]
-        if case.direction == "fwd":
-            with torch.no_grad():
-                out = runner.forward(case, s)
-        else:
-            out = torch.autograd.grad(runner.forward(case, s), [s[k] for k in keys], s["dout"])
-        sync()
-        return out
-
-    return fn
-
-
 @pytest.mark.parametrize("runner", RUNNERS, ids=[r.name for r in RUNNERS])
-@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
 def test_ffn(benchmark, case, runner):
-    if case.family not in runner.families:
-        pytest.skip(f"{runner.name} does not implement {case.family}")
-    why = runner.why_not(case, DEVICE)
-    if why is not None:
-        pytest.skip(why)
-    torch.manual_seed(0)
-    sets = _input_sets(case)
-    with runner.context():
-        fn = _call(runner, case, sets)
-        try:
-            fn()  # warm-up (and autotuning); a backend that declines this input says so here
-        except (ValueError, TypeError, NotImplementedError) as exc:
-            pytest.skip(f"{runner.name}: {exc}".splitlines()[0])
-        benchmark.group = case.name
-        benchmark.pedantic(fn, rounds=5 if DEVICE.type == "cpu" else 50, warmup_rounds=1)
-    median = benchmark.stats.stats.median
-    benchmark.extra_info.update(case.as_dict())
-    benchmark.extra_info.update(impl=runner.name, flops=case.flops(), bytes=case.nbytes(),
-                                tflops=tflops(case.flops(), median), gbps=gbps(case.nbytes(), median))
+    run_case(benchmark, case, runner)
