@@ -29,6 +29,7 @@ from fastattn.ops.attention_args import AttentionArgs
 __all__ = [
     "attention",
     "attention_backward",
+    "attention_probabilities",
     "scaled_dot_product_attention",
     "flash_attn_func",
     "flash_attn_varlen_func",
@@ -135,6 +136,13 @@ def _sum_groups(grad, heads_k):
     return grad.reshape(batch, heads_k, heads // heads_k, length, dim).sum(2)
 
 
+def _sequence_mask(dropout_mask, s, cq, ck):
+    """Sequence ``s``'s slice of a varlen dropout mask ``(n, H, max_Lq, max_Lk)``."""
+    if dropout_mask is None:
+        return None
+    return dropout_mask[s : s + 1, :, : cq[s + 1] - cq[s], : ck[s + 1] - ck[s]]
+
+
 def _attention_dense(q, k, v, args, attn_mask, alibi_slopes, dropout_mask):
     """(B,H,Lq,D) x (B,Hk,Lk,D) -> out (B,H,Lq,Dv), lse (B,H,Lq); inputs already in the compute dtype."""
     k, v = _expand_kv(q, k, v)
@@ -166,6 +174,31 @@ def _attention_dense_backward(dout, q, k, v, args, attn_mask, alibi_slopes, drop
     return dq, _sum_groups(dk, heads_k), _sum_groups(dv, heads_k)
 
 
+def attention_probabilities(
+    q: torch.Tensor, k: torch.Tensor, args: AttentionArgs, *, attn_mask: Optional[torch.Tensor] = None,
+    alibi_slopes: Optional[torch.Tensor] = None, cu_seqlens_q: Optional[torch.Tensor] = None,
+    cu_seqlens_k: Optional[torch.Tensor] = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0,
+) -> torch.Tensor:
+    """The softmax probabilities (before dropout) of :func:`attention`'s call, in q's dtype.
+
+    ``(B, Hq, Lq, Lk)``; varlen: ``(n, Hq, max_seqlen_q, max_seqlen_k)`` (0 = the longest
+    sequence), sequence ``s`` in ``[s, :, :Lq_s, :Lk_s]`` and zeros elsewhere. Rows that see
+    no key are 0.
+    """
+    if cu_seqlens_q is None:
+        k, _ = _expand_kv(q, k, k)
+        return _probabilities(q, k, args, attn_mask, alibi_slopes)[0]
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    lengths_q = [b - a for a, b in zip(cq, cq[1:])]
+    lengths_k = [b - a for a, b in zip(ck, ck[1:])]
+    probs = q.new_zeros(len(lengths_q), q.shape[1], max_seqlen_q or max(lengths_q), max_seqlen_k or max(lengths_k))
+    for s, (lq, lk) in enumerate(zip(lengths_q, lengths_k)):
+        slopes = alibi_slopes if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes[s : s + 1]
+        ks, _ = _expand_kv(q, k[:, :, ck[s] : ck[s + 1]], k[:, :, ck[s] : ck[s + 1]])
+        probs[s : s + 1, :, :lq, :lk] = _probabilities(q[:, :, cq[s] : cq[s + 1]], ks, args, None, slopes)[0]
+    return probs
+
+
 def attention_backward(
     dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: AttentionArgs, *,
     attn_mask: Optional[torch.Tensor] = None, alibi_slopes: Optional[torch.Tensor] = None,
@@ -184,7 +217,8 @@ def attention_backward(
     for s in range(len(cq) - 1):
         sq, sk = slice(cq[s], cq[s + 1]), slice(ck[s], ck[s + 1])
         slopes = alibi_slopes if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes[s : s + 1]
-        g = _attention_dense_backward(dout[:, :, sq], q[:, :, sq], k[:, :, sk], v[:, :, sk], args, None, slopes, None)
+        g = _attention_dense_backward(dout[:, :, sq], q[:, :, sq], k[:, :, sk], v[:, :, sk], args, None, slopes,
+                                      _sequence_mask(dropout_mask, s, cq, ck))
         dq[:, :, sq], dk[:, :, sk], dv[:, :, sk] = g
     return dq, dk, dv
 
@@ -213,8 +247,9 @@ def attention(
         attn_mask: bool (True = takes part) or float (added), broadcastable to
             ``(B, Hq, Lq, Lk)``; not with varlen.
         alibi_slopes: ``(Hq,)`` or ``(B, Hq)``; adds ``-slope * |i + Lk - Lq - j|``.
-        dropout_mask: bool ``(B, Hq, Lq, Lk)`` of kept probabilities (the reference has no
-            RNG of its own: it applies the mask a kernel reports). Not with varlen.
+        dropout_mask: bool ``(B, Hq, Lq, Lk)`` of kept probabilities (the reference draws
+            none itself: :mod:`fastattn.philox` gives the one kernels draw). Varlen:
+            ``(n, Hq, max_Lq, max_Lk)``, sequence ``s`` using ``[s, :, :Lq_s, :Lk_s]``.
         upcast: compute in float64 and return float64.
 
     Returns:
@@ -226,8 +261,8 @@ def attention(
     if cu_seqlens_q is None:
         out, lse = _attention_dense(q, k, v, args, attn_mask, alibi_slopes, dropout_mask)
     else:
-        if attn_mask is not None or dropout_mask is not None:
-            raise ValueError("attn_mask and dropout_mask are not defined for varlen attention")
+        if attn_mask is not None:
+            raise ValueError("attn_mask is not defined for varlen attention")
         outs, lses = [], []
         cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
         for s in range(len(cq) - 1):
@@ -236,7 +271,7 @@ def attention(
                 slopes = slopes[s : s + 1]
             o, l = _attention_dense(
                 q[:, :, cq[s] : cq[s + 1]], k[:, :, ck[s] : ck[s + 1]], v[:, :, ck[s] : ck[s + 1]],
-                args, None, slopes, None,
+                args, None, slopes, _sequence_mask(dropout_mask, s, cq, ck),
             )
             outs.append(o)
             lses.append(l)
@@ -318,17 +353,19 @@ def flash_attn_func(
 def flash_attn_varlen_func(
     q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
     softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-    deterministic=False, return_attn_probs=False, *, upcast=False,
+    deterministic=False, return_attn_probs=False, *, dropout_mask=None, upcast=False,
 ):
     """flash-attn 2 ``flash_attn_varlen_func``: packed ``q`` ``(total_q, Hq, D)``, ``k``/``v``
-    ``(total_k, Hk, D)``, sequence ``s`` spanning ``cu_seqlens[s]:cu_seqlens[s+1]``.
+    ``(total_k, Hk, D)``, sequence ``s`` spanning ``cu_seqlens[s]:cu_seqlens[s+1]``; dropout
+    needs ``dropout_mask`` ``(n, Hq, max_seqlen_q, max_seqlen_k)`` (see :func:`attention`).
     Returns ``out`` ``(total_q, Hq, Dv)`` or ``(out, softmax_lse (Hq, total_q), None)``."""
-    if dropout_p > 0:
-        raise ValueError("the reference varlen attention has no dropout")
-    args = _flash_args(q, k, softmax_scale, causal, window_size, softcap, 0.0, max_seqlen_q, max_seqlen_k)
+    if dropout_p > 0 and dropout_mask is None:
+        raise ValueError("the reference draws no dropout mask: pass dropout_mask (see fastattn.philox)")
+    args = _flash_args(q, k, softmax_scale, causal, window_size, softcap, dropout_p, max_seqlen_q, max_seqlen_k)
     out, lse = attention(
         q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
-        args, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, upcast=upcast,
+        args, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+        dropout_mask=dropout_mask, upcast=upcast,
     )
     out = out.squeeze(0).transpose(0, 1)
     return (out, lse.squeeze(0), None) if return_attn_probs else out

@@ -84,10 +84,10 @@ class AotCase:
 
 
 def signature_for(fn, pointer_types: dict, default_pointer: str, floats: Iterable[str] = (),
-                  constexprs: Optional[dict] = None) -> dict:
+                  constexprs: Optional[dict] = None, int64s: Iterable[str] = ()) -> dict:
     """A signature for ``fn``: names starting with an upper-case letter are pointers (type from
-    ``pointer_types`` or ``default_pointer``), names in ``floats`` are fp32, the rest i32;
-    ``constexprs`` are marked ``"constexpr"``."""
+    ``pointer_types`` or ``default_pointer``), names in ``floats`` are fp32, in ``int64s`` i64,
+    the rest i32; ``constexprs`` are marked ``"constexpr"``."""
     constexprs = constexprs or {}
     sig = {}
     for name in fn.arg_names:
@@ -97,6 +97,8 @@ def signature_for(fn, pointer_types: dict, default_pointer: str, floats: Iterabl
             sig[name] = pointer_types.get(name, default_pointer)
         elif name in floats:
             sig[name] = "fp32"
+        elif name in int64s:
+            sig[name] = "i64"
         else:
             sig[name] = "i32"
     return sig

@@ -37,8 +37,12 @@ and sequence ``s`` spans rows ``cu_seqlens[s]:cu_seqlens[s+1]``. Any head dim 1.
 1..128) runs in a power-of-two ``BLOCK_D`` tile with masked loads/stores. Feature flags are
 ``tl.constexpr`` so a disabled feature costs nothing: ``CAUSAL``, ``WINDOW``,
 ``BOTTOM_RIGHT``, ``SOFTCAP``, ``ALIBI``, ``MASK_MODE`` (0 none, 1 bool, 2 additive;
-``attn_mask`` broadcast by zero strides), ``VARLEN``. Dropout is not implemented here
-(:func:`supports` says so, and dispatch falls back).
+``attn_mask`` broadcast by zero strides), ``VARLEN``, ``DROPOUT``.
+
+Dropout (``DROPOUT``): ``O = (P * Z) V`` with ``Z_ij = keep_ij / (1 - p)``, ``keep_ij`` drawn by
+Philox (``tl.rand``) from a counter that is a function of ``(seed, offset, b, h, i, j)`` alone
+(:mod:`fastattn.philox` is its specification), so the backward kernels redraw the very mask
+the forward used without storing it. The LSE is that of the undropped softmax.
 """
 from __future__ import annotations
 
@@ -173,7 +177,7 @@ def _prune(kernel: str):
         flag = lambda name: kwargs.get(name, nargs.get(name))
         bd = flag("BLOCK_D")
         elem = nargs["Q"].element_size()
-        features = bool(flag("WINDOW") or flag("SOFTCAP") or flag("ALIBI") or flag("MASK_MODE"))
+        features = bool(flag("WINDOW") or flag("SOFTCAP") or flag("ALIBI") or flag("MASK_MODE") or flag("DROPOUT"))
         kept = [c for c in configs if keep_config(kernel, _as_dict(c), arch, bd, elem, features)]
         return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
 
@@ -182,7 +186,7 @@ def _prune(kernel: str):
 
 # Autotuning keys: head dim and causal (plus the dtypes, which Triton's autotuner always adds)
 # and the feature flags, which change the code and so the best (and the register-safe) tile.
-_TUNE_KEY = ["HEAD_DIM", "CAUSAL", "WINDOW", "SOFTCAP", "ALIBI", "MASK_MODE", "VARLEN"]
+_TUNE_KEY = ["HEAD_DIM", "CAUSAL", "WINDOW", "SOFTCAP", "ALIBI", "MASK_MODE", "VARLEN", "DROPOUT"]
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -231,6 +235,16 @@ def _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right,
 
 
 @triton.jit
+def _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols):
+    """Dropout keep mask of a (rows x cols) tile of batch (varlen: sequence) ``off_b`` and query head
+    ``off_h``: ``tl.rand`` on the counter ``offset + ((b * H + h) * max_q + i) * max_k + j``, in int64
+    (B * H * Lq * Lk passes 2**31). A pure function of its coordinates, so every kernel (and tile
+    shape) redraws the same mask; fastattn/philox.py is the specification."""
+    row_ctr = ((off_b * num_heads + off_h) * max_q + rows) * max_k + rng_offset
+    return tl.rand(seed, row_ctr[:, None] + cols[None, :]) >= dropout_p
+
+
+@triton.jit
 def _seq_bounds(CuSeqQ, CuSeqK, off_b, seqlen_q, seqlen_k, VARLEN: tl.constexpr):
     """(first row of the sequence in the packed dim, its Lq, first key row, its Lk)."""
     if VARLEN:
@@ -257,15 +271,18 @@ def _attn_fwd(
     stride_ab, stride_ah,
     stride_mb, stride_mh, stride_mm, stride_mn,
     seqlen_q, seqlen_k, kv_group, sm_scale, softcap, window_left, window_right,
+    dropout_p, seed, rng_offset, num_heads,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     off_h = tl.program_id(1).to(tl.int64)
     off_b = tl.program_id(2).to(tl.int64)
     off_hk = off_h // kv_group  # GQA: query head h reads kv head h // group, no repeated K/V
+    max_q, max_k = seqlen_q, seqlen_k  # the dropout counter space (varlen: the longest sequence)
     start_q, seqlen_q, start_k, seqlen_k = _seq_bounds(CuSeqQ, CuSeqK, off_b, seqlen_q, seqlen_k, VARLEN)
     start_m = pid_m * BLOCK_M
     if start_m >= seqlen_q:  # varlen: this sequence is shorter than the longest one
@@ -329,7 +346,10 @@ def _attn_fwd(
         m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.math.exp2(s - m_sub[:, None])
         alpha = tl.math.exp2(m_i - m_sub)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)  # the softmax normaliser sums every probability, dropped or not
+        if DROPOUT:
+            keep = _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols)
+            p = tl.where(keep, p, 0.0)
         v = tl.load(v_base + tl.cast(start_n, tl.int64) * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                     mask=kv_ok[:, None] & d_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
@@ -337,6 +357,8 @@ def _attn_fwd(
 
     empty = l_i == 0.0
     acc = acc / tl.where(empty, 1.0, l_i)[:, None]
+    if DROPOUT:
+        acc = acc * (1.0 / (1.0 - dropout_p))  # kept probabilities are scaled by 1 / (1 - p)
     lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)  # back to natural log
     o_base = Out + bq * stride_ob + off_h * stride_oh + (start_q + start_m) * stride_om
     tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, acc.to(Out.dtype.element_ty),
@@ -390,15 +412,18 @@ def _attn_bwd_dkdv(
     stride_ab, stride_ah,
     stride_mb, stride_mh, stride_mm, stride_mn,
     seqlen_q, seqlen_k, kv_group, sm_scale, softcap, window_left, window_right,
+    dropout_p, seed, rng_offset, num_heads,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     ATOMIC_DQ: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     off_hk = tl.program_id(1).to(tl.int64)
     off_b = tl.program_id(2).to(tl.int64)
+    max_q, max_k = seqlen_q, seqlen_k  # the dropout counter space (varlen: the longest sequence)
     start_q, seqlen_q, start_k, seqlen_k = _seq_bounds(CuSeqQ, CuSeqK, off_b, seqlen_q, seqlen_k, VARLEN)
     start_n = pid_n * BLOCK_N
     if start_n >= seqlen_k:
@@ -468,8 +493,17 @@ def _attn_bwd_dkdv(
             s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
                            mask_base, stride_mm, stride_mn, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
             p = tl.math.exp2(s - lse[:, None] * 1.4426950408889634)
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+            if DROPOUT:
+                # O = (P * Z) V with Z = keep / (1 - p): dV = (P * Z)^T dO and dP = Z * (dO V^T);
+                # delta = rowsum(dO * O) is still rowsum(P * dP), so dS below is unchanged.
+                keep = _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols)
+                rp = 1.0 / (1.0 - dropout_p)
+                dv += tl.dot(tl.trans(tl.where(keep, p * rp, 0.0).to(do.dtype)), do, input_precision=DOT_PRECISION)
+            else:
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+            if DROPOUT:
+                dp = tl.where(keep, dp * rp, 0.0)
             ds = p * (dp - delta[:, None])
             if SOFTCAP:
                 ds = ds * (1.0 - t * t)  # d(c * tanh(x / c))/dx = 1 - tanh^2
@@ -501,9 +535,11 @@ def _attn_bwd_dq(
     stride_ab, stride_ah,
     stride_mb, stride_mh, stride_mm, stride_mn,
     seqlen_q, seqlen_k, kv_group, sm_scale, softcap, window_left, window_right,
+    dropout_p, seed, rng_offset, num_heads,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ of one query block, by its own pass over key blocks: no atomics, a fixed summation order."""
@@ -511,6 +547,7 @@ def _attn_bwd_dq(
     off_h = tl.program_id(1).to(tl.int64)
     off_b = tl.program_id(2).to(tl.int64)
     off_hk = off_h // kv_group
+    max_q, max_k = seqlen_q, seqlen_k  # the dropout counter space (varlen: the longest sequence)
     start_q, seqlen_q, start_k, seqlen_k = _seq_bounds(CuSeqQ, CuSeqK, off_b, seqlen_q, seqlen_k, VARLEN)
     start_m = pid_m * BLOCK_M
     if start_m >= seqlen_q:
@@ -575,6 +612,9 @@ def _attn_bwd_dq(
                        mask_base, stride_mm, stride_mn, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
         p = tl.math.exp2(s - lse2[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        if DROPOUT:
+            keep = _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols)
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[:, None])
         if SOFTCAP:
             ds = ds * (1.0 - t * t)
@@ -611,8 +651,6 @@ def supports(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, c
         return "a value head dim unlike the query's"
     if q.shape[1] % k.shape[1] != 0 or v.shape[1] != k.shape[1]:
         return "query heads must be a multiple of key/value heads"
-    if args is not None and args.dropout_p > 0:
-        return "dropout is not implemented in the Triton attention kernels"
     if attn_mask is not None:
         if cu_seqlens_q is not None:
             return "attn_mask with varlen"
@@ -642,13 +680,11 @@ def _alibi_args(alibi_slopes, q):
 
 def _common(q, k, args, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k):
     """Scalars, feature flags and the grid extent shared by every kernel of one call."""
+    from fastattn.ops.attention_args import problem_extent
+
     varlen = cu_seqlens_q is not None
-    batch = cu_seqlens_q.numel() - 1 if varlen else q.shape[0]
-    if varlen:
-        lq = args.max_seqlen_q or int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
-        lk = args.max_seqlen_k or int((cu_seqlens_k[1:] - cu_seqlens_k[:-1]).max())
-    else:
-        lq, lk = q.shape[2], k.shape[2]
+    # lq/lk also lay out the dropout counters, so they come from the one shared definition.
+    batch, heads, lq, lk = problem_extent(q, k, args, cu_seqlens_q, cu_seqlens_k)
     window = args.window_left >= 0 or (args.window_right >= 0 and not args.causal)
     wl = args.window_left if args.window_left >= 0 else _FAR
     wr = 0 if args.causal else (args.window_right if args.window_right >= 0 else _FAR)
@@ -656,11 +692,13 @@ def _common(q, k, args, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k):
     alibi, has_alibi, alibi_strides = _alibi_args(alibi_slopes, q)
     cu_q = cu_seqlens_q if varlen else q
     cu_k = cu_seqlens_k if varlen else q
-    scalars = (lq, lk, q.shape[1] // k.shape[1], float(args.scale), float(args.softcap), wl, wr)
+    dropout = args.dropout_p > 0
+    scalars = (lq, lk, q.shape[1] // k.shape[1], float(args.scale), float(args.softcap), wl, wr,
+               float(args.dropout_p), int(args.seed) if dropout else 0, int(args.offset) if dropout else 0, heads)
     flags = dict(
         HEAD_DIM=q.shape[-1], BLOCK_D=block_d(q.shape[-1]), CAUSAL=bool(args.causal),
         BOTTOM_RIGHT=bool(args.bottom_right), WINDOW=window, SOFTCAP=args.softcap > 0, ALIBI=has_alibi,
-        MASK_MODE=mask_mode, VARLEN=varlen,
+        MASK_MODE=mask_mode, VARLEN=varlen, DROPOUT=dropout,
         # fp32 inputs: tf32x3 (three tf32 tensor-core products, hi*hi + hi*lo + lo*hi) keeps ~fp32
         # accuracy where plain tf32 costs ~1e-3 relative; "ieee" would run on FMA units with the
         # whole tile in registers (it spills at every useful tile size).
@@ -754,13 +792,16 @@ def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes
 
 _AOT_DTYPES = {"fp16": 2, "fp32": 4}  # bf16 compiles to the same tiles and register footprint as fp16
 _AOT_BLOCK_D = (16, 32, 64, 128, 256)
-# Specialisations checked: the common launch (causal) for every tile and dtype, and every
-# feature at once (window, softcap, ALiBi, additive mask, bottom-right) for the large 16-bit
-# tiles, where the extra per-element work is most likely to spill.
+# Specialisations checked: the common launch (causal) for every tile and dtype; every feature
+# at once (window, softcap, ALiBi, additive mask, bottom-right) and dropout for the large
+# tiles, where the extra per-element work is most likely to spill; varlen with ALiBi.
 _AOT_VARIANTS = {
     "causal": (dict(CAUSAL=True), tuple(_AOT_DTYPES), _AOT_BLOCK_D),  # fp32 stops at 128 (see supports)
     "features": (dict(CAUSAL=True, BOTTOM_RIGHT=True, WINDOW=True, SOFTCAP=True, ALIBI=True, MASK_MODE=2),
                  ("fp16",), (128, 256)),
+    # Dropout's Philox rounds hold four 32-bit words per element: the register-heaviest feature.
+    "dropout": (dict(CAUSAL=True, DROPOUT=True), ("fp16", "fp32"), (64, 128, 256)),
+    "varlen": (dict(CAUSAL=True, VARLEN=True, ALIBI=True), ("fp16",), (128,)),
 }
 
 
@@ -783,7 +824,7 @@ def aot_cases(all_candidates: bool = False) -> list:
                 if elem == 4 and bd > 128:
                     continue
                 flags = dict(HEAD_DIM=bd, BLOCK_D=bd, CAUSAL=False, BOTTOM_RIGHT=False, WINDOW=False, SOFTCAP=False,
-                             ALIBI=False, MASK_MODE=0, VARLEN=False,
+                             ALIBI=False, MASK_MODE=0, VARLEN=False, DROPOUT=False,
                              DOT_PRECISION="tf32x3" if dname == "fp32" else "tf32")
                 flags.update(on)
                 for kernel, fn in fns.items():
@@ -801,7 +842,8 @@ def aot_cases(all_candidates: bool = False) -> list:
                         sig = signature_for(fn, {"LSE": "*fp32", "Delta": "*fp32", "DQAcc": "*fp32",
                                                  "CuSeqQ": "*i32", "CuSeqK": "*i32", "Alibi": "*fp32",
                                                  "Mask": f"*{dname}"}, f"*{dname}",
-                                            floats=("sm_scale", "softcap"), constexprs=const)
+                                            floats=("sm_scale", "softcap", "dropout_p"),
+                                            int64s=("seed", "rng_offset"), constexprs=const)
                         divisible = tuple(n for n in fn.arg_names if n not in const and (
                             n[0].isupper() or n.startswith("stride")))
                         cases.append(AotCase(

@@ -229,14 +229,14 @@ def test_varlen_matches_per_sequence_and_reference():
 def test_supports_names_what_is_not_implemented():
     q, k, v = _qkv(1, 2, 2, 8, 8, 16, F16)
     assert kernels.supports(q, k, v, args=_args(16)) is None
-    assert "dropout" in kernels.supports(q, k, v, args=_args(16, dropout_p=0.1))
+    assert kernels.supports(q, k, v, args=_args(16, dropout_p=0.1)) is None  # tests/test_triton_dropout.py
     assert "head dim" in kernels.supports(*_qkv(1, 2, 2, 8, 8, 320, F16), args=_args(16))
     assert kernels.supports(q.double(), k.double(), v.double(), args=_args(16)) is not None
     assert kernels.supports(*_qkv(1, 2, 2, 8, 8, 129, F32), args=_args(16)) is not None
     assert kernels.supports(*_qkv(1, 2, 2, 8, 8, 128, F32), args=_args(16)) is None
-    with pytest.raises(ValueError, match="dropout"):
-        fastattn.flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=0.5,
-                                 backend="triton")
+    assert "int8" in kernels.supports(*(t.to(torch.int8) for t in (q, k, v)), args=_args(16))
+    with pytest.raises(ValueError, match="fp16/bf16/fp32"):
+        fastattn.scaled_dot_product_attention(q.double(), k.double(), v.double(), backend="triton")
 
 
 # --------------------------------------------------------------------------- public API, custom op, compile

@@ -3,42 +3,35 @@
 It runs on any device and any dtype, so it is also what ``auto`` falls back
 to. Low-precision inputs are computed in float32 (as torch's math path
 does on CPU) and cast back; float64 stays float64. Backward passes
-differentiate the reference with autograd. Dropout draws its keep-mask from
-a ``torch.Generator`` seeded with ``seed + offset``, so forward and backward
-draw the same mask.
+use the reference's closed-form gradients. Dropout applies the keep mask of
+:mod:`fastattn.philox` for ``(seed, offset)``, the same mask the Triton
+kernels draw, so forward and backward (and both backends) agree.
 """
 from __future__ import annotations
 
 import torch
 
 from fastattn import dispatch, reference
-from fastattn.ops.attention_args import AttentionArgs, empty_like_layout
+from fastattn.ops.attention_args import dropout_keep_mask, empty_like_layout
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def dropout_keep_mask(shape, args: AttentionArgs, device) -> torch.Tensor:
-    """The reference backend's dropout keep-mask (True = kept) for ``args``' seed/offset."""
-    gen = torch.Generator(device="cpu").manual_seed(int(args.seed) + int(args.offset))
-    keep = torch.rand(shape, generator=gen) >= args.dropout_p
-    return keep.to(device)
-
-
-def _inputs(q, k, v, attn_mask, alibi_slopes, args):
+def _inputs(q, k, v, attn_mask, alibi_slopes, args, cu_seqlens_q=None, cu_seqlens_k=None):
     """The reference's view of a core-op call: tensors in the compute dtype and the dropout mask."""
     ct = _compute_dtype(q.dtype)
     drop = None
     if args.dropout_p > 0:
-        drop = dropout_keep_mask((q.shape[0], q.shape[1], q.shape[2], k.shape[2]), args, q.device)
+        drop = dropout_keep_mask(q, k, args, cu_seqlens_q, cu_seqlens_k)
     mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.to(ct)
     slopes = None if alibi_slopes is None else alibi_slopes.to(ct)
     return q.to(ct), k.to(ct), v.to(ct), mask, slopes, drop
 
 
 def attention_fwd(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
-    qc, kc, vc, mask, slopes, drop = _inputs(q, k, v, attn_mask, alibi_slopes, args)
+    qc, kc, vc, mask, slopes, drop = _inputs(q, k, v, attn_mask, alibi_slopes, args, cu_seqlens_q, cu_seqlens_k)
     out, lse = reference.attention(qc, kc, vc, args, attn_mask=mask, alibi_slopes=slopes,
                                    cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, dropout_mask=drop)
     result = empty_like_layout(q, v.shape[-1])  # the contract: out in q's dim order
@@ -47,7 +40,7 @@ def attention_fwd(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_
 
 
 def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
-    qc, kc, vc, mask, slopes, drop = _inputs(q, k, v, attn_mask, alibi_slopes, args)
+    qc, kc, vc, mask, slopes, drop = _inputs(q, k, v, attn_mask, alibi_slopes, args, cu_seqlens_q, cu_seqlens_k)
     dq, dk, dv = reference.attention_backward(
         dout.to(qc.dtype), qc, kc, vc, args, attn_mask=mask, alibi_slopes=slopes,
         cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, dropout_mask=drop,

@@ -16,6 +16,7 @@ shared ``dout``. Prints a pass/fail table; the exit status is 1 if any check fai
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -57,7 +58,9 @@ def _rand(gen, shape, dtype, device, scale=1.0):
 
 def _checks() -> list[Check]:
     import fastattn
+    from fastattn import philox
     from fastattn import reference as R
+    from fastattn.ops.attention_args import draw_dropout_seed
 
     def sdpa_inputs(b, h, hk, lq, lk, d):
         return lambda dt, g, dev: {"q": _rand(g, (b, h, lq, d), dt, dev), "k": _rand(g, (b, hk, lk, d), dt, dev),
@@ -66,6 +69,46 @@ def _checks() -> list[Check]:
     def flash_inputs(b, lq, lk, h, hk, d):
         return lambda dt, g, dev: {"q": _rand(g, (b, lq, h, d), dt, dev), "k": _rand(g, (b, lk, hk, d), dt, dev),
                                    "v": _rand(g, (b, lk, hk, d), dt, dev), "dout": _rand(g, (b, lq, h, d), dt, dev)}
+
+    def seeded(dropout_p, fn):
+        """``fn(seed, offset)`` under a fixed torch seed: the public op and the reference's
+        dropout mask then come from the same draw (without disturbing the caller's RNG)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1234)
+            return fn(dropout_p)
+
+    def flash_dropout_op(x, backend):
+        return seeded(0.2, lambda p: fastattn.flash_attn_func(
+            x["q"], x["k"], x["v"], dropout_p=p, causal=True, window_size=(24, -1), softcap=8.0,
+            alibi_slopes=x["slopes"], backend=backend))
+
+    def flash_dropout_ref(x, upcast):
+        def ref(p):
+            seed, offset = draw_dropout_seed(p)
+            (b, lq, h, _), lk = x["q"].shape, x["k"].shape[1]
+            keep = philox.dropout_keep_mask(seed, offset, p, b, h, lq, lk, device=x["q"].device)
+            return R.flash_attn_func(x["q"], x["k"], x["v"], p, causal=True, window_size=(24, -1), softcap=8.0,
+                                     alibi_slopes=x["slopes"], dropout_mask=keep, upcast=upcast)
+        return seeded(0.2, ref)
+
+    def with_slopes(make, heads):
+        def inputs(dt, g, dev):
+            x = make(dt, g, dev)
+            x["slopes"] = (torch.rand(heads, generator=g) * 0.3).to(dev)  # fp32, as flash-attn takes them
+            return x
+        return inputs
+
+    def varlen_inputs(dt, g, dev):
+        lens_q, lens_k = [1, 37, 20], [9, 37, 45]
+        x = {"q": _rand(g, (sum(lens_q), 4, 40), dt, dev), "k": _rand(g, (sum(lens_k), 2, 40), dt, dev),
+             "v": _rand(g, (sum(lens_k), 2, 40), dt, dev), "dout": _rand(g, (sum(lens_q), 4, 40), dt, dev),
+             "slopes": (torch.rand(3, 4, generator=g) * 0.3).to(dev)}
+        for name, lens in (("cu_q", lens_q), ("cu_k", lens_k)):
+            x[name] = torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32, device=dev)
+        return x
+
+    def varlen_call(fn, x, **kw):
+        return fn(x["q"], x["k"], x["v"], x["cu_q"], x["cu_k"], 37, 45, causal=True, alibi_slopes=x["slopes"], **kw)
 
     def kv_inputs(dt, g, dev):
         return {"q": _rand(g, (2, 1, 4, 64), dt, dev), "k_cache": _rand(g, (2, 96, 2, 64), dt, dev),
@@ -122,6 +165,11 @@ def _checks() -> list[Check]:
         Check("flash causal Lq31 Lk49 d59", "attention", flash_inputs(2, 31, 49, 4, 2, 59),
               lambda x, b: fastattn.flash_attn_func(x["q"], x["k"], x["v"], causal=True, backend=b),
               lambda x, up: R.flash_attn_func(x["q"], x["k"], x["v"], causal=True, upcast=up), ("q", "k", "v")),
+        Check("flash dropout window softcap alibi gqa", "attention", with_slopes(flash_inputs(2, 45, 60, 4, 2, 32), 4),
+              flash_dropout_op, flash_dropout_ref, ("q", "k", "v")),
+        Check("varlen causal alibi gqa", "attention", varlen_inputs,
+              lambda x, b: varlen_call(fastattn.flash_attn_varlen_func, x, backend=b),
+              lambda x, up: varlen_call(R.flash_attn_varlen_func, x, upcast=up), ("q", "k", "v")),
         Check("kvcache append causal", "kvcache", kv_inputs, kv_op, kv_ref),
         Check("softmax mask 2x3x17x33", "softmax", softmax_inputs,
               lambda x, b: fastattn.scaled_masked_softmax(x["scores"], x["mask"], 0.7, backend=b),

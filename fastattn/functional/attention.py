@@ -17,7 +17,7 @@ from torch import Tensor
 from fastattn import dispatch, reference
 from fastattn import validation as check
 from fastattn.ops.attention import attention as _core_attention
-from fastattn.ops.attention_args import AttentionArgs
+from fastattn.ops.attention_args import AttentionArgs, draw_dropout_seed
 from fastattn.ops.kvcache import attention_kvcache as _core_kvcache
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -28,13 +28,22 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _dropout_seed(dropout_p: float) -> tuple[int, int]:
-    """A fresh (seed, offset) from torch's default generator, so ``torch.manual_seed`` makes
-    dropout reproducible; (0, 0) without dropout."""
-    if dropout_p == 0.0:
-        return 0, 0
-    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
-    return seed, 0
+def _dropout_probs(q, k, args, alibi_slopes, cu_q=None, cu_k=None) -> Optional[Tensor]:
+    """flash-attn's ``S_dmask`` for ``return_attn_probs=True``: ``None`` without dropout, else the
+    softmax probabilities ``(batch, heads, seqlen_q, seqlen_k)`` (varlen: ``(n, heads, max_seqlen_q,
+    max_seqlen_k)``, zero-padded) in q's dtype, negated where dropout dropped them, so
+    ``S_dmask >= 0`` is the keep mask the kernel applied (the same counter-based draw,
+    :mod:`fastattn.philox`). Materialises ``O(Lq * Lk)``: meant for tests, as in flash-attn."""
+    if args.dropout_p == 0:
+        return None
+    from fastattn.ops.attention_args import dropout_keep_mask
+
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    probs = reference.attention_probabilities(
+        q.to(compute), k.to(compute), args, alibi_slopes=None if alibi_slopes is None else alibi_slopes.to(compute),
+        cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=args.max_seqlen_q, max_seqlen_k=args.max_seqlen_k)
+    keep = dropout_keep_mask(q, k, args, cu_q, cu_k)
+    return torch.where(keep, probs, -probs).to(q.dtype)
 
 
 def _last_dim_contiguous(x: Tensor) -> Tensor:
@@ -134,7 +143,7 @@ def scaled_dot_product_attention(
 
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
     mask = None if attn_mask is None else attn_mask.broadcast_to(*q.shape[:3], k.shape[2])
-    seed, offset = _dropout_seed(dropout_p)
+    seed, offset = draw_dropout_seed(dropout_p)
     args = AttentionArgs(
         scale=1.0 / math.sqrt(q.shape[-1]) if scale is None else scale, causal=is_causal, bottom_right=False,
         dropout_p=dropout_p, seed=seed, offset=offset, max_seqlen_q=q.shape[2], max_seqlen_k=k.shape[2],
@@ -158,7 +167,7 @@ def _flash_options(head_dim, dropout_p, softmax_scale, causal, window_size, soft
     left, right = check.window_size("window_size", window_size)
     softcap = check.softcap("softcap", softcap)
     deterministic = check.boolean("deterministic", deterministic)
-    seed, offset = _dropout_seed(dropout_p)
+    seed, offset = draw_dropout_seed(dropout_p)
     return dict(
         scale=1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale,
         causal=causal, bottom_right=True, window_left=left, window_right=0 if causal else right,
@@ -205,7 +214,9 @@ def flash_attn_func(
         softcap: ``softcap * tanh(scores / softcap)`` before masking; 0 = off.
         alibi_slopes: fp32 ``(heads,)`` or ``(batch, heads)``: adds ``-slope * |i + seqlen_k - seqlen_q - j|``.
         deterministic: use an atomics-free backward where the backend has one.
-        return_attn_probs: also return the log-sum-exp and ``S_dmask`` (None: not materialised).
+        return_attn_probs: also return the log-sum-exp and ``S_dmask``: ``None`` without dropout;
+            with it, the probabilities ``(batch, heads, seqlen_q, seqlen_k)`` in q's dtype,
+            negated where dropped (``S_dmask >= 0`` is the keep mask), as flash-attn does.
         backend: see :func:`scaled_dot_product_attention`.
 
     Returns:
@@ -223,7 +234,9 @@ def flash_attn_func(
     out, lse = _run_core(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), args, backend,
                          alibi_slopes=slopes)
     out = out.transpose(1, 2)
-    return (out, lse, None) if return_attn_probs else out
+    if not return_attn_probs:
+        return out
+    return out, lse, _dropout_probs(q.transpose(1, 2), k.transpose(1, 2), args, slopes)
 
 
 def flash_attn_varlen_func(
@@ -243,7 +256,8 @@ def flash_attn_varlen_func(
         be ``(batch, heads)``).
 
     Returns:
-        ``out`` ``(total_q, heads, head_dim_v)``, or ``(out, softmax_lse (heads, total_q), None)``.
+        ``out`` ``(total_q, heads, head_dim_v)``, or ``(out, softmax_lse (heads, total_q), S_dmask)``
+        with ``S_dmask`` as in :func:`flash_attn_func`, ``(batch, heads, max_seqlen_q, max_seqlen_k)``.
     """
     _check_qkv(q, k, v, 3, "(total, heads, head_dim)")
     cu_q = check.cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, "max_seqlen_q", q.device)
@@ -262,7 +276,9 @@ def flash_attn_varlen_func(
     view = lambda t: t.transpose(0, 1).unsqueeze(0)  # (total, H, D) -> (1, H, total, D), no copy
     out, lse = _run_core(view(q), view(k), view(v), args, backend, alibi_slopes=slopes, cu_q=cu_q, cu_k=cu_k)
     out = out.squeeze(0).transpose(0, 1)
-    return (out, lse.squeeze(0), None) if return_attn_probs else out
+    if not return_attn_probs:
+        return out
+    return out, lse.squeeze(0), _dropout_probs(view(q), view(k), args, slopes, cu_q, cu_k)
 
 
 def flash_attn_with_kvcache(

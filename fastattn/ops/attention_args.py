@@ -46,6 +46,39 @@ class AttentionArgs:
         return self.window_left >= 0 or (self.window_right >= 0 and not self.causal)
 
 
+def draw_dropout_seed(dropout_p: float) -> tuple[int, int]:
+    """A fresh dropout ``(seed, offset)`` drawn from torch's default generator, so
+    ``torch.manual_seed`` makes dropout reproducible; ``(0, 0)`` without dropout. Every public
+    attention function draws exactly one seed per call with dropout, here."""
+    if dropout_p == 0.0:
+        return 0, 0
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64).item()), 0
+
+
+def problem_extent(q: torch.Tensor, k: torch.Tensor, args: AttentionArgs, cu_seqlens_q=None,
+                   cu_seqlens_k=None) -> tuple[int, int, int, int]:
+    """``(batch, heads, seqlen_q, seqlen_k)`` of a core-op call on ``q`` ``(B, Hq, Lq, D)`` and
+    ``k`` ``(B, Hk, Lk, D)``. Varlen: batch counts sequences and the lengths are
+    ``args.max_seqlen_q/k`` (computed from ``cu_seqlens`` when 0). These are the dims of the
+    dropout counter space (:mod:`fastattn.philox`), so every backend must derive them here."""
+    if cu_seqlens_q is None:
+        return q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    lq = args.max_seqlen_q or int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
+    lk = args.max_seqlen_k or int((cu_seqlens_k[1:] - cu_seqlens_k[:-1]).max())
+    return cu_seqlens_q.numel() - 1, q.shape[1], lq, lk
+
+
+def dropout_keep_mask(q: torch.Tensor, k: torch.Tensor, args: AttentionArgs, cu_seqlens_q=None,
+                      cu_seqlens_k=None) -> torch.Tensor:
+    """The keep mask (True = kept) every backend applies for ``args.dropout_p``/``seed``/``offset``:
+    bool ``(batch, Hq, seqlen_q, seqlen_k)`` over :func:`problem_extent` (varlen: sequence
+    ``s`` uses ``[s, :, :Lq_s, :Lk_s]``), drawn by :func:`fastattn.philox.dropout_keep_mask`."""
+    from fastattn import philox
+
+    return philox.dropout_keep_mask(args.seed, args.offset, args.dropout_p,
+                                    *problem_extent(q, k, args, cu_seqlens_q, cu_seqlens_k), device=q.device)
+
+
 def empty_like_layout(q: torch.Tensor, head_dim_v: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """An uninitialised output ``(B, H, Lq, head_dim_v)`` whose dims are laid out in memory
     in the same order as ``q``'s (so a flash-layout ``q``, i.e. a ``(B, L, H, D)`` tensor
