@@ -102,14 +102,16 @@ def choice(name: str, value, options: Sequence[str]) -> str:
     return value
 
 
-def mask(name: str, m, query_dtype: torch.dtype, target_shape: Sequence[int], *, allow_grad: bool = True) -> None:
+def mask(name: str, m, query_dtype: torch.dtype, target_shape: Sequence[int], *, allow_grad: bool = True,
+         bool_meaning: str = "True = takes part") -> None:
     """An attention mask: bool or a float of the query's dtype (torch's rule), broadcastable
-    to ``target_shape``. Integer masks are rejected (ambiguous: index or weight?)."""
+    to ``target_shape``. Integer masks are rejected (ambiguous: index or weight?).
+    ``bool_meaning`` names the op's bool convention in the error message."""
     if not isinstance(m, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(m).__name__}")
     if m.dtype != torch.bool and not m.is_floating_point():
         raise TypeError(
-            f"{name} must be a bool tensor (True = takes part) or a float tensor added to the scores, "
+            f"{name} must be a bool tensor ({bool_meaning}) or a float tensor added to the scores, "
             f"got {str(m.dtype).replace('torch.', '')}"
         )
     if m.is_floating_point() and m.dtype != query_dtype:

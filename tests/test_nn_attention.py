@@ -13,6 +13,10 @@ from fastattn.nn import CausalSelfAttention, MultiheadAttention
 E, H = 24, 4
 N, L, S = 3, 7, 9
 
+# torch warns when key_padding_mask and attn_mask differ in type (bool and float): a form the
+# tests cover on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask and attn_mask")
+
 CONFIGS = {
     "default": dict(),
     "batch_first": dict(batch_first=True),
@@ -24,11 +28,14 @@ CONFIGS = {
 }
 
 
-def _masks(kind: str, gen: torch.Generator, dtype):
-    """(forward kwargs) for a mask scenario; bool masks use torch MHA's True = may not attend."""
-    pad = torch.zeros(N, S, dtype=torch.bool)
-    pad[0, -3:] = True
-    pad[2, :2] = True
+def _masks(kind: str, gen: torch.Generator, dtype, pad=None):
+    """(forward kwargs) for a mask scenario; bool masks use torch MHA's True = may not attend.
+    The default padding hides every key a causal first query sees in batch entry 2 (a fully
+    masked row); pass ``pad=_visible_pad()`` to keep one visible key in every row."""
+    if pad is None:
+        pad = torch.zeros(N, S, dtype=torch.bool)
+        pad[0, -3:] = True
+        pad[2, :2] = True
     causal = torch.ones(L, S, dtype=torch.bool).triu(1)
     if kind == "none":
         return {}
@@ -38,10 +45,19 @@ def _masks(kind: str, gen: torch.Generator, dtype):
         return dict(key_padding_mask=torch.randn(N, S, generator=gen, dtype=dtype) - 5.0 * pad.to(dtype))
     if kind == "mask2d_bool":
         return dict(attn_mask=causal)
+    if kind == "mask2d_float":
+        return dict(attn_mask=torch.randn(L, S, generator=gen, dtype=dtype).masked_fill(causal, float("-inf")))
     if kind == "mask3d_float":
         return dict(attn_mask=torch.randn(N * H, L, S, generator=gen, dtype=dtype))
+    if kind == "mask3d_bool":
+        hidden = torch.rand(N * H, L, S, generator=gen) < 0.4
+        hidden[:, :, 0] = False  # a visible key in every row
+        return dict(attn_mask=hidden)
     if kind == "mask2d_and_kpm":
         return dict(attn_mask=causal, key_padding_mask=pad)
+    if kind == "mask2d_bool_kpm_float":  # mixed: both become additive, as torch merges them
+        kpm = torch.randn(N, S, generator=gen, dtype=dtype) - 5.0 * pad.to(dtype)
+        return dict(attn_mask=causal, key_padding_mask=kpm)
     if kind == "is_causal":
         return dict(attn_mask=causal, is_causal=True)
     if kind == "is_causal_kpm":
@@ -49,7 +65,17 @@ def _masks(kind: str, gen: torch.Generator, dtype):
     raise AssertionError(kind)
 
 
-MASKS = ["none", "kpm_bool", "kpm_float", "mask2d_bool", "mask3d_float", "mask2d_and_kpm", "is_causal", "is_causal_kpm"]
+MASKS = ["none", "kpm_bool", "kpm_float", "mask2d_bool", "mask2d_float", "mask3d_float", "mask3d_bool",
+         "mask2d_and_kpm", "mask2d_bool_kpm_float", "is_causal", "is_causal_kpm"]
+
+
+def _visible_pad():
+    """Padding that leaves every query (causal ones included) at least one key: torch's
+    need_weights=True path gives NaN for a fully masked row, fastattn 0 (tested separately)."""
+    pad = torch.zeros(N, S, dtype=torch.bool)
+    pad[0, -3:] = True
+    pad[2, 3:5] = True
+    return pad
 
 
 def _pair(config, dtype=torch.float32, seed=0):
@@ -161,23 +187,6 @@ def test_mha_runs_fastattn_in_eval_no_grad(monkeypatch):
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
 
 
-def test_mha_need_weights_is_served_by_torch(monkeypatch):
-    ref, ours = _pair(dict(batch_first=True))
-    gen = torch.Generator().manual_seed(4)
-    q, k, v = _inputs(dict(batch_first=True), gen, torch.float32)
-    pad = torch.zeros(N, S, dtype=torch.bool)
-    pad[0, -1] = True
-    calls = _count_calls(monkeypatch)
-    for average in (True, False):
-        out, w = ours(q, k, v, key_padding_mask=pad, average_attn_weights=average)  # need_weights defaults to True
-        want, want_w = ref(q, k, v, key_padding_mask=pad, average_attn_weights=average)
-        torch.testing.assert_close(out, want)
-        torch.testing.assert_close(w, want_w)
-        assert w.shape == ((N, L, S) if average else (N, H, L, S))
-        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
-    assert not calls
-
-
 def test_mha_dropout_train_mode():
     """Dropout acts only in training mode, is reproducible from torch's seed, and keeps the
     expectation: the mean over many draws approaches the dropout-free output."""
@@ -214,6 +223,8 @@ def test_mha_is_causal_needs_a_mask_as_torch():
         ours(x, x, x, need_weights=False, is_causal=True)
     with pytest.raises(RuntimeError, match="Need attn_mask"):
         ref(x, x, x, need_weights=False, is_causal=True)
+    with pytest.raises(RuntimeError, match="Need attn_mask"):
+        ours(x, x, x, need_weights=True, is_causal=True)
 
 
 def test_mha_state_dict_round_trips_with_torch():
@@ -228,6 +239,283 @@ def test_mha_state_dict_round_trips_with_torch():
         back.load_state_dict(ours.state_dict())
         for (n, a), (_, b) in zip(back.state_dict().items(), ref.state_dict().items()):
             assert torch.equal(a, b), n
+
+
+# ----------------------------------------------------------------------------- need_weights=True
+
+
+def _to64(kwargs):
+    return {n: (m.double() if m.is_floating_point() else m) if torch.is_tensor(m) else m for n, m in kwargs.items()}
+
+
+def _grads(outputs, cotangents, inputs):
+    """Gradients of ``outputs`` against ``cotangents``; zeros for inputs they do not reach."""
+    return torch.autograd.grad(outputs, inputs, cotangents, retain_graph=True, materialize_grads=True)
+
+
+def _assert_fp32_close(got, want, what):
+    """fp32 against the float64 torch module: 1e-5 of the reference's scale."""
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert not torch.isnan(got).any(), f"{what}: NaN"
+    err = (got.double() - want).abs().max().item()
+    assert err <= 1e-5 * want.abs().max().item() + 1e-7, f"{what}: max error {err:.3g}"
+
+
+def _run_weights(ours, ref64, q, k, v, kwargs, average, gen):
+    """Outputs, weights and the gradients of each (with respect to q, k, v and every
+    parameter) of fastattn's module and of torch's float64 module on the same inputs."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out, w = ours(q, k, v, average_attn_weights=average, **kwargs)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    out64, w64 = ref64(q64, k64, v64, average_attn_weights=average, **_to64(kwargs))
+    dout = torch.randn(out64.shape, generator=gen, dtype=torch.float64)
+    dw = torch.randn(w64.shape, generator=gen, dtype=torch.float64)
+    ins, ins64 = [q, k, v, *ours.parameters()], [q64, k64, v64, *ref64.parameters()]
+    got = dict(out=out, weights=w, d_via_out=_grads(out, dout.to(out.dtype), ins),
+               d_via_weights=_grads(w, dw.to(w.dtype), ins))
+    want = dict(out=out64, weights=w64, d_via_out=_grads(out64, dout, ins64), d_via_weights=_grads(w64, dw, ins64))
+    return got, want
+
+
+def _assert_weights_fp32(got, want):
+    _assert_fp32_close(got["out"], want["out"], "output")
+    _assert_fp32_close(got["weights"], want["weights"], "weights")
+    names = ["q", "k", "v"] + [f"param {i}" for i in range(len(got["d_via_out"]) - 3)]
+    for via in ("d_via_out", "d_via_weights"):
+        for name, g, g64 in zip(names, got[via], want[via]):
+            _assert_fp32_close(g, g64, f"{via} {name}")
+
+
+def _check_weights_against_torch(config, mask, average):
+    cfg = CONFIGS[config]
+    ref, ours = _pair(cfg)
+    ref64 = copy.deepcopy(ref).double()
+    gen = torch.Generator().manual_seed(21)
+    q, k, v = _inputs(cfg, gen, torch.float32)
+    kwargs = _masks(mask, gen, torch.float32, pad=_visible_pad())
+    got, want = _run_weights(ours, ref64, q, k, v, kwargs, average, gen)
+    extra = int(cfg.get("add_bias_kv", False)) + int(cfg.get("add_zero_attn", False))
+    assert got["weights"].shape == ((N, L, S + extra) if average else (N, H, L, S + extra))
+    torch.testing.assert_close(got["weights"].sum(-1), torch.ones(got["weights"].shape[:-1]))
+    _assert_weights_fp32(got, want)
+
+
+@pytest.mark.parametrize("mask", MASKS, ids=MASKS)
+@pytest.mark.parametrize("config", list(CONFIGS), ids=list(CONFIGS))
+def test_mha_need_weights_matches_torch(config, mask):
+    """need_weights=True (fastattn.scaled_masked_softmax): outputs, per-head weights and
+    gradients through each, fp32 against torch's module in float64, over the constructor
+    options and mask forms (is_causal with appended keys included)."""
+    _check_weights_against_torch(config, mask, average=False)
+
+
+@pytest.mark.parametrize("config", list(CONFIGS), ids=list(CONFIGS))
+def test_mha_need_weights_averaged_matches_torch(config):
+    """The same with average_attn_weights=True: weights ``(N, L, S)``, the mean over heads."""
+    _check_weights_against_torch(config, "mask2d_and_kpm", average=True)
+
+
+@pytest.mark.parametrize("average", [True, False], ids=["averaged", "per_head"])
+@pytest.mark.parametrize("mask", ["none", "kpm_bool", "mask2d_float", "mask3d_bool"],
+                         ids=["none", "kpm_bool", "mask2d_float", "mask3d_bool"])
+def test_mha_need_weights_unbatched(mask, average):
+    """Unbatched 2-D inputs: the weights lose the batch dim, ``(L, S)`` or ``(H, L, S)``."""
+    ref, ours = _pair(dict(add_zero_attn=True))
+    ref64 = copy.deepcopy(ref).double()
+    gen = torch.Generator().manual_seed(22)
+    q, k, v = (torch.randn(n, E, generator=gen) for n in (L, S, S))
+    kwargs = _masks(mask, gen, torch.float32, pad=_visible_pad())
+    if "key_padding_mask" in kwargs:
+        kwargs["key_padding_mask"] = kwargs["key_padding_mask"][0]
+    if "attn_mask" in kwargs and kwargs["attn_mask"].dim() == 3:
+        kwargs["attn_mask"] = kwargs["attn_mask"][:H]
+    got, want = _run_weights(ours, ref64, q, k, v, kwargs, average, gen)
+    assert got["out"].shape == (L, E)
+    assert got["weights"].shape == ((L, S + 1) if average else (H, L, S + 1))
+    _assert_weights_fp32(got, want)
+
+
+def _assert_lowp(got, want64, want_lowp, what):
+    """flash-attn's rule: fastattn in the low dtype against torch in float64 errs at most
+    twice as much as torch's own module run in the low dtype, plus a small floor."""
+    assert got.dtype == want_lowp.dtype and got.shape == want64.shape, what
+    assert not torch.isnan(got).any(), f"{what}: NaN"
+    err = (got.double() - want64).abs().max().item()
+    bound = 2 * (want_lowp.double() - want64).abs().max().item() + 1e-5 * want64.abs().max().item()
+    assert err <= bound, f"{what}: max error {err:.3g} > {bound:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("config,mask", [("batch_first", "mask2d_and_kpm"), ("bias_kv_zero_attn_kdim", "kpm_float"),
+                                         ("default", "mask3d_float")],
+                         ids=["batch_first-mask2d_and_kpm", "bias_kv_zero_attn_kdim-kpm_float",
+                              "default-mask3d_float"])
+def test_mha_need_weights_low_precision(config, mask, dtype):
+    """fp16/bf16: outputs, per-head weights and gradients through both, by the error-ratio
+    rule against torch's module in float64 and the same torch module run in the low dtype."""
+    cfg = CONFIGS[config]
+    ref, ours = _pair(cfg, dtype)
+    ref64 = copy.deepcopy(ref).double()
+    gen = torch.Generator().manual_seed(23)
+    q, k, v = _inputs(cfg, gen, dtype)
+    kwargs = _masks(mask, gen, dtype, pad=_visible_pad())
+    got, want = _run_weights(ours, ref64, q, k, v, kwargs, False, torch.Generator().manual_seed(24))
+    lowp, _ = _run_weights(ref, ref64, q, k, v, kwargs, False, torch.Generator().manual_seed(24))
+    for what in ("out", "weights"):
+        _assert_lowp(got[what], want[what], lowp[what], what)
+    for via in ("d_via_out", "d_via_weights"):
+        for i, (g, g64, g_lowp) in enumerate(zip(got[via], want[via], lowp[via])):
+            _assert_lowp(g, g64, g_lowp, f"{via} input {i}")
+
+
+BACKENDS = ["reference", "triton", "cuda"]
+
+
+@pytest.mark.parametrize("mask", ["mask2d_and_kpm", "mask2d_bool_kpm_float", "is_causal"],
+                         ids=["mask2d_and_kpm", "mask2d_bool_kpm_float", "is_causal"])
+@pytest.mark.parametrize("backend", BACKENDS, ids=BACKENDS)
+def test_mha_need_weights_backends(backend, mask):
+    """Each softmax backend behind the module (Triton under the interpreter and the CUDA
+    kernels on the host SIMT runtime when there is no GPU): the same results as torch."""
+    device = torch.device("cpu")
+    why = fastattn.dispatch.unavailable_reason(backend, device)
+    if why is not None:
+        pytest.skip(f"{backend}: {why}")
+    cfg = CONFIGS["bias_kv"]
+    ref, ours = _pair(cfg)
+    ref64 = copy.deepcopy(ref).double()
+    gen = torch.Generator().manual_seed(25)
+    q, k, v = _inputs(cfg, gen, torch.float32)
+    kwargs = _masks(mask, gen, torch.float32, pad=_visible_pad())
+    with fastattn.backend(backend):
+        got, want = _run_weights(ours, ref64, q, k, v, kwargs, False, gen)
+    _assert_weights_fp32(got, want)
+
+
+def _spy(monkeypatch, name):
+    """Record the args and the result of every ``fastattn.<name>`` call."""
+    calls = []
+    original = getattr(fastattn, name)
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append((args, kwargs, result))
+        return result
+
+    monkeypatch.setattr(fastattn, name, spy)
+    return calls
+
+
+def test_mha_need_weights_is_served_by_fastattn(monkeypatch):
+    """need_weights=True (torch's default) runs fastattn.scaled_masked_softmax, whose result
+    is exactly the per-head weights returned; torch's forward and SDPA are not called.
+    Bool masks reach the op as one bool mask, broadcast (no per-head copy)."""
+    ref, ours = _pair(dict(batch_first=True))
+    gen = torch.Generator().manual_seed(26)
+    q, k, v = _inputs(dict(batch_first=True), gen, torch.float32)
+    pad = _visible_pad()
+    causal = torch.ones(L, S, dtype=torch.bool).triu(1)
+    torch_calls = []
+    torch_forward = nn.MultiheadAttention.forward
+    monkeypatch.setattr(nn.MultiheadAttention, "forward",
+                        lambda *a, **kw: torch_calls.append(1) or torch_forward(*a, **kw))
+    sdpa_calls = _count_calls(monkeypatch)
+    softmax_calls = _spy(monkeypatch, "scaled_masked_softmax")
+    out, w = ours(q, k, v, key_padding_mask=pad, attn_mask=causal, average_attn_weights=False)
+    assert not torch_calls and not sdpa_calls
+    (args, kwargs, probs), = softmax_calls
+    assert probs is w
+    mask = args[1]
+    assert mask.dtype == torch.bool and mask.shape == (N, 1, L, S)
+    assert torch.equal(mask, causal | pad[:, None, None, :])
+    # is_causal with no padding mask: the hint replaces the mask (the op's causal rule).
+    softmax_calls.clear()
+    out_c, w_c = ours(q, k, v, attn_mask=causal, is_causal=True)
+    (args, kwargs, _), = softmax_calls
+    assert args[1] is None and kwargs["causal"] is True
+    monkeypatch.undo()
+    want, want_w = ref(q, k, v, key_padding_mask=pad, attn_mask=causal, average_attn_weights=False)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(w, want_w)
+    want_c, want_wc = ref(q, k, v, attn_mask=causal, is_causal=True)
+    torch.testing.assert_close(out_c, want_c)
+    torch.testing.assert_close(w_c, want_wc)
+
+
+def test_mha_need_weights_dropout_train_mode():
+    """Training-mode dropout acts on the weights, and the weights returned are the ones used:
+    each entry is 0 or the dropout-free weight / (1 - p); the output is those weights times
+    the value projection, projected out; gradients match torch's module drawing the same mask
+    from the same seed (torch's need_weights=True path drops out the same (N*H, L, S) tensor)."""
+    p = 0.3
+    ref, ours = _pair(dict(batch_first=True, dropout=p))
+    gen = torch.Generator().manual_seed(27)
+    q, k, v = (t.requires_grad_() for t in _inputs(dict(batch_first=True), gen, torch.float32))
+    ours.eval()
+    clean = ours(q, k, v, average_attn_weights=False)[1].detach()
+    assert (clean > 0).all()
+    ours.train()
+    torch.manual_seed(11)
+    out, w = ours(q, k, v, average_attn_weights=False)
+    kept = w != 0
+    assert 0.55 < kept.double().mean().item() < 0.85  # 1 - p = 0.7; 756 draws: sd 0.017
+    torch.testing.assert_close(w[kept], clean[kept] / (1 - p), rtol=1e-6, atol=0)
+    w_v, b_v = ours.in_proj_weight.chunk(3)[2], ours.in_proj_bias.chunk(3)[2]
+    v_heads = torch.nn.functional.linear(v, w_v, b_v).view(N, S, H, E // H).transpose(1, 2)
+    expected = ours.out_proj((w @ v_heads).transpose(1, 2).reshape(N, L, E))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(11)
+    again, w_again = ours(q, k, v, average_attn_weights=False)
+    assert torch.equal(again, out) and torch.equal(w_again, w)
+    torch.manual_seed(11)
+    want, want_w = ref(q, k, v, average_attn_weights=False)
+    torch.testing.assert_close(w, want_w, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    dout, dw = torch.randn(out.shape, generator=gen), torch.randn(w.shape, generator=gen)
+    grads = torch.autograd.grad((out, w), [q, k, v, *ours.parameters()], (dout, dw))
+    want_grads = torch.autograd.grad((want, want_w), [q, k, v, *ref.parameters()], (dout, dw))
+    for g, g_want in zip(grads, want_grads):
+        torch.testing.assert_close(g, g_want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bool", "float_inf"], ids=["bool", "float_inf"])
+def test_mha_need_weights_fully_masked_rows(kind):
+    """fastattn's rule (the docstring's): a row that sees no key gets all-zero weights and the
+    output ``out_proj(0)`` = its bias, where torch's need_weights=True path gives NaN; the
+    other rows equal torch's, and gradients stay finite."""
+    ref, ours = _pair(dict(batch_first=True))
+    gen = torch.Generator().manual_seed(28)
+    q, k, v = (t.requires_grad_() for t in _inputs(dict(batch_first=True), gen, torch.float32))
+    pad = torch.zeros(N, S, dtype=torch.bool)
+    pad[1] = True
+    kpm = pad if kind == "bool" else torch.zeros(N, S).masked_fill(pad, float("-inf"))
+    out, w = ours(q, k, v, key_padding_mask=kpm, average_attn_weights=False)
+    want, want_w = ref(q, k, v, key_padding_mask=kpm, average_attn_weights=False)
+    assert torch.isnan(want_w[1]).all() and torch.isnan(want[1]).all()  # torch's behaviour, for the record
+    assert torch.equal(w[1], torch.zeros_like(w[1]))
+    torch.testing.assert_close(out[1], ours.out_proj.bias.expand(L, E), rtol=0, atol=0)
+    keep = [0, 2]
+    torch.testing.assert_close(w[keep], want_w[keep])
+    torch.testing.assert_close(out[keep], want[keep])
+    grads = torch.autograd.grad((out.sum(), w.sum()), [q, k, v, *ours.parameters()])
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_mha_need_weights_trained_float_mask_gets_its_gradient():
+    """A float attn_mask that requires grad gets torch's gradient through the weights too."""
+    ref, ours = _pair(dict())
+    gen = torch.Generator().manual_seed(29)
+    q, k, v = _inputs(dict(), gen, torch.float32)
+    bias = torch.randn(L, S, generator=gen)
+    mask, mask64 = bias.clone().requires_grad_(), bias.double().requires_grad_()
+    out, w = ours(q, k, v, attn_mask=mask)
+    ref64 = copy.deepcopy(ref).double()
+    want, want_w = ref64(q.double(), k.double(), v.double(), attn_mask=mask64)
+    dout = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    dw = torch.randn(want_w.shape, generator=gen, dtype=torch.float64)
+    (g,) = torch.autograd.grad((out, w), [mask], (dout.float(), dw.float()))
+    (g64,) = torch.autograd.grad((want, want_w), [mask64], (dout, dw))
+    _assert_fp32_close(g, g64, "mask gradient")
 
 
 # ----------------------------------------------------------------------------- CausalSelfAttention

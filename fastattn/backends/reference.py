@@ -66,12 +66,15 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slope
 
 
 def softmax_fwd(scores, mask, scale, causal):
-    return reference.scaled_masked_softmax(scores, mask, scale, causal)
+    # fp32 math for 16-bit and fp32 scores (Megatron's), float64 for float64.
+    return reference.scaled_masked_softmax(scores, mask, scale, causal,
+                                           upcast=scores.dtype == torch.float64).to(scores.dtype)
 
 
 def softmax_bwd(dprobs, probs, scale):
     # d(softmax)/dx = y * (dy - sum(dy * y)), times the scale applied before the softmax.
-    y, dy = probs.float(), dprobs.float()
+    ct = _compute_dtype(probs.dtype)
+    y, dy = probs.to(ct), dprobs.to(ct)
     dx = y * (dy - (dy * y).sum(dim=-1, keepdim=True)) * scale
     return dx.to(probs.dtype)
 

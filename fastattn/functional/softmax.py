@@ -38,7 +38,7 @@ def scaled_masked_softmax(scores: Tensor, mask: Optional[Tensor] = None, scale: 
         check.same_device(("scores", "mask"), scores, mask)
         if mask.dtype != scores.dtype and mask.dtype.is_floating_point:
             raise TypeError(f"a float mask must have scores' dtype ({scores.dtype}), got {mask.dtype}")
-        check.mask("mask", mask, scores.dtype, scores.shape)
+        check.mask("mask", mask, scores.dtype, scores.shape, bool_meaning="True = masked out")
     backend = dispatch.check_backend_name(backend) if backend is not None else None
     ops = ("softmax_fwd", "softmax_bwd") if scores.requires_grad else ("softmax_fwd",)
     name = dispatch.select(ops, backend, scores.device, scores, mask, scale, causal)

@@ -1,4 +1,5 @@
-"""Attention modules whose attention runs through :func:`fastattn.scaled_dot_product_attention`.
+"""Attention modules whose attention runs through :func:`fastattn.scaled_dot_product_attention`
+(or, when the attention weights are asked for, :func:`fastattn.scaled_masked_softmax`).
 
 :class:`MultiheadAttention` is a drop-in for :class:`torch.nn.MultiheadAttention`: it
 *is* one (a subclass adding no state), so its constructor, parameter names and
@@ -6,14 +7,16 @@
 other, and :func:`fastattn.patch` turns an existing torch module into one in place by
 changing its class. Only ``forward`` differs: it reproduces the math of
 :func:`torch.nn.functional.multi_head_attention_forward` (mask canonicalisation and
-merging, ``add_bias_kv``, ``add_zero_attn``, the ``is_causal`` hint) and computes the
-attention itself with fastattn.
+merging, ``add_bias_kv``, ``add_zero_attn``, the ``is_causal`` hint, ``need_weights``)
+and computes the attention itself with fastattn.
 
 :class:`CausalSelfAttention` is a compact module for new decoder models, with
 grouped-query attention.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -56,12 +59,22 @@ class MultiheadAttention(nn.MultiheadAttention):
     ``attn_mask`` is causal, ``kdim``/``vdim``, ``add_bias_kv``, ``add_zero_attn`` and
     attention dropout in training mode.
 
-    Served by fastattn: every call with ``need_weights=False`` (what
-    :class:`torch.nn.TransformerEncoderLayer`/``DecoderLayer`` pass). Served by torch:
-    ``need_weights=True`` (torch's default), because the averaged or per-head attention
-    weights must then be materialised, and nested-tensor inputs. Unlike torch's module,
-    this one never takes torch's fused inference fast path, so the fastattn kernel really
-    runs in eval mode too; the outputs are the same up to rounding.
+    Served by fastattn: every call on regular tensors. With ``need_weights=False`` (what
+    :class:`torch.nn.TransformerEncoderLayer`/``DecoderLayer`` pass) the attention is one
+    :func:`fastattn.scaled_dot_product_attention` call and no ``(L, S)`` matrix is stored.
+    With ``need_weights=True`` (torch's default) the weights must be materialised: the
+    scores ``(q / sqrt(head_dim)) @ k^T`` go through :func:`fastattn.scaled_masked_softmax`
+    (the masks applied inside it, broadcast, never expanded per head), then dropout in
+    training mode, and the output is ``weights @ v``; the weights returned are the
+    post-dropout ones that produced the output (as torch's), averaged over heads with
+    ``average_attn_weights=True`` (``(N, L, S)``) else per head (``(N, num_heads, L, S)``),
+    differentiable. Only nested-tensor inputs are handed to torch.
+
+    Differences from torch, both deliberate: a query row for which every key is masked
+    gets all-zero weights (fastattn's softmax rule) and an output of ``out_proj`` applied
+    to zeros, where torch's ``need_weights=True`` path gives NaN; and this module never
+    takes torch's fused inference fast path, so the fastattn kernels really run in eval
+    mode too (the outputs are the same up to rounding).
     """
 
     def forward(
@@ -77,12 +90,36 @@ class MultiheadAttention(nn.MultiheadAttention):
     ) -> tuple[Tensor, Optional[Tensor]]:
         """Returns ``(attn_output, attn_weights)`` exactly as :class:`torch.nn.MultiheadAttention`:
         ``attn_output`` ``(L, E)`` unbatched, ``(L, N, E)`` or ``(N, L, E)`` with ``batch_first``;
-        ``attn_weights`` is ``None`` unless ``need_weights=True``."""
-        if need_weights or query.is_nested or key.is_nested or value.is_nested:
+        ``attn_weights`` is ``None`` unless ``need_weights=True``, then ``(N, L, S)`` averaged
+        over heads or ``(N, num_heads, L, S)`` (no ``N`` unbatched), ``S`` counting the key
+        appended by ``add_bias_kv``/``add_zero_attn``."""
+        if query.is_nested or key.is_nested or value.is_nested:
             return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
                                    attn_mask=attn_mask, average_attn_weights=average_attn_weights,
                                    is_causal=is_causal)
-        return _mha_forward(self, query, key, value, key_padding_mask, attn_mask, is_causal), None
+        heads = _mha_heads(self, query, key, value, key_padding_mask, attn_mask, is_causal, need_weights)
+        dropout_p = self.dropout if self.training else 0.0
+        if not need_weights:
+            return _out_projection(self, _attend(heads, dropout_p), heads), None
+        out, weights = _attend_with_weights(heads, dropout_p)
+        if average_attn_weights:
+            weights = weights.mean(dim=1)
+        if not heads.batched:
+            weights = weights.squeeze(0)
+        return _out_projection(self, out, heads), weights
+
+
+@dataclass
+class _Heads:
+    """MHA inputs after projection, head split, ``add_bias_kv``/``add_zero_attn`` and mask merging."""
+
+    q: Tensor  # (N, H, L, D)
+    k: Tensor  # (N, H, S, D), S counting appended keys
+    v: Tensor  # (N, H, S, D)
+    mask: Optional[Tensor]  # broadcastable to (N, H, L, S): bool True = may not attend (torch MHA's), or float added
+    is_causal: bool  # the mask is top-left causal and was dropped (the hint is trusted)
+    batched: bool
+    batch_first: bool
 
 
 def _check_shapes(query: Tensor, key: Tensor, value: Tensor, key_padding_mask, attn_mask, num_heads: int) -> bool:
@@ -114,9 +151,60 @@ def _check_shapes(query: Tensor, key: Tensor, value: Tensor, key_padding_mask, a
     return batched
 
 
-def _mha_forward(m: nn.MultiheadAttention, query, key, value, key_padding_mask, attn_mask, is_causal) -> Tensor:
-    """torch's ``multi_head_attention_forward`` with ``need_weights=False``, in batch-first
-    layout, the attention itself by :func:`fastattn.scaled_dot_product_attention`."""
+def _canonical_masks(attn_mask, key_padding_mask, is_causal: bool, dtype: torch.dtype, trust_hint: bool):
+    """torch's mask rules: dtype checks, the ``is_causal`` hint, bool/float unification.
+
+    Returns ``(attn_mask, key_padding_mask, is_causal)``: ``is_causal`` stays True only when
+    the hint replaces ``attn_mask`` (then ``None``), which needs no padding mask and
+    ``trust_hint``. Bool masks stay bool (OR-ed later: the same result as torch's sum of
+    ``-inf`` masks, and a 1-byte mask to read); once either is a float, both become
+    additive as torch merges them.
+    """
+    for name, given in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+        if given is not None and given.dtype != torch.bool and not torch.is_floating_point(given):
+            raise AssertionError(f"only bool and floating types of {name} are supported, got {given.dtype}")
+    if is_causal and attn_mask is None:
+        raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer module "
+                           "method `generate_square_subsequent_mask` to create this mask.")
+    if is_causal and key_padding_mask is None and trust_hint:
+        attn_mask = None  # as torch does: the hint replaces the mask (a causal kernel, no mask read)
+    else:
+        is_causal = False  # a merged mask is no longer purely causal
+    if any(x is not None and x.dtype != torch.bool for x in (attn_mask, key_padding_mask)):
+        attn_mask = _float_mask(attn_mask, "attn_mask", dtype)
+        key_padding_mask = _float_mask(key_padding_mask, "key_padding_mask", dtype)
+    return attn_mask, key_padding_mask, is_causal
+
+
+def _in_projection(m: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor, self_attention: bool):
+    """``q, k, v`` ``(N, L|S, E)``: one GEMM for self-attention with a packed weight, as torch does."""
+    bias = m.in_proj_bias
+    b_q, b_k, b_v = (None, None, None) if bias is None else bias.chunk(3)
+    if m._qkv_same_embed_dim:
+        if self_attention:
+            return F.linear(query, m.in_proj_weight, bias).chunk(3, dim=-1)
+        w_q, w_k, w_v = m.in_proj_weight.chunk(3)
+        return F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+    return F.linear(query, m.q_proj_weight, b_q), F.linear(key, m.k_proj_weight, b_k), \
+        F.linear(value, m.v_proj_weight, b_v)
+
+
+def _merge_masks(attn_mask, key_padding_mask, batch: int, heads: int, tgt_len: int, src_len: int):
+    """One mask broadcastable to ``(N, H, L, S)`` in torch MHA's convention, as torch merges
+    them; never expanded over the heads (or the batch) it does not depend on."""
+    mask = None
+    if attn_mask is not None:
+        mask = attn_mask.view(1, 1, tgt_len, src_len) if attn_mask.dim() == 2 \
+            else attn_mask.view(batch, heads, tgt_len, src_len)
+    if key_padding_mask is not None:
+        kpm = key_padding_mask.view(batch, 1, 1, src_len)
+        mask = kpm if mask is None else (mask | kpm if kpm.dtype == torch.bool else mask + kpm)
+    return mask
+
+
+def _mha_heads(m: nn.MultiheadAttention, query, key, value, key_padding_mask, attn_mask, is_causal: bool,
+               need_weights: bool) -> _Heads:
+    """torch's ``multi_head_attention_forward`` up to the attention itself, in batch-first layout."""
     batched = _check_shapes(query, key, value, key_padding_mask, attn_mask, m.num_heads)
     self_attention = query is key and key is value
     if not batched:
@@ -132,38 +220,14 @@ def _mha_forward(m: nn.MultiheadAttention, query, key, value, key_padding_mask, 
     if key.shape[:2] != value.shape[:2]:
         raise AssertionError(f"key's sequence and batch dims {tuple(key.shape[:2])} do not match value's "
                              f"{tuple(value.shape[:2])}")
+    appends_keys = (m.bias_k is not None and m.bias_v is not None) or m.add_zero_attn
+    # torch's need_weights=True path reads attn_mask even with the hint; trusting the hint
+    # gives the same weights unless a key is appended (the mask then lets every query see
+    # it, a causal rule would not): only there is the mask kept.
+    attn_mask, key_padding_mask, is_causal = _canonical_masks(
+        attn_mask, key_padding_mask, is_causal, query.dtype, trust_hint=not (need_weights and appends_keys))
 
-    for name, given in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
-        if given is not None and given.dtype != torch.bool and not torch.is_floating_point(given):
-            raise AssertionError(f"only bool and floating types of {name} are supported, got {given.dtype}")
-    if is_causal and attn_mask is None:
-        raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer module "
-                           "method `generate_square_subsequent_mask` to create this mask.")
-    if is_causal and key_padding_mask is None:
-        # As torch does: without a padding mask the hint replaces the mask (a causal kernel, no mask read).
-        attn_mask = None
-    elif key_padding_mask is not None:
-        is_causal = False  # the merged mask is no longer purely causal
-    # Bool masks stay bool (OR-ed: the same result as torch's -inf sum, and no float mask to
-    # read); once either is a float, both become additive as torch merges them.
-    if any(x is not None and x.dtype != torch.bool for x in (attn_mask, key_padding_mask)):
-        attn_mask = _float_mask(attn_mask, "attn_mask", query.dtype)
-        key_padding_mask = _float_mask(key_padding_mask, "key_padding_mask", query.dtype)
-
-    # In-projection: one GEMM for self-attention with a packed weight, as torch does.
-    bias = m.in_proj_bias
-    b_q, b_k, b_v = (None, None, None) if bias is None else bias.chunk(3)
-    if m._qkv_same_embed_dim:
-        w_q, w_k, w_v = m.in_proj_weight.chunk(3)
-        if self_attention:
-            q, k, v = F.linear(query, m.in_proj_weight, bias).chunk(3, dim=-1)
-        else:
-            q, k, v = F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
-    else:
-        q = F.linear(query, m.q_proj_weight, b_q)
-        k = F.linear(key, m.k_proj_weight, b_k)
-        v = F.linear(value, m.v_proj_weight, b_v)
-
+    q, k, v = _in_projection(m, query, key, value, self_attention)
     src_len = k.shape[1]
     if attn_mask is not None:
         if attn_mask.dim() == 2 and tuple(attn_mask.shape) != (tgt_len, src_len):
@@ -188,26 +252,45 @@ def _mha_forward(m: nn.MultiheadAttention, query, key, value, key_padding_mask, 
         zeros = torch.zeros(batch, heads, 1, head_dim, dtype=k.dtype, device=k.device)
         k, v = torch.cat([k, zeros], dim=2), torch.cat([v, zeros], dim=2)
         attn_mask, key_padding_mask = _pad_key(attn_mask), _pad_key(key_padding_mask)
-    src_len = k.shape[2]
+    mask = _merge_masks(attn_mask, key_padding_mask, batch, heads, tgt_len, k.shape[2])
+    return _Heads(q, k, v, mask, is_causal, batched, m.batch_first)
 
-    # Merge into one mask broadcastable to (N, H, L, S), as torch merges them.
-    mask = None
-    if attn_mask is not None:
-        mask = attn_mask.view(1, 1, tgt_len, src_len) if attn_mask.dim() == 2 \
-            else attn_mask.view(batch, heads, tgt_len, src_len)
-    if key_padding_mask is not None:
-        kpm = key_padding_mask.view(batch, 1, 1, src_len)
-        mask = kpm if mask is None else (mask | kpm if kpm.dtype == torch.bool else mask + kpm)
+
+def _attend(h: _Heads, dropout_p: float) -> Tensor:
+    """``(N, H, L, D)`` by :func:`fastattn.scaled_dot_product_attention`: no weights stored."""
+    mask = h.mask
     if mask is not None and mask.dtype == torch.bool:
         mask = ~mask  # torch MHA's True = "may not attend"; SDPA's True = "takes part"
+    return fastattn.scaled_dot_product_attention(h.q, h.k, h.v, attn_mask=mask, dropout_p=dropout_p,
+                                                 is_causal=h.is_causal)
 
-    dropout_p = m.dropout if m.training else 0.0
-    out = fastattn.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
-    out = out.transpose(1, 2).reshape(batch, tgt_len, embed_dim)
-    out = F.linear(out, m.out_proj.weight, m.out_proj.bias)
-    if not batched:
+
+def _attend_with_weights(h: _Heads, dropout_p: float) -> tuple[Tensor, Tensor]:
+    """``(out (N, H, L, D), weights (N, H, L, S))`` with the weights explicit, by
+    :func:`fastattn.scaled_masked_softmax`: torch's ``need_weights=True`` math, the weights
+    after dropout (those returned are those used)."""
+    # q is scaled before the product, as torch does: the same rounding as torch's scores,
+    # and scores a sqrt(head_dim) smaller in fp16 (further from overflow).
+    scores = torch.matmul(h.q * math.sqrt(1.0 / float(h.q.shape[-1])), h.k.transpose(-2, -1))
+    mask = h.mask
+    if mask is not None and mask.requires_grad:
+        # The op does not differentiate its mask: a float mask being trained is added here,
+        # where autograd sees it (torch's mask gets a gradient too).
+        scores, mask = scores + mask, None
+    # The softmax's bool convention (True = masked out, Megatron's) is torch MHA's: no inversion.
+    weights = fastattn.scaled_masked_softmax(scores, mask, 1.0, causal=h.is_causal)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return torch.matmul(weights, h.v), weights
+
+
+def _out_projection(m: nn.MultiheadAttention, out: Tensor, h: _Heads) -> Tensor:
+    """``(N, H, L, D)`` heads to torch's output layout after ``out_proj``."""
+    batch, _, tgt_len, _ = out.shape
+    out = F.linear(out.transpose(1, 2).reshape(batch, tgt_len, m.embed_dim), m.out_proj.weight, m.out_proj.bias)
+    if not h.batched:
         return out.squeeze(0)
-    return out if m.batch_first else out.transpose(0, 1)
+    return out if h.batch_first else out.transpose(0, 1)
 
 
 class CausalSelfAttention(nn.Module):
