@@ -47,6 +47,8 @@ OP_SIGNATURES = {
     # dim order, lse float32 (B,Hq,Lq)). See fastattn.ops.attention for the exact contract.
     "attention_fwd": "fn(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args) -> (out, lse)",
     "attention_bwd": "fn(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args) -> (dq, dk, dv)",
+    # The backward when a float attn_mask requires grad: also d(mask) (B,Hq,Lq,Lk) in the mask's dtype.
+    "attention_bwd_mask_grad": "fn(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args) -> (dq, dk, dv, dmask)",
     "kvcache_fwd": "fn(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slopes, args) -> (out, lse)",
     "softmax_fwd": "fn(scores, mask, scale, causal) -> probs",
     "softmax_bwd": "fn(dprobs, probs, scale) -> dscores",

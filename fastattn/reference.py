@@ -152,8 +152,9 @@ def _attention_dense(q, k, v, args, attn_mask, alibi_slopes, dropout_mask):
     return torch.matmul(probs, v), lse
 
 
-def _attention_dense_backward(dout, q, k, v, args, attn_mask, alibi_slopes, dropout_mask):
-    """Closed-form gradients of :func:`_attention_dense` with respect to q, k, v."""
+def _attention_dense_backward(dout, q, k, v, args, attn_mask, alibi_slopes, dropout_mask, mask_grad=False):
+    """Closed-form gradients of :func:`_attention_dense` with respect to q, k, v (and, with
+    ``mask_grad``, the additive mask as broadcast to ``(B, H, Lq, Lk)``)."""
     heads_k = k.shape[1]
     k, v = _expand_kv(q, k, v)
     probs, _, capped = _probabilities(q, k, args, attn_mask, alibi_slopes)
@@ -166,12 +167,14 @@ def _attention_dense_backward(dout, q, k, v, args, attn_mask, alibi_slopes, drop
     dv = torch.matmul(kept.transpose(-2, -1), dout)
     # softmax backward: dS = P * (dP - rowsum(dP * P)); masked entries have P = 0, so dS = 0 there.
     dscores = probs * (dprobs - (dprobs * probs).sum(-1, keepdim=True))
+    dmask = dscores  # the additive mask enters after the scale and the softcap
     if capped is not None:  # d/dx [c * tanh(x / c)] = 1 - tanh^2
         dscores = dscores * (1 - capped * capped)
     dscores = dscores * args.scale
     dq = torch.matmul(dscores, k)
     dk = torch.matmul(dscores.transpose(-2, -1), q)
-    return dq, _sum_groups(dk, heads_k), _sum_groups(dv, heads_k)
+    grads = (dq, _sum_groups(dk, heads_k), _sum_groups(dv, heads_k))
+    return grads + (dmask,) if mask_grad else grads
 
 
 def attention_probabilities(
@@ -203,15 +206,19 @@ def attention_backward(
     dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: AttentionArgs, *,
     attn_mask: Optional[torch.Tensor] = None, alibi_slopes: Optional[torch.Tensor] = None,
     cu_seqlens_q: Optional[torch.Tensor] = None, cu_seqlens_k: Optional[torch.Tensor] = None,
-    dropout_mask: Optional[torch.Tensor] = None, upcast: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dropout_mask: Optional[torch.Tensor] = None, upcast: bool = False, return_mask_grad: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Gradients ``(dq, dk, dv)`` of :func:`attention`'s output for the cotangent ``dout``
     ``(B, Hq, Lq, Dv)``, in closed form (the FlashAttention backward equations, on
     materialised probabilities). Arguments as :func:`attention`; GQA gradients are summed
-    over each kv head's query heads."""
+    over each kv head's query heads. ``return_mask_grad`` (a float ``attn_mask``, not
+    varlen): also the mask's gradient ``(B, Hq, Lq, Lk)``, as broadcast."""
     dout, q, k, v, attn_mask, alibi_slopes = _cast(upcast, dout, q, k, v, attn_mask, alibi_slopes)
+    if return_mask_grad and (cu_seqlens_q is not None or attn_mask is None or attn_mask.dtype == torch.bool):
+        raise ValueError("return_mask_grad needs a float attn_mask and no cu_seqlens")
     if cu_seqlens_q is None:
-        return _attention_dense_backward(dout, q, k, v, args, attn_mask, alibi_slopes, dropout_mask)
+        return _attention_dense_backward(dout, q, k, v, args, attn_mask, alibi_slopes, dropout_mask,
+                                         return_mask_grad)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     for s in range(len(cq) - 1):

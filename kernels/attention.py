@@ -43,6 +43,11 @@ Dropout (``DROPOUT``): ``O = (P * Z) V`` with ``Z_ij = keep_ij / (1 - p)``, ``ke
 Philox (``tl.rand``) from a counter that is a function of ``(seed, offset, b, h, i, j)`` alone
 (:mod:`fastattn.philox` is its specification), so the backward kernels redraw the very mask
 the forward used without storing it. The LSE is that of the undropped softmax.
+
+Mask gradient (``MASK_GRAD``, a float ``attn_mask`` that requires grad): the mask is added
+after the scale and the softcap, so ``d(mask)_ij = dS_ij``; the dK/dV program that owns key
+block ``j`` stores its ``dS`` tiles into a zero-filled fp32 ``(B, Hq, Lq, Lk)`` buffer (each
+element has exactly one writer: no atomics), which autograd then sums to the mask's shape.
 """
 from __future__ import annotations
 
@@ -396,11 +401,11 @@ def _attn_bwd_delta(
              delta, mask=start_m + offs_m < seqlen_q)
 
 
-@triton.autotune(configs=_configs("bwd_dkdv"), key=_TUNE_KEY + ["ATOMIC_DQ"],
+@triton.autotune(configs=_configs("bwd_dkdv"), key=_TUNE_KEY + ["ATOMIC_DQ", "MASK_GRAD"],
                  prune_configs_by={"early_config_prune": _prune("bwd_dkdv")}, reset_to_zero=["DQAcc"])
 @triton.jit
 def _attn_bwd_dkdv(
-    Q, K, V, DOut, LSE, Delta, DK, DV, DQAcc, CuSeqQ, CuSeqK, Alibi, Mask,
+    Q, K, V, DOut, LSE, Delta, DK, DV, DQAcc, CuSeqQ, CuSeqK, Alibi, Mask, DMask,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -411,13 +416,14 @@ def _attn_bwd_dkdv(
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_ab, stride_ah,
     stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_gb, stride_gh, stride_gm, stride_gn,
     seqlen_q, seqlen_k, kv_group, sm_scale, softcap, window_left, window_right,
     dropout_p, seed, rng_offset, num_heads,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    ATOMIC_DQ: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr, MASK_GRAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -505,6 +511,11 @@ def _attn_bwd_dkdv(
             if DROPOUT:
                 dp = tl.where(keep, dp * rp, 0.0)
             ds = p * (dp - delta[:, None])
+            if MASK_GRAD:
+                # The additive mask enters after scaling and softcap: its gradient is dS itself.
+                # Each (b, h, i, j) has exactly one owner program (its key block), so plain stores.
+                tl.store(DMask + off_b * stride_gb + off_h * stride_gh + rows[:, None] * stride_gm
+                         + cols[None, :] * stride_gn, ds, mask=(rows[:, None] < seqlen_q) & (cols[None, :] < seqlen_k))
             if SOFTCAP:
                 ds = ds * (1.0 - t * t)  # d(c * tanh(x / c))/dx = 1 - tanh^2
             ds = ds.to(q.dtype)
@@ -743,18 +754,26 @@ def attention_fwd(q, k, v, args, *, attn_mask=None, alibi_slopes=None, cu_seqlen
 
 
 def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None,
-                  cu_seqlens_k=None):
+                  cu_seqlens_k=None, mask_grad=False):
     """Attention backward: ``(dq, dk, dv)`` shaped and laid out like ``q``, ``k``, ``v``.
 
     ``dout``/``out`` ``(B, Hq, Lq, D)`` and ``lse`` fp32 ``(B, Hq, Lq)`` from :func:`attention_fwd`
     with the same arguments. ``args.deterministic`` selects the atomics-free dQ pass.
+    ``mask_grad`` (a float ``attn_mask`` only): also return the gradient of the mask as a
+    fourth result, ``(B, Hq, Lq, Lk)`` in the mask's dtype (the gradient of the mask as
+    broadcast; autograd sums it back to the mask's own shape).
     """
     ensure_interpreter_fixes()
     batch, lq, lk, ptrs, extra_strides, scalars, flags = _common(q, k, args, attn_mask, alibi_slopes,
                                                                  cu_seqlens_q, cu_seqlens_k)
     hq, hk = q.shape[1], k.shape[1]
+    dmask = None
+    if mask_grad:
+        # fp32 and zero-filled: blocks the causal mask or the window skip have no gradient.
+        dmask = torch.zeros(q.shape[0], hq, q.shape[2], k.shape[2], dtype=torch.float32, device=q.device)
     if q.numel() == 0 or k.numel() == 0 or batch == 0:
-        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        grads = (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v))
+        return grads + (dmask.to(attn_mask.dtype),) if mask_grad else grads
     bd, hd = flags["BLOCK_D"], flags["HEAD_DIM"]
     delta = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     bm = delta_block_m(bd)
@@ -771,10 +790,11 @@ def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else dq
     grid = lambda meta: (triton.cdiv(lk, meta["BLOCK_N"]), hk, batch)
     _attn_bwd_dkdv[grid](
-        q, k, v, dout, lse, delta, dk, dv, dq_acc, *ptrs,
+        q, k, v, dout, lse, delta, dk, dv, dq_acc, *ptrs, dmask if mask_grad else q,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse.stride(),
         *dk.stride(), *dv.stride(), *dq_acc.stride(), *extra_strides,
-        *scalars, ATOMIC_DQ=atomic, **flags,
+        *(dmask.stride() if mask_grad else (0, 0, 0, 0)),
+        *scalars, ATOMIC_DQ=atomic, MASK_GRAD=bool(mask_grad), **flags,
     )
     if atomic:
         dq.copy_(dq_acc)
@@ -785,6 +805,8 @@ def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse.stride(), *dq.stride(),
             *extra_strides, *scalars, **flags,
         )
+    if mask_grad:
+        return dq, dk, dv, dmask.to(attn_mask.dtype)
     return dq, dk, dv
 
 
@@ -836,12 +858,13 @@ def aot_cases(all_candidates: bool = False) -> list:
                         const = dict(flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
                         if kernel == "bwd_dkdv":
                             const["ATOMIC_DQ"] = True
+                            const["MASK_GRAD"] = variant == "features"
                         # Triton's launcher turns an int argument equal to 1 into a constant: unit strides
                         # (not the mask's, which broadcasts with stride 0 or runs along keys).
                         const.update({n: 1 for n in fn.arg_names if n.startswith("stride") and n.endswith("d")})
                         sig = signature_for(fn, {"LSE": "*fp32", "Delta": "*fp32", "DQAcc": "*fp32",
                                                  "CuSeqQ": "*i32", "CuSeqK": "*i32", "Alibi": "*fp32",
-                                                 "Mask": f"*{dname}"}, f"*{dname}",
+                                                 "Mask": f"*{dname}", "DMask": "*fp32"}, f"*{dname}",
                                             floats=("sm_scale", "softcap", "dropout_p"),
                                             int64s=("seed", "rng_offset"), constexprs=const)
                         divisible = tuple(n for n in fn.arg_names if n not in const and (

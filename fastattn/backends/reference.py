@@ -48,6 +48,15 @@ def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlen
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
+def attention_bwd_mask_grad(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
+    qc, kc, vc, mask, slopes, drop = _inputs(q, k, v, attn_mask, alibi_slopes, args, cu_seqlens_q, cu_seqlens_k)
+    dq, dk, dv, dmask = reference.attention_backward(
+        dout.to(qc.dtype), qc, kc, vc, args, attn_mask=mask, alibi_slopes=slopes, dropout_mask=drop,
+        return_mask_grad=True,
+    )
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dmask.to(attn_mask.dtype)
+
+
 def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slopes, args):
     ct = _compute_dtype(q.dtype)
     if k_new is not None:  # the in-place append must land in the caller's tensors

@@ -64,6 +64,12 @@ def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlen
                                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
 
 
+def attention_bwd_mask_grad(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
+    return _kernels.attention_bwd(dout, q, k, v, out, lse, args, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
+                                  cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, mask_grad=True)
+
+
 dispatch.register_backend("triton", available)
 dispatch.register("attention_fwd", "triton", attention_fwd, supports)
 dispatch.register("attention_bwd", "triton", attention_bwd, supports)
+dispatch.register("attention_bwd_mask_grad", "triton", attention_bwd_mask_grad, supports)

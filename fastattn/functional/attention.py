@@ -53,6 +53,8 @@ def _last_dim_contiguous(x: Tensor) -> Tensor:
 
 def _select(q, k, v, args, backend, *, attn_mask=None, alibi_slopes=None, cu_q=None, cu_k=None) -> str:
     ops = _FWD_BWD if _needs_grad(q, k, v, attn_mask) else _FWD
+    if _needs_grad(attn_mask):  # a float mask being trained: the backend must also give its gradient
+        ops = ("attention_fwd", "attention_bwd_mask_grad")
     return dispatch.select(ops, backend, q.device, q, k, v, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
                            cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, args=args)
 
@@ -125,7 +127,6 @@ def scaled_dot_product_attention(
 
     covered = (
         q.dim() == 4 and q.dtype in KERNEL_DTYPES and 1 <= v.shape[-1] == q.shape[-1] <= check.MAX_HEAD_DIM
-        and not (attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled())
     )
     chosen = backend if backend is not None else dispatch.current_backend()
     if not covered:
@@ -134,7 +135,7 @@ def scaled_dot_product_attention(
         if chosen != "auto":
             raise ValueError(
                 f"backend={chosen!r} serves 4-D fp16/bf16/fp32 inputs with value head dim == query head dim "
-                f"<= {check.MAX_HEAD_DIM} (and no float attn_mask requiring grad); got query "
+                f"<= {check.MAX_HEAD_DIM}; got query "
                 f"{tuple(q.shape)} {q.dtype}, value {tuple(v.shape)}. Use backend='auto' to fall back to torch"
             )
         # Outside the kernels' domain (or dropout, which torch draws from its own RNG): torch itself.

@@ -69,6 +69,28 @@ def _(dout, q, k, v, *rest):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
+@torch.library.custom_op("fastattn::attention_bwd_mask_grad", mutates_args=())
+def _attention_bwd_mask_grad(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    attn_mask: Tensor, alibi_slopes: Optional[Tensor],
+    cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor],
+    scale: float, causal: bool, bottom_right: bool, window_left: int, window_right: int,
+    softcap: float, dropout_p: float, seed: int, offset: int, max_seqlen_q: int, max_seqlen_k: int,
+    deterministic: bool, backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
+                 max_seqlen_q, max_seqlen_k, deterministic)
+    impl = dispatch.implementations("attention_bwd_mask_grad")[backend]
+    return impl.fn(dout, q, k, v, out, lse, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
+                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
+
+
+@_attention_bwd_mask_grad.register_fake
+def _(dout, q, k, v, out, lse, attn_mask, *rest):
+    dmask = q.new_empty(q.shape[0], q.shape[1], q.shape[2], k.shape[2], dtype=attn_mask.dtype)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
+
+
 def _setup_context(ctx, inputs, output):
     q, k, v, attn_mask, alibi_slopes, cu_q, cu_k = inputs[:7]
     ctx.options = inputs[7:]
@@ -80,8 +102,13 @@ def _backward(ctx, dout, dlse):
     q, k, v, out, lse, attn_mask, alibi_slopes, cu_q, cu_k = ctx.saved_tensors
     # dout may arrive non-contiguous or expanded (e.g. from .sum()); kernels want real strides.
     dout = dout.contiguous() if dout.stride(-1) != 1 or 0 in dout.stride() else dout
-    dq, dk, dv = _attention_bwd(dout, q, k, v, out, lse, attn_mask, alibi_slopes, cu_q, cu_k, *ctx.options)
-    return (dq, dk, dv) + (None,) * (4 + len(ctx.options))
+    dmask = None
+    if ctx.needs_input_grad[3]:  # a float attn_mask that requires grad (the backend was chosen for it)
+        dq, dk, dv, dmask = _attention_bwd_mask_grad(dout, q, k, v, out, lse, attn_mask, alibi_slopes, cu_q, cu_k,
+                                                     *ctx.options)
+    else:
+        dq, dk, dv = _attention_bwd(dout, q, k, v, out, lse, attn_mask, alibi_slopes, cu_q, cu_k, *ctx.options)
+    return (dq, dk, dv, dmask) + (None,) * (3 + len(ctx.options))
 
 
 _attention_fwd.register_autograd(_backward, setup_context=_setup_context)
