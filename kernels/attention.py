@@ -119,8 +119,8 @@ def keep_config(kernel: str, cfg: dict, arch: int, bd: int, elem: int, features:
     ALiBi, mask) add per-element work; dK/dV: at most 8 elements per thread of each P/dP/dS tile.
     tests/test_triton_aot.py compiles every kept config and checks that none spills.
     """
-    bm, bn, warps, stages = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"]
-    if _smem_bytes(kernel, bm, bn, bd, stages, elem) > SMEM_LIMIT.get(arch, 99 * 1024):
+    bm, bn, warps = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"]
+    if not fits_smem(kernel, cfg, arch, bd, elem):
         return False
     threads = 32 * warps
     if kernel == "bwd_dkdv" and bm * bn // threads > 8:
@@ -129,12 +129,41 @@ def keep_config(kernel: str, cfg: dict, arch: int, bd: int, elem: int, features:
     return acc // threads <= _ACC_PER_THREAD[kernel, elem] * (3 if features else 4) // 4
 
 
+def fits_smem(kernel: str, cfg: dict, arch: int, bd: int, elem: int) -> bool:
+    """Whether ``cfg``'s tiles fit the shared memory of one block on compute capability ``arch``."""
+    need = _smem_bytes(kernel, cfg["BLOCK_M"], cfg["BLOCK_N"], bd, cfg["num_stages"], elem)
+    return need <= SMEM_LIMIT.get(arch, 99 * 1024)
+
+
+def pruned_configs(kernel: str, arch: int, bd: int, elem: int, features: bool) -> list[dict]:
+    """The configs the autotuner tries for one specialisation: the candidates :func:`keep_config`
+    keeps, else the smallest candidate that fits shared memory (the register estimate is
+    conservative; tests/test_triton_aot.py compiles these very configs, fallbacks included, and
+    checks that none spills). Empty when nothing fits shared memory."""
+    kept = [c for c in _CANDIDATES[kernel] if keep_config(kernel, c, arch, bd, elem, features)]
+    if kept:
+        return kept
+    fits = [c for c in _CANDIDATES[kernel] if fits_smem(kernel, c, arch, bd, elem)]
+    return [min(fits, key=lambda c: c["BLOCK_M"] * c["BLOCK_N"])] if fits else []
+
+
+def spills_unavoidably(kernel: str, bd: int, elem: int, features: bool) -> bool:
+    """Specialisations where every candidate spills registers, as measured by the ahead-of-time
+    check: the fp32 backward at head dim 128 with features (tf32x3 keeps a high and a low copy of
+    every operand tile, and the dK + dV accumulators alone take 64 registers a thread).
+    :func:`supports` declines them so that another backend serves them."""
+    return elem == 4 and bd > 64 and features and kernel != "fwd"
+
+
 # Candidates, few on purpose (each is compiled per arch by the ahead-of-time check): large tiles
 # for small head dims, small ones with 8 warps for 256; keep_config picks per arch/tile/dtype.
+# The forward's 16 x 32 tile with 8 warps serves fp32 head dim 128 with features (window,
+# softcap, ALiBi, mask, dropout), the heaviest forward register footprint.
 _CANDIDATES = {
     "fwd": [
         dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 1)]
+        for bm, bn, w, s in [(128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 1),
+                             (16, 32, 8, 1)]
     ],
     "bwd_dkdv": [
         dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
@@ -178,13 +207,10 @@ def _as_dict(cfg: triton.Config) -> dict:
 
 def _prune(kernel: str):
     def prune(configs, nargs, **kwargs):
-        arch = _arch()
         flag = lambda name: kwargs.get(name, nargs.get(name))
-        bd = flag("BLOCK_D")
-        elem = nargs["Q"].element_size()
         features = bool(flag("WINDOW") or flag("SOFTCAP") or flag("ALIBI") or flag("MASK_MODE") or flag("DROPOUT"))
-        kept = [c for c in configs if keep_config(kernel, _as_dict(c), arch, bd, elem, features)]
-        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+        allowed = pruned_configs(kernel, _arch(), flag("BLOCK_D"), nargs["Q"].element_size(), features)
+        return [c for c in configs if _as_dict(c) in allowed] or configs  # (the interpreter's one config)
 
     return prune
 
@@ -639,8 +665,13 @@ def _attn_bwd_dq(
 # --------------------------------------------------------------------------- launchers
 
 
-def supports(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None, args=None):
-    """``None`` when these kernels compute this call exactly, else why not (so dispatch falls back)."""
+_KERNELS = {"fwd": ("fwd",), "bwd": ("bwd_dkdv", "bwd_dq")}
+
+
+def supports(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None, args=None,
+             direction="fwd"):
+    """``None`` when these kernels compute this call exactly, else why not (so dispatch falls back).
+    ``direction`` ("fwd" or "bwd") names the kernels whose tiles must exist on this GPU."""
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"dtype {q.dtype} (fp16, bf16 and fp32 only)"
     if k.dtype != q.dtype or v.dtype != q.dtype:
@@ -655,9 +686,14 @@ def supports(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, c
     if q.is_cuda and not INTERPRET:
         arch = _arch()
         bd, elem = block_d(d), q.element_size()
-        for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
-            if not any(keep_config(kernel, c, arch, bd, elem) for c in _CANDIDATES[kernel]):
-                return f"no {kernel} tile for head dim {d} in {q.dtype} fits sm_{arch}'s shared memory and registers"
+        features = attn_mask is not None or alibi_slopes is not None or (args is not None and (
+            args.has_window or args.softcap > 0 or args.dropout_p > 0))
+        for kernel in _KERNELS[direction]:
+            if not pruned_configs(kernel, arch, bd, elem, features):
+                return f"no {kernel} tile for head dim {d} in {q.dtype} fits sm_{arch}'s shared memory"
+            if spills_unavoidably(kernel, bd, elem, features):
+                return (f"the {kernel} kernel spills registers at head dim {d} in {q.dtype} with window, softcap, "
+                        f"ALiBi, mask or dropout")
     if k.shape[-1] != d or v.shape[-1] != d:
         return "a value head dim unlike the query's"
     if q.shape[1] % k.shape[1] != 0 or v.shape[1] != k.shape[1]:
@@ -820,7 +856,7 @@ _AOT_BLOCK_D = (16, 32, 64, 128, 256)
 _AOT_VARIANTS = {
     "causal": (dict(CAUSAL=True), tuple(_AOT_DTYPES), _AOT_BLOCK_D),  # fp32 stops at 128 (see supports)
     "features": (dict(CAUSAL=True, BOTTOM_RIGHT=True, WINDOW=True, SOFTCAP=True, ALIBI=True, MASK_MODE=2),
-                 ("fp16",), (128, 256)),
+                 ("fp16", "fp32"), (128, 256)),
     # Dropout's Philox rounds hold four 32-bit words per element: the register-heaviest feature.
     "dropout": (dict(CAUSAL=True, DROPOUT=True), ("fp16", "fp32"), (64, 128, 256)),
     "varlen": (dict(CAUSAL=True, VARLEN=True, ALIBI=True), ("fp16",), (128,)),
@@ -850,9 +886,11 @@ def aot_cases(all_candidates: bool = False) -> list:
                              DOT_PRECISION="tf32x3" if dname == "fp32" else "tf32")
                 flags.update(on)
                 for kernel, fn in fns.items():
+                    if spills_unavoidably(kernel, bd, elem, features):
+                        continue  # supports() declines it
                     for cfg in _CANDIDATES[kernel]:
                         archs = tuple(ARCHS) if all_candidates else tuple(
-                            a for a in ARCHS if keep_config(kernel, cfg, a, bd, elem, features))
+                            a for a in ARCHS if cfg in pruned_configs(kernel, a, bd, elem, features))
                         if not archs:
                             continue
                         const = dict(flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])

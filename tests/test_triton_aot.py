@@ -59,20 +59,25 @@ def test_sm86_sm89_kept_configs_fit_their_shared_memory(records):
 
 @pytest.mark.parametrize("arch", [80, 86, 89, 90], ids=["sm80", "sm86", "sm89", "sm90"])
 def test_every_tile_and_dtype_keeps_a_config(arch):
-    """The autotuner never runs out of configs where supports() accepts: 16-bit inputs at every
-    head-dim tile on every arch; fp32 up to 128 on sm_80/sm_90 and up to 64 on sm_86/sm_89 (their
-    99 KB of shared memory holds no fp32 dK/dV tile at 128: supports() declines, torch serves)."""
+    """The autotuner never runs out of configs where supports() accepts (so pruning never falls
+    back to an unchecked tile): 16-bit inputs at every head-dim tile on every arch, with and
+    without features; fp32 up to 128 on sm_80/sm_90 and up to 64 on sm_86/sm_89 (their 99 KB of
+    shared memory holds no fp32 dK/dV tile at 128: supports() declines, torch serves)."""
     fp32_max = 128 if arch in (80, 90) else 64
     for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
         for bd in (16, 32, 64, 128, 256):
-            for elem, features in ((2, False), (2, True), (4, False)):
+            for elem, features in ((2, False), (2, True), (4, False), (4, True)):
                 if elem == 4 and bd > fp32_max:
                     continue
-                if features and bd > 128 and kernel == "bwd_dkdv":
-                    continue  # dK/dV with every feature at head dim 256: pruning falls back to the smallest tile
+                if attention.spills_unavoidably(kernel, bd, elem, features):
+                    continue  # supports() declines it (see the next test)
                 kept = [c for c in attention._CANDIDATES[kernel]
                         if attention.keep_config(kernel, c, arch, bd, elem, features)]
-                assert kept, f"{kernel} keeps no config for BLOCK_D={bd}, {elem}-byte elements on sm_{arch}"
+                tried = attention.pruned_configs(kernel, arch, bd, elem, features)
+                assert tried, f"{kernel} has no config for BLOCK_D={bd}, {elem}-byte elements on sm_{arch}"
+                if not kept:  # the smallest tile stands in; it is one of the AOT cases checked for spills
+                    assert len(tried) == 1 and (elem, features, bd) in ((2, True, 256), (4, True, 128)), \
+                        f"{kernel} BLOCK_D={bd} elem={elem} features={features}: unexpected fallback"
 
 
 def test_aot_cases_are_exactly_the_kept_configs():
@@ -84,7 +89,25 @@ def test_aot_cases_are_exactly_the_kept_configs():
         elem = 4 if c.config["dtype"] == "fp32" else 2
         features = c.config["variant"] != "causal"
         assert c.archs == tuple(a for a in aot.ARCHS
-                                if attention.keep_config(kernel, cfg, a, c.config["BLOCK_D"], elem, features))
+                                if cfg in attention.pruned_configs(kernel, a, c.config["BLOCK_D"], elem, features))
+        assert not attention.spills_unavoidably(kernel, c.config["BLOCK_D"], elem, features)
+
+
+def test_backward_that_would_spill_is_declined(monkeypatch):
+    """fp32 head dim 128 with a feature: the forward is served, the backward declined (so dispatch
+    falls back for training) on a GPU; the interpreter has no registers to spill."""
+    import torch
+    from fastattn.ops.attention_args import AttentionArgs
+
+    monkeypatch.setattr(attention, "INTERPRET", False)
+    monkeypatch.setattr(attention, "_arch", lambda: 90)
+    q = torch.empty(1, 2, 8, 128, device="meta")
+    args = AttentionArgs(scale=0.1, softcap=5.0)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    assert attention.supports(q, q, q, args=args) is None
+    assert "spills registers" in attention.supports(q, q, q, args=args, direction="bwd")
+    assert attention.supports(q, q, q, args=AttentionArgs(scale=0.1), direction="bwd") is None
+    assert attention.supports(q.half(), q.half(), q.half(), args=args, direction="bwd") is None
 
 
 def test_occupancy_estimate_hand_values():

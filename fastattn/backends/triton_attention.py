@@ -49,9 +49,16 @@ def available(device: torch.device) -> Optional[str]:
 
 
 def supports(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None, args=None):
-    """``None`` if the Triton attention kernels compute this call, else the reason."""
+    """``None`` if the Triton attention forward computes this call, else the reason."""
     return _kernels.supports(q, k, v, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
                              cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
+
+
+def supports_backward(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None,
+                      args=None):
+    """``None`` if the Triton attention backward computes this call (given the forward's arguments)."""
+    return _kernels.supports(q, k, v, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
+                             cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args, direction="bwd")
 
 
 def attention_fwd(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
@@ -71,5 +78,5 @@ def attention_bwd_mask_grad(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes,
 
 dispatch.register_backend("triton", available)
 dispatch.register("attention_fwd", "triton", attention_fwd, supports)
-dispatch.register("attention_bwd", "triton", attention_bwd, supports)
-dispatch.register("attention_bwd_mask_grad", "triton", attention_bwd_mask_grad, supports)
+dispatch.register("attention_bwd", "triton", attention_bwd, supports_backward)
+dispatch.register("attention_bwd_mask_grad", "triton", attention_bwd_mask_grad, supports_backward)
