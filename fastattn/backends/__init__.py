@@ -9,8 +9,8 @@ from fastattn import dispatch
 IMPORT_ERRORS: dict[str, str] = {}
 
 # reference first: it must always be there, it ends every ``auto`` list.
-for _module in ("reference", "cpu_native", "cpu_attention", "triton_attention", "triton_ffn", "triton_softmax",
-                "triton_decode", "cuda", "cuda_attention"):
+for _module in ("reference", "cpu_native", "cpu_attention", "cpu_kvcache", "triton_attention", "triton_ffn",
+                "triton_softmax", "triton_decode", "cuda", "cuda_attention"):
     try:
         importlib.import_module(f"fastattn.backends.{_module}")
     except ModuleNotFoundError as exc:  # a backend file not in this installation, or its dependency

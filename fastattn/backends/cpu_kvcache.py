@@ -1,0 +1,161 @@
+"""The ``cpu`` backend of ``kvcache_fwd``: decoding against a KV cache on the native CPU
+attention of :mod:`fastattn.backends.cpu_attention` (``csrc/cpu/attention*.cpp``), behind
+:func:`fastattn.flash_attn_with_kvcache`.
+
+No kernel of its own. The new keys/values are appended in place with one indexed copy;
+then each run of consecutive batch elements with the same number of keys ``n`` (cache
+length plus appended tokens) is one call of the native attention (a few when large, see
+below) on strided views ``q[b0:b1]`` ``(nb, Hq, Lq, D)`` and ``k_cache[b0:b1, :n]``
+``(nb, Hk, n, D)`` (no copy), with causal/window aligned bottom-right, writing straight
+into slices of one output. Batch
+elements with no key at all get an output of 0 and an LSE of +inf, as flash-attn gives.
+
+Covered (``supports`` returns ``None``): what the native attention covers (CPU tensors,
+fp32/bf16/fp16, head dims 1 to 256, GQA/MQA, softcap, windows, ALiBi ``(Hq,)`` or
+``(B, Hq)`` fp32, any strides). Not covered: float64, dropout and top-left alignment
+(``supports`` says why; ``auto`` falls back to the reference backend).
+
+Cost: the native forward first packs every key block it will read (K transposed, V
+widened to fp32 unless bf16 dot products are used) into one fresh buffer, then computes.
+That pass is amortised over the ``Lq * Hq / Hk`` query rows that share each kv head, so
+GQA decoding gains most; with one query row per kv head (MHA, ``Lq = 1``) it is most of
+the time. Two things keep it cheap here: each native call covers at most
+``PACK_BUDGET_BYTES`` of packed keys/values (whole batch elements, else groups of kv
+heads), and a sliding window starts the views at its first visible key, so the part of
+the cache it never reaches is not packed at all.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from fastattn import dispatch
+from fastattn.backends import cpu_attention
+
+PACK_BUDGET_BYTES = 16 << 20
+"""Most packed K/V bytes one native call may allocate. glibc serves a request above its
+mmap threshold (which adapts up to 32 MiB) with fresh pages that the OS zeroes and faults
+in on every call; below it the freed buffer is reused from the heap. Measured on 2 cores,
+b4 h8 L2048 d128 fp32 decoding (a 64 MiB pack): 42 ms as one call, 20 ms as four."""
+_BLOCK_K = 128  # keys per packed block in csrc/cpu/attention_impl.h (kBK)
+
+
+def supports(q, k_cache, v_cache, k_new=None, v_new=None, cache_seqlens=None, *, alibi_slopes=None,
+             args=None) -> Optional[str]:
+    """``None`` if the native CPU attention computes this ``kvcache_fwd`` call, else the reason.
+
+    ``q`` ``(B, Lq, Hq, D)``, caches ``(B, Lcache, Hk, D | Dv)``, ``k_new``/``v_new``
+    ``(B, Lnew, Hk, D | Dv)`` or ``None``, ``cache_seqlens`` int32 ``(B,)``; shapes were
+    validated by the public op.
+    """
+    if args is not None and (args.dropout_p > 0 or not args.bottom_right):
+        return "dropout or top-left alignment in KV-cache decoding"
+    for name, t in (("k", k_new), ("v", v_new), ("cache_seqlens", cache_seqlens)):
+        if t is not None and t.device.type != "cpu":
+            return f"{name} is not a CPU tensor"
+    for name, t in (("k", k_new), ("v", v_new)):
+        if t is not None and t.dtype != q.dtype:
+            return f"{name} of dtype {t.dtype} with q of dtype {q.dtype}"
+    # The calls kvcache_fwd makes are on these views (a prefix of the cache rows, same strides).
+    return cpu_attention.supports(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2),
+                                  alibi_slopes=alibi_slopes, args=args)
+
+
+def _append(k_cache, v_cache, k_new, v_new, lens: torch.Tensor) -> None:
+    """Write ``k_new``/``v_new`` ``(B, Lnew, Hk, D)`` into the caches at rows
+    ``lens[b] .. lens[b] + Lnew`` of each batch element, in place, one indexed copy each."""
+    batch, new = k_new.shape[:2]
+    rows = lens.to(torch.int64)[:, None] + torch.arange(new, dtype=torch.int64)  # (B, Lnew)
+    bidx = torch.arange(batch, dtype=torch.int64)[:, None].expand(batch, new)
+    k_cache.index_put_((bidx, rows), k_new)
+    v_cache.index_put_((bidx, rows), v_new)
+
+
+def _runs(counts: list[int]):
+    """``(b0, b1, n)`` for each maximal run of consecutive batch elements with ``n`` keys."""
+    b0 = 0
+    for b in range(1, len(counts) + 1):
+        if b == len(counts) or counts[b] != counts[b0]:
+            yield b0, b, counts[b0]
+            b0 = b
+
+
+def _pieces(b0: int, b1: int, keys: int, heads_k: int, dims: int):
+    """Split batch elements ``[b0, b1)`` (``keys`` keys each) into native calls
+    ``(b0, b1, hk0, hk1)`` whose packed K/V stays within :data:`PACK_BUDGET_BYTES`: several
+    whole batch elements per call, or kv heads ``[hk0, hk1)`` of one when it alone is over."""
+    # Upper bound of the native pack per (batch element, kv head): whole key blocks, fp32,
+    # ``dims = D + Dv`` padded to 16 each (the bf16 layout is smaller).
+    per_head = -(-keys // _BLOCK_K) * _BLOCK_K * dims * 4
+    per_batch = per_head * heads_k
+    if per_batch <= PACK_BUDGET_BYTES:
+        step = PACK_BUDGET_BYTES // per_batch
+        for b in range(b0, b1, step):
+            yield b, min(b + step, b1), 0, heads_k
+        return
+    step = max(1, PACK_BUDGET_BYTES // per_head)
+    for b in range(b0, b1):
+        for h in range(0, heads_k, step):
+            yield b, b + 1, h, min(h + step, heads_k)
+
+
+def _first_visible_key(n: int, seqlen_q: int, args) -> int:
+    """The first key any query row can see: keys before it lie left of every row's window.
+
+    Starting the views there is exact, not an approximation: bottom-right alignment and
+    ALiBi depend only on ``i + (n - Lq) - j``, which dropping ``j0`` keys from the front (so
+    ``n -> n - j0`` and ``j -> j - j0``) leaves unchanged. It saves reading (and the kernel
+    packing) the part of a long cache that a sliding window never reaches.
+    """
+    if args.window_left < 0:
+        return 0
+    return max(0, n - seqlen_q - args.window_left)
+
+
+def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slopes, args):
+    """Core op ``kvcache_fwd`` on the CPU (contract: :data:`fastattn.dispatch.OP_SIGNATURES`).
+
+    Appends ``k_new``/``v_new`` (if given) to the caches in place at rows
+    ``cache_seqlens[b] ..``, then attends ``q`` ``(B, Lq, Hq, D)`` over the first
+    ``cache_seqlens[b] + Lnew`` rows of each cache. Returns ``out`` ``(B, Lq, Hq, Dv)`` in
+    q's dtype and ``lse`` fp32 ``(B, Hq, Lq)`` (+inf and output 0 for rows that see no key).
+    """
+    batch, seqlen_q, heads, _ = q.shape
+    new = 0
+    if k_new is not None and k_new.shape[1] > 0:
+        new = k_new.shape[1]
+        _append(k_cache, v_cache, k_new, v_new, cache_seqlens)
+    out = torch.empty(batch, seqlen_q, heads, v_cache.shape[-1], dtype=q.dtype)
+    lse = torch.empty(batch, heads, seqlen_q, dtype=torch.float32)
+    if out.numel() == 0:
+        return out, lse
+    heads_k = k_cache.shape[2]
+    group = heads // heads_k
+    dims = -(-k_cache.shape[-1] // 16) * 16 + -(-v_cache.shape[-1] // 16) * 16
+    counts = [n + new for n in cache_seqlens.tolist()]  # CPU tensor: no device sync involved
+    for b0, b1, n in _runs(counts):
+        j0 = _first_visible_key(n, seqlen_q, args)
+        if n - j0 <= 0:  # no key at all: flash-attn's empty-row convention
+            out[b0:b1].zero_()
+            lse[b0:b1].fill_(float("inf"))
+            continue
+        for c0, c1, hk0, hk1 in _pieces(b0, b1, n - j0, heads_k, dims):
+            h0, h1 = hk0 * group, hk1 * group  # the query heads of kv heads [hk0, hk1)
+            # (nb, H, L, D) strided views throughout: no copy of q or of the caches.
+            qv = q[c0:c1, :, h0:h1].transpose(1, 2)
+            kv = k_cache[c0:c1, j0:n, hk0:hk1].transpose(1, 2)
+            vv = v_cache[c0:c1, j0:n, hk0:hk1].transpose(1, 2)
+            slopes = None
+            if alibi_slopes is not None:
+                slopes = alibi_slopes[h0:h1] if alibi_slopes.dim() == 1 else alibi_slopes[c0:c1, h0:h1]
+            # The native call writes straight into slices of the one output (hence its spec
+            # is built here, with cpu_attention's helpers, rather than by its attention_fwd).
+            spec = cpu_attention._spec(qv, kv, vv, None, slopes, None, None, args, [])
+            spec.update(out=cpu_attention._t(out[c0:c1, :, h0:h1].transpose(1, 2)),
+                        lse=cpu_attention._t(lse[c0:c1, h0:h1]))
+            cpu_attention._C.cpu_attention_fwd(spec)
+    return out, lse
+
+
+dispatch.register("kvcache_fwd", "cpu", kvcache_fwd, supports)
