@@ -851,16 +851,27 @@ def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes
 _AOT_DTYPES = {"fp16": 2, "fp32": 4}  # bf16 compiles to the same tiles and register footprint as fp16
 _AOT_BLOCK_D = (16, 32, 64, 128, 256)
 # Specialisations checked: the common launch (causal) for every tile and dtype; every feature
-# at once (window, softcap, ALiBi, additive mask, bottom-right) and dropout for the large
-# tiles, where the extra per-element work is most likely to spill; varlen with ALiBi.
+# at once (window, softcap, ALiBi, additive mask, bottom-right, mask gradient) and dropout for
+# the large tiles, where the extra per-element work is most likely to spill; varlen with every
+# feature as flash_attn_varlen_func launches it; the plain (non-causal) launch with the
+# deterministic backward; a bool mask. ``ATOMIC_DQ``/``MASK_GRAD`` only exist in dK/dV.
 _AOT_VARIANTS = {
     "causal": (dict(CAUSAL=True), tuple(_AOT_DTYPES), _AOT_BLOCK_D),  # fp32 stops at 128 (see supports)
-    "features": (dict(CAUSAL=True, BOTTOM_RIGHT=True, WINDOW=True, SOFTCAP=True, ALIBI=True, MASK_MODE=2),
-                 ("fp16", "fp32"), (128, 256)),
+    "features": (dict(CAUSAL=True, BOTTOM_RIGHT=True, WINDOW=True, SOFTCAP=True, ALIBI=True, MASK_MODE=2,
+                      MASK_GRAD=True), ("fp16", "fp32"), (128, 256)),
     # Dropout's Philox rounds hold four 32-bit words per element: the register-heaviest feature.
     "dropout": (dict(CAUSAL=True, DROPOUT=True), ("fp16", "fp32"), (64, 128, 256)),
-    "varlen": (dict(CAUSAL=True, VARLEN=True, ALIBI=True), ("fp16",), (128,)),
+    "varlen": (dict(CAUSAL=True, BOTTOM_RIGHT=True, VARLEN=True, WINDOW=True, SOFTCAP=True, ALIBI=True,
+                    DROPOUT=True), ("fp16", "fp32"), (64, 128)),
+    "plain-deterministic": (dict(ATOMIC_DQ=False), ("fp16",), (64, 128)),
+    "bool-mask": (dict(MASK_MODE=1), ("fp16",), (128,)),
 }
+_FEATURE_FLAGS = ("WINDOW", "SOFTCAP", "ALIBI", "MASK_MODE", "DROPOUT")  # as _prune counts them
+
+
+def aot_variant_has_features(variant: str) -> bool:
+    """Whether the AOT variant ``variant`` turns on a feature that changes pruning (see :func:`keep_config`)."""
+    return variant in _AOT_VARIANTS and any(_AOT_VARIANTS[variant][0].get(f) for f in _FEATURE_FLAGS)
 
 
 def aot_cases(all_candidates: bool = False) -> list:
@@ -875,7 +886,7 @@ def aot_cases(all_candidates: bool = False) -> list:
     fns = {"fwd": _attn_fwd.fn, "bwd_dkdv": _attn_bwd_dkdv.fn, "bwd_dq": _attn_bwd_dq.fn}
     cases = []
     for variant, (on, dtypes, tiles) in _AOT_VARIANTS.items():
-        features = variant != "causal"
+        features = aot_variant_has_features(variant)
         for dname in dtypes:
             elem = _AOT_DTYPES[dname]
             for bd in tiles:
@@ -884,7 +895,7 @@ def aot_cases(all_candidates: bool = False) -> list:
                 flags = dict(HEAD_DIM=bd, BLOCK_D=bd, CAUSAL=False, BOTTOM_RIGHT=False, WINDOW=False, SOFTCAP=False,
                              ALIBI=False, MASK_MODE=0, VARLEN=False, DROPOUT=False,
                              DOT_PRECISION="tf32x3" if dname == "fp32" else "tf32")
-                flags.update(on)
+                flags.update((name, value) for name, value in on.items() if name not in ("ATOMIC_DQ", "MASK_GRAD"))
                 for kernel, fn in fns.items():
                     if spills_unavoidably(kernel, bd, elem, features):
                         continue  # supports() declines it
@@ -895,14 +906,15 @@ def aot_cases(all_candidates: bool = False) -> list:
                             continue
                         const = dict(flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
                         if kernel == "bwd_dkdv":
-                            const["ATOMIC_DQ"] = True
-                            const["MASK_GRAD"] = variant == "features"
+                            const["ATOMIC_DQ"] = on.get("ATOMIC_DQ", True)
+                            const["MASK_GRAD"] = on.get("MASK_GRAD", False)
                         # Triton's launcher turns an int argument equal to 1 into a constant: unit strides
                         # (not the mask's, which broadcasts with stride 0 or runs along keys).
                         const.update({n: 1 for n in fn.arg_names if n.startswith("stride") and n.endswith("d")})
                         sig = signature_for(fn, {"LSE": "*fp32", "Delta": "*fp32", "DQAcc": "*fp32",
                                                  "CuSeqQ": "*i32", "CuSeqK": "*i32", "Alibi": "*fp32",
-                                                 "Mask": f"*{dname}", "DMask": "*fp32"}, f"*{dname}",
+                                                 "Mask": "*i1" if on.get("MASK_MODE") == 1 else f"*{dname}",
+                                                 "DMask": "*fp32"}, f"*{dname}",
                                             floats=("sm_scale", "softcap", "dropout_p"),
                                             int64s=("seed", "rng_offset"), constexprs=const)
                         divisible = tuple(n for n in fn.arg_names if n not in const and (
@@ -914,4 +926,16 @@ def aot_cases(all_candidates: bool = False) -> list:
                                         BLOCK_N=cfg["BLOCK_N"]),
                             divisible_by_16=divisible, archs=archs,
                         ))
+    for dname in _AOT_DTYPES:  # the delta preprocess: one launch shape per head-dim tile
+        for bd in _AOT_BLOCK_D:
+            fn = _attn_bwd_delta
+            const = dict(HEAD_DIM=bd, BLOCK_D=bd, BLOCK_M=delta_block_m(bd), stride_od=1, stride_dd=1)
+            cases.append(AotCase(
+                kernel="attention_bwd_delta", fn=fn, signature=signature_for(
+                    fn, {"Delta": "*fp32"}, f"*{dname}", constexprs=const),
+                constexprs=const, num_warps=4, num_stages=1,
+                config=dict(variant="delta", dtype=dname, BLOCK_D=bd, BLOCK_M=delta_block_m(bd)),
+                divisible_by_16=tuple(n for n in fn.arg_names if n not in const and (
+                    n[0].isupper() or n.startswith("stride"))), archs=tuple(ARCHS),
+            ))
     return cases
