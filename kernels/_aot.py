@@ -74,12 +74,14 @@ class AotCase:
     divisible_by_16: tuple = ()
     archs: Optional[tuple] = None
     origin: Optional[tuple] = None  # (module, index in its aot_cases()), set by discover_cases
+    maxnreg: Optional[int] = None  # ptxas's register cap per thread, as the launch config sets it
 
     def key(self) -> str:
         # cache_key hashes the kernel *and* the @triton.jit helpers it calls (src alone would not).
         src = getattr(self.fn, "cache_key", None) or getattr(self.fn, "src", "") or ""
         body = json.dumps([self.kernel, src, sorted(self.signature.items()), sorted((k, repr(v)) for k, v in
-                           self.constexprs.items()), self.num_warps, self.num_stages, sorted(self.divisible_by_16)])
+                           self.constexprs.items()), self.num_warps, self.num_stages, sorted(self.divisible_by_16)]
+                          + ([self.maxnreg] if self.maxnreg is not None else []))
         return hashlib.sha256(body.encode()).hexdigest()[:24]
 
 
@@ -157,8 +159,10 @@ def _compile_one(case: AotCase, arch: int) -> dict:
         names = case.fn.arg_names
         attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in case.divisible_by_16 if n in names}
         src = ASTSource(case.fn, dict(case.signature), dict(case.constexprs), attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options=dict(num_warps=case.num_warps, num_stages=case.num_stages))
+        options = dict(num_warps=case.num_warps, num_stages=case.num_stages)
+        if case.maxnreg is not None:
+            options["maxnreg"] = case.maxnreg
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
         shared = int(compiled.metadata.shared)
         regs, spills = _ptxas_report(compiled.asm["ptx"], arch)
         record.update(registers=regs, shared_memory_bytes=shared, spill_bytes=spills,

@@ -165,8 +165,10 @@ _CANDIDATES = {
         for bm, bn, w, s in [(128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 1),
                              (16, 32, 8, 1)]
     ],
+    # 8-warp dK/dV tiles carry maxnreg=255: left alone, ptxas caps them at 128 registers (two
+    # blocks a multiprocessor) and spills, as the ahead-of-time check measured.
     "bwd_dkdv": [
-        dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+        dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, **({"maxnreg": 255} if w == 8 else {}))
         for bm, bn, w, s in [(32, 128, 8, 2), (32, 64, 4, 2), (16, 64, 8, 1), (16, 32, 8, 1), (16, 32, 4, 1)]
     ],
     "bwd_dq": [
@@ -195,14 +197,15 @@ def kernel_configs(kernel: str) -> list[dict]:
 def _configs(kernel: str) -> list[triton.Config]:
     return [
         triton.Config({"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]}, num_warps=c["num_warps"],
-                      num_stages=c["num_stages"])
+                      num_stages=c["num_stages"], maxnreg=c.get("maxnreg"))
         for c in kernel_configs(kernel)
     ]
 
 
 def _as_dict(cfg: triton.Config) -> dict:
-    return dict(BLOCK_M=cfg.kwargs["BLOCK_M"], BLOCK_N=cfg.kwargs["BLOCK_N"], num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages)
+    d = dict(BLOCK_M=cfg.kwargs["BLOCK_M"], BLOCK_N=cfg.kwargs["BLOCK_N"], num_warps=cfg.num_warps,
+             num_stages=cfg.num_stages)
+    return d if cfg.maxnreg is None else dict(d, maxnreg=cfg.maxnreg)
 
 
 def _prune(kernel: str):
@@ -921,7 +924,7 @@ def aot_cases(all_candidates: bool = False) -> list:
                             n[0].isupper() or n.startswith("stride")))
                         cases.append(AotCase(
                             kernel=f"attention_{kernel}", fn=fn, signature=sig, constexprs=const,
-                            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], maxnreg=cfg.get("maxnreg"),
                             config=dict(variant=variant, dtype=dname, BLOCK_D=bd, BLOCK_M=cfg["BLOCK_M"],
                                         BLOCK_N=cfg["BLOCK_N"]),
                             divisible_by_16=divisible, archs=archs,

@@ -381,36 +381,76 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, args, *, alibi
 
 _AOT_DTYPES = {"fp16": 2, "fp32": 4}  # bf16 compiles to the same tiles and register footprint as fp16
 _AOT_BLOCK_D = (16, 32, 64, 128, 256)
+# (WINDOW, SOFTCAP, ALIBI): every feature on (the register-heaviest) and none (the plain launch).
+# causal is not a runtime value: it launches WINDOW=True with window_right = 0.
+_AOT_ALL_ON = (True, True, True)
+_AOT_PLAIN = (False, False, False)
+# Value head dims unlike the query's (e.g. MLA-style 128/64), one dtype: (BLOCK_D, BLOCK_DV).
+_AOT_MIXED_DV = ((128, 64), (64, 128))
+# Plain tiles the launcher picks (head dims up to 16) that ptxas spills with Triton 3.9's own ptxas
+# and options (--regAllocOptLevel=2, as Triton compiles at run time), so not compiled here until
+# the kernel or decode_config changes: (dtype, BLOCK_D, BLOCK_M, SPLIT) -> (arch, registers, bytes).
+_AOT_PLAIN_SPILLS = {
+    ("fp16", 16, 16, False): (90, 96, 32),
+    ("fp16", 16, 32, True): (90, 96, 32),
+    ("fp32", 16, 16, True): (80, 72, 12),  # and the fp32 direct kernel alike
+}
+
+
+def _aot_split_case(dname: str, elem: int, bd: int, bdv: int, bm: int, split: bool, features: tuple):
+    """The split (``split``) or direct kernel at the tile :func:`decode_config` picks for ``bm``
+    rows, with ``features`` = (WINDOW, SOFTCAP, ALIBI), as :func:`kvcache_fwd` launches it."""
+    from ._aot import AotCase, signature_for
+
+    window, softcap, alibi = features
+    cfg = decode_config(bm, bd, bdv, elem)
+    fn = _decode_split_kernel
+    const = dict(HEAD_DIM=bd, HEAD_DIM_V=bdv, BLOCK_D=bd, BLOCK_DV=bdv, WINDOW=window, SOFTCAP=softcap,
+                 ALIBI=alibi, SPLIT=split, DOT_PRECISION="ieee" if dname == "fp32" else "tf32",
+                 BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], stride_qd=1, stride_kd=1, stride_vd=1, stride_od=1)
+    out_ptr = "*fp32" if split else f"*{dname}"
+    # Without ALiBi the launcher passes the int32 cache_seqlens as the (unread) slopes pointer.
+    sig = signature_for(fn, {"Out": out_ptr, "LSE": "*fp32", "SeqLens": "*i32", "Alibi": "*fp32" if alibi else "*i32"},
+                        f"*{dname}", floats=("sm_scale", "softcap"), constexprs=const)
+    return AotCase(
+        kernel="decode_split" if split else "decode_direct", fn=fn, signature=sig, constexprs=const,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        config=dict(dtype=dname, BLOCK_D=bd, BLOCK_DV=bdv, BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], WINDOW=window,
+                    SOFTCAP=softcap, ALIBI=alibi),
+        divisible_by_16=("Q", "K", "V", "Out", "LSE", "stride_qb", "stride_qm", "stride_qh",
+                         "stride_kb", "stride_kn", "stride_kh", "stride_vb", "stride_vn", "stride_vh"),
+    )
+
+
+def _aot_block_ms(bd: int, bdv: int, elem: int) -> list:
+    """Every ``BLOCK_M`` :func:`decode_config` picks for these head-dim tiles."""
+    return sorted({decode_config(r, bd, bdv, elem)["BLOCK_M"] for r in (1, 32, 64, 1024)})
 
 
 def aot_cases() -> list:
-    """Every split-kernel tile :func:`decode_config` can pick (``BLOCK_M`` 16..64 x ``BLOCK_D``
-    16..256, ``Dv == D``) in fp16 and fp32, split and direct, with every feature flag on (the
-    register-heaviest specialisation); the append and merge kernels per head-dim tile. Unit
-    head-dim strides and 16-divisible pointers/strides, as Triton's launcher specialises them."""
+    """Split-kernel tiles for kernels/_aot.py, as :func:`kvcache_fwd` launches them:
+
+    - every tile :func:`decode_config` can pick (``BLOCK_M`` 16..64 x ``BLOCK_D`` 16..256,
+      ``Dv == D``) in fp16 and fp32, split and direct, with every feature flag on (the
+      register-heaviest specialisation) and with none (the plain launch; in fp32 the direct
+      kernel differs from the split one only by the LSE constant of an empty row, and compiles
+      to the same registers, so the plain fp32 case is the split one), except the spilling
+      tiles of ``_AOT_PLAIN_SPILLS``;
+    - ``Dv != D`` (128/64 and 64/128) at every ``BLOCK_M`` in fp16, split, every feature on;
+    - the append kernel per head-dim tile and dtype; the merge kernel per head-dim tile with an
+      fp16 output, and at ``BLOCK_DV`` 128 with fp32 and bf16 outputs.
+
+    Unit head-dim strides and 16-divisible pointers/strides, as Triton's launcher specialises them."""
     from ._aot import AotCase, signature_for
 
     cases = []
     for dname, elem in _AOT_DTYPES.items():
         for bd in _AOT_BLOCK_D:
-            for bm in sorted({decode_config(r, bd, bd, elem)["BLOCK_M"] for r in (1, 32, 64, 1024)}):
-                cfg = decode_config(bm, bd, bd, elem)
+            for bm in _aot_block_ms(bd, bd, elem):
                 for split in (True, False):
-                    fn = _decode_split_kernel
-                    const = dict(HEAD_DIM=bd, HEAD_DIM_V=bd, BLOCK_D=bd, BLOCK_DV=bd, WINDOW=True, SOFTCAP=True,
-                                 ALIBI=True, SPLIT=split, DOT_PRECISION="ieee" if dname == "fp32" else "tf32",
-                                 BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], stride_qd=1, stride_kd=1, stride_vd=1,
-                                 stride_od=1)
-                    out_ptr = "*fp32" if split else f"*{dname}"
-                    sig = signature_for(fn, {"Out": out_ptr, "LSE": "*fp32", "SeqLens": "*i32", "Alibi": "*fp32"},
-                                        f"*{dname}", floats=("sm_scale", "softcap"), constexprs=const)
-                    cases.append(AotCase(
-                        kernel="decode_split" if split else "decode_direct", fn=fn, signature=sig, constexprs=const,
-                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-                        config=dict(dtype=dname, BLOCK_D=bd, BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"]),
-                        divisible_by_16=("Q", "K", "V", "Out", "LSE", "stride_qb", "stride_qm", "stride_qh",
-                                         "stride_kb", "stride_kn", "stride_kh", "stride_vb", "stride_vn", "stride_vh"),
-                    ))
+                    cases.append(_aot_split_case(dname, elem, bd, bd, bm, split, _AOT_ALL_ON))
+                    if (split or dname != "fp32") and (dname, bd, bm, split) not in _AOT_PLAIN_SPILLS:
+                        cases.append(_aot_split_case(dname, elem, bd, bd, bm, split, _AOT_PLAIN))
             const = dict(HEAD_DIM=bd, HEAD_DIM_V=bd, BLOCK_D=bd, BLOCK_DV=bd, stride_nkd=1, stride_nvd=1,
                          stride_kd=1, stride_vd=1)
             cases.append(AotCase(
@@ -419,12 +459,17 @@ def aot_cases() -> list:
                 constexprs=const, num_warps=1 if bd <= 64 else 2, num_stages=1, config=dict(dtype=dname, BLOCK_D=bd),
                 divisible_by_16=("KNew", "VNew", "K", "V"),
             ))
-            if dname == "fp16":  # the merge reads fp32 partials; only the output dtype differs
-                const = dict(HEAD_DIM_V=bd, BLOCK_DV=bd, stride_pd=1, stride_od=1)
-                cases.append(AotCase(
-                    kernel="decode_merge", fn=_decode_merge_kernel,
-                    signature=signature_for(_decode_merge_kernel, {"Out": "*fp16"}, "*fp32", constexprs=const),
-                    constexprs=const, num_warps=1 if bd <= 64 else 2, num_stages=1, config=dict(BLOCK_DV=bd),
-                    divisible_by_16=("OPart", "LSEPart", "Out", "LSE"),
-                ))
+    for bd, bdv in _AOT_MIXED_DV:
+        for bm in _aot_block_ms(bd, bdv, 2):
+            cases.append(_aot_split_case("fp16", 2, bd, bdv, bm, True, _AOT_ALL_ON))
+    # The merge reads fp32 partials; only the output dtype differs (q's).
+    merges = [("fp16", bd) for bd in _AOT_BLOCK_D] + [("fp32", 128), ("bf16", 128)]
+    for out_dtype, bd in merges:
+        const = dict(HEAD_DIM_V=bd, BLOCK_DV=bd, stride_pd=1, stride_od=1)
+        cases.append(AotCase(
+            kernel="decode_merge", fn=_decode_merge_kernel,
+            signature=signature_for(_decode_merge_kernel, {"Out": f"*{out_dtype}"}, "*fp32", constexprs=const),
+            constexprs=const, num_warps=1 if bd <= 64 else 2, num_stages=1, config=dict(dtype=out_dtype, BLOCK_DV=bd),
+            divisible_by_16=("OPart", "LSEPart", "Out", "LSE"),
+        ))
     return cases

@@ -244,13 +244,40 @@ def softmax_bwd(dprobs: torch.Tensor, probs: torch.Tensor, scale: float) -> torc
 # --------------------------------------------------------------------------- ahead-of-time cases
 
 _AOT_DTYPES = ("fp16", "fp32")  # bf16 compiles to the same tiles and register footprint as fp16
+# Forward flags (MASK_MODE, CAUSAL) beyond the bool mask + causal compiled at every tile, at a
+# representative set of fp16 tiles: one warp (rows up to 512, no cross-warp reduction), 4 warps
+# (the 16-values-a-thread tiles 1024..8192 reduce through shared memory), the largest
+# single-pass tile (32 values a thread) and the looped kernel.
+_AOT_EXTRA_FLAGS = ((0, False), (1, False), (2, True))
+_AOT_EXTRA_TILES = (512, 2048, MAX_ROW_BLOCK, "loop")
+
+
+def _aot_fwd_case(dname: str, block: int, warps: int, loop: bool, mask_mode: int, causal: bool):
+    """The forward kernel as :func:`softmax_fwd` launches it for this tile and these flags."""
+    from ._aot import AotCase, signature_for
+
+    fn = _softmax_fwd_kernel
+    const = dict(MASK_MODE=mask_mode, CAUSAL=causal, LOOP=loop, BLOCK_N=block, stride_xn=1, stride_yn=1)
+    if mask_mode:
+        const["stride_mn"] = 1
+    # Without a mask the launcher passes the scores again as the (unread) mask, with zero strides.
+    mask_ptr = "*i1" if mask_mode == 1 else f"*{dname}"
+    return AotCase(
+        kernel="softmax_fwd", fn=fn,
+        signature=signature_for(fn, {"Mask": mask_ptr}, f"*{dname}", floats=("scale",), constexprs=const),
+        constexprs=const, num_warps=warps, num_stages=1,
+        config=dict(dtype=dname, BLOCK_N=block, LOOP=loop, MASK_MODE=mask_mode, CAUSAL=causal),
+        divisible_by_16=("X", "Y", "Mask", "stride_xm", "stride_ym"),
+    )
 
 
 def aot_cases() -> list:
     """Every ``BLOCK_N``/``num_warps`` :func:`row_config` can pick (tiles 1..16384 and the
     looped kernel), forward and backward, in fp16 and fp32, for kernels/_aot.py. The forward
-    is specialised with its heaviest flags (a bool mask and causal), plus a float-mask case at
-    the largest tile; unit column strides, as Triton's launcher specialises a stride of 1."""
+    is specialised at every tile with its heaviest flags (a bool mask and causal), plus a
+    float mask at the 4096 and 16384 tiles and the looped kernel; and, in fp16 at the
+    representative tiles of ``_AOT_EXTRA_TILES``, with no mask, a bool mask without causal and
+    a float mask with causal. Unit column strides, as Triton's launcher specialises a stride of 1."""
     from ._aot import AotCase, signature_for
 
     tiles = [(1 << p, min(16, max(1, (1 << p) // 512)), False) for p in range(15)] + \
@@ -259,18 +286,10 @@ def aot_cases() -> list:
     for dname in _AOT_DTYPES:
         for block, warps, loop in tiles:
             fwd_flags = [(1, True)] + ([(2, False)] if block in (MAX_ROW_BLOCK, LOOP_BLOCK) else [])
+            if dname == "fp16" and ("loop" if loop else block) in _AOT_EXTRA_TILES:
+                fwd_flags += list(_AOT_EXTRA_FLAGS)
             for mask_mode, causal in fwd_flags:
-                fn = _softmax_fwd_kernel
-                const = dict(MASK_MODE=mask_mode, CAUSAL=causal, LOOP=loop, BLOCK_N=block,
-                             stride_xn=1, stride_yn=1, stride_mn=1)
-                mask_ptr = "*i1" if mask_mode == 1 else f"*{dname}"
-                cases.append(AotCase(
-                    kernel="softmax_fwd", fn=fn,
-                    signature=signature_for(fn, {"Mask": mask_ptr}, f"*{dname}", floats=("scale",), constexprs=const),
-                    constexprs=const, num_warps=warps, num_stages=1,
-                    config=dict(dtype=dname, BLOCK_N=block, LOOP=loop, MASK_MODE=mask_mode, CAUSAL=causal),
-                    divisible_by_16=("X", "Y", "Mask", "stride_xm", "stride_ym"),
-                ))
+                cases.append(_aot_fwd_case(dname, block, warps, loop, mask_mode, causal))
             fn = _softmax_bwd_kernel
             const = dict(LOOP=loop, BLOCK_N=block, stride_dn=1, stride_yn=1, stride_xn=1)
             cases.append(AotCase(

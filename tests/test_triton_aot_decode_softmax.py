@@ -21,7 +21,13 @@ def records():
     cases = [c for c in aot.discover_cases() if c.kernel.startswith(PREFIXES)]
     assert {c.kernel for c in cases} == {"softmax_fwd", "softmax_bwd", "decode_split", "decode_direct",
                                          "decode_append", "decode_merge"}
-    return aot.kernel_reports(ARCHS, cases=cases)
+    records = aot.kernel_reports(ARCHS, cases=cases)
+    # Label each record by its case's current config: a cached record keeps the label it was
+    # compiled under, and the cache key is the kernel, signature and constexprs, not the label.
+    work = [(c, a) for c in cases for a in ARCHS if c.archs is None or a in c.archs]
+    assert [r["kernel"] for r in records] == [c.kernel for c, _ in work]
+    return [dict(r, config=dict(c.config, num_warps=c.num_warps, num_stages=c.num_stages)) for r, (c, _) in
+            zip(records, work)]
 
 
 def _name(r):
@@ -66,3 +72,37 @@ def test_aot_cases_cover_what_the_launchers_pick():
             for rows in (1, 2, 8, 16, 17, 33, 64, 65, 1000):
                 cfg = decode.decode_config(rows, bd, bd, elem)
                 assert (dtype, bd, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"]) in dec, (dtype, head_dim, rows)
+
+
+def test_aot_cases_cover_the_launched_specialisations():
+    """Beyond the heaviest flags: the plain decode launch (no window, softcap or ALiBi) at every
+    tile (bar the known spills), value head dims unlike the query's, the merge per output dtype,
+    and the softmax forward with no mask, a bool mask without causal and a float mask with
+    causal at the tiles of a short, a mid-length, the longest single-pass and a looped row."""
+    cases = decode.aot_cases()
+    flags = {(c.kernel, c.config["dtype"], c.config["BLOCK_D"], c.config["BLOCK_M"], c.config["WINDOW"],
+              c.config["SOFTCAP"], c.config["ALIBI"]) for c in cases if c.kernel in ("decode_split", "decode_direct")}
+    for dtype, elem in (("fp16", 2), ("fp32", 4)):
+        for bd in (16, 32, 64, 128, 256):
+            for rows in (1, 17, 33, 1000):
+                bm = decode.decode_config(rows, bd, bd, elem)["BLOCK_M"]
+                for kernel in ("decode_split", "decode_direct"):
+                    assert (kernel, dtype, bd, bm, True, True, True) in flags, (kernel, dtype, bd, bm)
+                    plain_kernel = "decode_split" if dtype == "fp32" else kernel  # fp32: split == direct
+                    if (dtype, bd, bm, plain_kernel == "decode_split") not in decode._AOT_PLAIN_SPILLS:
+                        assert (plain_kernel, dtype, bd, bm, False, False, False) in flags, (kernel, dtype, bd, bm)
+    mixed = {(c.config["BLOCK_D"], c.config["BLOCK_DV"], c.config["BLOCK_M"]) for c in cases
+             if c.kernel == "decode_split" and c.config["BLOCK_D"] != c.config["BLOCK_DV"]}
+    for bd, bdv in ((128, 64), (64, 128)):
+        for rows in (1, 17, 33):
+            assert (bd, bdv, decode.decode_config(rows, bd, bdv, 2)["BLOCK_M"]) in mixed, (bd, bdv, rows)
+    assert {c.config["dtype"] for c in cases if c.kernel == "decode_merge"} == {"fp16", "fp32", "bf16"}
+
+    soft = {(c.config["BLOCK_N"], c.config["LOOP"], c.num_warps, c.config["MASK_MODE"], c.config["CAUSAL"])
+            for c in softmax.aot_cases() if c.kernel == "softmax_fwd" and c.config["dtype"] == "fp16"}
+    for lk in (300, 2000, 16384, 100000):
+        block, warps, loop = softmax.row_config(lk)
+        for mask_mode, causal in ((0, False), (1, False), (1, True), (2, True)):
+            assert (block, loop, warps, mask_mode, causal) in soft, (lk, mask_mode, causal)
+        if lk >= 16384:
+            assert (block, loop, warps, 2, False) in soft, lk
