@@ -64,24 +64,30 @@ def block_d(head_dim: int) -> int:
 
 
 def decode_config(rows: int, bd: int, bdv: int, elem: int) -> dict:
-    """Tile sizes and warps of the split kernel.
+    """Tile sizes, warps and register cap of the split kernel (``elem``: bytes of a q element).
 
     ``rows`` = ``Lq * group`` query rows of one kv head; ``BLOCK_M`` covers them (at least 16,
-    ``tl.dot``'s minimum; at most 64, or 32 for 256-wide heads, so the fp32 accumulator stays
-    within ~32 registers a thread). ``BLOCK_N`` keeps a stage of K and V tiles within 32 KB of
-    shared memory (two stages fit every arch's 99 KB); 8 warps for the widest tiles (the
-    ahead-of-time check, tests/test_triton_aot_decode_softmax.py, shows that none spills).
+    ``tl.dot``'s minimum; at most 64, or 32 for 256-wide heads and for fp32 heads of 128 or
+    more, so the fp32 accumulator, and in fp32 the FMA dot's operands, fit the registers).
+    ``BLOCK_N`` keeps a stage of K and V tiles within 32 KB of shared memory (two stages fit
+    every arch's 99 KB); 8 warps for the widest tiles. ``maxnreg`` (``None``: ptxas's choice)
+    is 255 for heads of at most 16 and for 16 rows of 32-wide heads, where ptxas otherwise caps
+    some specialisations at an occupancy step (72 to 168 registers) and spills; elsewhere it
+    would only raise registers. The ahead-of-time check,
+    tests/test_triton_aot_decode_softmax.py, shows that none of these tiles spills.
     """
-    cap = 64 if max(bd, bdv) <= 128 else 32
+    wide = max(bd, bdv)
+    cap = 64 if wide <= (128 if elem == 2 else 64) else 32
     bm = min(cap, max(16, triton.next_power_of_2(rows)))
     budget = 32768 // ((bd + bdv) * elem)
     bn = max(16, min(64, 1 << (budget.bit_length() - 1) if budget > 0 else 16))  # a power of two
     # fp32 operands of the (FMA) dot are held in registers: 8 warps from 2048-element tiles, and
-    # at most 32 keys a block from 4096, or ptxas spills.
-    warps = 4 if bm * max(bd, bdv) <= (4096 if elem == 2 else 1024) else 8
-    if elem == 4 and bm * max(bd, bdv) >= 4096:
-        bn = min(bn, 32)
-    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=2)
+    # at most 32 keys a block from 4096 (16 for heads of 128 or more), or ptxas spills.
+    warps = 4 if bm * wide <= (4096 if elem == 2 else 1024) else 8
+    if elem == 4 and bm * wide >= 4096:
+        bn = min(bn, 32 if wide <= 64 else 16)
+    maxnreg = 255 if wide == 16 or bm * wide <= 512 else None
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=2, maxnreg=maxnreg)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -368,6 +374,7 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, args, *, alibi
         # buy little here, and tf32x3's split operands cost registers (it spills at these tiles).
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        maxnreg=cfg["maxnreg"],
     )
     if split:
         _decode_merge_kernel[(batch * seqlen_q * heads,)](
@@ -381,20 +388,15 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, args, *, alibi
 
 _AOT_DTYPES = {"fp16": 2, "fp32": 4}  # bf16 compiles to the same tiles and register footprint as fp16
 _AOT_BLOCK_D = (16, 32, 64, 128, 256)
-# (WINDOW, SOFTCAP, ALIBI): every feature on (the register-heaviest) and none (the plain launch).
-# causal is not a runtime value: it launches WINDOW=True with window_right = 0.
+# (WINDOW, SOFTCAP, ALIBI): every feature on (the register-heaviest), none (the plain launch) and
+# the causal launch (causal is not a runtime value: it launches WINDOW=True with window_right = 0;
+# the most common decoding launch, and ptxas allocates it unlike the others: fp32 32 x 128 tiles
+# with 32 keys a block spill over 700 bytes causal on sm_90, and none with every feature on).
 _AOT_ALL_ON = (True, True, True)
 _AOT_PLAIN = (False, False, False)
+_AOT_CAUSAL = (True, False, False)
 # Value head dims unlike the query's (e.g. MLA-style 128/64), one dtype: (BLOCK_D, BLOCK_DV).
 _AOT_MIXED_DV = ((128, 64), (64, 128))
-# Plain tiles the launcher picks (head dims up to 16) that ptxas spills with Triton 3.9's own ptxas
-# and options (--regAllocOptLevel=2, as Triton compiles at run time), so not compiled here until
-# the kernel or decode_config changes: (dtype, BLOCK_D, BLOCK_M, SPLIT) -> (arch, registers, bytes).
-_AOT_PLAIN_SPILLS = {
-    ("fp16", 16, 16, False): (90, 96, 32),
-    ("fp16", 16, 32, True): (90, 96, 32),
-    ("fp32", 16, 16, True): (80, 72, 12),  # and the fp32 direct kernel alike
-}
 
 
 def _aot_split_case(dname: str, elem: int, bd: int, bdv: int, bm: int, split: bool, features: tuple):
@@ -414,9 +416,9 @@ def _aot_split_case(dname: str, elem: int, bd: int, bdv: int, bm: int, split: bo
                         f"*{dname}", floats=("sm_scale", "softcap"), constexprs=const)
     return AotCase(
         kernel="decode_split" if split else "decode_direct", fn=fn, signature=sig, constexprs=const,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"],
         config=dict(dtype=dname, BLOCK_D=bd, BLOCK_DV=bdv, BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], WINDOW=window,
-                    SOFTCAP=softcap, ALIBI=alibi),
+                    SOFTCAP=softcap, ALIBI=alibi, **({} if cfg["maxnreg"] is None else {"maxnreg": cfg["maxnreg"]})),
         divisible_by_16=("Q", "K", "V", "Out", "LSE", "stride_qb", "stride_qm", "stride_qh",
                          "stride_kb", "stride_kn", "stride_kh", "stride_vb", "stride_vn", "stride_vh"),
     )
@@ -431,11 +433,11 @@ def aot_cases() -> list:
     """Split-kernel tiles for kernels/_aot.py, as :func:`kvcache_fwd` launches them:
 
     - every tile :func:`decode_config` can pick (``BLOCK_M`` 16..64 x ``BLOCK_D`` 16..256,
-      ``Dv == D``) in fp16 and fp32, split and direct, with every feature flag on (the
-      register-heaviest specialisation) and with none (the plain launch; in fp32 the direct
-      kernel differs from the split one only by the LSE constant of an empty row, and compiles
-      to the same registers, so the plain fp32 case is the split one), except the spilling
-      tiles of ``_AOT_PLAIN_SPILLS``;
+      ``Dv == D``, with its ``maxnreg``) in fp16 and fp32, split and direct, with every feature
+      flag on (the register-heaviest specialisation), with none (the plain launch) and with the
+      window only (the causal launch); in fp32 the direct kernel differs from the split one
+      only by the LSE constant of an empty row, and compiles to the same registers, so the
+      plain and causal fp32 cases are the split ones;
     - ``Dv != D`` (128/64 and 64/128) at every ``BLOCK_M`` in fp16, split, every feature on;
     - the append kernel per head-dim tile and dtype; the merge kernel per head-dim tile with an
       fp16 output, and at ``BLOCK_DV`` 128 with fp32 and bf16 outputs.
@@ -449,8 +451,9 @@ def aot_cases() -> list:
             for bm in _aot_block_ms(bd, bd, elem):
                 for split in (True, False):
                     cases.append(_aot_split_case(dname, elem, bd, bd, bm, split, _AOT_ALL_ON))
-                    if (split or dname != "fp32") and (dname, bd, bm, split) not in _AOT_PLAIN_SPILLS:
+                    if split or dname != "fp32":
                         cases.append(_aot_split_case(dname, elem, bd, bd, bm, split, _AOT_PLAIN))
+                        cases.append(_aot_split_case(dname, elem, bd, bd, bm, split, _AOT_CAUSAL))
             const = dict(HEAD_DIM=bd, HEAD_DIM_V=bd, BLOCK_D=bd, BLOCK_DV=bd, stride_nkd=1, stride_nvd=1,
                          stride_kd=1, stride_vd=1)
             cases.append(AotCase(

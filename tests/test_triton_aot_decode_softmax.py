@@ -64,19 +64,20 @@ def test_aot_cases_cover_what_the_launchers_pick():
         block, warps, loop = softmax.row_config(lk)
         for kernel in ("softmax_fwd", "softmax_bwd"):
             assert (kernel, block, loop, warps) in soft, (kernel, lk)
-    dec = {(c.config["dtype"], c.config["BLOCK_D"], c.config["BLOCK_M"], c.config["BLOCK_N"], c.num_warps)
-           for c in decode.aot_cases() if c.kernel == "decode_split"}
+    dec = {(c.config["dtype"], c.config["BLOCK_D"], c.config["BLOCK_M"], c.config["BLOCK_N"], c.num_warps,
+            c.num_stages, c.maxnreg) for c in decode.aot_cases() if c.kernel == "decode_split"}
     for dtype, elem in (("fp16", 2), ("fp32", 4)):
         for head_dim in (1, 16, 59, 64, 111, 128, 200, 256):
             bd = decode.block_d(head_dim)
             for rows in (1, 2, 8, 16, 17, 33, 64, 65, 1000):
                 cfg = decode.decode_config(rows, bd, bd, elem)
-                assert (dtype, bd, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"]) in dec, (dtype, head_dim, rows)
+                assert (dtype, bd, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"],
+                        cfg["maxnreg"]) in dec, (dtype, head_dim, rows)
 
 
 def test_aot_cases_cover_the_launched_specialisations():
-    """Beyond the heaviest flags: the plain decode launch (no window, softcap or ALiBi) at every
-    tile (bar the known spills), value head dims unlike the query's, the merge per output dtype,
+    """Beyond the heaviest flags: the plain decode launch (no window, softcap or ALiBi) and the
+    causal one (window only) at every tile, value head dims unlike the query's, the merge per output dtype,
     and the softmax forward with no mask, a bool mask without causal and a float mask with
     causal at the tiles of a short, a mid-length, the longest single-pass and a looped row."""
     cases = decode.aot_cases()
@@ -89,8 +90,8 @@ def test_aot_cases_cover_the_launched_specialisations():
                 for kernel in ("decode_split", "decode_direct"):
                     assert (kernel, dtype, bd, bm, True, True, True) in flags, (kernel, dtype, bd, bm)
                     plain_kernel = "decode_split" if dtype == "fp32" else kernel  # fp32: split == direct
-                    if (dtype, bd, bm, plain_kernel == "decode_split") not in decode._AOT_PLAIN_SPILLS:
-                        assert (plain_kernel, dtype, bd, bm, False, False, False) in flags, (kernel, dtype, bd, bm)
+                    assert (plain_kernel, dtype, bd, bm, False, False, False) in flags, (kernel, dtype, bd, bm)
+                    assert (plain_kernel, dtype, bd, bm, True, False, False) in flags, (kernel, dtype, bd, bm)
     mixed = {(c.config["BLOCK_D"], c.config["BLOCK_DV"], c.config["BLOCK_M"]) for c in cases
              if c.kernel == "decode_split" and c.config["BLOCK_D"] != c.config["BLOCK_DV"]}
     for bd, bdv in ((128, 64), (64, 128)):
@@ -106,3 +107,31 @@ def test_aot_cases_cover_the_launched_specialisations():
             assert (block, loop, warps, mask_mode, causal) in soft, (lk, mask_mode, causal)
         if lk >= 16384:
             assert (block, loop, warps, 2, False) in soft, lk
+
+
+def test_decode_launch_uses_the_aot_config(monkeypatch):
+    """kvcache_fwd launches the split kernel with decode_config's tile, warps, stages and
+    register cap, the values the AOT cases compile (the interpreter ignores maxnreg, so this
+    is checked on the launch arguments)."""
+    import torch
+
+    from fastattn.ops.attention_args import AttentionArgs
+
+    launches = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(kwargs)
+
+    monkeypatch.setattr(decode, "_decode_split_kernel", Recorder())
+    args = AttentionArgs(scale=0.25, causal=True, bottom_right=True)
+    for dtype, head_dim, group in ((torch.float16, 16, 1), (torch.float32, 128, 32), (torch.float32, 100, 1)):
+        q = torch.randn(1, 1, 2 * group, head_dim).to(dtype)
+        kc, vc = torch.randn(1, 40, 2, head_dim).to(dtype), torch.randn(1, 40, 2, head_dim).to(dtype)
+        decode.kvcache_fwd(q, kc, vc, None, None, torch.tensor([30], dtype=torch.int32), args, num_splits=1)
+        bd = decode.block_d(head_dim)
+        cfg = decode.decode_config(group, bd, bd, q.element_size())
+        got = launches[-1]
+        assert {k: got[k] for k in cfg} == cfg, (dtype, head_dim, got)
+        assert (got["WINDOW"], got["SOFTCAP"], got["ALIBI"], got["BLOCK_D"]) == (True, False, False, bd)
+    assert launches[0]["maxnreg"] == 255 and launches[1]["maxnreg"] is None
