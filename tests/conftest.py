@@ -5,6 +5,11 @@ interpreter, which must be switched on before anything imports triton: that is d
 here, at collection start. With a GPU the compiled kernels are tested instead.
 """
 import os
+import zlib
+
+import pytest
+
+_SHARD_SUMMARY = pytest.StashKey[str]()
 
 if "TRITON_INTERPRET" not in os.environ:
     import torch
@@ -19,7 +24,6 @@ def pytest_sessionstart(session):
     (Skips stay legitimate only for GPU-only tests on a machine with no GPU.)"""
     if os.environ.get("CI") != "true":
         return
-    import pytest
     import torch
 
     from fastattn import dispatch
@@ -31,3 +35,44 @@ def pytest_sessionstart(session):
             "CI=true: backends unavailable on this machine (their tests would be skipped): "
             + "; ".join(f"{name}: {why}" for name, why in missing.items())
         )
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--slow-shard", metavar="K/N", default=None,
+        help="run every test not marked slow plus shard K (0-based) of N of the slow ones; a slow "
+             "test's shard is crc32(node id) mod N, so the split is the same on every machine")
+
+
+def _parse_shard(spec: str) -> tuple[int, int]:
+    try:
+        k, n = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"--slow-shard must be K/N with integers 0 <= K < N, got {spec!r}") from None
+    if not 0 <= k < n:
+        raise pytest.UsageError(f"--slow-shard must be K/N with 0 <= K < N, got {spec!r}")
+    return k, n
+
+
+def pytest_collection_modifyitems(config, items):
+    spec = config.getoption("--slow-shard")
+    if spec is None:
+        return
+    k, n = _parse_shard(spec)
+    kept, dropped, slow = [], [], 0
+    for item in items:
+        if item.get_closest_marker("slow") is None:
+            kept.append(item)
+            continue
+        slow += 1
+        (kept if zlib.crc32(item.nodeid.encode()) % n == k else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = kept
+    config.stash[_SHARD_SUMMARY] = f"slow tests: shard {k}/{n} selected {slow - len(dropped)} of {slow}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    summary = config.stash.get(_SHARD_SUMMARY, None)
+    if summary is not None:
+        terminalreporter.write_line(summary)
