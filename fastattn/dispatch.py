@@ -80,6 +80,10 @@ class Impl:
 
 _IMPLS: dict[tuple[str, str], Impl] = {}
 _AVAILABILITY: dict[str, Callable[[torch.device], Optional[str]]] = {}
+# (backend, device type) -> unavailable_reason: machine facts, probed once per process so that
+# the selection path torch.compile traces holds only dict lookups (no extension calls, no
+# imports, no environment reads). Filled for cpu and cuda when the backends load.
+_REASONS: dict[tuple[str, str], Optional[str]] = {}
 _state = threading.local()
 
 
@@ -106,10 +110,12 @@ def register_backend(name: str, available: Callable[[torch.device], Optional[str
 def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
     """Why backend ``name`` cannot run on ``device`` (``None`` if it can)."""
     _load_backends()
-    check = _AVAILABILITY.get(name)
-    if check is None:
-        return "not built into this installation"
-    return check(torch.device(device))
+    device = torch.device(device)
+    key = (name, device.type)
+    if key not in _REASONS:
+        check = _AVAILABILITY.get(name)
+        _REASONS[key] = "not built into this installation" if check is None else check(device)
+    return _REASONS[key]
 
 
 def implementations(op: str) -> dict[str, Impl]:
@@ -224,3 +230,7 @@ def _load_backends() -> None:
         return
     _loaded = True
     from fastattn import backends  # noqa: F401  (side effect: registration)
+
+    for name in BACKENDS:
+        for device_type in ("cpu", "cuda"):
+            unavailable_reason(name, torch.device(device_type))

@@ -158,9 +158,11 @@ def alibi_slopes(name: str, slopes, batch: int, heads: int, device: torch.device
     same_device(("query", name), torch.empty(0, device=device), slopes)
 
 
-def cu_seqlens(name: str, cu, total: int, max_seqlen, max_name: str, device: torch.device) -> torch.Tensor:
-    """Cumulative sequence lengths ``(n + 1,)``: integer, starting at 0, non-decreasing,
-    ending at ``total``; ``max_seqlen`` >= the longest sequence. Returns them as int32."""
+def cu_seqlens(name: str, cu, max_seqlen, max_name: str, device: torch.device) -> torch.Tensor:
+    """Cumulative sequence lengths ``(n + 1,)``: an integer tensor on ``device``, and
+    ``max_seqlen`` an int. Returns them as int32. Checks metadata only, so that the call
+    traces under ``torch.compile`` and never syncs a GPU; the values are checked by
+    :func:`cu_seqlens_values` inside the op, where they are concrete."""
     if not isinstance(cu, torch.Tensor):
         raise TypeError(f"{name} must be an int32 torch.Tensor of shape (batch + 1,), got {type(cu).__name__}")
     if cu.dtype not in (torch.int32, torch.int64):
@@ -169,6 +171,21 @@ def cu_seqlens(name: str, cu, total: int, max_seqlen, max_name: str, device: tor
         raise ValueError(f"{name} must be 1-D with batch + 1 >= 2 entries, got shape {tuple(cu.shape)}")
     if cu.device != device:
         raise ValueError(f"{name} must be on the same device as the inputs ({device}), got {cu.device}")
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (numbers.Integral, torch.SymInt)):
+        raise TypeError(f"{max_name} must be an int, got {type(max_seqlen).__name__}")
+    return cu.to(torch.int32)
+
+
+def reads_values_now(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether a check may read tensor *values* on the host: not while a CUDA graph is being
+    captured (a device-to-host copy is illegal there; the caller's eager run was checked)."""
+    return not any(t is not None and t.is_cuda and torch.cuda.is_current_stream_capturing() for t in tensors)
+
+
+def cu_seqlens_values(name: str, cu: torch.Tensor, total: int, max_seqlen: int, max_name: str) -> None:
+    """The values of ``cu`` ``(n + 1,)``: starting at 0, non-decreasing, ending at ``total``, with
+    ``max_seqlen`` (0 = unknown) at least the longest sequence. Called by the attention op
+    itself before a kernel runs, so that eager and compiled calls are both checked."""
     values = cu.tolist()
     if values[0] != 0:
         raise ValueError(f"{name} must start at 0, got {values[0]}")
@@ -176,12 +193,18 @@ def cu_seqlens(name: str, cu, total: int, max_seqlen, max_name: str, device: tor
         raise ValueError(f"{name} must be non-decreasing (cumulative lengths), got {values}")
     if values[-1] != total:
         raise ValueError(f"{name} must end at the packed token count {total}, got {values[-1]}")
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral):
-        raise TypeError(f"{max_name} must be an int, got {type(max_seqlen).__name__}")
     longest = max(b - a for a, b in zip(values, values[1:]))
-    if max_seqlen < longest:
+    if 0 < max_seqlen < longest:
         raise ValueError(f"{max_name} ({max_seqlen}) must be >= the longest sequence in {name} ({longest})")
-    return cu.to(torch.int32)
+
+
+def cache_seqlens_values(lens: torch.Tensor, new: int, seqlen_cache: int) -> None:
+    """``cache_seqlens`` ``(B,)`` plus ``new`` appended tokens must lie in ``[0, seqlen_cache]``.
+    Called by the KV-cache op itself before a kernel runs (see :func:`cu_seqlens_values`)."""
+    lo, hi = int(lens.min()), int(lens.max())
+    if lo < 0 or hi + new > seqlen_cache:
+        raise ValueError(f"cache_seqlens (+ {new} new tokens) must lie in [0, {seqlen_cache}] (the cache "
+                         f"length), got values in [{lo}, {hi}]")
 
 
 def last_dim_contiguous(name: str, x: torch.Tensor) -> None:
@@ -193,5 +216,7 @@ def last_dim_contiguous(name: str, x: torch.Tensor) -> None:
 
 def writable(name: str, x: torch.Tensor) -> None:
     """A tensor written in place must not overlap itself (no stride-0 or aliasing dims)."""
-    if torch._debug_has_internal_overlap(x) == 1:  # 2 = "too hard to tell": allowed
+    # torch's own definite-overlap rule (at::has_internal_overlap == YES), from sizes and
+    # strides alone so that torch.compile traces it.
+    if any(stride == 0 and size > 1 for size, stride in zip(x.shape, x.stride())):
         raise ValueError(f"{name} is written in place and must not have overlapping memory (e.g. expand()ed)")

@@ -21,6 +21,7 @@ def registry(monkeypatch):
     dispatch._load_backends()
     monkeypatch.setattr(dispatch, "_IMPLS", dict(dispatch._IMPLS))
     monkeypatch.setattr(dispatch, "_AVAILABILITY", dict(dispatch._AVAILABILITY))
+    monkeypatch.setattr(dispatch, "_REASONS", {})  # availability is cached per process: probe the fakes afresh
     return dispatch
 
 

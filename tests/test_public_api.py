@@ -81,7 +81,7 @@ def test_sdpa_fallback_float64():
     out = fastattn.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, _torch_math(q, k, v, is_causal=True), rtol=1e-12, atol=1e-12)
-    out = fastattn.scaled_dot_product_attention(q, k, v, is_causal=True, backend="reference")
+    out = fastattn.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(out, _torch_math(q, k, v, is_causal=True), rtol=1e-12, atol=1e-12)
 
 
@@ -264,13 +264,13 @@ def test_torch_compile_fullgraph_matches_eager():
     torch._dynamo.reset()
 
     def block(q, k, v, gate, up):
-        attn = fastattn.scaled_dot_product_attention(q, k, v, is_causal=True, backend="reference")
+        attn = fastattn.scaled_dot_product_attention(q, k, v, is_causal=True)
         return attn, fastattn.swiglu(gate, up)
 
     gen = torch.Generator().manual_seed(30)
     q, k, v = (_rand(gen, 1, 2, 7, 16) for _ in range(3))
     gate, up = _rand(gen, 7, 32), _rand(gen, 7, 32)
-    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(block, fullgraph=True)
     got_attn, got_act = compiled(q, k, v, gate, up)
     eager_attn, eager_act = block(q, k, v, gate, up)
     torch.testing.assert_close(got_attn, eager_attn, rtol=1e-6, atol=1e-6)
@@ -284,11 +284,11 @@ def test_torch_compile_fullgraph_backward():
     torch._dynamo.reset()
 
     def loss(q, k, v):
-        return fastattn.flash_attn_func(q, k, v, causal=True, backend="reference").square().sum()
+        return fastattn.flash_attn_func(q, k, v, causal=True).square().sum()
 
     gen = torch.Generator().manual_seed(31)
     inputs = [_rand(gen, 1, 5, 2, 8).requires_grad_(True) for _ in range(3)]
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(loss, fullgraph=True)
     grads = torch.autograd.grad(compiled(*inputs), inputs)
     expected = torch.autograd.grad(loss(*inputs), inputs)
     for g, e in zip(grads, expected):

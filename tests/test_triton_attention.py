@@ -65,9 +65,10 @@ def _reference(q, k, v, args, dout, upcast, **kw):
     return (out.detach(), lse.detach(), *grads)
 
 
-def _assert_close(name, got, ref64, ref_lowp, kind, dtype=F32):
-    """Inputs of ``dtype`` fp32: 1e-5 relative; fp16/bf16: flash-attn's error-ratio rule against
-    the reference computed in the input dtype (``ref_lowp``)."""
+def _assert_close(name, got, ref64, ref_lowp, kind, dtype=F32, fp32_scale=None):
+    """Inputs of ``dtype`` fp32: 1e-5 relative (to ``fp32_scale`` when given, else to ``ref64``'s
+    largest magnitude); fp16/bf16: flash-attn's error-ratio rule against the reference computed
+    in the input dtype (``ref_lowp``)."""
     assert not torch.isnan(got).any(), f"{name}: NaN (an element was never written?)"
     got, ref64 = got.detach().double(), ref64.detach().double()
     finite = torch.isfinite(ref64)
@@ -77,7 +78,7 @@ def _assert_close(name, got, ref64, ref_lowp, kind, dtype=F32):
     err = (got - ref64)[finite].abs().max().item()
     scale = ref64[finite].abs().max().item()
     if dtype == F32:
-        bound = 1e-5 * max(1.0, scale)
+        bound = 1e-5 * max(1.0, scale if fp32_scale is None else fp32_scale)
     else:
         # The result is stored in ``dtype``: half an ulp at the largest magnitude is unavoidable
         # even for an exact kernel, whatever error the low-precision reference happened to make.
@@ -93,9 +94,14 @@ def _check_fwd_bwd(q, k, v, args, *, deterministic=False, **kw):
     dq, dk, dv = kernels.attention_bwd(dout, q, k, v, out, lse, args, **kw)
     ref64 = _reference(q, k, v, args, dout, upcast=True, **kw)
     lowp = _reference(q, k, v, args, dout, upcast=False, **kw)
+    # fp32 gradients are judged relative to the largest of the three: one of them can be ~0 by
+    # cancellation (dq with a single visible key is P * (dP - delta) = 0 exactly in real
+    # arithmetic), and rounding in a cancelling sum is relative to its terms, not to its result.
+    grad_scale = max(g[torch.isfinite(g)].abs().max().item() if torch.isfinite(g).any() else 0.0
+                     for g in ref64[2:])
     for name, got, r64, rlp, kind in zip(("out", "lse", "dq", "dk", "dv"), (out, lse, dq, dk, dv), ref64, lowp,
                                          ("out", "lse", "grad", "grad", "grad")):
-        _assert_close(name, got, r64, rlp, kind, dtype)
+        _assert_close(name, got, r64, rlp, kind, dtype, fp32_scale=grad_scale if kind == "grad" else None)
     assert out.dtype == dtype and lse.dtype == torch.float32
     assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape
     return out, lse, dq, dk, dv
@@ -319,7 +325,7 @@ def test_torch_compile_fullgraph_matches_eager():
     eager.sum().backward()
     grads = [p.grad.clone() for p in block.parameters()]
     block.zero_grad()
-    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(block, fullgraph=True)
     got = compiled(x)
     got.sum().backward()
     torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-6)

@@ -283,7 +283,8 @@ def test_unknown_backend_name(build):
 def _make_cuda_unavailable(monkeypatch):
     # Deterministic whatever this installation built: "cuda" reports a reason on every device.
     dispatch._load_backends()
-    monkeypatch.setitem(dispatch._AVAILABILITY, "cuda", lambda device: "fastattn._cuda was not built")
+    for device_type in ("cpu", "cuda"):  # availability is probed once per process and cached
+        monkeypatch.setitem(dispatch._REASONS, ("cuda", device_type), "fastattn._cuda was not built")
 
 
 @pytest.mark.parametrize("build", list(OPS.values()), ids=list(OPS))

@@ -28,10 +28,15 @@ MAX_HEAD_DIM = 256
 _MASK_NONE, _MASK_BOOL, _MASK_FLOAT = 0, 1, 2
 
 
+# Probed once, at import: a plain Python value that torch.compile can read while tracing
+# (Dynamo cannot trace into a pybind11 call).
+_ISA = _C.cpu_attention_isa()
+
+
 def isa() -> str:
     """The instruction set the kernels use on this CPU: ``avx512bf16``, ``avx512``, ``avx2``
     or ``none`` (then every call falls back)."""
-    return _C.cpu_attention_isa()
+    return _ISA
 
 
 def available(device: torch.device) -> Optional[str]:

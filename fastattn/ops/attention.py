@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from fastattn import dispatch
+from fastattn import validation as check
 from fastattn.ops.attention_args import AttentionArgs, empty_like_layout
 
 _ARG_NAMES = [f.name for f in fields(AttentionArgs)]
@@ -34,6 +35,9 @@ def _attention_fwd(
     softcap: float, dropout_p: float, seed: int, offset: int, max_seqlen_q: int, max_seqlen_k: int,
     deterministic: bool, backend: str,
 ) -> tuple[Tensor, Tensor]:
+    if cu_seqlens_q is not None and check.reads_values_now(cu_seqlens_q):
+        check.cu_seqlens_values("cu_seqlens_q", cu_seqlens_q, q.shape[2], max_seqlen_q, "max_seqlen_q")
+        check.cu_seqlens_values("cu_seqlens_k", cu_seqlens_k, k.shape[2], max_seqlen_k, "max_seqlen_k")
     args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
                  max_seqlen_q, max_seqlen_k, deterministic)
     impl = dispatch.implementations("attention_fwd")[backend]

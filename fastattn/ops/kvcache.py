@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from fastattn import dispatch
+from fastattn import validation as check
 from fastattn.ops.attention import _args
 from fastattn.ops.attention_args import AttentionArgs
 
@@ -25,6 +26,8 @@ def _attention_kvcache(
     softcap: float, dropout_p: float, seed: int, offset: int, max_seqlen_q: int, max_seqlen_k: int,
     deterministic: bool, backend: str,
 ) -> tuple[Tensor, Tensor]:
+    if check.reads_values_now(cache_seqlens):  # values: checked here, where they are concrete
+        check.cache_seqlens_values(cache_seqlens, 0 if k_new is None else k_new.shape[1], k_cache.shape[1])
     args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
                  max_seqlen_q, max_seqlen_k, deterministic)
     impl = dispatch.implementations("kvcache_fwd")[backend]
