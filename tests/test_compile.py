@@ -295,3 +295,138 @@ def test_torch_export_kvcache():
     got = exported.module()(*[t.clone() for t in inputs])
     torch.testing.assert_close(got, _kvcache_call(*[t.clone() for t in inputs]), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got.double(), _kvcache_ref(*_double(inputs)), rtol=RTOL, atol=ATOL)
+
+
+# ------------------------------------------------------------------------------ dropout
+
+
+@pytest.mark.parametrize("name", ["flash", "sdpa", "CausalSelfAttention"])
+def test_dropout_compiles_fullgraph(name):
+    """Dropout under torch.compile: masks come from inductor's RNG, as torch's own dropout's do, so
+    a compiled call is reproducible per torch.manual_seed; with inductor's eager RNG
+    (fallback_random) it equals the eager call, forward and backward, bit for bit."""
+    torch.manual_seed(11)
+    module = fastattn.nn.CausalSelfAttention(32, 4, num_kv_heads=2, dropout=0.3).train()
+    fns = {
+        "flash": (lambda q, k, v: fastattn.flash_attn_func(q, k, v, dropout_p=0.3, causal=True),
+                  [_randn(2, 19, 4, 16, seed=i, requires_grad=True) for i in range(3)]),
+        "sdpa": (lambda q, k, v: fastattn.scaled_dot_product_attention(q, k, v, dropout_p=0.3, is_causal=True),
+                 [_randn(2, 4, 19, 16, seed=i, requires_grad=True) for i in range(3)]),
+        "CausalSelfAttention": (module, [_randn(2, 19, 32, seed=3, requires_grad=True)]),
+    }
+    fn, inputs = fns[name]
+
+    def run(f, seed):
+        torch.manual_seed(seed)
+        leaves = _leaves(inputs)
+        out = f(*leaves)
+        return [out, *torch.autograd.grad(out, leaves, _randn(*out.shape, seed=4))]
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    first, again, other = run(compiled, 5), run(compiled, 5), run(compiled, 6)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[0], other[0])
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(fallback_random=True):
+        compiled = torch.compile(fn, fullgraph=True)
+        got = run(compiled, 7)
+    for g, e in zip(got, run(fn, 7)):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ Hugging Face
+
+
+def _hf_llama(impl):
+    pytest.importorskip("transformers")
+    import fastattn.integrations.transformers  # noqa: F401  (registers "fastattn")
+    from hf_models import make_model
+
+    model = make_model("llama")
+    model.set_attn_implementation(impl)
+    return model
+
+
+def test_hf_attn_implementation_adds_no_graph_break():
+    from hf_models import batch
+
+    ids, mask = batch()
+    counts, logits = {}, {}
+    for impl in ("sdpa", "fastattn"):
+        model = _hf_llama(impl)
+        torch._dynamo.reset()
+        with torch.no_grad():
+            explained = torch._dynamo.explain(model)(ids, attention_mask=mask)
+            logits[impl] = model(ids, attention_mask=mask).logits
+        counts[impl] = explained.graph_break_count
+        assert explained.graph_count >= 1
+    assert counts["fastattn"] == counts["sdpa"] == 0, counts
+    keep = mask.bool()
+    torch.testing.assert_close(logits["fastattn"][keep], logits["sdpa"][keep], rtol=1e-4, atol=1e-4)
+
+
+def test_hf_generate_static_cache_compiled_fullgraph():
+    """Greedy generate with a static cache and the model's forward compiled with fullgraph=True (any
+    graph break would raise): the same tokens as eager SDPA."""
+    from hf_models import batch
+
+    ids, mask = batch()
+    eager = _hf_llama("sdpa").generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
+                                       cache_implementation="static", pad_token_id=0)
+    model = _hf_llama("fastattn")
+    torch._dynamo.reset()
+    model.forward = torch.compile(model.forward, fullgraph=True)
+    got = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
+                         cache_implementation="static", pad_token_id=0)
+    assert torch.equal(got, eager)
+
+
+# ------------------------------------------------------------------------------ GPU: CUDA graphs
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+
+def _cuda(inputs):
+    return [t.detach().cuda().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t for t in inputs]
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("name", ["sdpa_causal", "flash_causal_window_softcap_gqa", "flash_varlen_causal",
+                                  "softmax_causal_scaled", "swiglu", "feed_forward_swiglu"])
+def test_cuda_graph_capture_and_replay(name):
+    fn, oracle, make_inputs, _ = CASES[name]
+    inputs = [t.detach() if isinstance(t, torch.Tensor) else t for t in make_inputs(19)]
+    static = _cuda(inputs)
+    expected = fn(*static).clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up (autotuning, lazy init) outside the capture
+        fn(*static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(*static)
+    fresh = [t.detach() if isinstance(t, torch.Tensor) else t for t in make_inputs(19, seed=20)]
+    for dst, src in zip(static, _cuda(fresh)):
+        if isinstance(dst, torch.Tensor) and dst.is_floating_point():
+            dst.copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, fn(*static), rtol=1e-6, atol=1e-6)
+    assert not torch.equal(out, expected)  # the replay read the new inputs
+    torch.testing.assert_close(out.double().cpu(), oracle(*_double(fresh)), rtol=2e-3, atol=2e-3)  # TF32
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_reduce_overhead_mode():
+    fn, oracle, make_inputs, _ = CASES["flash_causal_window_softcap_gqa"]
+    compiled = torch.compile(fn, mode="reduce-overhead", fullgraph=True)
+    for seed in (0, 1, 2):  # cudagraph trees record on the first calls, then replay
+        inputs = [t.detach() if isinstance(t, torch.Tensor) else t for t in make_inputs(19, seed=seed)]
+        got = compiled(*_cuda(inputs)).clone()
+        torch.testing.assert_close(got, fn(*_cuda(inputs)), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got.double().cpu(), oracle(*_double(inputs)), rtol=2e-3, atol=2e-3)

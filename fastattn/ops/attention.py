@@ -16,7 +16,8 @@ from torch import Tensor
 
 from fastattn import dispatch
 from fastattn import validation as check
-from fastattn.ops.attention_args import AttentionArgs, empty_like_layout
+from fastattn.ops.attention_args import (AttentionArgs, empty_like_layout, empty_like_strides, layout_strides,
+                                         with_strides)
 
 _ARG_NAMES = [f.name for f in fields(AttentionArgs)]
 
@@ -41,8 +42,9 @@ def _attention_fwd(
     args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
                  max_seqlen_q, max_seqlen_k, deterministic)
     impl = dispatch.implementations("attention_fwd")[backend]
-    return impl.fn(q, k, v, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
+    out, lse = impl.fn(q, k, v, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
+                       cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
+    return with_strides(out, layout_strides(q, v.shape[-1])), with_strides(lse, _dense_strides(lse))
 
 
 @_attention_fwd.register_fake
@@ -64,8 +66,9 @@ def _attention_bwd(
     args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
                  max_seqlen_q, max_seqlen_k, deterministic)
     impl = dispatch.implementations("attention_bwd")[backend]
-    return impl.fn(dout, q, k, v, out, lse, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
+    grads = impl.fn(dout, q, k, v, out, lse, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
+                    cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
+    return tuple(with_strides(g, empty_like_strides(x)) for g, x in zip(grads, (q, k, v)))
 
 
 @_attention_bwd.register_fake
@@ -85,14 +88,21 @@ def _attention_bwd_mask_grad(
     args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
                  max_seqlen_q, max_seqlen_k, deterministic)
     impl = dispatch.implementations("attention_bwd_mask_grad")[backend]
-    return impl.fn(dout, q, k, v, out, lse, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
+    dq, dk, dv, dmask = impl.fn(dout, q, k, v, out, lse, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
+                                cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
+    return (*(with_strides(g, empty_like_strides(x)) for g, x in zip((dq, dk, dv), (q, k, v))),
+            with_strides(dmask, _dense_strides(dmask)))
 
 
 @_attention_bwd_mask_grad.register_fake
 def _(dout, q, k, v, out, lse, attn_mask, *rest):
     dmask = q.new_empty(q.shape[0], q.shape[1], q.shape[2], k.shape[2], dtype=attn_mask.dtype)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
+
+
+def _dense_strides(t: Tensor) -> tuple[int, ...]:
+    # What the fake implementations' new_empty(...) promise: a contiguous tensor.
+    return torch.empty(t.shape, device="meta").stride()
 
 
 def _setup_context(ctx, inputs, output):

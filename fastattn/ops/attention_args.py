@@ -79,16 +79,36 @@ def dropout_keep_mask(q: torch.Tensor, k: torch.Tensor, args: AttentionArgs, cu_
                                     *problem_extent(q, k, args, cu_seqlens_q, cu_seqlens_k), device=q.device)
 
 
-def empty_like_layout(q: torch.Tensor, head_dim_v: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """An uninitialised output ``(B, H, Lq, head_dim_v)`` whose dims are laid out in memory
-    in the same order as ``q``'s (so a flash-layout ``q``, i.e. a ``(B, L, H, D)`` tensor
-    viewed as ``(B, H, L, D)``, gets a flash-layout output that transposes back to a
-    contiguous tensor)."""
+def layout_strides(q: torch.Tensor, head_dim_v: int) -> tuple[int, ...]:
+    """Strides of a dense ``(B, H, Lq, head_dim_v)`` tensor whose dims are laid out in memory in
+    the same order as ``q``'s (so a flash-layout ``q``, i.e. a ``(B, L, H, D)`` tensor viewed as
+    ``(B, H, L, D)``, gets a flash-layout output that transposes back to a contiguous tensor)."""
     shape = (*q.shape[:-1], head_dim_v)
     order = sorted(range(3), key=lambda d: -q.stride(d))  # outer dims, largest stride first
-    perm_shape = [shape[d] for d in order] + [head_dim_v]
-    buf = torch.empty(perm_shape, dtype=dtype or q.dtype, device=q.device)
-    inverse = [0] * 3
-    for pos, d in enumerate(order):
-        inverse[d] = pos
-    return buf.permute(*inverse, 3)
+    strides = [0, 0, 0, 1]
+    step = head_dim_v
+    for d in reversed(order):
+        strides[d] = step
+        step *= shape[d]
+    return tuple(strides)
+
+
+def empty_like_layout(q: torch.Tensor, head_dim_v: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised output ``(B, H, Lq, head_dim_v)`` with :func:`layout_strides`."""
+    return torch.empty_strided((*q.shape[:-1], head_dim_v), layout_strides(q, head_dim_v),
+                               dtype=dtype or q.dtype, device=q.device)
+
+
+def with_strides(t: torch.Tensor, strides: tuple[int, ...]) -> torch.Tensor:
+    """``t`` itself if it has ``strides``, else a copy that has them. A custom op must return
+    the layout its fake implementation promises (torch.compile asserts it); backends that
+    cannot write in place into that layout (the reference) are brought to it here."""
+    if t.stride() == tuple(strides):
+        return t
+    out = torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device)
+    return out.copy_(t)
+
+
+def empty_like_strides(x: torch.Tensor) -> tuple[int, ...]:
+    """The strides ``torch.empty_like(x)`` gives (computed on the meta device: no allocation)."""
+    return torch.empty_like(x, device="meta").stride()

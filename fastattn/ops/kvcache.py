@@ -15,7 +15,7 @@ from torch import Tensor
 from fastattn import dispatch
 from fastattn import validation as check
 from fastattn.ops.attention import _args
-from fastattn.ops.attention_args import AttentionArgs
+from fastattn.ops.attention_args import AttentionArgs, with_strides
 
 
 @torch.library.custom_op("fastattn::attention_kvcache", mutates_args=("k_cache", "v_cache"))
@@ -31,7 +31,10 @@ def _attention_kvcache(
     args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
                  max_seqlen_q, max_seqlen_k, deterministic)
     impl = dispatch.implementations("kvcache_fwd")[backend]
-    return impl.fn(q, k_cache, v_cache, k_new, v_new, cache_seqlens, alibi_slopes=alibi_slopes, args=args)
+    out, lse = impl.fn(q, k_cache, v_cache, k_new, v_new, cache_seqlens, alibi_slopes=alibi_slopes, args=args)
+    # The contiguous layouts the fake implementation promises (torch.compile asserts them).
+    return (with_strides(out, torch.empty(out.shape, device="meta").stride()),
+            with_strides(lse, torch.empty(lse.shape, device="meta").stride()))
 
 
 @_attention_kvcache.register_fake
