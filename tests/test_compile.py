@@ -430,3 +430,30 @@ def test_reduce_overhead_mode():
         got = compiled(*_cuda(inputs)).clone()
         torch.testing.assert_close(got, fn(*_cuda(inputs)), rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(got.double().cpu(), oracle(*_double(inputs)), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("masks", ["key_padding", "key_padding_and_float_attn_mask", "need_weights"])
+def test_multihead_attention_with_masks_compiles(masks):
+    torch.manual_seed(12)
+    mha = fastattn.nn.MultiheadAttention(32, 4, batch_first=True)
+    oracle = torch.nn.MultiheadAttention(32, 4, batch_first=True).double()
+    oracle.load_state_dict(mha.state_dict())
+    x = _randn(2, 9, 32, seed=13)
+    kpm = torch.zeros(2, 9, dtype=torch.bool)
+    kpm[0, :3] = True
+    kw = dict(key_padding_mask=kpm, need_weights=masks == "need_weights")
+    if masks == "key_padding_and_float_attn_mask":
+        kw["attn_mask"] = _randn(9, 9, seed=14)
+
+    def call(m, x):
+        out, weights = m(x, x, x, **{k: (v.to(x.dtype) if k == "attn_mask" else v) for k, v in kw.items()})
+        return (out, weights) if kw["need_weights"] else (out,)
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got = torch.compile(call, fullgraph=True)(mha, x)
+        eager = call(mha, x)
+        expected = call(oracle, x.double())
+    for g, e, r in zip(got, eager, expected):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(g.double(), r, rtol=RTOL, atol=ATOL)
