@@ -34,6 +34,7 @@ __all__ = [
     "flash_attn_func",
     "flash_attn_varlen_func",
     "flash_attn_with_kvcache",
+    "apply_rotary",
     "scaled_masked_softmax",
     "swiglu",
     "geglu",
@@ -378,40 +379,86 @@ def flash_attn_varlen_func(
     return (out, lse.squeeze(0), None) if return_attn_probs else out
 
 
+def apply_rotary(x, cos, sin, positions, interleaved=True):
+    """Rotary embedding of ``x`` ``(..., D)`` at integer ``positions`` (broadcast against
+    ``x.shape[:-1]``), flash-attn's convention: ``cos``/``sin`` ``(max_position, R / 2)`` rotate
+    the first ``R <= D`` dims; ``interleaved`` pairs dims ``(0, 1), (2, 3), ...``, otherwise
+    ``(i, i + R / 2)`` (GPT-NeoX). Pairs ``(x1, x2)`` become ``(x1 cos - x2 sin, x1 sin + x2 cos)``."""
+    rot = 2 * cos.shape[-1]
+    c = cos[positions].to(x.dtype)
+    s = sin[positions].to(x.dtype)
+    head, tail = x[..., :rot], x[..., rot:]
+    if interleaved:
+        x1, x2 = head[..., 0::2], head[..., 1::2]
+        out = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
+    else:
+        x1, x2 = head[..., : rot // 2], head[..., rot // 2 :]
+        out = torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
+    return torch.cat((out, tail), dim=-1)
+
+
 def flash_attn_with_kvcache(
     q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, softmax_scale=None, causal=False,
-    window_size=(-1, -1), softcap=0.0, alibi_slopes=None, return_softmax_lse=False, *, upcast=False,
+    window_size=(-1, -1), softcap=0.0, alibi_slopes=None, return_softmax_lse=False, *,
+    rotary_cos=None, rotary_sin=None, rotary_interleaved=True, cache_batch_idx=None, cache_leftpad=None,
+    block_table=None, upcast=False,
 ):
-    """flash-attn 2 ``flash_attn_with_kvcache``: ``q`` ``(B, Lq, Hq, D)`` against the cache
-    ``k_cache``/``v_cache`` ``(B, Lcache, Hk, D)``.
+    """flash-attn 2 ``flash_attn_with_kvcache``, one batch element at a time.
 
-    If ``k``/``v`` ``(B, Lnew, Hk, D)`` are given they are first written into the caches *in
-    place* at positions ``cache_seqlens[b] .. cache_seqlens[b] + Lnew``; then batch ``b``
-    attends to its first ``cache_seqlens[b] + Lnew`` keys (``cache_seqlens`` int or int32
-    ``(B,)``; ``None`` means the whole cache), causal/window aligned bottom-right.
+    ``q`` ``(B, Lq, Hq, D)``; caches ``(B_cache, Lcache, Hk, D)``, or with ``block_table``
+    (int32 ``(B, max_blocks)``) pages ``(num_blocks, page_size, Hk, D)`` where logical
+    position ``p`` of sequence ``b`` lives at ``[block_table[b, p // page_size], p % page_size]``.
+    Sequence ``b`` uses cache row ``cache_batch_idx[b]`` (default ``b``). If ``k``/``v``
+    ``(B, Lnew, Hk, D)`` are given they are first written into the caches *in place* at
+    positions ``cache_seqlens[b] .. cache_seqlens[b] + Lnew`` (after rotary, if given). Then
+    sequence ``b`` attends to the keys at positions ``cache_leftpad[b]`` (default 0) up to
+    ``cache_seqlens[b] + Lnew``, causal/window aligned bottom-right on that range
+    (``cache_seqlens`` int or int32 ``(B,)``; ``None`` means the whole cache).
+
+    Rotary (``rotary_cos``/``rotary_sin`` ``(max_position, R / 2)``, see :func:`apply_rotary`):
+    new key ``t`` is rotated at position ``cache_seqlens[b] + t``; query row ``i`` at
+    ``cache_seqlens[b] + i`` when causal or windowed, else every row at ``cache_seqlens[b]``.
     Returns ``out`` ``(B, Lq, Hq, Dv)``, and ``softmax_lse`` ``(B, Hq, Lq)`` if asked.
     """
-    batch, lcache = k_cache.shape[0], k_cache.shape[1]
+    batch = q.shape[0]
+    paged = block_table is not None
+    capacity = block_table.shape[1] * k_cache.shape[1] if paged else k_cache.shape[1]
+    new = 0 if k is None else k.shape[1]
     if cache_seqlens is None:
-        lens = [lcache - (0 if k is None else k.shape[1])] * batch if k is not None else [lcache] * batch
+        lens = [capacity - new] * batch
     elif isinstance(cache_seqlens, int):
         lens = [cache_seqlens] * batch
     else:
         lens = [int(x) for x in cache_seqlens.tolist()]
-    new = 0 if k is None else k.shape[1]
-    if k is not None:
-        for b in range(batch):
-            k_cache[b, lens[b] : lens[b] + new] = k[b]
-            v_cache[b, lens[b] : lens[b] + new] = v[b]
+    starts = [0] * batch if cache_leftpad is None else [int(x) for x in cache_leftpad.tolist()]
+    rows = list(range(batch)) if cache_batch_idx is None else [int(x) for x in cache_batch_idx.tolist()]
+
+    def where(b, p):  # (cache row or block, offset) of logical position p of sequence b
+        if paged:
+            return int(block_table[b, p // k_cache.shape[1]]), p % k_cache.shape[1]
+        return rows[b], p
+
+    local = causal or window_size[0] >= 0 or window_size[1] >= 0
+    if rotary_cos is not None:
+        q = torch.stack([apply_rotary(q[b], rotary_cos, rotary_sin,
+                                      torch.tensor([lens[b] + (i if local else 0) for i in range(q.shape[1])])[:, None],
+                                      rotary_interleaved) for b in range(batch)])
+        k = torch.stack([apply_rotary(k[b], rotary_cos, rotary_sin, torch.tensor([lens[b] + t for t in range(new)])[:, None],
+                                      rotary_interleaved) for b in range(batch)])
+    for b in range(batch):
+        for t in range(new):
+            c, p = where(b, lens[b] + t)
+            k_cache[c, p] = k[b, t]
+            v_cache[c, p] = v[b, t]
     args = _flash_args(q, k_cache, softmax_scale, causal, window_size, softcap, 0.0)
     outs, lses = [], []
     for b in range(batch):
-        n = lens[b] + new
+        positions = [where(b, p) for p in range(starts[b], lens[b] + new)]
+        keys = torch.stack([k_cache[c, p] for c, p in positions]) if positions else k_cache[0, :0]
+        values = torch.stack([v_cache[c, p] for c, p in positions]) if positions else v_cache[0, :0]
         slopes = alibi_slopes if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes[b : b + 1]
-        o, l = attention(
-            q[b : b + 1].transpose(1, 2), k_cache[b : b + 1, :n].transpose(1, 2),
-            v_cache[b : b + 1, :n].transpose(1, 2), args, alibi_slopes=slopes, upcast=upcast,
-        )
+        o, l = attention(q[b : b + 1].transpose(1, 2), keys[None].transpose(1, 2), values[None].transpose(1, 2),
+                         args, alibi_slopes=slopes, upcast=upcast)
         outs.append(o.transpose(1, 2))
         lses.append(l)
     out, lse = torch.cat(outs), torch.cat(lses)

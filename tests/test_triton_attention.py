@@ -287,8 +287,8 @@ def _op_inputs(dtype, requires_grad):
     for t in (q, k, v):
         t.requires_grad_(requires_grad)
     # scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
-    # max_seqlen_q, max_seqlen_k, deterministic, backend
-    options = (0.25, True, True, -1, -1, 0.0, 0.0, 0, 0, 9, 11, False, "triton")
+    # max_seqlen_q, max_seqlen_k, deterministic, num_splits, backend
+    options = (0.25, True, True, -1, -1, 0.0, 0.0, 0, 0, 9, 11, False, 0, "triton")
     return q, k, v, options
 
 

@@ -104,7 +104,7 @@ def test_opcheck_mask_grad_op():
     """The custom op's schema, fake implementation and autograd registration agree (opcheck)."""
     q, k, v = _qkv(1, 2, 1, 20, 24, 16, F32, seed=6)
     mask = _randn(1, 2, 20, 24, dtype=F32, seed=7)
-    options = (0.25, False, False, -1, -1, 0.0, 0.0, 0, 0, 20, 24, False, "triton")
+    options = (0.25, False, False, -1, -1, 0.0, 0.0, 0, 0, 20, 24, False, 0, "triton")
     out, lse = torch.ops.fastattn.attention_fwd(q, k, v, mask, None, None, None, *options)
     dout = _randn(*out.shape, dtype=F32, seed=8)
     torch.library.opcheck(torch.ops.fastattn.attention_bwd_mask_grad.default,

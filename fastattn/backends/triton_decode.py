@@ -60,7 +60,8 @@ def supports(q, k_cache, v_cache, k_new=None, v_new=None, cache_seqlens=None, *,
 
 def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slopes, args):
     return _kernels.kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, args,
-                                alibi_slopes=None if alibi_slopes is None else alibi_slopes.float())
+                                alibi_slopes=None if alibi_slopes is None else alibi_slopes.float(),
+                                num_splits=args.num_splits)
 
 
 if "triton" not in dispatch._AVAILABILITY:

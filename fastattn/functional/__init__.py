@@ -2,9 +2,9 @@
 from fastattn.functional.attention import (
     flash_attn_func,
     flash_attn_varlen_func,
-    flash_attn_with_kvcache,
     scaled_dot_product_attention,
 )
+from fastattn.functional.kvcache import flash_attn_with_kvcache
 from fastattn.functional.ffn import bias_gelu, feed_forward, geglu, swiglu
 from fastattn.functional.softmax import scaled_masked_softmax
 

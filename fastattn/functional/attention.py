@@ -1,4 +1,5 @@
-"""Public attention functions: SDPA layout, flash layout, varlen and KV-cache.
+"""Public attention functions: SDPA layout, flash layout and varlen (the KV-cache function is
+in :mod:`fastattn.functional.kvcache`).
 
 Each is a thin view in front of one core op (:mod:`fastattn.ops.attention`,
 :mod:`fastattn.ops.kvcache`): validate once (:mod:`fastattn.validation`),
@@ -18,7 +19,6 @@ from fastattn import dispatch, reference
 from fastattn import validation as check
 from fastattn.ops.attention import attention as _core_attention
 from fastattn.ops.attention_args import AttentionArgs, draw_dropout_seed
-from fastattn.ops.kvcache import attention_kvcache as _core_kvcache
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _FWD, _FWD_BWD = ("attention_fwd",), ("attention_fwd", "attention_bwd")
@@ -281,92 +281,3 @@ def flash_attn_varlen_func(
     if not return_attn_probs:
         return out
     return out, lse.squeeze(0), _dropout_probs(view(q), view(k), args, slopes, cu_q, cu_k)
-
-
-def flash_attn_with_kvcache(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor] = None, v: Optional[Tensor] = None,
-    cache_seqlens=None, softmax_scale: Optional[float] = None, causal: bool = False,
-    window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0, alibi_slopes: Optional[Tensor] = None, *,
-    return_softmax_lse: bool = False, num_splits: int = 0, rotary_cos=None, rotary_sin=None,
-    cache_batch_idx=None, cache_leftpad=None, block_table=None, backend: Optional[str] = None,
-):
-    """Drop-in for flash-attn 2's ``flash_attn_with_kvcache``: decoding against a KV cache.
-
-    Args:
-        q: ``(batch, seqlen_q, heads, head_dim)`` (usually ``seqlen_q == 1``).
-        k_cache, v_cache: ``(batch, seqlen_cache, heads_k, head_dim[_v])``, written in place.
-        k, v: optional new keys/values ``(batch, seqlen_new, heads_k, head_dim[_v])``, appended
-            *in place* to the caches at positions ``cache_seqlens[b]:cache_seqlens[b] + seqlen_new``
-            before attending.
-        cache_seqlens: int or int32 ``(batch,)``: tokens already in each cache; ``None`` = the
-            whole cache (then ``k``/``v`` cannot be given).
-        causal, window_size, softcap, alibi_slopes: as :func:`flash_attn_func`, aligned bottom-right
-            against ``cache_seqlens[b] + seqlen_new`` keys.
-        return_softmax_lse: also return the LSE ``(batch, heads, seqlen_q)``.
-        num_splits: accepted for compatibility; the split-KV kernel chooses its own split.
-        rotary_cos, rotary_sin, cache_batch_idx, cache_leftpad, block_table: not supported yet
-            (``ValueError`` if given).
-
-    Returns:
-        ``out`` ``(batch, seqlen_q, heads, head_dim_v)``, or ``(out, softmax_lse)``. No backward.
-    """
-    for name, given in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin),
-                        ("cache_batch_idx", cache_batch_idx), ("cache_leftpad", cache_leftpad),
-                        ("block_table", block_table)):
-        if given is not None:
-            raise ValueError(f"{name} is not supported by fastattn.flash_attn_with_kvcache; pass None")
-    check.tensor("q", q, ndim=4)
-    check.tensor("k_cache", k_cache, ndim=4)
-    check.tensor("v_cache", v_cache, ndim=4)
-    check.same_dtype(("q", "k_cache", "v_cache"), q, k_cache, v_cache)
-    check.same_device(("q", "k_cache", "v_cache", "k", "v"), q, k_cache, v_cache, k, v)
-    batch, _, heads, head_dim = q.shape
-    check.dim_equal("k_cache", "a batch size of", k_cache.shape[0], batch, "q")
-    check.dim_equal("k_cache", "a head dim of", k_cache.shape[3], head_dim, "q")
-    if tuple(v_cache.shape[:3]) != tuple(k_cache.shape[:3]):
-        raise ValueError(f"v_cache must match k_cache in (batch, seqlen_cache, heads_k) = "
-                         f"{tuple(k_cache.shape[:3])}, got {tuple(v_cache.shape[:3])}")
-    check.head_dim("q", head_dim, check.MAX_HEAD_DIM)
-    check.head_dim("v_cache", v_cache.shape[-1], check.MAX_HEAD_DIM)
-    check.gqa_heads("q", heads, "k_cache", k_cache.shape[2])
-    check.writable("k_cache", k_cache)
-    check.writable("v_cache", v_cache)
-    check.last_dim_contiguous("k_cache", k_cache)
-    check.last_dim_contiguous("v_cache", v_cache)
-    if (k is None) != (v is None):
-        raise ValueError("k and v must be given together (new keys and values to append) or both be None")
-    seqlen_cache = k_cache.shape[1]
-    new = 0
-    if k is not None:
-        check.tensor("k", k, ndim=4)
-        check.tensor("v", v, ndim=4)
-        check.same_dtype(("q", "k", "v"), q, k, v)
-        if tuple(k.shape) != (batch, k.shape[1], k_cache.shape[2], head_dim):
-            raise ValueError(f"k must be (batch, seqlen_new, heads_k, head_dim) = ({batch}, *, "
-                             f"{k_cache.shape[2]}, {head_dim}), got {tuple(k.shape)}")
-        if tuple(v.shape) != (*k.shape[:3], v_cache.shape[3]):
-            raise ValueError(f"v must be {(*k.shape[:3], v_cache.shape[3])}, got {tuple(v.shape)}")
-        new = k.shape[1]
-        if cache_seqlens is None:
-            raise ValueError("cache_seqlens must be given when appending k/v (where to write them)")
-    if cache_seqlens is None:
-        lens = torch.full((batch,), seqlen_cache, dtype=torch.int32, device=q.device)
-    elif isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
-        lens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
-    else:
-        check.tensor("cache_seqlens", cache_seqlens, ndim=1, dtypes=(torch.int32, torch.int64))
-        if cache_seqlens.shape[0] != batch:
-            raise ValueError(f"cache_seqlens must have shape ({batch},), got {tuple(cache_seqlens.shape)}")
-        check.same_device(("q", "cache_seqlens"), q, cache_seqlens)
-        lens = cache_seqlens.to(torch.int32)
-    options = _flash_options(head_dim, 0.0, softmax_scale, causal, window_size, softcap, False)
-    return_softmax_lse = check.boolean("return_softmax_lse", return_softmax_lse)
-    backend = dispatch.check_backend_name(backend) if backend is not None else None
-    slopes = _slopes(alibi_slopes, batch, heads, q.device)
-    q = _last_dim_contiguous(q)
-    k, v = (None, None) if k is None else (_last_dim_contiguous(k), _last_dim_contiguous(v))
-    args = AttentionArgs(max_seqlen_q=q.shape[1], max_seqlen_k=seqlen_cache, **options)
-    name = dispatch.select("kvcache_fwd", backend, q.device, q, k_cache, v_cache, k, v, lens,
-                           alibi_slopes=slopes, args=args)
-    out, lse = _core_kvcache(q, k_cache, v_cache, k, v, lens, args, name, alibi_slopes=slopes)
-    return (out, lse) if return_softmax_lse else out

@@ -23,9 +23,9 @@ _ARG_NAMES = [f.name for f in fields(AttentionArgs)]
 
 
 def _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
-          max_seqlen_q, max_seqlen_k, deterministic) -> AttentionArgs:
+          max_seqlen_q, max_seqlen_k, deterministic, num_splits) -> AttentionArgs:
     return AttentionArgs(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p,
-                         seed, offset, max_seqlen_q, max_seqlen_k, deterministic)
+                         seed, offset, max_seqlen_q, max_seqlen_k, deterministic, num_splits)
 
 
 @torch.library.custom_op("fastattn::attention_fwd", mutates_args=())
@@ -34,13 +34,13 @@ def _attention_fwd(
     cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor],
     scale: float, causal: bool, bottom_right: bool, window_left: int, window_right: int,
     softcap: float, dropout_p: float, seed: int, offset: int, max_seqlen_q: int, max_seqlen_k: int,
-    deterministic: bool, backend: str,
+    deterministic: bool, num_splits: int, backend: str,
 ) -> tuple[Tensor, Tensor]:
     if cu_seqlens_q is not None and check.reads_values_now(cu_seqlens_q):
         check.cu_seqlens_values("cu_seqlens_q", cu_seqlens_q, q.shape[2], max_seqlen_q, "max_seqlen_q")
         check.cu_seqlens_values("cu_seqlens_k", cu_seqlens_k, k.shape[2], max_seqlen_k, "max_seqlen_k")
     args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
-                 max_seqlen_q, max_seqlen_k, deterministic)
+                 max_seqlen_q, max_seqlen_k, deterministic, num_splits)
     impl = dispatch.implementations("attention_fwd")[backend]
     out, lse = impl.fn(q, k, v, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
                        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
@@ -61,10 +61,10 @@ def _attention_bwd(
     cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor],
     scale: float, causal: bool, bottom_right: bool, window_left: int, window_right: int,
     softcap: float, dropout_p: float, seed: int, offset: int, max_seqlen_q: int, max_seqlen_k: int,
-    deterministic: bool, backend: str,
+    deterministic: bool, num_splits: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
-                 max_seqlen_q, max_seqlen_k, deterministic)
+                 max_seqlen_q, max_seqlen_k, deterministic, num_splits)
     impl = dispatch.implementations("attention_bwd")[backend]
     grads = impl.fn(dout, q, k, v, out, lse, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
                     cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
@@ -83,10 +83,10 @@ def _attention_bwd_mask_grad(
     cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor],
     scale: float, causal: bool, bottom_right: bool, window_left: int, window_right: int,
     softcap: float, dropout_p: float, seed: int, offset: int, max_seqlen_q: int, max_seqlen_k: int,
-    deterministic: bool, backend: str,
+    deterministic: bool, num_splits: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
-                 max_seqlen_q, max_seqlen_k, deterministic)
+                 max_seqlen_q, max_seqlen_k, deterministic, num_splits)
     impl = dispatch.implementations("attention_bwd_mask_grad")[backend]
     dq, dk, dv, dmask = impl.fn(dout, q, k, v, out, lse, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
                                 cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)

@@ -22,6 +22,7 @@ class AttentionArgs:
       scaled scores, before ALiBi and masks are added.
     * ALiBi adds ``-slope[b, h] * |i + off - j|`` (``off = Lk - Lq`` always,
       as flash-attn does) to the scores.
+    * ``num_splits`` only tunes split-KV decoding; it never changes the result.
     * ``dropout_p`` drops probabilities after the softmax (kept ones scaled by
       ``1 / (1 - p)``) with a counter-based RNG keyed by ``(seed, offset)``.
 
@@ -40,6 +41,7 @@ class AttentionArgs:
     max_seqlen_q: int = 0
     max_seqlen_k: int = 0
     deterministic: bool = False
+    num_splits: int = 0  # KV-cache decoding: key-range splits (0 = a heuristic's choice, 1 = none)
 
     @property
     def has_window(self) -> bool:

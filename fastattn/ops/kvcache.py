@@ -24,12 +24,12 @@ def _attention_kvcache(
     cache_seqlens: Tensor, alibi_slopes: Optional[Tensor],
     scale: float, causal: bool, bottom_right: bool, window_left: int, window_right: int,
     softcap: float, dropout_p: float, seed: int, offset: int, max_seqlen_q: int, max_seqlen_k: int,
-    deterministic: bool, backend: str,
+    deterministic: bool, num_splits: int, backend: str,
 ) -> tuple[Tensor, Tensor]:
     if check.reads_values_now(cache_seqlens):  # values: checked here, where they are concrete
         check.cache_seqlens_values(cache_seqlens, 0 if k_new is None else k_new.shape[1], k_cache.shape[1])
     args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
-                 max_seqlen_q, max_seqlen_k, deterministic)
+                 max_seqlen_q, max_seqlen_k, deterministic, num_splits)
     impl = dispatch.implementations("kvcache_fwd")[backend]
     out, lse = impl.fn(q, k_cache, v_cache, k_new, v_new, cache_seqlens, alibi_slopes=alibi_slopes, args=args)
     # The contiguous layouts the fake implementation promises (torch.compile asserts them).

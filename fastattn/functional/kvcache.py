@@ -1,0 +1,251 @@
+"""``fastattn.flash_attn_with_kvcache``: decoding against a KV cache, flash-attn 2.x semantics.
+
+The core op (:mod:`fastattn.ops.kvcache`) decodes against a contiguous per-sequence cache
+``(B, Lcache, Hk, D)`` and appends new keys/values in place. The rest of flash-attn's
+signature is layered here, in torch ops that trace under ``torch.compile``:
+
+* ``rotary_cos``/``rotary_sin``: rotary embedding of ``q`` and of the new ``k`` before they
+  are used or written (:func:`rotary`);
+* ``block_table`` (paged cache), ``cache_batch_idx`` and ``cache_leftpad``: the new keys and
+  values are written in place through the page table / batch index, then each sequence's
+  visible keys (from ``cache_leftpad[b]`` on) are gathered into a contiguous cache for the
+  core op. The gather costs one pass over the visible cache, like the attention itself.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastattn import dispatch
+from fastattn import validation as check
+from fastattn.functional.attention import _flash_options, _slopes
+from fastattn.ops.attention_args import AttentionArgs
+from fastattn.ops.kvcache import attention_kvcache as _core_kvcache
+
+MAX_PAGE_SIZE = 256
+
+
+def rotary(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, interleaved: bool) -> Tensor:
+    """Rotary embedding of ``x`` ``(B, L, H, D)`` with ``positions`` int ``(B, L)``, as flash-attn
+    applies it: ``cos``/``sin`` ``(max_position, R / 2)`` rotate the first ``R`` dims, pairing
+    dims ``(2i, 2i + 1)`` when ``interleaved`` else ``(i, i + R / 2)`` (GPT-NeoX); the rotation
+    is computed in fp32 and rounded once to ``x``'s dtype."""
+    half = cos.shape[-1]
+    c = cos[positions].float()[:, :, None, :]  # (B, L, 1, R / 2)
+    s = sin[positions].float()[:, :, None, :]
+    head = x[..., : 2 * half].float()
+    if interleaved:
+        x1, x2 = head[..., 0::2], head[..., 1::2]
+        rotated = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
+    else:
+        x1, x2 = head[..., :half], head[..., half:]
+        rotated = torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
+    return torch.cat((rotated.to(x.dtype), x[..., 2 * half:]), dim=-1)
+
+
+def _int_vector(name: str, x, batch: int, device) -> Tensor:
+    check.tensor(name, x, ndim=1, dtypes=(torch.int32, torch.int64))
+    if x.shape[0] != batch:
+        raise ValueError(f"{name} must have shape ({batch},), got {tuple(x.shape)}")
+    check.same_device(("q", name), torch.empty(0, device=device), x)
+    return x.to(torch.int32)
+
+
+def _check_values(lens: Tensor, new: int, capacity: int, leftpad: Optional[Tensor], batch_idx: Optional[Tensor],
+                  batch_cache: int, block_table: Optional[Tensor], num_blocks: int) -> None:
+    """Value checks of the index tensors (eager only: they read values on the host, which a
+    traced or captured call cannot do; the gathers below then index in range)."""
+    if torch.compiler.is_compiling() or not check.reads_values_now(lens):
+        return
+    check.cache_seqlens_values(lens, new, capacity)
+    if leftpad is not None and bool(((leftpad < 0) | (leftpad > lens + new)).any()):
+        raise ValueError(f"cache_leftpad must lie in [0, cache_seqlens + {new}] per sequence, got {leftpad.tolist()}")
+    if batch_idx is not None and bool(((batch_idx < 0) | (batch_idx >= batch_cache)).any()):
+        raise ValueError(f"cache_batch_idx must index the cache's {batch_cache} rows, got {batch_idx.tolist()}")
+    if block_table is not None:
+        page = capacity // block_table.shape[1]
+        used = (lens + new + page - 1) // page  # blocks each sequence touches
+        touched = torch.arange(block_table.shape[1], device=lens.device)[None, :] < used[:, None]
+        bad = touched & ((block_table < 0) | (block_table >= num_blocks))
+        if bool(bad.any()):
+            raise ValueError(f"block_table entries in use must index the {num_blocks} cache blocks, got "
+                             f"{block_table[bad].tolist()}")
+
+
+def flash_attn_with_kvcache(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor] = None, v: Optional[Tensor] = None,
+    rotary_cos: Optional[Tensor] = None, rotary_sin: Optional[Tensor] = None, cache_seqlens=None,
+    cache_batch_idx: Optional[Tensor] = None, cache_leftpad: Optional[Tensor] = None,
+    block_table: Optional[Tensor] = None, softmax_scale: Optional[float] = None, causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0, rotary_interleaved: bool = True,
+    alibi_slopes: Optional[Tensor] = None, num_splits: int = 0, return_softmax_lse: bool = False, *,
+    backend: Optional[str] = None,
+):
+    """Drop-in for flash-attn 2's ``flash_attn_with_kvcache``: decoding against a KV cache.
+
+    Args:
+        q: ``(batch, seqlen_q, heads, head_dim)`` (usually ``seqlen_q == 1``).
+        k_cache, v_cache: ``(batch_cache, seqlen_cache, heads_k, head_dim[_v])``, or with
+            ``block_table`` pages ``(num_blocks, page_block_size, heads_k, head_dim[_v])``.
+            Written in place when ``k``/``v`` are given.
+        k, v: optional new keys/values ``(batch, seqlen_new, heads_k, head_dim[_v])``, written
+            *in place* at positions ``cache_seqlens[b] .. cache_seqlens[b] + seqlen_new`` before
+            attending.
+        rotary_cos, rotary_sin: optional ``(max_position, rotary_dim / 2)``: rotary embedding of
+            the new ``k`` (at positions ``cache_seqlens[b] + t``) and of ``q`` (row ``i`` at
+            ``cache_seqlens[b] + i`` when causal or windowed, else all rows at
+            ``cache_seqlens[b]``), as flash-attn applies it; needs ``k``/``v``.
+        cache_seqlens: int or int32 ``(batch,)``: tokens already in each cache; ``None`` = the
+            whole cache (then ``k``/``v`` cannot be given).
+        cache_batch_idx: int32 ``(batch,)``: the cache row of each sequence (default ``b``).
+        cache_leftpad: int32 ``(batch,)``: where each sequence's keys start in its cache (default
+            0); keys before it are not attended.
+        block_table: int32 ``(batch, max_blocks)``: paged cache; logical position ``p`` of
+            sequence ``b`` is row ``p % page_block_size`` of block ``block_table[b, p //
+            page_block_size]``. ``page_block_size`` a multiple of 16 up to 256.
+        softmax_scale, causal, window_size, softcap, alibi_slopes: as :func:`flash_attn_func`,
+            aligned bottom-right against the visible keys ``cache_leftpad[b] ..
+            cache_seqlens[b] + seqlen_new``.
+        rotary_interleaved: pair dims ``(0, 1), (2, 3), ...`` (True) or ``(i, i + rotary_dim / 2)``.
+        num_splits: key-range splits of the split-KV kernel; 0 = chosen by a heuristic, 1 = none.
+        return_softmax_lse: also return the LSE ``(batch, heads, seqlen_q)``.
+        backend: see :func:`fastattn.scaled_dot_product_attention`.
+
+    Returns:
+        ``out`` ``(batch, seqlen_q, heads, head_dim_v)``, or ``(out, softmax_lse)``. No backward.
+    """
+    check.tensor("q", q, ndim=4)
+    check.tensor("k_cache", k_cache, ndim=4)
+    check.tensor("v_cache", v_cache, ndim=4)
+    check.same_dtype(("q", "k_cache", "v_cache"), q, k_cache, v_cache)
+    check.same_device(("q", "k_cache", "v_cache", "k", "v"), q, k_cache, v_cache, k, v)
+    batch, seqlen_q, heads, head_dim = q.shape
+    paged = block_table is not None
+    if tuple(v_cache.shape[:3]) != tuple(k_cache.shape[:3]):
+        raise ValueError(f"v_cache must match k_cache in its first three dims {tuple(k_cache.shape[:3])}, "
+                         f"got {tuple(v_cache.shape[:3])}")
+    check.dim_equal("k_cache", "a head dim of", k_cache.shape[3], head_dim, "q")
+    check.head_dim("q", head_dim, check.MAX_HEAD_DIM)
+    check.head_dim("v_cache", v_cache.shape[-1], check.MAX_HEAD_DIM)
+    check.gqa_heads("q", heads, "k_cache", k_cache.shape[2])
+    check.writable("k_cache", k_cache)
+    check.writable("v_cache", v_cache)
+    check.last_dim_contiguous("k_cache", k_cache)
+    check.last_dim_contiguous("v_cache", v_cache)
+    if paged:
+        check.tensor("block_table", block_table, ndim=2, dtypes=(torch.int32, torch.int64))
+        check.same_device(("q", "block_table"), q, block_table)
+        check.dim_equal("block_table", "a batch size of", block_table.shape[0], batch, "q")
+        page = k_cache.shape[1]
+        if page % 16 or not 16 <= page <= MAX_PAGE_SIZE:
+            raise ValueError(f"with block_table, k_cache is (num_blocks, page_block_size, heads_k, head_dim) with "
+                             f"page_block_size a multiple of 16 up to {MAX_PAGE_SIZE}, got {page}")
+        if cache_batch_idx is not None:
+            raise ValueError("cache_batch_idx cannot be combined with block_table (the table maps every sequence)")
+        capacity = block_table.shape[1] * page
+    else:
+        capacity = k_cache.shape[1]
+        if cache_batch_idx is None:
+            check.dim_equal("k_cache", "a batch size of", k_cache.shape[0], batch, "q")
+    if (k is None) != (v is None):
+        raise ValueError("k and v must be given together (new keys and values to append) or both be None")
+    new = 0
+    if k is not None:
+        check.tensor("k", k, ndim=4)
+        check.tensor("v", v, ndim=4)
+        check.same_dtype(("q", "k", "v"), q, k, v)
+        if tuple(k.shape) != (batch, k.shape[1], k_cache.shape[2], head_dim):
+            raise ValueError(f"k must be (batch, seqlen_new, heads_k, head_dim) = ({batch}, *, "
+                             f"{k_cache.shape[2]}, {head_dim}), got {tuple(k.shape)}")
+        if tuple(v.shape) != (*k.shape[:3], v_cache.shape[3]):
+            raise ValueError(f"v must be {(*k.shape[:3], v_cache.shape[3])}, got {tuple(v.shape)}")
+        new = k.shape[1]
+        if cache_seqlens is None:
+            raise ValueError("cache_seqlens must be given when appending k/v (where to write them)")
+    if cache_seqlens is None:
+        lens = torch.full((batch,), capacity, dtype=torch.int32, device=q.device)
+    elif isinstance(cache_seqlens, numbers.Integral) and not isinstance(cache_seqlens, bool):
+        lens = torch.full((batch,), int(cache_seqlens), dtype=torch.int32, device=q.device)
+    else:
+        lens = _int_vector("cache_seqlens", cache_seqlens, batch, q.device)
+    leftpad = None if cache_leftpad is None else _int_vector("cache_leftpad", cache_leftpad, batch, q.device)
+    batch_idx = None if cache_batch_idx is None else _int_vector("cache_batch_idx", cache_batch_idx, batch, q.device)
+    if (rotary_cos is None) != (rotary_sin is None):
+        raise ValueError("rotary_cos and rotary_sin must be given together")
+    if rotary_cos is not None:
+        if k is None:
+            raise ValueError("rotary_cos/rotary_sin rotate the new keys: give k and v too (as flash-attn requires)")
+        for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
+            check.tensor(name, t, ndim=2)
+            check.same_device(("q", name), q, t)
+        if tuple(rotary_sin.shape) != tuple(rotary_cos.shape):
+            raise ValueError(f"rotary_sin must have rotary_cos's shape {tuple(rotary_cos.shape)}, "
+                             f"got {tuple(rotary_sin.shape)}")
+        if not 1 <= 2 * rotary_cos.shape[1] <= head_dim:
+            raise ValueError(f"rotary_cos must be (max_position, rotary_dim / 2) with rotary_dim <= head_dim "
+                             f"({head_dim}), got {tuple(rotary_cos.shape)}")
+    rotary_interleaved = check.boolean("rotary_interleaved", rotary_interleaved)
+    if isinstance(num_splits, bool) or not isinstance(num_splits, numbers.Integral) or num_splits < 0:
+        raise ValueError(f"num_splits must be an int >= 0 (0 = chosen by a heuristic), got {num_splits!r}")
+    # flash_attn_func's option checks (scale, causal, window, softcap), without dropout.
+    options = _flash_options(head_dim, 0.0, softmax_scale, causal, window_size, softcap, False)
+    return_softmax_lse = check.boolean("return_softmax_lse", return_softmax_lse)
+    backend = dispatch.check_backend_name(backend) if backend is not None else None
+    slopes = _slopes(alibi_slopes, batch, heads, q.device)
+    _check_values(lens, new, capacity, leftpad, batch_idx, k_cache.shape[0], block_table, k_cache.shape[0])
+
+    if rotary_cos is not None:
+        local = options["causal"] or options["window_left"] >= 0 or options["window_right"] >= 0
+        rows_q = torch.arange(seqlen_q, device=q.device) if local else torch.zeros(seqlen_q, dtype=torch.long,
+                                                                                  device=q.device)
+        q = rotary(q, rotary_cos, rotary_sin, lens.long()[:, None] + rows_q[None, :], rotary_interleaved)
+        k = rotary(k, rotary_cos, rotary_sin, lens.long()[:, None] + torch.arange(new, device=q.device)[None, :],
+                   rotary_interleaved)
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    if k is not None:
+        k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
+
+    if paged or batch_idx is not None or leftpad is not None:
+        k_cache, v_cache, lens, k, v = _gather_visible(k_cache, v_cache, k, v, lens, leftpad, batch_idx, block_table)
+    args = AttentionArgs(max_seqlen_q=seqlen_q, max_seqlen_k=k_cache.shape[1], num_splits=int(num_splits), **options)
+    name = dispatch.select("kvcache_fwd", backend, q.device, q, k_cache, v_cache, k, v, lens,
+                           alibi_slopes=slopes, args=args)
+    out, lse = _core_kvcache(q, k_cache, v_cache, k, v, lens, args, name, alibi_slopes=slopes)
+    return (out, lse) if return_softmax_lse else out
+
+
+def _gather_visible(k_cache, v_cache, k, v, lens, leftpad, batch_idx, block_table):
+    """Append ``k``/``v`` through the page table or batch index (in place), then gather each
+    sequence's visible keys ``leftpad[b] .. lens[b] + new`` into contiguous ``(B, L, Hk, D)``
+    caches. Returns ``(k_cache, v_cache, lens, None, None)`` for the core op (nothing left to
+    append); ``L`` is the longest visible range the cache layout allows."""
+    batch = lens.shape[0]
+    device = lens.device
+    new = 0 if k is None else k.shape[1]
+    if block_table is not None:
+        page = k_cache.shape[1]
+        capacity = block_table.shape[1] * page
+
+        def locate(positions):  # (B, n) logical positions -> (block, row) index tensors
+            blocks = torch.gather(block_table.long(), 1, torch.div(positions, page, rounding_mode="floor"))
+            return blocks, positions % page
+    else:
+        capacity = k_cache.shape[1]
+        rows = torch.arange(batch, device=device) if batch_idx is None else batch_idx.long()
+
+        def locate(positions):
+            return rows[:, None].expand_as(positions), positions
+
+    if new:
+        where = locate(lens.long()[:, None] + torch.arange(new, device=device)[None, :])
+        k_cache.index_put_(where, k)
+        v_cache.index_put_(where, v)
+    start = torch.zeros_like(lens) if leftpad is None else leftpad
+    # Positions past a sequence's visible end are gathered (clamped in range) but lie beyond the
+    # length the core op is given, so they are never attended.
+    positions = (start.long()[:, None] + torch.arange(capacity, device=device)[None, :]).clamp_max(capacity - 1)
+    where = locate(positions)
+    return k_cache[where], v_cache[where], (lens + new - start).to(torch.int32), None, None
