@@ -79,13 +79,15 @@ def visibility_mask(
     return visible
 
 
-def _probabilities(q, k, args, attn_mask, alibi_slopes):
+def _probabilities(q, k, args, attn_mask, alibi_slopes, sink=None):
     """Softmax probabilities of one dense attention problem.
 
     ``q`` ``(B,H,Lq,D)``, ``k`` ``(B,H,Lk,D)`` (GQA already expanded), in the compute dtype.
     Returns ``(probs, lse, capped)``: ``probs`` ``(B,H,Lq,Lk)`` (rows that see no key are 0),
     ``lse`` ``(B,H,Lq)`` (``+inf`` for those rows), and ``tanh(scores / softcap)`` when
-    softcapping (for the backward), else ``None``.
+    softcapping (for the backward), else ``None``. ``sink`` ``(H,)``: one more logit per head
+    in every row's softmax, with no value (its probability is left out of ``probs``; ``lse``
+    includes it, so a row that sees no key has ``lse = sink``).
     """
     heads, seqlen_q, seqlen_k = q.shape[1], q.shape[2], k.shape[2]
     scores = torch.matmul(q, k.transpose(-2, -1)) * args.scale
@@ -108,6 +110,11 @@ def _probabilities(q, k, args, attn_mask, alibi_slopes):
     if window is not None:
         visible = visible & window
     scores = scores.masked_fill(~visible, float("-inf"))
+    if sink is not None:  # the sink is one more (always visible) column, dropped after the softmax
+        column = sink.to(scores.dtype).reshape(1, heads, 1, 1).expand(*scores.shape[:-1], 1)
+        extended = torch.cat((scores, column), dim=-1)
+        lse = torch.logsumexp(extended, dim=-1)
+        return torch.exp(extended - lse.unsqueeze(-1))[..., :-1], lse, capped
     if seqlen_k == 0:  # no key at all (e.g. an empty KV cache): every row sees no key
         probs = scores.new_zeros(scores.shape)
         return probs, scores.new_full(scores.shape[:-1], float("inf")), capped
@@ -144,21 +151,27 @@ def _sequence_mask(dropout_mask, s, cq, ck):
     return dropout_mask[s : s + 1, :, : cq[s + 1] - cq[s], : ck[s + 1] - ck[s]]
 
 
-def _attention_dense(q, k, v, args, attn_mask, alibi_slopes, dropout_mask):
+def _attention_dense(q, k, v, args, attn_mask, alibi_slopes, dropout_mask, sink=None):
     """(B,H,Lq,D) x (B,Hk,Lk,D) -> out (B,H,Lq,Dv), lse (B,H,Lq); inputs already in the compute dtype."""
     k, v = _expand_kv(q, k, v)
-    probs, lse, _ = _probabilities(q, k, args, attn_mask, alibi_slopes)
+    probs, lse, _ = _probabilities(q, k, args, attn_mask, alibi_slopes, sink)
     if dropout_mask is not None:
         probs = probs * dropout_mask.to(probs.dtype) / (1.0 - args.dropout_p)
     return torch.matmul(probs, v), lse
 
 
-def _attention_dense_backward(dout, q, k, v, args, attn_mask, alibi_slopes, dropout_mask, mask_grad=False):
+def _attention_dense_backward(dout, q, k, v, args, attn_mask, alibi_slopes, dropout_mask, mask_grad=False,
+                              lse=None):
     """Closed-form gradients of :func:`_attention_dense` with respect to q, k, v (and, with
-    ``mask_grad``, the additive mask as broadcast to ``(B, H, Lq, Lk)``)."""
+    ``mask_grad``, the additive mask as broadcast to ``(B, H, Lq, Lk)``). ``lse`` (optional):
+    the forward's LSE, by which the probabilities are normalised (``P = exp(s - lse)``, as the
+    FlashAttention backward does), e.g. one that includes attention sinks."""
     heads_k = k.shape[1]
     k, v = _expand_kv(q, k, v)
-    probs, _, capped = _probabilities(q, k, args, attn_mask, alibi_slopes)
+    probs, plain_lse, capped = _probabilities(q, k, args, attn_mask, alibi_slopes)
+    if lse is not None:
+        both = torch.isfinite(plain_lse) & torch.isfinite(lse)
+        probs = probs * torch.where(both, torch.exp(plain_lse - lse.to(probs.dtype)), 1.0).unsqueeze(-1)
     kept = probs
     dprobs = torch.matmul(dout, v.transpose(-2, -1))
     if dropout_mask is not None:
@@ -182,6 +195,7 @@ def attention_probabilities(
     q: torch.Tensor, k: torch.Tensor, args: AttentionArgs, *, attn_mask: Optional[torch.Tensor] = None,
     alibi_slopes: Optional[torch.Tensor] = None, cu_seqlens_q: Optional[torch.Tensor] = None,
     cu_seqlens_k: Optional[torch.Tensor] = None, max_seqlen_q: int = 0, max_seqlen_k: int = 0,
+    learnable_sink: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The softmax probabilities (before dropout) of :func:`attention`'s call, in q's dtype.
 
@@ -189,9 +203,10 @@ def attention_probabilities(
     sequence), sequence ``s`` in ``[s, :, :Lq_s, :Lk_s]`` and zeros elsewhere. Rows that see
     no key are 0.
     """
+    sink = None if learnable_sink is None else learnable_sink.to(q.dtype)
     if cu_seqlens_q is None:
         k, _ = _expand_kv(q, k, k)
-        return _probabilities(q, k, args, attn_mask, alibi_slopes)[0]
+        return _probabilities(q, k, args, attn_mask, alibi_slopes, sink)[0]
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     lengths_q = [b - a for a, b in zip(cq, cq[1:])]
     lengths_k = [b - a for a, b in zip(ck, ck[1:])]
@@ -199,7 +214,7 @@ def attention_probabilities(
     for s, (lq, lk) in enumerate(zip(lengths_q, lengths_k)):
         slopes = alibi_slopes if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes[s : s + 1]
         ks, _ = _expand_kv(q, k[:, :, ck[s] : ck[s + 1]], k[:, :, ck[s] : ck[s + 1]])
-        probs[s : s + 1, :, :lq, :lk] = _probabilities(q[:, :, cq[s] : cq[s + 1]], ks, args, None, slopes)[0]
+        probs[s : s + 1, :, :lq, :lk] = _probabilities(q[:, :, cq[s] : cq[s + 1]], ks, args, None, slopes, sink)[0]
     return probs
 
 
@@ -208,25 +223,28 @@ def attention_backward(
     attn_mask: Optional[torch.Tensor] = None, alibi_slopes: Optional[torch.Tensor] = None,
     cu_seqlens_q: Optional[torch.Tensor] = None, cu_seqlens_k: Optional[torch.Tensor] = None,
     dropout_mask: Optional[torch.Tensor] = None, upcast: bool = False, return_mask_grad: bool = False,
+    lse: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, ...]:
     """Gradients ``(dq, dk, dv)`` of :func:`attention`'s output for the cotangent ``dout``
     ``(B, Hq, Lq, Dv)``, in closed form (the FlashAttention backward equations, on
     materialised probabilities). Arguments as :func:`attention`; GQA gradients are summed
     over each kv head's query heads. ``return_mask_grad`` (a float ``attn_mask``, not
-    varlen): also the mask's gradient ``(B, Hq, Lq, Lk)``, as broadcast."""
+    varlen): also the mask's gradient ``(B, Hq, Lq, Lk)``, as broadcast. ``lse`` ``(B, Hq, Lq)``:
+    the forward's LSE when it is not the scores' own (attention sinks add to it)."""
     dout, q, k, v, attn_mask, alibi_slopes = _cast(upcast, dout, q, k, v, attn_mask, alibi_slopes)
     if return_mask_grad and (cu_seqlens_q is not None or attn_mask is None or attn_mask.dtype == torch.bool):
         raise ValueError("return_mask_grad needs a float attn_mask and no cu_seqlens")
     if cu_seqlens_q is None:
         return _attention_dense_backward(dout, q, k, v, args, attn_mask, alibi_slopes, dropout_mask,
-                                         return_mask_grad)
+                                         return_mask_grad, lse)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     for s in range(len(cq) - 1):
         sq, sk = slice(cq[s], cq[s + 1]), slice(ck[s], ck[s + 1])
         slopes = alibi_slopes if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes[s : s + 1]
         g = _attention_dense_backward(dout[:, :, sq], q[:, :, sq], k[:, :, sk], v[:, :, sk], args, None, slopes,
-                                      _sequence_mask(dropout_mask, s, cq, ck))
+                                      _sequence_mask(dropout_mask, s, cq, ck),
+                                      lse=None if lse is None else lse[:, :, sq])
         dq[:, :, sq], dk[:, :, sk], dv[:, :, sk] = g
     return dq, dk, dv
 
@@ -243,6 +261,7 @@ def attention(
     cu_seqlens_k: Optional[torch.Tensor] = None,
     dropout_mask: Optional[torch.Tensor] = None,
     upcast: bool = False,
+    learnable_sink: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The core attention every backend implements, in SDPA layout.
 
@@ -259,15 +278,18 @@ def attention(
             none itself: :mod:`fastattn.philox` gives the one kernels draw). Varlen:
             ``(n, Hq, max_Lq, max_Lk)``, sequence ``s`` using ``[s, :, :Lq_s, :Lk_s]``.
         upcast: compute in float64 and return float64.
+        learnable_sink: ``(Hq,)`` attention-sink logits (gpt-oss): one more logit per head in
+            every row's softmax denominator, carrying no value. Differentiable.
 
     Returns:
         ``(out, lse)``: ``out`` ``(B, Hq, Lq, Dv)``; ``lse`` ``(B, Hq, Lq)`` float32 (float64
-        with ``upcast``), the natural-log sum of exp of the final scores; ``+inf`` and an
-        output of 0 for rows that see no key.
+        with ``upcast``), the natural-log sum of exp of the final scores (and of the sink);
+        ``+inf`` and an output of 0 for rows that see no key (with a sink: ``lse = sink``).
     """
     q, k, v, attn_mask, alibi_slopes = _cast(upcast, q, k, v, attn_mask, alibi_slopes)
+    sink = None if learnable_sink is None else (learnable_sink.double() if upcast else learnable_sink.float())
     if cu_seqlens_q is None:
-        out, lse = _attention_dense(q, k, v, args, attn_mask, alibi_slopes, dropout_mask)
+        out, lse = _attention_dense(q, k, v, args, attn_mask, alibi_slopes, dropout_mask, sink)
     else:
         if attn_mask is not None:
             raise ValueError("attn_mask is not defined for varlen attention")
@@ -279,7 +301,7 @@ def attention(
                 slopes = slopes[s : s + 1]
             o, l = _attention_dense(
                 q[:, :, cq[s] : cq[s + 1]], k[:, :, ck[s] : ck[s + 1]], v[:, :, ck[s] : ck[s + 1]],
-                args, None, slopes, _sequence_mask(dropout_mask, s, cq, ck),
+                args, None, slopes, _sequence_mask(dropout_mask, s, cq, ck), sink,
             )
             outs.append(o)
             lses.append(l)
@@ -345,6 +367,7 @@ def _flash_args(q, k, softmax_scale, causal, window_size, softcap, dropout_p, ma
 def flash_attn_func(
     q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
     alibi_slopes=None, deterministic=False, return_attn_probs=False, *, dropout_mask=None, upcast=False,
+    learnable_sink=None,
 ):
     """flash-attn 2 ``flash_attn_func`` semantics: ``q`` ``(B, Lq, Hq, D)``, ``k``/``v``
     ``(B, Lk, Hk, D)``; causal/window aligned bottom-right. Returns ``out`` ``(B, Lq, Hq, Dv)``,
@@ -352,7 +375,7 @@ def flash_attn_func(
     args = _flash_args(q, k, softmax_scale, causal, window_size, softcap, dropout_p)
     out, lse = attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), args,
-        alibi_slopes=alibi_slopes, dropout_mask=dropout_mask, upcast=upcast,
+        alibi_slopes=alibi_slopes, dropout_mask=dropout_mask, upcast=upcast, learnable_sink=learnable_sink,
     )
     out = out.transpose(1, 2)
     return (out, lse, None) if return_attn_probs else out
@@ -361,7 +384,7 @@ def flash_attn_func(
 def flash_attn_varlen_func(
     q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
     softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-    deterministic=False, return_attn_probs=False, *, dropout_mask=None, upcast=False,
+    deterministic=False, return_attn_probs=False, *, dropout_mask=None, upcast=False, learnable_sink=None,
 ):
     """flash-attn 2 ``flash_attn_varlen_func``: packed ``q`` ``(total_q, Hq, D)``, ``k``/``v``
     ``(total_k, Hk, D)``, sequence ``s`` spanning ``cu_seqlens[s]:cu_seqlens[s+1]``; dropout
@@ -373,7 +396,7 @@ def flash_attn_varlen_func(
     out, lse = attention(
         q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
         args, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-        dropout_mask=dropout_mask, upcast=upcast,
+        dropout_mask=dropout_mask, upcast=upcast, learnable_sink=learnable_sink,
     )
     out = out.squeeze(0).transpose(0, 1)
     return (out, lse.squeeze(0), None) if return_attn_probs else out
@@ -401,7 +424,7 @@ def flash_attn_with_kvcache(
     q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, softmax_scale=None, causal=False,
     window_size=(-1, -1), softcap=0.0, alibi_slopes=None, return_softmax_lse=False, *,
     rotary_cos=None, rotary_sin=None, rotary_interleaved=True, cache_batch_idx=None, cache_leftpad=None,
-    block_table=None, upcast=False,
+    block_table=None, upcast=False, learnable_sink=None,
 ):
     """flash-attn 2 ``flash_attn_with_kvcache``, one batch element at a time.
 
@@ -458,7 +481,7 @@ def flash_attn_with_kvcache(
         values = torch.stack([v_cache[c, p] for c, p in positions]) if positions else v_cache[0, :0]
         slopes = alibi_slopes if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes[b : b + 1]
         o, l = attention(q[b : b + 1].transpose(1, 2), keys[None].transpose(1, 2), values[None].transpose(1, 2),
-                         args, alibi_slopes=slopes, upcast=upcast)
+                         args, alibi_slopes=slopes, upcast=upcast, learnable_sink=learnable_sink)
         outs.append(o.transpose(1, 2))
         lses.append(l)
     out, lse = torch.cat(outs), torch.cat(lses)

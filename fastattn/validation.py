@@ -220,3 +220,14 @@ def writable(name: str, x: torch.Tensor) -> None:
     # strides alone so that torch.compile traces it.
     if any(stride == 0 and size > 1 for size, stride in zip(x.shape, x.stride())):
         raise ValueError(f"{name} is written in place and must not have overlapping memory (e.g. expand()ed)")
+
+
+def learnable_sink(name: str, sink, heads: int, device: torch.device) -> Optional[torch.Tensor]:
+    """Attention-sink logits: a float ``(heads,)`` tensor (one per query head) on ``device``."""
+    if sink is None:
+        return None
+    tensor(name, sink, ndim=1, dtypes=(torch.float32, torch.bfloat16, torch.float16))
+    if sink.shape[0] != heads:
+        raise ValueError(f"{name} must have shape ({heads},) (one logit per query head), got {tuple(sink.shape)}")
+    same_device(("q", name), torch.empty(0, device=device), sink)
+    return sink

@@ -43,7 +43,7 @@ def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlen
     qc, kc, vc, mask, slopes, drop = _inputs(q, k, v, attn_mask, alibi_slopes, args, cu_seqlens_q, cu_seqlens_k)
     dq, dk, dv = reference.attention_backward(
         dout.to(qc.dtype), qc, kc, vc, args, attn_mask=mask, alibi_slopes=slopes,
-        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, dropout_mask=drop,
+        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, dropout_mask=drop, lse=lse,
     )
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
@@ -52,7 +52,7 @@ def attention_bwd_mask_grad(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes,
     qc, kc, vc, mask, slopes, drop = _inputs(q, k, v, attn_mask, alibi_slopes, args, cu_seqlens_q, cu_seqlens_k)
     dq, dk, dv, dmask = reference.attention_backward(
         dout.to(qc.dtype), qc, kc, vc, args, attn_mask=mask, alibi_slopes=slopes, dropout_mask=drop,
-        return_mask_grad=True,
+        return_mask_grad=True, lse=lse,
     )
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dmask.to(attn_mask.dtype)
 

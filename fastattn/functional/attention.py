@@ -28,7 +28,7 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _dropout_probs(q, k, args, alibi_slopes, cu_q=None, cu_k=None) -> Optional[Tensor]:
+def _dropout_probs(q, k, args, alibi_slopes, cu_q=None, cu_k=None, sink=None) -> Optional[Tensor]:
     """flash-attn's ``S_dmask`` for ``return_attn_probs=True``: ``None`` without dropout, else the
     softmax probabilities ``(batch, heads, seqlen_q, seqlen_k)`` (varlen: ``(n, heads, max_seqlen_q,
     max_seqlen_k)``, zero-padded) in q's dtype, negated where dropout dropped them, so
@@ -41,7 +41,8 @@ def _dropout_probs(q, k, args, alibi_slopes, cu_q=None, cu_k=None) -> Optional[T
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     probs = reference.attention_probabilities(
         q.to(compute), k.to(compute), args, alibi_slopes=None if alibi_slopes is None else alibi_slopes.to(compute),
-        cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=args.max_seqlen_q, max_seqlen_k=args.max_seqlen_k)
+        cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=args.max_seqlen_q, max_seqlen_k=args.max_seqlen_k,
+        learnable_sink=sink)
     keep = dropout_keep_mask(q, k, args, cu_q, cu_k)
     return torch.where(keep, probs, -probs).to(q.dtype)
 
@@ -59,11 +60,12 @@ def _select(q, k, v, args, backend, *, attn_mask=None, alibi_slopes=None, cu_q=N
                            cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, args=args)
 
 
-def _run_core(q, k, v, args, backend, *, attn_mask=None, alibi_slopes=None, cu_q=None, cu_k=None, name=None):
+def _run_core(q, k, v, args, backend, *, attn_mask=None, alibi_slopes=None, cu_q=None, cu_k=None, name=None,
+              sink=None):
     if name is None:
         name = _select(q, k, v, args, backend, attn_mask=attn_mask, alibi_slopes=alibi_slopes, cu_q=cu_q, cu_k=cu_k)
     return _core_attention(q, k, v, args, name, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-                           cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+                           cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, learnable_sink=sink)
 
 
 # ----------------------------------------------------------------------------- SDPA
@@ -201,7 +203,7 @@ def flash_attn_func(
     q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, softmax_scale: Optional[float] = None,
     causal: bool = False, window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
     alibi_slopes: Optional[Tensor] = None, deterministic: bool = False, return_attn_probs: bool = False, *,
-    backend: Optional[str] = None,
+    learnable_sink: Optional[Tensor] = None, backend: Optional[str] = None,
 ):
     """Drop-in for flash-attn 2's ``flash_attn_func``.
 
@@ -218,33 +220,38 @@ def flash_attn_func(
         return_attn_probs: also return the log-sum-exp and ``S_dmask``: ``None`` without dropout;
             with it, the probabilities ``(batch, heads, seqlen_q, seqlen_k)`` in q's dtype,
             negated where dropped (``S_dmask >= 0`` is the keep mask), as flash-attn does.
+        learnable_sink: attention sinks (gpt-oss; FlashAttention-4's name): ``(heads,)`` logits,
+            one per query head, that join every row's softmax denominator and carry no value.
+            Differentiable.
         backend: see :func:`scaled_dot_product_attention`.
 
     Returns:
         ``out`` ``(batch, seqlen_q, heads, head_dim_v)``, or ``(out, softmax_lse, S_dmask)`` with
-        ``softmax_lse`` fp32 ``(batch, heads, seqlen_q)``, ``+inf`` for rows that see no key (their
-        output is 0).
+        ``softmax_lse`` fp32 ``(batch, heads, seqlen_q)`` (the sink included), ``+inf`` for rows
+        that see no key (their output is 0; with a sink their LSE is the sink's logit).
     """
     _check_qkv(q, k, v, 4, "(batch, seqlen, heads, head_dim)")
     options = _flash_options(q.shape[-1], dropout_p, softmax_scale, causal, window_size, softcap, deterministic)
     return_attn_probs = check.boolean("return_attn_probs", return_attn_probs)
     backend = dispatch.check_backend_name(backend) if backend is not None else None
     slopes = _slopes(alibi_slopes, q.shape[0], q.shape[2], q.device)
+    sink = check.learnable_sink("learnable_sink", learnable_sink, q.shape[2], q.device)
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
     args = AttentionArgs(max_seqlen_q=q.shape[1], max_seqlen_k=k.shape[1], **options)
     out, lse = _run_core(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), args, backend,
-                         alibi_slopes=slopes)
+                         alibi_slopes=slopes, sink=sink)
     out = out.transpose(1, 2)
     if not return_attn_probs:
         return out
-    return out, lse, _dropout_probs(q.transpose(1, 2), k.transpose(1, 2), args, slopes)
+    return out, lse, _dropout_probs(q.transpose(1, 2), k.transpose(1, 2), args, slopes, sink=sink)
 
 
 def flash_attn_varlen_func(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
     max_seqlen_k: int, dropout_p: float = 0.0, softmax_scale: Optional[float] = None, causal: bool = False,
     window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0, alibi_slopes: Optional[Tensor] = None,
-    deterministic: bool = False, return_attn_probs: bool = False, *, backend: Optional[str] = None,
+    deterministic: bool = False, return_attn_probs: bool = False, *, learnable_sink: Optional[Tensor] = None,
+    backend: Optional[str] = None,
 ):
     """Drop-in for flash-attn 2's ``flash_attn_varlen_func`` (packed variable-length batches).
 
@@ -253,8 +260,8 @@ def flash_attn_varlen_func(
         cu_seqlens_q, cu_seqlens_k: int32 ``(batch + 1,)`` cumulative lengths starting at 0:
             sequence ``b`` is rows ``cu_seqlens[b]:cu_seqlens[b + 1]``.
         max_seqlen_q, max_seqlen_k: the longest sequence of each (an upper bound is fine).
-        Other options as :func:`flash_attn_func`, applied per sequence (``alibi_slopes`` may
-        be ``(batch, heads)``).
+        Other options as :func:`flash_attn_func` (``learnable_sink`` included), applied per
+        sequence (``alibi_slopes`` may be ``(batch, heads)``).
 
     Returns:
         ``out`` ``(total_q, heads, head_dim_v)``, or ``(out, softmax_lse (heads, total_q), S_dmask)``
@@ -273,11 +280,13 @@ def flash_attn_varlen_func(
     batch = cu_q.numel() - 1
     check.alibi_slopes("alibi_slopes", alibi_slopes, batch, q.shape[1], q.device)
     slopes = None if alibi_slopes is None else alibi_slopes.broadcast_to(batch, q.shape[1])
+    sink = check.learnable_sink("learnable_sink", learnable_sink, q.shape[1], q.device)
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
     args = AttentionArgs(max_seqlen_q=int(max_seqlen_q), max_seqlen_k=int(max_seqlen_k), **options)
     view = lambda t: t.transpose(0, 1).unsqueeze(0)  # (total, H, D) -> (1, H, total, D), no copy
-    out, lse = _run_core(view(q), view(k), view(v), args, backend, alibi_slopes=slopes, cu_q=cu_q, cu_k=cu_k)
+    out, lse = _run_core(view(q), view(k), view(v), args, backend, alibi_slopes=slopes, cu_q=cu_q, cu_k=cu_k,
+                         sink=sink)
     out = out.squeeze(0).transpose(0, 1)
     if not return_attn_probs:
         return out
-    return out, lse.squeeze(0), _dropout_probs(view(q), view(k), args, slopes, cu_q, cu_k)
+    return out, lse.squeeze(0), _dropout_probs(view(q), view(k), args, slopes, cu_q, cu_k, sink)

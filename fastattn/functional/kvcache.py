@@ -82,7 +82,7 @@ def flash_attn_with_kvcache(
     block_table: Optional[Tensor] = None, softmax_scale: Optional[float] = None, causal: bool = False,
     window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0, rotary_interleaved: bool = True,
     alibi_slopes: Optional[Tensor] = None, num_splits: int = 0, return_softmax_lse: bool = False, *,
-    backend: Optional[str] = None,
+    learnable_sink: Optional[Tensor] = None, backend: Optional[str] = None,
 ):
     """Drop-in for flash-attn 2's ``flash_attn_with_kvcache``: decoding against a KV cache.
 
@@ -112,6 +112,7 @@ def flash_attn_with_kvcache(
         rotary_interleaved: pair dims ``(0, 1), (2, 3), ...`` (True) or ``(i, i + rotary_dim / 2)``.
         num_splits: key-range splits of the split-KV kernel; 0 = chosen by a heuristic, 1 = none.
         return_softmax_lse: also return the LSE ``(batch, heads, seqlen_q)``.
+        learnable_sink: attention sinks, ``(heads,)`` logits, as :func:`flash_attn_func`.
         backend: see :func:`fastattn.scaled_dot_product_attention`.
 
     Returns:
@@ -195,6 +196,7 @@ def flash_attn_with_kvcache(
     return_softmax_lse = check.boolean("return_softmax_lse", return_softmax_lse)
     backend = dispatch.check_backend_name(backend) if backend is not None else None
     slopes = _slopes(alibi_slopes, batch, heads, q.device)
+    sink = check.learnable_sink("learnable_sink", learnable_sink, heads, q.device)
     _check_values(lens, new, capacity, leftpad, batch_idx, k_cache.shape[0], block_table, k_cache.shape[0])
 
     if rotary_cos is not None:
@@ -213,7 +215,7 @@ def flash_attn_with_kvcache(
     args = AttentionArgs(max_seqlen_q=seqlen_q, max_seqlen_k=k_cache.shape[1], num_splits=int(num_splits), **options)
     name = dispatch.select("kvcache_fwd", backend, q.device, q, k_cache, v_cache, k, v, lens,
                            alibi_slopes=slopes, args=args)
-    out, lse = _core_kvcache(q, k_cache, v_cache, k, v, lens, args, name, alibi_slopes=slopes)
+    out, lse = _core_kvcache(q, k_cache, v_cache, k, v, lens, args, name, alibi_slopes=slopes, learnable_sink=sink)
     return (out, lse) if return_softmax_lse else out
 
 

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from fastattn import dispatch
 from fastattn import validation as check
+from fastattn.ops.sink import apply_sink, sink_grad
 from fastattn.ops.attention_args import (AttentionArgs, empty_like_layout, empty_like_strides, layout_strides,
                                          with_strides)
 
@@ -34,7 +35,7 @@ def _attention_fwd(
     cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor],
     scale: float, causal: bool, bottom_right: bool, window_left: int, window_right: int,
     softcap: float, dropout_p: float, seed: int, offset: int, max_seqlen_q: int, max_seqlen_k: int,
-    deterministic: bool, num_splits: int, backend: str,
+    deterministic: bool, num_splits: int, backend: str, learnable_sink: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     if cu_seqlens_q is not None and check.reads_values_now(cu_seqlens_q):
         check.cu_seqlens_values("cu_seqlens_q", cu_seqlens_q, q.shape[2], max_seqlen_q, "max_seqlen_q")
@@ -44,6 +45,8 @@ def _attention_fwd(
     impl = dispatch.implementations("attention_fwd")[backend]
     out, lse = impl.fn(q, k, v, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
                        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
+    if learnable_sink is not None:  # exact for every backend (fastattn.ops.sink)
+        out, lse = apply_sink(out, lse, learnable_sink)
     return with_strides(out, layout_strides(q, v.shape[-1])), with_strides(lse, _dense_strides(lse))
 
 
@@ -107,13 +110,13 @@ def _dense_strides(t: Tensor) -> tuple[int, ...]:
 
 def _setup_context(ctx, inputs, output):
     q, k, v, attn_mask, alibi_slopes, cu_q, cu_k = inputs[:7]
-    ctx.options = inputs[7:]
+    ctx.options = inputs[7:-1]  # the AttentionArgs fields and the backend name
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, attn_mask, alibi_slopes, cu_q, cu_k)
+    ctx.save_for_backward(q, k, v, out, lse, attn_mask, alibi_slopes, cu_q, cu_k, inputs[-1])
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, attn_mask, alibi_slopes, cu_q, cu_k = ctx.saved_tensors
+    q, k, v, out, lse, attn_mask, alibi_slopes, cu_q, cu_k, sink = ctx.saved_tensors
     # dout may arrive non-contiguous or expanded (e.g. from .sum()); kernels want real strides.
     dout = dout.contiguous() if dout.stride(-1) != 1 or 0 in dout.stride() else dout
     dmask = None
@@ -122,7 +125,9 @@ def _backward(ctx, dout, dlse):
                                                      *ctx.options)
     else:
         dq, dk, dv = _attention_bwd(dout, q, k, v, out, lse, attn_mask, alibi_slopes, cu_q, cu_k, *ctx.options)
-    return (dq, dk, dv, dmask) + (None,) * (3 + len(ctx.options))
+    # out and lse already include the sink, so the backward above is the gradient with it.
+    dsink = sink_grad(dout, out, lse, sink) if ctx.needs_input_grad[-1] else None
+    return (dq, dk, dv, dmask) + (None,) * (3 + len(ctx.options)) + (dsink,)
 
 
 _attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -132,12 +137,14 @@ def attention(
     q: Tensor, k: Tensor, v: Tensor, args: AttentionArgs, backend: str, *,
     attn_mask: Optional[Tensor] = None, alibi_slopes: Optional[Tensor] = None,
     cu_seqlens_q: Optional[Tensor] = None, cu_seqlens_k: Optional[Tensor] = None,
+    learnable_sink: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """Run the core attention op on the concrete ``backend`` (already selected).
 
     Shapes and semantics are those of :func:`fastattn.reference.attention` (minus
     ``dropout_mask``: backends draw their own from ``args.seed``/``args.offset``).
-    Returns ``(out, lse)``; differentiable with respect to ``q``, ``k``, ``v``.
+    Returns ``(out, lse)``; differentiable with respect to ``q``, ``k``, ``v`` (and a float
+    ``attn_mask``, and ``learnable_sink``).
     """
     return _attention_fwd(q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
-                          *astuple(args), backend)
+                          *astuple(args), backend, learnable_sink)

@@ -16,6 +16,7 @@ from fastattn import dispatch
 from fastattn import validation as check
 from fastattn.ops.attention import _args
 from fastattn.ops.attention_args import AttentionArgs, with_strides
+from fastattn.ops.sink import apply_sink
 
 
 @torch.library.custom_op("fastattn::attention_kvcache", mutates_args=("k_cache", "v_cache"))
@@ -24,7 +25,7 @@ def _attention_kvcache(
     cache_seqlens: Tensor, alibi_slopes: Optional[Tensor],
     scale: float, causal: bool, bottom_right: bool, window_left: int, window_right: int,
     softcap: float, dropout_p: float, seed: int, offset: int, max_seqlen_q: int, max_seqlen_k: int,
-    deterministic: bool, num_splits: int, backend: str,
+    deterministic: bool, num_splits: int, backend: str, learnable_sink: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     if check.reads_values_now(cache_seqlens):  # values: checked here, where they are concrete
         check.cache_seqlens_values(cache_seqlens, 0 if k_new is None else k_new.shape[1], k_cache.shape[1])
@@ -32,6 +33,9 @@ def _attention_kvcache(
                  max_seqlen_q, max_seqlen_k, deterministic, num_splits)
     impl = dispatch.implementations("kvcache_fwd")[backend]
     out, lse = impl.fn(q, k_cache, v_cache, k_new, v_new, cache_seqlens, alibi_slopes=alibi_slopes, args=args)
+    if learnable_sink is not None:  # exact for every backend (fastattn.ops.sink); out is (B, Lq, Hq, Dv)
+        out, lse = apply_sink(out.transpose(1, 2), lse, learnable_sink)
+        out = out.transpose(1, 2)
     # The contiguous layouts the fake implementation promises (torch.compile asserts them).
     return (with_strides(out, torch.empty(out.shape, device="meta").stride()),
             with_strides(lse, torch.empty(lse.shape, device="meta").stride()))
@@ -48,6 +52,7 @@ def _(q, k_cache, v_cache, k_new, v_new, cache_seqlens, alibi_slopes, *rest):
 def attention_kvcache(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, k_new: Optional[Tensor], v_new: Optional[Tensor],
     cache_seqlens: Tensor, args: AttentionArgs, backend: str, *, alibi_slopes: Optional[Tensor] = None,
+    learnable_sink: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """Decode ``q`` ``(B, Lq, Hq, D)`` against ``k_cache``/``v_cache`` ``(B, Lcache, Hk, D)``.
 
@@ -56,4 +61,4 @@ def attention_kvcache(
     Returns ``(out (B, Lq, Hq, Dv), lse (B, Hq, Lq))``.
     """
     return _attention_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens, alibi_slopes,
-                              *astuple(args), backend)
+                              *astuple(args), backend, learnable_sink)
