@@ -351,6 +351,11 @@ def test_cpu_backend_registers_kvcache():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_auto_picks_cpu_for_cpu_tensors(monkeypatch, dtype):
+    """Where the measured crossover prefers the native kernel (tests/test_cpu_decode_crossover.py
+    covers the cases where torch's flash kernel is faster)."""
+    from fastattn.backends import cpu_decode_crossover
+
+    monkeypatch.setattr(cpu_decode_crossover, "prefer_torch", lambda *a: False)
     picked = _selected(monkeypatch)
     q, kc, vc, lens = _kv_inputs(dtype)
     out = fastattn.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, causal=True)

@@ -213,10 +213,29 @@ def flash_attn_with_kvcache(
     if paged or batch_idx is not None or leftpad is not None:
         k_cache, v_cache, lens, k, v = _gather_visible(k_cache, v_cache, k, v, lens, leftpad, batch_idx, block_table)
     args = AttentionArgs(max_seqlen_q=seqlen_q, max_seqlen_k=k_cache.shape[1], num_splits=int(num_splits), **options)
+    if _torch_is_faster(q, k_cache, k, lens, args, backend, slopes, sink):
+        from fastattn.backends.cpu_decode_crossover import torch_decode
+
+        out, lse = torch_decode(q, k_cache, v_cache, k, v, lens, args.scale)
+        return (out, lse) if return_softmax_lse else out
     name = dispatch.select("kvcache_fwd", backend, q.device, q, k_cache, v_cache, k, v, lens,
                            alibi_slopes=slopes, args=args)
     out, lse = _core_kvcache(q, k_cache, v_cache, k, v, lens, args, name, alibi_slopes=slopes, learnable_sink=sink)
     return (out, lse) if return_softmax_lse else out
+
+
+def _torch_is_faster(q, k_cache, k_new, lens, args, backend, slopes, sink) -> bool:
+    """``auto`` on CPU tensors: whether torch's flash CPU kernel decodes this call faster than the
+    native one, by the measured crossover table (eager calls only: the lookup reads
+    ``cache_seqlens``; a traced call keeps the native kernel)."""
+    if (backend or dispatch.current_backend()) != "auto" or torch.compiler.is_compiling():
+        return False
+    from fastattn.backends import cpu_decode_crossover as crossover
+
+    if not crossover.eligible(q, k_new, args, slopes, sink):
+        return False
+    keys = int(lens.max()) + (0 if k_new is None else k_new.shape[1])
+    return crossover.prefer_torch(q.dtype, q.shape[2] // k_cache.shape[2], keys)
 
 
 def _gather_visible(k_cache, v_cache, k, v, lens, leftpad, batch_idx, block_table):
