@@ -263,7 +263,12 @@ def _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right,
     if MASK_MODE == 2:
         m = tl.load(MaskBlk + rows[:, None] * stride_mm + cols[None, :] * stride_mn,
                     mask=visible & (rows[:, None] < seqlen_q), other=0.0).to(tl.float32)
-        s = s + m * 1.4426950408889634
+        # A finite mask value is a number, as torch adds it: log2(e) * finfo(float32).min
+        # overflows to -inf, which would hide the key, so the product saturates at +-FLT_MAX
+        # instead (a row of such scores is a row of equal logits: torch's uniform average).
+        mt = m * 1.4426950408889634
+        sat = tl.where(m < 0, -3.4028234663852886e38, 3.4028234663852886e38)
+        s = s + tl.where((tl.abs(mt) == float("inf")) & (tl.abs(m) != float("inf")), sat, mt)
     s = tl.where(visible, s, float("-inf"))
     return s, t
 

@@ -67,7 +67,13 @@ def _load_scaled(x_row, m_row, cols, row, seqlen_k, stride_xn, stride_mn, scale_
     # Hidden positions are not read (other=0), so a NaN or garbage there never leaks in.
     s = tl.load(x_row + cols * stride_xn, mask=ok, other=0.0).to(tl.float32) * scale_log2
     if MASK_MODE == 2:
-        s += tl.load(m_row + cols * stride_mn, mask=ok, other=0.0).to(tl.float32) * 1.4426950408889634
+        m = tl.load(m_row + cols * stride_mn, mask=ok, other=0.0).to(tl.float32)
+        # A finite mask value is a number, as torch adds it: log2(e) * finfo(float32).min
+        # overflows to -inf, which would hide the column, so the product saturates at
+        # +-FLT_MAX instead (a row of such scores is uniform, as torch's softmax makes it).
+        mt = m * 1.4426950408889634
+        sat = tl.where(m < 0, -3.4028234663852886e38, 3.4028234663852886e38)
+        s += tl.where((tl.abs(mt) == float("inf")) & (tl.abs(m) != float("inf")), sat, mt)
     return tl.where(ok, s, float("-inf"))
 
 

@@ -21,7 +21,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
 
 import hf_models as hf  # noqa: E402
 
-OPS = ("scaled_dot_product_attention", "flash_attn_func", "flash_attn_with_kvcache", "scaled_masked_softmax")
+OPS = ("scaled_dot_product_attention", "flash_attn_func", "flash_attn_with_kvcache", "scaled_masked_softmax",
+       "flash_attn_varlen_func")
 
 
 @pytest.fixture
@@ -315,3 +316,107 @@ def test_generate_with_static_cache():
         assert torch.equal(fa.generate(ids[1:], **kwargs), model.generate(ids[1:], **kwargs))
         assert torch.equal(fa.generate(ids, attention_mask=mask, **kwargs),
                            model.generate(ids, attention_mask=mask, **kwargs))
+
+
+# ----------------------------------------------------------------------------- no silent wrong answers
+
+
+@pytest.mark.parametrize("name", sorted(fa_hf.UNSUPPORTED_KWARGS))
+def test_math_changing_kwargs_it_does_not_implement_raise(name):
+    q, k, v = _qkv(grad=False)
+    with pytest.raises(NotImplementedError, match=rf"'{name}'"):
+        fa_hf.attention_forward(_Layer(), q, k, v, None, **{name: torch.zeros(4)})
+
+
+def test_unknown_kwargs_raise_naming_them_and_what_is_known():
+    q, k, v = _qkv(grad=False)
+    with pytest.raises(TypeError, match=r"'attention_temperature'.*implements.*scaling.*ignores.*position_ids"):
+        fa_hf.attention_forward(_Layer(), q, k, v, None, attention_temperature=2.0)
+
+
+def test_ignored_and_absent_kwargs_leave_the_result_unchanged():
+    """The arguments proven harmless (position ids, cache bookkeeping, ...) and arguments passed as
+    ``None`` (transformers' way of saying "absent", e.g. s_aux=None) change nothing."""
+    q, k, v = _qkv(seed=8, grad=False)
+    extra = dict(position_ids=torch.arange(9)[None].expand(2, -1), cache_position=torch.arange(9), use_cache=True,
+                 output_router_logits=False, logits_to_keep=0, encoder_hidden_states=None, s_aux=None,
+                 indices=None, attention_temperature=None)
+    assert set(extra) - {"attention_temperature"} <= (fa_hf.IGNORED_KWARGS | set(fa_hf.UNSUPPORTED_KWARGS)
+                                                      | fa_hf.IMPLEMENTED_KWARGS)
+    out, _ = fa_hf.attention_forward(_Layer(), q, k, v, None, scaling=0.3, **extra)
+    _check(out, _ref_eager(q, k, v, causal=True, scale=0.3))
+
+
+@pytest.mark.parametrize("window", [None, 3], ids=["full", "window"])
+def test_packed_sequences_attend_within_each_sequence(calls, window):
+    """Padding-free packing (cu_seq_lens_q/k, no mask, as transformers' flash path receives it):
+    each sequence attends causally to itself only, as if run alone."""
+    lens = (4, 7, 2)
+    total = sum(lens)
+    q, k, v = _qkv(b=1, lq=total, lk=total, seed=9)
+    cu = torch.tensor([0, 4, 11, 13], dtype=torch.int32)
+    out, _ = fa_hf.attention_forward(_Layer(), q, k, v, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=7,
+                                     max_length_k=7, sliding_window=window, position_ids=torch.tensor([[0]]))
+    assert _served(calls) == ["flash_attn_varlen_func"]
+    assert out.shape == (1, total, 4, 16)
+    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        want = _ref_eager(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], causal=True, window=window)
+        _check(out[:, s:e], want)
+    # Without the boundaries the first token of the second sequence would see the first one.
+    whole = _ref_eager(q, k, v, causal=True, window=window)
+    assert (whole[:, 4] - out[:, 4].double()).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="batch must be 1"):
+        fa_hf.attention_forward(_Layer(), *_qkv(b=2, lq=13, lk=13, grad=False), None, cu_seq_lens_q=cu,
+                                cu_seq_lens_k=cu)
+
+
+def test_models_whose_attention_bypasses_the_interface_are_refused_at_load():
+    """BLOOM computes attention itself and would add fastattn's boolean mask to its scores:
+    refused, as transformers refuses "sdpa" for it, at construction and when switching."""
+    config = transformers.BloomConfig(vocab_size=hf.VOCAB, hidden_size=32, n_layer=2, n_head=4)
+    assert fa_hf.unsupported_reason(transformers.BloomForCausalLM) is not None
+    assert fa_hf.unsupported_reason(transformers.LlamaForCausalLM) is None
+    with pytest.raises(ValueError, match=r"BloomForCausalLM does not support attn_implementation='fastattn'.*"
+                                         r"AttentionInterface.*'eager'"):
+        AutoModelForCausalLM.from_config(config, attn_implementation="fastattn")
+    with pytest.raises(ValueError, match="scaled_dot_product_attention"):  # the rule transformers applies to sdpa
+        AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    model.set_attn_implementation("fastattn")  # transformers keeps eager here (it warns): never fastattn
+    assert model.config._attn_implementation == "eager"
+    # A second name registered for fastattn is refused the same way.
+    name = fa_hf.register("fastattn_alias")
+    with pytest.raises(ValueError, match="fastattn_alias"):
+        AutoModelForCausalLM.from_config(config, attn_implementation=name)
+
+
+def test_gpt_oss_sinks_match_eager():
+    """gpt-oss passes its learnable sinks as s_aux: fastattn applies them (learnable_sink), so on a
+    padded batch the logits, the greedy tokens and the sinks' gradient equal eager's."""
+    config = transformers.GptOssConfig(vocab_size=hf.VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
+                                       num_experts_per_tok=2, sliding_window=4)
+    torch.manual_seed(0)
+    eager = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for p in eager.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        for layer in eager.model.layers:  # sinks big enough to take a real share of each softmax
+            layer.self_attn.sinks.copy_(torch.randn_like(layer.self_attn.sinks) * 2)
+    fast = AutoModelForCausalLM.from_config(config, attn_implementation="fastattn").eval()
+    fast.load_state_dict(eager.state_dict())
+    ids, mask = hf.batch()
+    keep = mask.bool()
+    logits = {}
+    for name, model in (("eager", eager), ("fastattn", fast)):
+        out = model(input_ids=ids, attention_mask=mask).logits
+        (out[keep].square().mean()).backward()
+        logits[name] = out.detach()
+    torch.testing.assert_close(logits["fastattn"][keep], logits["eager"][keep], rtol=1e-4, atol=1e-4)
+    for le, lf in zip(eager.model.layers, fast.model.layers):
+        torch.testing.assert_close(lf.self_attn.sinks.grad, le.self_attn.sinks.grad, rtol=1e-3, atol=1e-5)
+        assert le.self_attn.sinks.grad.abs().sum() > 0
+    with torch.no_grad():
+        tokens = [m.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+                  for m in (eager, fast)]
+    assert torch.equal(tokens[0], tokens[1])

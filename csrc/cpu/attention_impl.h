@@ -16,7 +16,9 @@
 //           exponential is one exp2 (no per-element multiply by log2e).
 // Backward, per (sequence, key/value head, block of kBK keys), over every query head of
 // the GQA group and every query block that sees the keys: recompute S and
-// P = 2^(S' - LSE log2e), then dV += P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO*O)),
+// P = 2^(S' - LSE log2e) (rows whose LSE is too large for that to be exact, which only
+// huge additive mask values produce, get their max and sum recomputed first), then
+// dV += P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO*O)),
 // dK += dS^T Q, dQ += dS K (dQ rows are shared between key blocks: accumulated in fp32
 // under a per-head lock, or lock-free when whole heads are the unit of work).
 //
@@ -336,6 +338,16 @@ FA_INLINE void mask_range(const Geo& g, const Seq& s, int64_t i0, int64_t mq, in
   }
 }
 
+// t * log2(e) for a finite logit t, saturated at +-FLT_MAX where the product overflows
+// (|t| > FLT_MAX / log2(e): an additive mask holding finfo(float32).min does that). A
+// finite mask value is a number, as in torch, and only -inf hides a key: a row whose
+// every score sits at the saturation point is a row of equal logits, whose softmax is
+// the uniform average torch gives, not a row of hidden keys. NaN stays NaN.
+FA_INLINE float to_log2(float t) {
+  const float z = t * kLog2e;
+  return (__builtin_isinf(z) && !__builtin_isinf(t)) ? __builtin_copysignf(__FLT_MAX__, t) : z;
+}
+
 // Turn raw scores S (mq x nk, leading dim kBK) of query head h, rows i0.., keys j0.. into
 // log2-domain logits: scale (softcap, ALiBi, mask) and -inf where invisible. With
 // softcap and G != nullptr, G receives d(softcapped)/d(scaled score) = 1 - tanh^2.
@@ -383,7 +395,7 @@ void transform_scores(const AttnParams& p, const Geo& g, const Seq& s, int64_t h
         else
           t += load_any(mask_dt, mrow, j * p.mask.sd);
       }
-      z[jj] = visible ? t * kLog2e : ninf;
+      z[jj] = visible ? to_log2(t) : ninf;
     }
   }
 }
@@ -596,6 +608,64 @@ void attention_fwd(const AttnParams& p) {
 
 namespace {
 
+// Rows whose log2-domain LSE is at least this large in magnitude get their softmax
+// statistics recomputed by the backward pass instead of read from the LSE: at that size
+// the fp32 LSE = m + log2(l) no longer resolves log2(l) to fp32 accuracy (at |LSE| >= 2^24
+// it loses it entirely), so P = 2^(z - LSE) would be off by up to the factor l. Only huge
+// additive mask values put a row there (finfo.min on every key of a padded row, say);
+// ordinary logits stay far below it, so the recomputation is rare.
+constexpr float kRecomputeLse2 = 1024.0f;
+
+// The sequence (and its local row index *i) of tensor row `row` of batch entry tb.
+FA_INLINE Seq seq_of_row(const AttnParams& p, const Geo& g, int64_t tb, int64_t row, int64_t* i) {
+  int64_t b = tb;
+  if (g.varlen) {
+    b = 0;
+    while (b + 1 < g.nseq && p.cu_seqlens_q[b + 1] <= row) ++b;
+  }
+  const Seq s = seq_of(p, g, b);
+  *i = row - s.q0;
+  return s;
+}
+
+// Softmax statistics of query row i of head h, computed as the forward pass computes them:
+// *m = the row's largest log2-domain logit, *inv_l = 1 / sum_j 2^(z_j - m), so that
+// P_j = 2^(z_j - m) * inv_l exactly at any magnitude of m. q is the row in fp32 (D values);
+// S is scratch for kBK floats.
+template <int DT>
+void row_stats(const AttnParams& p, const Geo& g, const Seq& s, int64_t h, int64_t i, const float* q,
+               float* S, float* m_out, float* inv_l_out) {
+  const int esz = DT == 0 ? 4 : 2;
+  const int64_t hk = h / g.group;
+  const float ninf = -__builtin_inff();
+  int64_t lo, hi;
+  row_range(g, s, i, &lo, &hi);
+  float m = ninf, l = 0.0f;
+  for (int64_t j0 = imax(lo, 0) / kBK * kBK; j0 <= hi; j0 += kBK) {
+    const int64_t nk = imin(kBK, round_up(s.lk - j0, 16));
+    for (int64_t jj = 0; jj < nk; ++jj) {
+      float acc = 0.0f;
+      if (j0 + jj < s.lk) {
+        const void* kr = elem_ptr(p.k, esz, s.tb, hk, s.k0 + j0 + jj);
+        for (int64_t d = 0; d < g.D; ++d) acc += q[d] * load_elem<DT>(kr, d * p.k.sd);
+      }
+      S[jj] = acc;
+    }
+    transform_scores(p, g, s, h, i, 1, j0, nk, needs_range_mask(g, s, i, i + 1, j0, nk), S, nullptr);
+    for (int64_t jj = 0; jj < nk; ++jj) {
+      const float z = S[jj];
+      if (z == ninf) continue;  // hidden key (and no -inf - -inf)
+      if (z > m) {
+        l = m == ninf ? 0.0f : l * exp2f(m - z);
+        m = z;
+      }
+      l += exp2f(z - m);  // NaN logits propagate through l
+    }
+  }
+  *m_out = m;
+  *inv_l_out = l > 0.0f ? 1.0f / l : 0.0f;
+}
+
 template <int DT>
 void bwd_typed(const AttnParams& p) {
   // With VDPBF16PS and bf16 inputs, the three products whose operands are the bf16 inputs
@@ -615,6 +685,7 @@ void bwd_typed(const AttnParams& p) {
   float* dOf = alloc<float>(n_rows * Dvp);
   float* delta = alloc<float>(n_rows);
   float* lse2 = alloc<float>(n_rows);
+  float* pscale = alloc<float>(n_rows);  // P = 2^(z - lse2) * pscale; 1 except recomputed rows
   float* dq_acc = alloc<float>(n_rows * Dp);
   const int64_t Dv2 = round_up(g.Dv, 2);
   uint16_t* Qh = DP ? alloc<uint16_t>(n_rows * g.D2) : nullptr;  // bf16 Q rows, even length
@@ -656,6 +727,7 @@ void bwd_typed(const AttnParams& p) {
 
 #pragma omp parallel num_threads(nt)
   {
+    float* Srow = alloc<float>(kBK);
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < n_rows; ++row) {
       const int64_t l_ = row % rows_per_head, bh = row / rows_per_head;
@@ -666,7 +738,14 @@ void bwd_typed(const AttnParams& p) {
       float acc = 0.0f;
       for (int64_t d = 0; d < g.Dv; ++d) acc += dOf[row * Dvp + d] * load_elem<DT>(orow, d * p.out.sd);
       delta[row] = acc;
-      lse2[row] = p.lse[tb * p.lse_sb + h * p.lse_sh + l_ * p.lse_sl] * kLog2e;
+      const float lse = p.lse[tb * p.lse_sb + h * p.lse_sh + l_ * p.lse_sl];
+      lse2[row] = lse * kLog2e;
+      pscale[row] = 1.0f;
+      if (__builtin_isfinite(lse) && !(fabsf(lse2[row]) < kRecomputeLse2)) {
+        int64_t i;
+        const Seq s = seq_of_row(p, g, tb, l_, &i);
+        if (i >= 0 && i < s.lq) row_stats<DT>(p, g, s, h, i, Qf + row * Dp, Srow, &lse2[row], &pscale[row]);
+      }
       for (int64_t d = 0; d < Dp; ++d) dq_acc[row * Dp + d] = 0.0f;
       if constexpr (DP) {
         const uint16_t* qr = static_cast<const uint16_t*>(elem_ptr(p.q, esz, tb, h, l_));
@@ -675,6 +754,7 @@ void bwd_typed(const AttnParams& p) {
         for (int64_t d = 0; d < Dv2; ++d) dOh[row * Dv2 + d] = d < g.Dv ? dor[d * p.dout.sd] : 0;
       }
     }
+    free(Srow);
 
     float* Kt = alloc<float>(g.D * kBK);
     float* Kp = alloc<float>(kBK * Dp);
@@ -746,6 +826,7 @@ void bwd_typed(const AttnParams& p) {
             const float* Qr = Qf + (head_row0 + i0) * Dp;
             const float* dOr = dOf + (head_row0 + i0) * Dvp;
             const float* lr = lse2 + head_row0 + i0;
+            const float* ps = pscale + head_row0 + i0;
             const float* dr = delta + head_row0 + i0;
 
 #if FA_DPBF16
@@ -759,6 +840,10 @@ void bwd_typed(const AttnParams& p) {
               const R lv = Vec::set1(lr[r]);
               float* z = S + r * kBK;
               for (int64_t j = 0; j < nk; j += W) Vec::store(z + j, Vec::exp2(Vec::sub(Vec::load(z + j), lv)));
+              if (ps[r] != 1.0f) {  // a recomputed row: lr is its max, ps its 1 / sum
+                const R c = Vec::set1(ps[r]);
+                for (int64_t j = 0; j < nk; j += W) Vec::store(z + j, Vec::mul(Vec::load(z + j), c));
+              }
             }
             // dV += P^T dO  (A(m = key, k = row) = P[row][key]).
             gemm_f32(nk, Dvp, mq, S, 1, kBK, dOr, Dvp, dV, Dvp, kAdd, nullptr);
@@ -818,7 +903,7 @@ void bwd_typed(const AttnParams& p) {
     free(locks);
   }
   free(units);
-  free(Qf); free(dOf); free(delta); free(lse2); free(dq_acc); free(Qh); free(dOh);
+  free(Qf); free(dOf); free(delta); free(lse2); free(pscale); free(dq_acc); free(Qh); free(dOh);
 }
 
 }  // namespace

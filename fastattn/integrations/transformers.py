@@ -19,6 +19,18 @@ Afterwards ``AutoModel.from_config(config, attn_implementation="fastattn")``,
 ``model.set_attn_implementation("fastattn")`` on a loaded model all work.
 :func:`fastattn.patch` does the latter for the model families it knows.
 
+Never a silent wrong answer:
+
+* a model class whose attention does not go through ``AttentionInterface`` is refused when
+  ``"fastattn"`` is requested (``ValueError`` at construction, load or
+  ``set_attn_implementation``), as transformers refuses ``"sdpa"`` for it: such a model would
+  ignore the request or, worse, hand its own attention code fastattn's boolean mask (BLOOM
+  adds the mask to its scores). See :func:`unsupported_reason`;
+* a keyword argument that changes the attention math and that fastattn does not implement
+  (attention sinks ``s_aux``, sparse ``indices``, ...) raises ``NotImplementedError`` naming
+  it, and an unknown one raises ``TypeError`` naming it; only the arguments listed in
+  :data:`IGNORED_KWARGS`, which provably leave the result unchanged, are ignored.
+
 Which fastattn op serves a call:
 
 * one query token, no mask, no gradient (decoding against the KV cache):
@@ -28,6 +40,9 @@ Which fastattn op serves a call:
 * softcapping with a mask (padding, sliding-window layers): the scores are formed
   explicitly, softcapped and normalised by :func:`fastattn.scaled_masked_softmax`, which is
   the math of the model's own eager path (no fused op takes a mask and a softcap);
+* packed sequences in one row without a mask (``cu_seq_lens_q/k``, as transformers'
+  flash-attention path receives them): :func:`fastattn.flash_attn_varlen_func`, so that no
+  token attends across a sequence boundary;
 * everything else: :func:`fastattn.scaled_dot_product_attention` with the mask, the
   ``is_causal`` rule of transformers' SDPA integration, ``scale`` and native GQA
   (``enable_gqa``, no repeated key/value heads).
@@ -38,18 +53,73 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging
 
 import fastattn
 
-__all__ = ["ATTN_IMPLEMENTATION", "attention_forward", "attention_mask", "register"]
+__all__ = ["ATTN_IMPLEMENTATION", "IGNORED_KWARGS", "IMPLEMENTED_KWARGS", "UNSUPPORTED_KWARGS", "attention_forward",
+           "attention_mask", "register", "unsupported_reason"]
 
 ATTN_IMPLEMENTATION = "fastattn"
 """The ``attn_implementation`` name fastattn registers."""
 
 logger = logging.get_logger(__name__)
+
+IMPLEMENTED_KWARGS = frozenset({
+    "dropout", "scaling", "is_causal", "sliding_window", "softcap", "position_bias",
+    "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",  # packed sequences (varlen)
+    "s_aux",  # attention sinks (gpt-oss): fastattn's learnable_sink
+    "output_attentions",  # honoured by a warning: weights are never materialised (as transformers' sdpa)
+    "cache",  # inspected: paged caches are refused
+})
+"""Keyword arguments :func:`attention_forward` acts on."""
+
+IGNORED_KWARGS = frozenset({
+    # Already applied before attention: positions rotate query/key upstream, and packed
+    # sequences reach attention through the mask (transformers builds it from position_ids) or
+    # through cu_seq_lens_q/k.
+    "position_ids", "cache_position", "seq_idx",
+    # Bookkeeping of the model's forward, forwarded down to every layer.
+    "use_cache", "past_key_values", "output_hidden_states", "output_router_logits", "logits_to_keep",
+    "num_items_in_batch", "return_dict",
+    # Cross-attention: key and value were already projected from it.
+    "encoder_hidden_states",
+    # flash-attn's choice of a reproducible backward: no value changes beyond rounding.
+    "deterministic",
+})
+"""Keyword arguments transformers forwards to the attention function that leave its result
+unchanged (ignored). Any other argument with a value other than ``None`` raises."""
+
+UNSUPPORTED_KWARGS = {
+    "sinks": "attention sinks: per-head logits that join every softmax denominator",
+    "indices": "sparse attention over selected key indices (DeepSeek sparse attention)",
+    "block_indices": "block-sparse attention over selected key blocks",
+    "block_table": "a paged KV cache",
+    "cache_seqlens": "a paged KV cache",
+    "head_mask": "a per-head multiplier of the attention probabilities",
+    "use_top_left_mask": "top-left causal alignment for unequal query and key lengths",
+}
+"""Keyword arguments that change the attention math and that fastattn does not implement:
+``{name: what it does}``. Each raises ``NotImplementedError`` naming it."""
+
+
+def _check_kwargs(kwargs: dict) -> None:
+    """Raise for any keyword argument that could change the result and that
+    :func:`attention_forward` does not implement. ``None`` values are absent arguments."""
+    for name, value in kwargs.items():
+        if value is None or name in IMPLEMENTED_KWARGS or name in IGNORED_KWARGS:
+            continue
+        if name in UNSUPPORTED_KWARGS:
+            raise NotImplementedError(
+                f"attn_implementation='{ATTN_IMPLEMENTATION}' does not implement the attention argument {name!r} "
+                f"({UNSUPPORTED_KWARGS[name]}), which changes the result; load this model with "
+                f"attn_implementation='eager' (or one that supports {name!r})")
+        raise TypeError(
+            f"attn_implementation='{ATTN_IMPLEMENTATION}' got the attention argument {name!r}, which it does not "
+            f"know: rather than risk ignoring something that changes the result, it refuses. It implements "
+            f"{sorted(IMPLEMENTED_KWARGS)} and ignores {sorted(IGNORED_KWARGS)}")
 
 
 def attention_mask(*args, **kwargs) -> Optional[torch.Tensor]:
@@ -88,9 +158,19 @@ def attention_forward(
         softcap: ``softcap * tanh(scores / softcap)`` before masking (Gemma 2); ``None``/0 = off.
         position_bias: an additive score bias (T5-style), folded into a float mask.
 
+        **kwargs: ``cu_seq_lens_q``/``cu_seq_lens_k`` ``(n + 1,)`` and ``max_length_q``/``max_length_k``:
+            ``n`` packed sequences in the one row of a ``B == 1`` batch (used when there is no mask;
+            a mask, when given, already holds the sequence boundaries); the arguments of
+            :data:`IGNORED_KWARGS`. Anything else raises (see :data:`UNSUPPORTED_KWARGS`).
+
     Returns:
         ``(attn_output (B, Lq, Hq, D), None)``: attention weights are never materialised.
+
+    Raises:
+        NotImplementedError: for an argument of :data:`UNSUPPORTED_KWARGS` (e.g. ``s_aux``) or a
+            paged cache. TypeError: for an unknown argument.
     """
+    _check_kwargs(kwargs)
     cache = kwargs.get("cache")
     if cache is not None and type(cache).__name__ == "PagedAttentionCache":
         raise NotImplementedError("attn_implementation='fastattn' does not serve paged (continuous-batching) "
@@ -120,27 +200,72 @@ def attention_forward(
     softcap = float(softcap) if softcap else 0.0
     window = sliding_window if (mask is None and causal and sliding_window and kv_len > sliding_window) else None
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    sink = kwargs.get("s_aux")  # gpt-oss's per-head sink logits (H,)
 
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if mask is None and (cu_q is not None or cu_k is not None):
+        return _packed_attention(query, key, value, cu_q, cu_k, kwargs, dropout, scaling, causal,
+                                 sliding_window, softcap, sink), None
     if mask is None and q_len == 1 and not needs_grad and dropout == 0.0:
         # Decoding: the new token against the whole cache (already appended by transformers).
         out = fastattn.flash_attn_with_kvcache(
             query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), softmax_scale=scaling, softcap=softcap,
+            learnable_sink=sink,
         )
         return out, None
-    if softcap > 0 or window is not None:
-        if mask is None:
-            out = fastattn.flash_attn_func(
-                query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dropout_p=dropout,
-                softmax_scale=scaling, causal=causal,
-                window_size=(-1, -1) if window is None else (window - 1, 0), softcap=softcap,
-            )
-            return out, None
+    if mask is None and (softcap > 0 or window is not None or sink is not None):
+        out = fastattn.flash_attn_func(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dropout_p=dropout,
+            softmax_scale=scaling, causal=causal,
+            window_size=(-1, -1) if window is None else (window - 1, 0), softcap=softcap, learnable_sink=sink,
+        )
+        return out, None
+    if sink is not None:
+        return _masked_attention_with_sink(query, key, value, mask, dropout, scaling, softcap, sink), None
+    if softcap > 0:
         return _softcapped_masked_attention(query, key, value, mask, dropout, scaling, softcap), None
     out = fastattn.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=scaling,
         enable_gqa=query.shape[1] != key.shape[1],
     )
     return out.transpose(1, 2).contiguous(), None
+
+
+def _packed_attention(query, key, value, cu_q, cu_k, kwargs, dropout, scaling, causal, sliding_window,
+                      softcap, sink=None) -> torch.Tensor:
+    """Packed sequences in the one row of a ``B == 1`` batch, sequence ``i`` being tokens
+    ``cu[i]:cu[i + 1]``: :func:`fastattn.flash_attn_varlen_func`, causal (bottom-right aligned,
+    as transformers' flash path) and windowed within each sequence. Returns ``(1, Lq, Hq, D)``."""
+    if query.shape[0] != 1:
+        raise ValueError(f"cu_seq_lens_q/cu_seq_lens_k describe packed sequences in one row: the batch must be 1, "
+                         f"got query of shape {tuple(query.shape)}")
+    if cu_q is None or cu_k is None:
+        raise ValueError("cu_seq_lens_q and cu_seq_lens_k must be given together")
+    window = (sliding_window - 1, 0) if (causal and sliding_window) else (-1, -1)
+    out = fastattn.flash_attn_varlen_func(
+        query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), cu_q, cu_k,
+        int(kwargs.get("max_length_q") or 0), int(kwargs.get("max_length_k") or 0), dropout_p=dropout,
+        softmax_scale=scaling, causal=causal, window_size=window, softcap=softcap, learnable_sink=sink,
+    )
+    return out.unsqueeze(0)
+
+
+def _masked_attention_with_sink(query, key, value, mask, dropout, scaling, softcap, sink) -> torch.Tensor:
+    """Attention sinks under the model's mask (gpt-oss with padding): fastattn's core attention op,
+    which takes the mask (bool, True = attend, or additive), softcap and the sink logits at once.
+    Returns ``(B, Lq, Hq, D)``."""
+    from fastattn.functional.attention import _run_core
+    from fastattn.ops.attention_args import AttentionArgs, draw_dropout_seed
+
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
+    seed, offset = draw_dropout_seed(dropout)
+    args = AttentionArgs(scale=q.shape[-1] ** -0.5 if scaling is None else float(scaling), softcap=softcap,
+                         dropout_p=dropout, seed=seed, offset=offset, max_seqlen_q=q.shape[2],
+                         max_seqlen_k=k.shape[2])
+    full_mask = mask.broadcast_to(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    out, _ = _run_core(q, k, v, args, None, attn_mask=full_mask, sink=fastattn.validation.learnable_sink(
+        "s_aux", sink, q.shape[1], q.device))
+    return out.transpose(1, 2).contiguous()
 
 
 def _softcapped_masked_attention(query, key, value, mask, dropout, scaling, softcap) -> torch.Tensor:
@@ -165,11 +290,68 @@ def _softcapped_masked_attention(query, key, value, mask, dropout, scaling, soft
     return torch.matmul(probs, value).transpose(1, 2).contiguous()
 
 
+# ----------------------------------------------------------------------------- refusing models at load
+
+
+def unsupported_reason(model_class: type) -> Optional[str]:
+    """Why ``model_class`` (a ``PreTrainedModel`` subclass) cannot run with fastattn, or ``None``.
+
+    A model can when its attention goes through transformers' ``AttentionInterface`` (the
+    function fastattn registers is then what every attention layer calls) and its masks through
+    ``AttentionMaskInterface``. transformers marks such a class by declaring support for a
+    pluggable implementation (``_supports_sdpa``, ``_supports_flash_attn`` or
+    ``_supports_flex_attn``: each is served through those interfaces), and its attention modules
+    look the function up with ``ALL_ATTENTION_FUNCTIONS.get_interface`` (what transformers'
+    ``_can_set_attn_implementation`` checks in the class's source). A class that fails either
+    would ignore fastattn, or hand its own attention code fastattn's boolean mask (BLOOM adds
+    the mask to its scores: silently wrong logits).
+    """
+    if not any(getattr(model_class, flag, False) for flag in ("_supports_sdpa", "_supports_flash_attn",
+                                                              "_supports_flex_attn")):
+        return ("it supports none of transformers' pluggable attention implementations (sdpa, flash "
+                "attention, flex attention), so its attention code does not take its attention function and "
+                "masks from AttentionInterface and AttentionMaskInterface")
+    can_set = getattr(model_class, "_can_set_attn_implementation", None)
+    if can_set is not None and not can_set():
+        return "some of its attention modules compute attention themselves instead of calling AttentionInterface"
+    return None
+
+
+def _refuse_unsupported_models(get_correct_attn_implementation):
+    """Wrap ``PreTrainedModel.get_correct_attn_implementation`` (what model construction,
+    ``from_pretrained`` and ``set_attn_implementation`` ask for the implementation to use, and
+    where transformers refuses ``"sdpa"`` for models that do not support it) so that it refuses
+    fastattn's names (``wrapper._fastattn_names``) for the classes :func:`unsupported_reason`
+    rejects."""
+
+    def wrapper(self, requested_attention, is_init_check: bool = False):
+        applicable = get_correct_attn_implementation(self, requested_attention, is_init_check)
+        if applicable in wrapper._fastattn_names:
+            reason = unsupported_reason(type(self))
+            if reason is not None:
+                raise ValueError(
+                    f"{type(self).__name__} does not support attn_implementation={applicable!r}: {reason}. "
+                    f"fastattn would be ignored or receive a mask this model's attention does not expect. Use "
+                    f"attn_implementation='eager' for this model.")
+        return applicable
+
+    wrapper.__wrapped__ = get_correct_attn_implementation
+    wrapper.__doc__ = get_correct_attn_implementation.__doc__
+    # Kept on the wrapper (not in this module), so that a reloaded module extends the one installed.
+    wrapper._fastattn_names = set()
+    return wrapper
+
+
 def register(name: str = ATTN_IMPLEMENTATION) -> str:
     """Register the attention and mask functions under ``name`` (done on import for
-    ``"fastattn"``; idempotent). Returns ``name``."""
+    ``"fastattn"``; idempotent), and refuse ``name`` for model classes whose attention does not
+    route through ``AttentionInterface`` (:func:`unsupported_reason`). Returns ``name``."""
     AttentionInterface.register(name, attention_forward)
     AttentionMaskInterface.register(name, attention_mask)
+    current = PreTrainedModel.get_correct_attn_implementation
+    if not hasattr(current, "_fastattn_names"):
+        current = PreTrainedModel.get_correct_attn_implementation = _refuse_unsupported_models(current)
+    current._fastattn_names.add(name)
     return name
 
 
