@@ -76,3 +76,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     summary = config.stash.get(_SHARD_SUMMARY, None)
     if summary is not None:
         terminalreporter.write_line(summary)
+
+
+@pytest.fixture
+def use_isa():
+    """Force the native CPU kernels' instruction set for one test (``use_isa("avx2")``); restores
+    the CPU's best afterwards."""
+    from fastattn import _C
+
+    def _use(name):
+        assert _C.cpu_attention_use_isa(name), name
+
+    yield _use
+    _C.cpu_attention_use_isa("auto")

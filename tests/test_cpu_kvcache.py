@@ -53,14 +53,6 @@ def poison():
     torch.utils.deterministic.fill_uninitialized_memory = prev_fill
 
 
-@pytest.fixture
-def use_isa():
-    """Force the native kernels' instruction set for one test; restores the CPU's best afterwards."""
-    def _use(name):
-        assert cpu._C.cpu_attention_use_isa(name), name
-    yield _use
-    cpu._C.cpu_attention_use_isa("auto")
-
 
 def assert_matches(got, ref64, ref_lowp, kind, dtype):
     """fp32: 1e-5 relative; fp16/bf16: ``max|got - ref64| <= 2 * max|ref_lowp - ref64| + floor``.

@@ -118,17 +118,6 @@ def _isas():
     return _ISA_ORDER[: _ISA_ORDER.index(best) + 1] if best in _ISA_ORDER else []
 
 
-@pytest.fixture
-def use_isa():
-    from fastattn.backends import cpu_attention
-
-    def _use(name):
-        assert cpu_attention._C.cpu_attention_use_isa(name), name
-
-    yield _use
-    cpu_attention._C.cpu_attention_use_isa("auto")
-
-
 @pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=["fp32", "bf16", "fp16"])
 def test_cpu_backend(dtype):
     """Rows wholly finfo.min, mixed with -inf and +finfo.max, across several key blocks (Lk = 150 >
