@@ -6,11 +6,13 @@
 // is never read. As in CUDA, a thread's copies are visible to other threads only after
 // cp_async_wait and a barrier.
 //
-// The host SIMT build copies synchronously; commit and wait are no-ops.
+// The host SIMT build models the asynchrony (csrc/sim/include/fastattn_sim/runtime.h): the
+// destination holds a NaN pattern until the copy lands, which is at the latest when a
+// cp_async_wait covers its group; an ldmatrix of it before that wait and a barrier aborts,
+// and a plain read sees the NaN pattern or races the copy (which ThreadSanitizer reports).
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "platform.cuh"
 
@@ -20,10 +22,7 @@ template <int Bytes>
 __device__ __forceinline__ void cp_async_zfill(void* smem_dst, const void* gmem_src, bool valid) {
   static_assert(Bytes == 4 || Bytes == 8 || Bytes == 16, "cp.async copies 4, 8 or 16 bytes");
 #if defined(FASTATTN_SIM)
-  if (valid)
-    std::memcpy(smem_dst, gmem_src, Bytes);
-  else
-    std::memset(smem_dst, 0, Bytes);
+  ::fastattn::sim::cp_async_issue(smem_dst, gmem_src, Bytes, valid);
 #else
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
   const int src_size = valid ? Bytes : 0;
@@ -43,14 +42,18 @@ __device__ __forceinline__ void cp_async(void* smem_dst, const void* gmem_src) {
 }
 
 __device__ __forceinline__ void cp_async_commit() {
-#if !defined(FASTATTN_SIM)
+#if defined(FASTATTN_SIM)
+  ::fastattn::sim::cp_async_commit();
+#else
   asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
 
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-#if !defined(FASTATTN_SIM)
+#if defined(FASTATTN_SIM)
+  ::fastattn::sim::cp_async_wait(N);
+#else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }

@@ -8,8 +8,10 @@
 // the low half). With .trans the matrix is transposed on the way: r[m] of lane i holds
 // (row 2*(i%4), column i/4) and (row 2*(i%4)+1, column i/4) of matrix m as stored.
 //
-// The host SIMT build exchanges the row addresses through the warp's collective slots once
-// and reads the bytes each lane receives directly.
+// The host SIMT build checks each row address a lane supplies (16-byte aligned, shared
+// memory of the block, every cp.async that wrote it waited for and published by a barrier),
+// exchanges the row addresses through the warp's collective slots once and reads the bytes
+// each lane receives directly.
 #pragma once
 
 #include <cstdint>
@@ -25,9 +27,12 @@ namespace sim_detail {
 
 template <int N, bool Trans>
 inline void ldmatrix_sim(uint32_t (&r)[N], const void* row_addr) {
+  // Only lanes 0..8N-1 supply an address (.x1: 0..7, .x2: 0..15, .x4: all).
+  const unsigned lane = ::fastattn::sim::g_ctx.lane;
+  if (lane < 8u * N) ::fastattn::sim::ldmatrix_row(row_addr, static_cast<int>(lane / 8));
   std::uint64_t addr[32];
   gather64(reinterpret_cast<std::uintptr_t>(row_addr), addr);
-  const int i = static_cast<int>(::fastattn::sim::g_ctx.lane);
+  const int i = static_cast<int>(lane);
   for (int m = 0; m < N; ++m) {
     if constexpr (Trans) {
       std::uint16_t lo, hi;

@@ -33,7 +33,7 @@ inline float elem16_to_float(std::uint16_t bits, bool bf16) {
 inline void gather64(std::uint64_t mine, std::uint64_t (&all)[32]) {
   ::fastattn::sim::WarpState::Slot* slots = nullptr;
   const unsigned who = ::fastattn::sim::exchange(mine, slots);
-  if (who != 0xffffffffu) ::fastattn::sim::fail("mma/ldmatrix: every lane of the warp must take part");
+  if (who != 0xffffffffu) ::fastattn::sim::fail_here("mma/ldmatrix: every lane of the warp must take part");
   for (int l = 0; l < 32; ++l) all[l] = slots[l].value;
 }
 

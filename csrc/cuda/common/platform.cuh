@@ -31,7 +31,7 @@ namespace fastattn::cuda {
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t /*stream*/,
             Args... args) {
-  ::fastattn::sim::launch(grid, block, smem, [&]() { kernel(args...); });
+  ::fastattn::sim::launch(grid, block, smem, [&]() { kernel(args...); }, reinterpret_cast<const void*>(kernel));
 }
 
 template <typename... KArgs>

@@ -17,13 +17,21 @@ struct alignas(sizeof(T) * N) Vec {
 template <typename T>
 constexpr int kVec16 = 16 / static_cast<int>(sizeof(T));
 
+// The host SIMT build aborts on a misaligned address, which the GPU faults on (misaligned
+// address error) but an x86 CPU would silently accept.
 template <typename T, int N>
 __device__ __forceinline__ Vec<T, N> load_vec(const T* ptr) {
+#if defined(FASTATTN_SIM)
+  ::fastattn::sim::check_vector_access(ptr, sizeof(Vec<T, N>), "vector load");
+#endif
   return *reinterpret_cast<const Vec<T, N>*>(ptr);
 }
 
 template <typename T, int N>
 __device__ __forceinline__ void store_vec(T* ptr, const Vec<T, N>& v) {
+#if defined(FASTATTN_SIM)
+  ::fastattn::sim::check_vector_access(ptr, sizeof(Vec<T, N>), "vector store");
+#endif
   *reinterpret_cast<Vec<T, N>*>(ptr) = v;
 }
 

@@ -22,9 +22,12 @@
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 #define __constant__ static
-// A function-local static: one object per kernel instantiation, shared by the threads of
-// the (single) block running it. See runtime.h.
-#define __shared__ static
+// Static __shared__ declarations reach the compiler rewritten into per-block variables
+// (static_shared(), see runtime.h): the sim build compiles every source through a copy made
+// by csrc/sim/sim_sources.py. A declaration that was not rewritten would be one variable for
+// all blocks, so it is an error.
+#define __shared__ \
+  static_assert(false, "a static __shared__ declaration must be compiled through csrc/sim/sim_sources.py");
 
 #define threadIdx (::fastattn::sim::g_ctx.thread_idx)
 #define blockIdx (::fastattn::sim::g_ctx.block_idx)
