@@ -9,7 +9,9 @@ for), ``spill_bytes`` (spill stores plus loads), ``stack_bytes``, ``threads_per_
 ``python -m fastattn info --kernels``.
 
 Needs the source tree (an editable install or a checkout) and ``nvcc``. Results are
-cached per source hash, arch and nvcc version under ``$XDG_CACHE_HOME/fastattn/ptxas``.
+cached per source hash, arch and nvcc version under ``$XDG_CACHE_HOME/fastattn/ptxas``,
+with the cubins (``kernel_reports(..., artefacts=True)`` hands out their paths for
+machine-code analysis, :mod:`fastattn.sass`).
 """
 from __future__ import annotations
 
@@ -130,13 +132,18 @@ def _source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def _compile(nvcc: str, src: Path, arch: str) -> str:
+def _compile(nvcc: str, src: Path, arch: str, cubin: Optional[Path] = None) -> str:
+    """ptxas's ``-v`` report of ``src`` for ``arch``; the cubin is kept at ``cubin`` if given."""
     with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "k.cubin"
         cmd = [nvcc, "-cubin", f"-arch=sm_{arch}", "-std=c++17", "--expt-relaxed-constexpr", "-Xptxas", "-v",
-               "-I", str(CSRC), "-o", str(Path(tmp) / "k.cubin"), str(src)]
+               "-I", str(CSRC), "-o", str(out), str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"nvcc failed for {src.name} sm_{arch}:\n{proc.stderr[-4000:]}")
+        if cubin is not None:
+            cubin.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out, cubin)
         return proc.stdout + proc.stderr
 
 
@@ -145,8 +152,14 @@ def _cache_dir() -> Path:
     return Path(base) / "fastattn" / "ptxas"
 
 
-def compile_reports(archs: Iterable = ARCHS, jobs: Optional[int] = None) -> list[dict]:
-    """Compile every csrc/cuda source for ``archs`` and return the parsed records."""
+def _cubin_name(src: Path) -> str:
+    return str(src.relative_to(CSRC)).replace("/", "__").removesuffix(".cu") + ".cubin"
+
+
+def compile_reports(archs: Iterable = ARCHS, jobs: Optional[int] = None, artefacts: bool = False) -> list[dict]:
+    """Compile every csrc/cuda source for ``archs`` and return the parsed records (source by
+    source, each source's archs in the order given). Cached per arch; with ``artefacts``
+    each record also has ``cubin``, the path of its source's cached cubin for its arch."""
     nvcc = nvcc_path()
     if nvcc is None:
         raise RuntimeError("nvcc not found (set CUDACXX or put it on PATH)")
@@ -155,13 +168,30 @@ def compile_reports(archs: Iterable = ARCHS, jobs: Optional[int] = None) -> list
     archs = [_arch_name(a) for a in archs]
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
     this = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]  # parser changes invalidate
-    key = hashlib.sha256(f"{_source_hash()}|{this}|{','.join(archs)}|{version}".encode()).hexdigest()[:24]
-    cache = _cache_dir() / f"{key}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    tasks = [(src, arch) for src in sources() for arch in archs]
+    tree = _source_hash()
+    srcs = sources()
+    by_arch = {}
+    for arch in archs:
+        key = hashlib.sha256(f"{tree}|{this}|{arch}|{version}".encode()).hexdigest()[:24]
+        cache = _cache_dir() / f"{key}-sm_{arch}.json"
+        cubins = _cache_dir() / f"{key}-sm_{arch}"
+        cached = cache.is_file() and (not artefacts or all((cubins / _cubin_name(s)).is_file() for s in srcs))
+        records = json.loads(cache.read_text()) if cached else _compile_arch(nvcc, srcs, arch, cubins, jobs)
+        if not cached:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(records))
+        for rec in records:
+            if artefacts:
+                rec["cubin"] = str(cubins / _cubin_name(CSRC / rec["source"]))
+        by_arch[arch] = records
+    order = {str(src.relative_to(CSRC)): i for i, src in enumerate(srcs)}
+    out = [r for arch in archs for r in by_arch[arch]]
+    return sorted(out, key=lambda r: (order.get(r["source"], len(order)), archs.index(r["arch"])))
+
+
+def _compile_arch(nvcc: str, srcs: list, arch: str, cubins: Path, jobs: Optional[int]) -> list[dict]:
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-        reports = list(pool.map(lambda t: (t[0], _compile(nvcc, *t)), tasks))
+        reports = list(pool.map(lambda src: (src, _compile(nvcc, src, arch, cubins / _cubin_name(src))), srcs))
     records = []
     for src, text in reports:
         for rec in parse(text):
@@ -172,8 +202,6 @@ def compile_reports(archs: Iterable = ARCHS, jobs: Optional[int] = None) -> list
         threads, dyn = LAUNCH.get(rec["kernel"], (None, 0))
         rec["threads_per_block"] = threads
         rec["shared_memory_bytes"] = rec["static_smem"] + dyn
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(records))
     return records
 
 
@@ -183,12 +211,61 @@ def _arch_name(arch) -> str:
     return "90a" if text in ("90", "90a") else text
 
 
-def kernel_reports(archs: Iterable = ARCHS) -> list[dict]:
-    """Records for :mod:`fastattn.kernel_report` (one per kernel instantiation and arch)."""
+def kernel_reports(archs: Iterable = ARCHS, artefacts: bool = False) -> list[dict]:
+    """Records for :mod:`fastattn.kernel_report` (one per kernel instantiation and arch).
+
+    With ``artefacts``, each record also has ``cubin`` (the path of the cached cubin holding
+    the kernel) and ``mangled`` (its symbol there)."""
     out = []
-    for r in compile_reports(archs):
+    for r in compile_reports(archs, artefacts=artefacts):
         out.append({"kernel": r["kernel"], "backend": "cuda", "config": r["config"], "arch": r["arch"],
                     "registers": r["registers"], "shared_memory_bytes": r["shared_memory_bytes"],
                     "spill_bytes": r["spill_bytes"], "threads_per_block": r["threads_per_block"],
                     "stack_bytes": r["stack_bytes"], "source": r["source"]})
+        if artefacts:
+            out[-1].update(cubin=r["cubin"], mangled=r["mangled"])
     return out
+
+
+_TRAITS_PROBE = r"""
+#include <cstdio>
+#include "cuda/attention/kernel_traits.cuh"
+template <int D> void show() {
+  using T = fastattn::cuda::AttnFwdTraits<D>;
+  std::printf("%d %d %d %d\n", T::kHeadDim, T::kBlockM, T::kBlockN, T::kWarps);
+}
+int main() { CALLS return 0; }
+"""
+
+
+def attention_tiles(head_dims: Iterable[int] = (64, 128, 256)) -> dict:
+    """``{head dim: (kBlockM, kBlockN, kWarps)}`` of the CUDA C++ attention forward, read from
+    csrc/cuda/attention/kernel_traits.cuh by compiling and running a host-only probe (so the
+    tile the machine-code analysis divides by is the one the kernel is built with). Cached per
+    header content and nvcc version."""
+    dims = sorted({int(d) for d in head_dims})
+    nvcc = nvcc_path()
+    if nvcc is None:
+        raise RuntimeError("nvcc not found (set CUDACXX or put it on PATH)")
+    header = CSRC / "cuda" / "attention" / "kernel_traits.cuh"
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
+    key = hashlib.sha256(header.read_bytes() + f"|{dims}|{version}".encode()).hexdigest()[:24]
+    cache = _cache_dir() / f"traits-{key}.json"
+    if cache.is_file():
+        return {int(k): tuple(v) for k, v in json.loads(cache.read_text()).items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "probe.cu"
+        src.write_text(_TRAITS_PROBE.replace("CALLS", "".join(f"show<{d}>();" for d in dims)))
+        exe = Path(tmp) / "probe"
+        proc = subprocess.run([nvcc, "-std=c++17", "-I", str(CSRC), "-o", str(exe), str(src)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the attention traits probe did not compile:\n{proc.stderr[-2000:]}")
+        out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    tiles = {}
+    for line in out.splitlines():
+        d, bm, bn, warps = (int(x) for x in line.split())
+        tiles[d] = (bm, bn, warps)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(tiles))
+    return tiles

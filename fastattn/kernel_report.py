@@ -15,7 +15,8 @@ that is missing or fails is reported in :attr:`KernelReport.missing` with the re
 never replaced by made-up records.
 
 ``python -m fastattn info --kernels`` prints :func:`format_table`; with ``--json`` the
-list of records.
+list of records. With ``--sass`` (``collect(sass=True)``) every record also carries ``sass``:
+the main-loop machine-code analysis and static ceilings of :mod:`fastattn.sass_report`.
 """
 from __future__ import annotations
 
@@ -176,8 +177,11 @@ def _load(sources) -> tuple[Optional[Callable], str]:
     return None, "; ".join(reasons)
 
 
-def collect(archs=ARCHS, backends=("triton", "cuda")) -> KernelReport:
-    """Compile/parse every kernel for ``archs`` and merge the records (see the module docstring)."""
+def collect(archs=ARCHS, backends=("triton", "cuda"), sass: bool = False) -> KernelReport:
+    """Compile/parse every kernel for ``archs`` and merge the records (see the module docstring).
+
+    ``sass``: also disassemble every compiled kernel and attach its main-loop analysis
+    (:func:`fastattn.sass_report.analyse`) as each record's ``sass``."""
     report = KernelReport()
     archs = tuple(arch_number(a) for a in archs)
     for backend, sources in (("triton", _TRITON_SOURCES), ("cuda", _CUDA_SOURCES)):
@@ -188,7 +192,8 @@ def collect(archs=ARCHS, backends=("triton", "cuda")) -> KernelReport:
             report.missing[backend] = f"no {backend} kernel report source in this installation ({why})"
             continue
         try:
-            records = fn(archs)
+            # The sources hand out their compiled artefacts (cubin paths) only when asked.
+            records = fn(archs, artefacts=True) if sass else fn(archs)
         except Exception as exc:  # noqa: BLE001
             report.missing[backend] = f"the {backend} kernel report failed: {type(exc).__name__}: {exc}"
             continue
@@ -196,6 +201,10 @@ def collect(archs=ARCHS, backends=("triton", "cuda")) -> KernelReport:
             report.missing[backend] = f"the {backend} kernel report returned no records"
             continue
         report.records.extend(_normalise(r, backend) for r in records)
+    if sass:
+        from fastattn import sass_report
+
+        sass_report.analyse(report.records)
     return report
 
 

@@ -9,7 +9,10 @@ and spill bytes from ``ptxas -v`` run on the generated PTX with the ptxas Triton
 uses for that arch (registers are only known to the driver after loading otherwise). It
 estimates the occupancy from the arch's per-SM limits. Results are cached on disk
 (``$FASTATTN_CACHE_DIR`` or ``~/.cache/fastattn/aot``) keyed by the kernel source, the
-case and the Triton version, because a compile takes seconds.
+case and the Triton version, because a compile takes seconds; next to each record the
+cache keeps the compiled cubin and the Triton IR (gzipped), which
+``kernel_reports(..., artefacts=True)`` hands out for machine-code analysis
+(:mod:`fastattn.sass`).
 
 Records (DESIGN.md section 5): ``kernel``, ``backend`` ("triton"), ``config``, ``arch``
 ("sm_80"), ``registers``, ``shared_memory_bytes``, ``spill_bytes``, ``occupancy``
@@ -18,6 +21,7 @@ Records (DESIGN.md section 5): ``kernel``, ``backend`` ("triton"), ``config``, `
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib
 import json
@@ -146,7 +150,7 @@ def occupancy(arch: int, registers: int, shared_bytes: int, num_warps: int) -> f
     return round(blocks * num_warps / max_warps, 4)
 
 
-def _compile_one(case: AotCase, arch: int) -> dict:
+def _compile_one(case: AotCase, arch: int, artefacts: Optional[Path] = None) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -163,6 +167,8 @@ def _compile_one(case: AotCase, arch: int) -> dict:
         if case.maxnreg is not None:
             options["maxnreg"] = case.maxnreg
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+        if artefacts is not None:
+            _write_artefacts(artefacts, compiled.asm["cubin"], compiled.asm["ttir"])
         shared = int(compiled.metadata.shared)
         regs, spills = _ptxas_report(compiled.asm["ptx"], arch)
         record.update(registers=regs, shared_memory_bytes=shared, spill_bytes=spills,
@@ -171,6 +177,32 @@ def _compile_one(case: AotCase, arch: int) -> dict:
     except Exception as exc:  # reported per record, so one bad config does not hide the others
         record["error"] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
     return record
+
+
+def _write_artefacts(stem: Path, cubin: bytes, ttir: str) -> None:
+    """The cubin and gzipped Triton IR next to the record (best effort: a cache that cannot be
+    written only costs a recompile when the artefacts are asked for)."""
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        for suffix, data in ((".cubin", cubin), (".ttir.gz", gzip.compress(ttir.encode(), 6))):
+            tmp = stem.with_name(f"{stem.name}{suffix}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(stem.with_name(stem.name + suffix))
+    except OSError:
+        pass
+
+
+def artefact_paths(case: AotCase, arch: int) -> dict:
+    """Where the cache keeps the compiled ``cubin`` and the gzipped Triton IR (``ttir``) of
+    ``case`` on ``arch`` (present once :func:`kernel_reports` has compiled it)."""
+    stem = _cache_path(case, arch).with_suffix("")
+    return {"cubin": str(stem.with_name(stem.name + ".cubin")), "ttir": str(stem.with_name(stem.name + ".ttir.gz"))}
+
+
+def _cached(case: AotCase, arch: int, artefacts: bool) -> bool:
+    if not _cache_path(case, arch).exists():
+        return False
+    return not artefacts or all(Path(p).exists() for p in artefact_paths(case, arch).values())
 
 
 def _cache_dir() -> Path:
@@ -185,21 +217,25 @@ def _cache_path(case: AotCase, arch: int) -> Path:
 
 
 _POOL_WORK: list = []  # (case, arch) pairs handed to forked workers by index (JIT functions don't pickle)
+_POOL_ARTEFACTS: list = [False]  # whether the forked workers must also (re)write the artefacts
 
 
 def _compile_index(i: int) -> dict:
-    return _compile_cached(_POOL_WORK[i])
+    return _compile_cached(_POOL_WORK[i], _POOL_ARTEFACTS[0])
 
 
-def _compile_cached(job) -> dict:
+def _compile_cached(job, artefacts: bool = False) -> dict:
     case, arch = job
     path = _cache_path(case, arch)
-    if path.exists():
+    if _cached(case, arch, artefacts):
         try:
-            return json.loads(path.read_text())
+            record = json.loads(path.read_text())
+            return dict(record, **artefact_paths(case, arch)) if artefacts else record
         except (OSError, ValueError):
             pass
-    record = _compile_one(case, arch)
+    # The artefacts are written on every compile (cheap next to the compile), so that a later
+    # machine-code analysis finds them.
+    record = _compile_one(case, arch, artefacts=path.with_suffix(""))
     if record["error"] is None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +244,7 @@ def _compile_cached(job) -> dict:
             tmp.replace(path)
         except OSError:
             pass
-    return record
+    return dict(record, **artefact_paths(case, arch)) if artefacts else record
 
 
 def _interpreted(cases: list[AotCase]) -> bool:
@@ -217,12 +253,12 @@ def _interpreted(cases: list[AotCase]) -> bool:
     return any(isinstance(c.fn, InterpretedFunction) for c in cases)
 
 
-def _reports_in_subprocess(work: list, jobs: Optional[int]) -> list[dict]:
+def _reports_in_subprocess(work: list, jobs: Optional[int], artefacts: bool = False) -> list[dict]:
     """Under TRITON_INTERPRET=1 the kernels in this process are interpreter objects that cannot be
     compiled: compile in a fresh interpreter-free Python, naming the cases by their origin."""
     if any(c.origin is None for c, _ in work):
         raise RuntimeError("under TRITON_INTERPRET=1 only cases from discover_cases() can be compiled")
-    payload = json.dumps({"work": [[list(c.origin), a] for c, a in work], "jobs": jobs})
+    payload = json.dumps({"work": [[list(c.origin), a] for c, a in work], "jobs": jobs, "artefacts": artefacts})
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-m", __name__], input=payload, capture_output=True, text=True,
                          env=env, check=False)
@@ -235,36 +271,39 @@ def _main() -> None:
     request = json.loads(sys.stdin.read())
     by_origin = {c.origin: c for c in discover_cases()}
     work = [(by_origin[tuple(o)], a) for o, a in request["work"]]
-    json.dump(_reports(work, request["jobs"]), sys.stdout)
+    json.dump(_reports(work, request["jobs"], request.get("artefacts", False)), sys.stdout)
 
 
 def kernel_reports(archs: Iterable[int | str] = (80, 90), cases: Optional[list[AotCase]] = None,
-                   jobs: Optional[int] = None) -> list[dict]:
+                   jobs: Optional[int] = None, artefacts: bool = False) -> list[dict]:
     """Compile every AOT case (default: all of this package's) for each arch and report it.
 
     ``archs``: compute capabilities (80, "sm_90", ...). Returns one record per (case, arch)
     the case is kept for, in a stable order. Compiles in ``jobs`` worker processes (default:
-    the CPU count) and caches results on disk.
+    the CPU count) and caches results on disk. With ``artefacts``, each record also carries
+    ``cubin`` and ``ttir`` (paths of the cached cubin and gzipped Triton IR, see
+    :func:`artefact_paths`), recompiling the cases whose artefacts are not cached.
     """
     archs = [int(str(a).replace("sm_", "").rstrip("a")) for a in archs]
     cases = discover_cases() if cases is None else cases
     work = [(c, a) for c in cases for a in archs if c.archs is None or a in c.archs]
     if _interpreted(cases):
-        return _reports_in_subprocess(work, jobs)
-    return _reports(work, jobs)
+        return _reports_in_subprocess(work, jobs, artefacts)
+    return _reports(work, jobs, artefacts)
 
 
-def _reports(work: list, jobs: Optional[int]) -> list[dict]:
-    todo = [w for w in work if not _cache_path(*w).exists()]
+def _reports(work: list, jobs: Optional[int], artefacts: bool = False) -> list[dict]:
+    todo = [w for w in work if not _cached(*w, artefacts)]
     jobs = jobs or os.cpu_count() or 1
     if len(todo) > 1 and jobs > 1:
         _POOL_WORK[:] = todo
+        _POOL_ARTEFACTS[0] = artefacts
         try:
             with multiprocessing.get_context("fork").Pool(min(jobs, len(todo))) as pool:
                 pool.map(_compile_index, range(len(todo)), chunksize=1)
         finally:
             _POOL_WORK.clear()
-    return [_compile_cached(w) for w in work]
+    return [_compile_cached(w, artefacts) for w in work]
 
 
 def format_table(records: list[dict]) -> str:

@@ -2,7 +2,9 @@
 
 With ``--kernels``: the static fitness report of every GPU kernel
 (:mod:`fastattn.kernel_report`). ``--json`` prints the same as JSON (with
-``--kernels``: the list of kernel records of DESIGN.md section 5).
+``--kernels``: the list of kernel records of DESIGN.md section 5). ``--sass`` (implies
+``--kernels``) adds the main-loop machine-code analysis of every kernel and its static
+ceilings (:mod:`fastattn.sass_report`; DESIGN.md section 5.6), as each record's ``sass``.
 """
 from __future__ import annotations
 
@@ -144,10 +146,11 @@ def format_info(data: dict) -> str:
 
 def run(args) -> int:
     """Entry point of the ``info`` subcommand."""
-    if args.kernels:
+    sass = getattr(args, "sass", False)
+    if args.kernels or sass:
         from fastattn import kernel_report
 
-        report = kernel_report.collect(args.archs)
+        report = kernel_report.collect(args.archs, sass=True) if sass else kernel_report.collect(args.archs)
         if args.json:
             # stdout stays a valid JSON list; what could not be reported goes to stderr.
             print(json.dumps(report.records, indent=2, default=str))
@@ -155,6 +158,11 @@ def run(args) -> int:
                 print(f"{backend}: not reported: {why}", file=sys.stderr)
         else:
             print(kernel_report.format_table(report))
+            if sass:
+                from fastattn import sass_report
+
+                print()
+                print(sass_report.format_table(report.records))
         return 1 if report.problems() else 0
     data = collect()
     print(json.dumps(data, indent=2, default=str) if args.json else format_info(data))
@@ -170,6 +178,11 @@ def add_parser(sub) -> None:
                    help="the static fitness report of every GPU kernel (registers, shared memory, spills, "
                         "occupancy), compiled for each arch with no GPU; exit status 1 if a kernel spills or "
                         "does not fit")
+    p.add_argument("--sass", action="store_true",
+                   help="with --kernels (implied): disassemble every kernel and count its main loop(s) per warp and "
+                        "iteration (MMA, shared/global/local memory, MUFU, FP/integer ALU, selects, barriers), with "
+                        "issue-, shared-memory-, MUFU- and FP32-bound static ceilings (upper bounds, not measured "
+                        "speed)")
     p.add_argument("--json", action="store_true", help="print JSON (with --kernels: the list of kernel records)")
     p.add_argument("--archs", type=lambda s: [a for a in s.split(",") if a], default=[80, 90],
                    help="comma-separated archs for --kernels (default 80,90)")
