@@ -7,7 +7,7 @@ signature is in :data:`OP_SIGNATURES`). A backend (``"reference"``,
 with :func:`register`; the public op calls :func:`select` once per call to pick
 one.
 
-Selection rules (DESIGN.md section 3 and 5):
+Selection rules (docs/architecture.md, "The path of one call"):
 
 * an explicit backend (the ``backend=`` argument, else the innermost
   ``with fastattn.backend(name):`` block) must be available for the device of
@@ -76,6 +76,11 @@ class Impl:
     backend: str
     fn: Callable
     supports: Optional[Callable] = None
+    delegated_to: Optional[Callable[[torch.device], str]] = None
+    """For an implementation that hands the work to another backend's kernel (the CUDA C++
+    attention backward runs the Triton or reference backward): ``delegated_to(device)``
+    names the backend whose kernel actually runs, so that reports never credit this
+    backend with it. ``None``: this backend's own kernel."""
 
 
 _IMPLS: dict[tuple[str, str], Impl] = {}
@@ -87,13 +92,26 @@ _REASONS: dict[tuple[str, str], Optional[str]] = {}
 _state = threading.local()
 
 
-def register(op: str, backend: str, fn: Callable, supports: Optional[Callable] = None) -> None:
-    """Register ``fn`` as ``backend``'s implementation of core op ``op``."""
+def register(op: str, backend: str, fn: Callable, supports: Optional[Callable] = None, *,
+             delegated_to: Optional[Callable[[torch.device], str]] = None) -> None:
+    """Register ``fn`` as ``backend``'s implementation of core op ``op`` (``delegated_to``:
+    see :attr:`Impl.delegated_to`)."""
     if op not in OP_SIGNATURES:
         raise KeyError(f"unknown core op {op!r}; known: {sorted(OP_SIGNATURES)}")
     if backend not in BACKENDS:
         raise KeyError(f"unknown backend {backend!r}; known: {BACKENDS}")
-    _IMPLS[(op, backend)] = Impl(op, backend, fn, supports)
+    _IMPLS[(op, backend)] = Impl(op, backend, fn, supports, delegated_to)
+
+
+def runs_on(op: str, backend: str, device: torch.device | str) -> str:
+    """The backend whose kernel runs core op ``op`` when ``backend`` is selected for inputs on
+    ``device``: ``backend`` itself, unless its implementation delegates (e.g. ``runs_on(
+    "attention_bwd", "cuda", dev)`` is ``"triton"`` where Triton runs). For reports."""
+    _load_backends()
+    impl = _IMPLS.get((op, backend))
+    if impl is None:
+        raise KeyError(f"backend {backend!r} has no implementation of {op!r}")
+    return backend if impl.delegated_to is None else impl.delegated_to(torch.device(device))
 
 
 def register_backend(name: str, available: Callable[[torch.device], Optional[str]]) -> None:

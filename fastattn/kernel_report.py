@@ -1,4 +1,4 @@
-"""The static fitness table of every GPU kernel (DESIGN.md section 5), computed with no GPU.
+"""The static fitness table of every GPU kernel, computed with no GPU.
 
 Two sources, merged into one list of records:
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 ARCHS = (80, 90)
-"""The archs the report compiles for by default (DESIGN.md section 5: sm_80 and sm_90)."""
+"""The archs the report compiles for by default: sm_80 and sm_90."""
 
 FIELDS = ("kernel", "backend", "config", "arch", "registers", "shared_memory_bytes", "spill_bytes", "occupancy")
 

@@ -5,7 +5,7 @@ Each function computes in the dtype of its inputs, or in float64 with
 speed: scores are materialised, masks are built explicitly. Every kernel test,
 ``fastattn verify`` and the benchmarks compare against these.
 
-Conventions (identical to the public API, see DESIGN.md section 3):
+Conventions (identical to the public API):
 
 * SDPA layout ``(batch, heads, seq, head_dim)``; flash layout
   ``(batch, seq, heads, head_dim)``; varlen packs ``(total, heads, head_dim)``.

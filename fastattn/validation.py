@@ -1,4 +1,4 @@
-"""Input validation shared by every public op (DESIGN.md section 4).
+"""Input validation shared by every public op.
 
 Every check raises ``TypeError`` (wrong kind of object or dtype) or
 ``ValueError`` (wrong shape, value or layout) naming the argument and the

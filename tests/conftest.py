@@ -89,3 +89,17 @@ def use_isa():
 
     yield _use
     _C.cpu_attention_use_isa("auto")
+
+
+@pytest.fixture
+def poisoned():
+    """A seeded torch RNG, and every tensor torch allocates uninitialised during the test
+    filled with NaN (:func:`fastattn.testing.poisoned_allocations`), so an output element a
+    kernel never writes fails the comparison."""
+    import torch
+
+    from fastattn import testing
+
+    torch.manual_seed(0)
+    with testing.poisoned_allocations():
+        yield

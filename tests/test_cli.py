@@ -12,9 +12,8 @@ import pytest
 import torch
 
 import fastattn
-from fastattn import dispatch, kernel_report
-from fastattn.cli import main, measure, peaks, schema
-from fastattn.cli import verify as verify_cmd
+from fastattn import dispatch, kernel_report, testing
+from fastattn.cli import impls, main, measure, peaks, schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -353,8 +352,34 @@ def test_verify_rejects_unknown_names(capsys):
 
 def test_verify_fails_on_nan():
     got = torch.tensor([1.0, float("nan")])
-    err, tol = verify_cmd._compare(got, torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([1.0, 2.0]))
+    err, tol = testing.error_and_bound(got, torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([1.0, 2.0]))
     assert err > tol
+
+
+def test_delegated_directions_are_named_in_reports(capsys):
+    """The cuda backend's attention backward runs another backend's kernel: verify, info and
+    bench's record of what ran name that backend for the backward, never cuda."""
+    why = dispatch.unavailable_reason("cuda", torch.device("cpu"))
+    if why is not None:
+        pytest.skip(f"cuda backend (simulated build) unavailable: {why}")
+    by = dispatch.runs_on("attention_bwd", "cuda", "cpu")
+    assert by in ("triton", "reference")
+    assert dispatch.runs_on("attention_fwd", "cuda", "cpu") == "cuda"
+    assert dispatch.runs_on("attention_bwd", "reference", "cpu") == "reference"
+
+    rc = main(["verify", "--backends", "cuda", "--families", "sdpa", "--dtypes", "float16"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert f"fwd+bwd by {by}" in out and "fwd+bwd " not in out.replace(f"fwd+bwd by {by}", "")
+
+    assert main(["info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["backends"]["delegated"]["cpu"]["cuda"] == {"attention_bwd": by}
+
+    runner = impls.FastattnRunner("cuda")
+    q, k, v = (testing.randn(1, 2, 17, 64, dtype=torch.float16, seed=s, requires_grad=True) for s in range(3))
+    with impls.record_selection(runner):
+        fastattn.scaled_dot_product_attention(q, k, v, is_causal=True, backend="cuda").sum().backward()
+    assert runner.last_selected == f"cuda+{by} (attention_bwd delegated by cuda)"
 
 
 def test_verify_entry_point_exit_status():

@@ -15,42 +15,18 @@ import pytest
 import torch
 
 import fastattn
-from fastattn import dispatch, reference
+from fastattn import dispatch, reference, testing
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(dispatch.unavailable_reason("cuda", torch.device(DEVICE)) is not None,
                                 reason=f"cuda backend: {dispatch.unavailable_reason('cuda', torch.device(DEVICE))}")
+pytestmark = [pytestmark, pytest.mark.usefixtures("poisoned")]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
-FLOOR = 1e-5
 SHAPES = [(1, 1), (3, 37), (2, 5, 64), (4, 1000), (1, 4099)]
 SHAPE_IDS = ["1x1", "3x37", "2x5x64", "4x1000", "1x4099"]
 LAYOUTS = ["contiguous", "halves", "misaligned"]
-
-
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    """Outputs come from torch.empty/empty_like: make them NaN so an unwritten element fails."""
-    torch.manual_seed(0)
-    real_empty, real_empty_like = torch.empty, torch.empty_like
-
-    def nan(t):
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: nan(real_empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan(real_empty_like(*a, **k)))
-
-
-def assert_matches(out, ref64, ref_lowp, what):
-    assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
-    assert torch.isfinite(out).all(), f"{what}: non-finite values (unwritten output?)"
-    err = (out.double() - ref64).abs().max().item()
-    if out.dtype == torch.float32:
-        tol = 1e-5 * max(ref64.abs().max().item(), 1.0)
-    else:
-        tol = 2 * (ref_lowp.double() - ref64).abs().max().item() + FLOOR
-    assert err <= tol, f"{what}: max error {err:.3g} > tolerance {tol:.3g}"
 
 
 def make_pair(shape, dtype, layout, scale=3.0):
@@ -93,10 +69,10 @@ def test_gated_activation_fwd_bwd(activation, dtype, shape, layout):
         g, u = gate.detach().requires_grad_(), up.detach().requires_grad_()
     out = GATED[activation](g, u, backend="cuda")
     assert out.dtype == dtype
-    assert_matches(out, out64, outlp, f"{activation} out")
+    testing.assert_close(out, out64, outlp, f"{activation} out")
     dg, du = torch.autograd.grad(out, (g, u), dout)
-    assert_matches(dg, grads64[0], gradslp[0], f"{activation} dgate")
-    assert_matches(du, grads64[1], gradslp[1], f"{activation} dup")
+    testing.assert_close(dg, grads64[0], gradslp[0], f"{activation} dgate")
+    testing.assert_close(du, grads64[1], gradslp[1], f"{activation} dup")
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"], ids=["erf", "tanh"])
@@ -113,15 +89,12 @@ def test_bias_gelu_fwd_bwd(dtype, shape, layout, approximate):
 
     xk, bk = x.detach().requires_grad_(), bias.detach().clone().requires_grad_()
     out = fastattn.bias_gelu(xk, bk, approximate, backend="cuda")
-    assert_matches(out, out64, outlp, "bias_gelu out")
+    testing.assert_close(out, out64, outlp, "bias_gelu out")
     dx, db = torch.autograd.grad(out, (xk, bk), dout)
-    assert_matches(dx, grads64[0], gradslp[0], "bias_gelu dx")
+    testing.assert_close(dx, grads64[0], gradslp[0], "bias_gelu dx")
     # The bias gradient sums dx over rows: compare with the rule scaled by the row count.
     rows = max(1, x.numel() // shape[-1])
-    err = (db.double() - grads64[1]).abs().max().item()
-    tol = (1e-5 * rows * max(grads64[1].abs().max().item(), 1.0) if dtype == torch.float32
-           else 2 * (gradslp[1].double() - grads64[1]).abs().max().item() + rows * FLOOR)
-    assert err <= tol, f"bias_gelu dbias: max error {err:.3g} > {tol:.3g}"
+    testing.assert_close(db, grads64[1], gradslp[1], "bias_gelu dbias", floor=rows * testing.DEFAULT_FLOOR)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -1,4 +1,4 @@
-"""Static checks of every CUDA C++ kernel (DESIGN.md section 5.3): each csrc/cuda source is
+"""Static checks of every CUDA C++ kernel: each csrc/cuda source is
 compiled by nvcc for sm_80, sm_86, sm_89 and sm_90a and ptxas's ``-v`` report parsed
 (fastattn/_ptxas.py): no spills, no local-memory stack, registers and shared memory
 within each arch's limits, and at least one block resident per SM."""

@@ -1,4 +1,4 @@
-"""The public API of DESIGN.md section 3: names, signatures, docstrings, torch
+"""The public API: names, signatures, docstrings, torch
 equivalence on CPU, the custom ops (opcheck) and torch.compile."""
 import inspect
 import math

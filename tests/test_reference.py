@@ -3,7 +3,7 @@ against hand-worked / explicit-loop computations of flash-attn's semantics.
 
 Expected values here are computed independently of the reference's helpers: torch's
 own math kernel for SDPA, and per-row Python loops (written straight from the
-definitions in DESIGN.md section 3) for flash-attn's bottom-right causal, windows,
+definitions of the public API) for flash-attn's bottom-right causal, windows,
 softcap, ALiBi and LSE.
 """
 import math

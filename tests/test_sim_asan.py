@@ -1,4 +1,4 @@
-"""AddressSanitizer job (DESIGN.md section 6), beside the ThreadSanitizer one: the simulated
+"""AddressSanitizer job, beside the ThreadSanitizer one: the simulated
 kernels and the runtime's tests built with -fsanitize=address must run without a report
 (no out-of-bounds access to global memory, with two blocks in flight and random early
 landing of cp.async copies), and a planted overrun must be reported naming its kernel: the

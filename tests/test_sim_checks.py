@@ -1,4 +1,4 @@
-"""The simulator's rules (DESIGN.md section 6), each broken by one small kernel of
+"""The simulator's rules, each broken by one small kernel of
 csrc/sim/tests/checks/sim_checks.cpp: warp collectives check their masks (the calling lane
 must be in the mask, the lanes a mask names must pass the same mask, a shuffle must not read
 a lane outside the mask or one that does not exist), ldmatrix rows and cp.async destinations

@@ -1,4 +1,4 @@
-"""ThreadSanitizer job (DESIGN.md section 5.4): the simulated kernels and the runtime's
+"""ThreadSanitizer job: the simulated kernels and the runtime's
 tests built with -fsanitize=thread must run without a single report, with two blocks in
 flight and cp.async copies landing at random points (the simulator's defaults), so that
 races between blocks on global memory and inside a block on shared memory are both

@@ -1,5 +1,5 @@
-"""Ahead-of-time checks of the Triton softmax and split-KV decoding kernels (DESIGN.md
-section 5, item 2): every config their launchers can pick (kernels/softmax.py and
+"""Ahead-of-time checks of the Triton softmax and split-KV decoding kernels:
+every config their launchers can pick (kernels/softmax.py and
 kernels/decode.py ``aot_cases()``) is compiled for sm_80 and sm_90 with no GPU; each must
 compile, fit the arch's shared memory per block, and not spill registers. Compiles run in an
 interpreter-free subprocess (see kernels/_aot.py) and are cached on disk.

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastattn import reference
+from fastattn import reference, testing
 from fastattn.kernels import activations as act_k
 from fastattn.kernels import feed_forward as ff_k
 
@@ -25,55 +25,19 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
 GATED = ["swiglu", "geglu", "geglu_tanh"]
-FLOOR = 1e-5  # smallest absolute floor of the error-ratio rule
+pytestmark = pytest.mark.usefixtures("poisoned")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch):
-    """Every ``torch.empty`` the launchers call returns NaN-filled memory; fresh inputs
-    from a per-test seed, so a failure reproduces."""
-    torch.manual_seed(0)
-    real_empty = torch.empty
-
-    def empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", empty)
 
 
 def _rand(*shape, dtype=torch.float32, scale=1.0):
     return (torch.randn(*shape, dtype=torch.float32, device=DEVICE) * scale).to(dtype)
 
 
-def assert_matches(out, ref64, ref_lowp, what=""):
-    """fp32: within 1e-5 of the output's scale; fp16/bf16: flash-attn's error ratio."""
-    assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
-    assert torch.isfinite(out).all(), f"{what}: non-finite values (unwritten output?)"
-    err = (out.double() - ref64).abs().max().item()
-    if out.dtype == torch.float32:
-        tol = 1e-5 * max(ref64.abs().max().item(), 1.0)
-    else:
-        # The floor is one rounding of the largest output to the dtype (half an ulp), which
-        # no kernel writing that dtype can avoid: with few elements in the top binade the
-        # reference may happen to round those exactly.
-        floor = max(FLOOR, 0.5 * torch.finfo(out.dtype).eps * ref64.abs().max().item())
-        tol = 2 * (ref_lowp.double() - ref64).abs().max().item() + floor
-    assert err <= tol, f"{what}: max error {err:.3g} > tolerance {tol:.3g}"
-
-
 def _ref_and_grads(fn, inputs, dout, dtype):
-    """``fn`` on ``inputs`` (float64 and ``dtype`` copies) and its gradients for ``dout``."""
-    results = []
-    for ct in (torch.float64, dtype):
-        leaves = [t.detach().to(ct).requires_grad_() for t in inputs]
-        out = fn(*leaves)
-        grads = torch.autograd.grad(out, leaves, dout.to(ct))
-        results.append((out.detach(), grads))
-    return results
+    """``[(out, grads)]`` of ``fn`` on ``inputs`` computed in float64, then in ``dtype``."""
+    return [testing.forward_and_grads(fn, inputs, dout, compute_dtype=ct) for ct in (torch.float64, dtype)]
 
 
 def _gated_ref(activation):
@@ -97,9 +61,9 @@ def test_gated_act_fwd_bwd(activation, dtype, shape):
     dgate, dup = act_k.gated_act_bwd(dout, gate, up, activation)
     (r64, g64), (rlp, glp) = _ref_and_grads(_gated_ref(activation), (gate, up), dout, dtype)
     assert out.dtype == dtype and out.is_contiguous()
-    assert_matches(out, r64, rlp, "out")
-    assert_matches(dgate, g64[0], glp[0], "dgate")
-    assert_matches(dup, g64[1], glp[1], "dup")
+    testing.assert_close(out, r64, rlp, "out")
+    testing.assert_close(dgate, g64[0], glp[0], "dgate")
+    testing.assert_close(dup, g64[1], glp[1], "dup")
 
 
 @pytest.mark.slow
@@ -140,16 +104,16 @@ def test_gated_act_strided(activation, dtype):
     out = act_k.gated_act_fwd(gate, up, activation)
     dgate, dup = act_k.gated_act_bwd(dout, gate, up, activation)
     (r64, g64), (rlp, glp) = _ref_and_grads(_gated_ref(activation), (gate, up), dout, dtype)
-    assert_matches(out, r64, rlp, "out")
-    assert_matches(dgate, g64[0], glp[0], "dgate")
-    assert_matches(dup, g64[1], glp[1], "dup")
+    testing.assert_close(out, r64, rlp, "out")
+    testing.assert_close(dgate, g64[0], glp[0], "dgate")
+    testing.assert_close(dup, g64[1], glp[1], "dup")
 
     gate_t = _rand(h, T, dtype=dtype, scale=2.0).t()  # (T, h), strides (1, T)
     up_c = _rand(T, h, dtype=dtype)
     out = act_k.gated_act_fwd(gate_t, up_c, activation)
     r64 = reference.gated_activation(gate_t.double(), up_c.double(), activation)
     rlp = reference.gated_activation(gate_t, up_c, activation)
-    assert_matches(out, r64, rlp, "out (transposed gate)")
+    testing.assert_close(out, r64, rlp, "out (transposed gate)")
 
 
 def test_rows_layouts():
@@ -177,12 +141,12 @@ def test_bias_gelu_fwd_bwd(approximate, dtype, shape):
     dx = act_k.bias_gelu_bwd(dout, x, bias, approximate)
     fn = lambda x_, b_: reference.bias_gelu(x_, b_, approximate)
     (r64, g64), (rlp, glp) = _ref_and_grads(fn, (x, bias), dout, dtype)
-    assert_matches(out, r64, rlp, "out")
-    assert_matches(dx, g64[0], glp[0], "dx")
+    testing.assert_close(out, r64, rlp, "out")
+    testing.assert_close(dx, g64[0], glp[0], "dx")
     if shape[-1] >= 129:  # enough dbias values for their max error to be a fair statistic
         # dbias is dx summed over rows (the op reduces in fp32): the kernel's dx must give it.
         dbias = dx.reshape(-1, shape[-1]).sum(0, dtype=torch.float32).to(dtype)
-        assert_matches(dbias, g64[1], glp[1], "dbias")
+        testing.assert_close(dbias, g64[1], glp[1], "dbias")
 
 
 def test_bias_gelu_strided_rows():
@@ -192,8 +156,8 @@ def test_bias_gelu_strided_rows():
     dx = act_k.bias_gelu_bwd(dout, x, bias, "tanh")
     (r64, g64), (rlp, glp) = _ref_and_grads(lambda x_: reference.bias_gelu(x_, bias.to(x_.dtype), "tanh"),
                                             (x,), dout, torch.float32)
-    assert_matches(out, r64, rlp, "out")
-    assert_matches(dx, g64[0], glp[0], "dx")
+    testing.assert_close(out, r64, rlp, "out")
+    testing.assert_close(dx, g64[0], glp[0], "dx")
 
 
 # --------------------------------------------------------------------------- feed-forward GEMM
@@ -224,10 +188,10 @@ def _check_feed_forward(M, K, N, dtype, activation, layout="pair", K_out=None, l
     (r64, g64), (rlp, glp) = _ref_and_grads(fn, (x, w_gate, w_up, w_down), dout, dtype)
     h64 = reference.gated_activation(x.double() @ w_gate.double().t(), x.double() @ w_up.double().t(), activation)
     hlp = reference.gated_activation(x @ w_gate.t(), x @ w_up.t(), activation)
-    assert_matches(hidden, h64, hlp, "hidden")
-    assert_matches(out, r64, rlp, "out")
+    testing.assert_close(hidden, h64, hlp, "hidden")
+    testing.assert_close(out, r64, rlp, "out")
     for name, g, r, rl in zip(("dx", "dw_gate", "dw_up", "dw_down"), grads, g64, glp):
-        assert_matches(g, r, rl, name)
+        testing.assert_close(g, r, rl, name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -259,7 +223,7 @@ def test_feed_forward_strided_x():
     w_gate, w_up, w_down = _weights(50, 64, 64, torch.float32, "pair")
     out, hidden = ff_k.feed_forward_fwd(x, w_gate, w_up, w_down, "swiglu")
     ref = reference.feed_forward(x.double(), (w_gate.double(), w_up.double()), w_down.double(), "swiglu")
-    assert_matches(out, ref, ref, "out")
+    testing.assert_close(out, ref, ref, "out")
     assert hidden.shape == (3, 7, 50)
 
 
@@ -301,7 +265,7 @@ def test_every_forward_config(shape):
                 h.stride(0), ACTIVATION=act_k.SWIGLU, DOT_PRECISION="tf32")
     h64 = reference.swiglu(x.double() @ w_gate.double().t(), x.double() @ w_up.double().t())
     hlp = reference.swiglu(x @ w_gate.t(), x @ w_up.t())
-    assert_matches(h, h64, hlp, str(config))
+    testing.assert_close(h, h64, hlp, str(config))
 
 
 @pytest.mark.parametrize("shape", BWD_SHAPES, ids=[_shape_id(s) for s in BWD_SHAPES])
@@ -321,8 +285,8 @@ def test_every_backward_config(shape):
         g = (x.to(ct) @ w_gate.to(ct).t()).requires_grad_()
         u = (x.to(ct) @ w_up.to(ct).t()).requires_grad_()
         refs.append(torch.autograd.grad(reference.geglu(g, u), (g, u), dout.to(ct) @ w_down.to(ct)))
-    assert_matches(dg, refs[0][0], refs[1][0], f"dG {config}")
-    assert_matches(du, refs[0][1], refs[1][1], f"dU {config}")
+    testing.assert_close(dg, refs[0][0], refs[1][0], f"dG {config}")
+    testing.assert_close(du, refs[0][1], refs[1][1], f"dU {config}")
 
 
 # --------------------------------------------------------------------------- memory

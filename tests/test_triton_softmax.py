@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import fastattn
-from fastattn import dispatch, reference
+from fastattn import dispatch, reference, testing
 from fastattn.kernels import softmax as kernels
 from triton_bf16_rounding import rounded_bf16_casts
 
@@ -26,21 +26,12 @@ pytestmark = pytest.mark.skipif(dispatch.unavailable_reason("triton", torch.devi
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
-FLOOR = 1e-6
 
 
 @pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    """Fresh seed, NaN-filled new tensors, and bf16 casts that round as the GPU does (the
-    interpreter truncates: see tests/triton_bf16_rounding.py)."""
-    torch.manual_seed(0)
-    real_empty, real_empty_like = torch.empty, torch.empty_like
-
-    def nan(t):
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: nan(real_empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan(real_empty_like(*a, **k)))
+def _poisoned_and_rounded(poisoned):
+    """NaN-filled new tensors (conftest ``poisoned``), and bf16 casts that round as the GPU
+    does (the interpreter truncates: see tests/triton_bf16_rounding.py)."""
     with rounded_bf16_casts():
         yield
 
@@ -53,17 +44,6 @@ def variant(request, monkeypatch):
         monkeypatch.setattr(kernels, "LOOP_BLOCK", 16)
         monkeypatch.setattr(kernels, "LOOP_WARPS", 1)
     return request.param
-
-
-def assert_matches(out, ref64, ref_lowp, what):
-    assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
-    assert not torch.isnan(out).any(), f"{what}: NaN (unwritten output?)"
-    err = (out.double() - ref64).abs().max().item()
-    if out.dtype == torch.float32:
-        tol = 1e-5 * max(ref64.abs().max().item(), 1.0)
-    else:
-        tol = 2 * (ref_lowp.double() - ref64).abs().max().item() + FLOOR
-    assert err <= tol, f"{what}: max error {err:.3g} > tolerance {tol:.3g}"
 
 
 def _mask(kind, shape, dtype):
@@ -97,14 +77,14 @@ def check_softmax(scores, mask, scale, causal, dtype):
     x = scores.detach().requires_grad_()
     y = fastattn.scaled_masked_softmax(x, mask, scale, causal, backend="triton")
     assert y.dtype == dtype and y.shape == scores.shape
-    assert_matches(y, refs[0], refs[1], "probs")
+    testing.assert_close(y, refs[0], refs[1], "probs")
     (dx,) = torch.autograd.grad(y, x, dout)
     assert dx.dtype == dtype
     grads = []
     for ct in (torch.float64, dtype):
         yc, dy = y.detach().to(ct), dout.to(ct)
         grads.append(scale * yc * (dy - (dy * yc).sum(-1, keepdim=True)))
-    assert_matches(dx, grads[0], grads[1], "dscores")
+    testing.assert_close(dx, grads[0], grads[1], "dscores")
     return y
 
 

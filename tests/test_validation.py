@@ -1,4 +1,4 @@
-"""One test per bad-input rule of DESIGN.md section 4, through the public ops.
+"""One test per bad-input rule of fastattn.validation, through the public ops.
 
 Each case builds otherwise-valid inputs, breaks one thing, and checks that the public
 op raises the documented exception type with a message naming the offending argument.

@@ -2,7 +2,7 @@
 
 CUDA tensors run on ``fastattn._cuda`` (the nvcc build); CPU tensors run on
 ``fastattn._cuda_sim``, the same sources compiled for the host SIMT runtime
-(``csrc/sim``, DESIGN.md sections 5 and 6), so that every CUDA kernel can be tested
+(``csrc/sim``; docs/architecture.md), so that every CUDA kernel can be tested
 and verified without a GPU. Both modules expose identical functions taking raw
 addresses, element strides, a dtype code (``csrc/common/dtype.h``) and a stream handle.
 
@@ -18,9 +18,8 @@ from typing import Optional
 import torch
 
 from fastattn import dispatch
-
-_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # csrc/common/dtype.h
-_ACTIVATION_CODES = {"swiglu": 0, "geglu": 1, "geglu_tanh": 2}  # csrc/common/activation.h
+from fastattn._dtype_codes import ACTIVATION_CODES as _ACTIVATION_CODES
+from fastattn._dtype_codes import DTYPE_CODES as _DTYPE_CODES
 _MASK_KINDS = {torch.bool: 1, torch.float32: 2, torch.float16: 3, torch.bfloat16: 4}  # SoftmaxMask
 _SOFTMAX_MAX_ROW = 16384
 _MAX_HEAD_DIM = 256

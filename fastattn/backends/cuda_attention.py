@@ -23,10 +23,11 @@ from typing import Optional
 import torch
 
 from fastattn import dispatch
+from fastattn._dtype_codes import DTYPE_CODES
 from fastattn.backends import cuda as _cuda
 from fastattn.ops.attention_args import empty_like_layout
 
-_DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2}  # csrc/common/dtype.h
+_TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
 HEAD_DIMS = (64, 128, 256)
 _MAX_GRID_Y = 65535  # batch * heads is the grid's y dimension
 
@@ -37,7 +38,7 @@ def supports(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, c
     mod = _cuda._MODULES.get("_cuda" if q.device.type == "cuda" else "_cuda_sim")
     if mod is not None and not hasattr(mod, "attention_fwd"):
         return "this build of the CUDA C++ kernels has no attention forward"
-    if q.dtype not in _DTYPE_CODES:
+    if q.dtype not in _TENSOR_CORE_DTYPES:
         return f"the CUDA C++ attention takes float16 or bfloat16, got {str(q.dtype).replace('torch.', '')}"
     if k.dtype != q.dtype or v.dtype != q.dtype:
         return "q, k and v of different dtypes"
@@ -76,13 +77,14 @@ def attention_fwd(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_
     out = empty_like_layout(q, head_dim)
     lse = torch.empty(batch, heads, seqlen_q, dtype=torch.float32, device=q.device)
     _cuda._module(q.device).attention_fwd(
-        _DTYPE_CODES[q.dtype], q.data_ptr(), q.stride()[:3], k.data_ptr(), k.stride()[:3], v.data_ptr(),
+        DTYPE_CODES[q.dtype], q.data_ptr(), q.stride()[:3], k.data_ptr(), k.stride()[:3], v.data_ptr(),
         v.stride()[:3], out.data_ptr(), out.stride()[:3], lse.data_ptr(), batch, heads, heads_k, seqlen_q,
         seqlen_k, head_dim, float(args.scale), bool(args.causal), bool(args.bottom_right), _cuda._stream(q.device))
     return out, lse
 
 
 def _backward_backend(device: torch.device) -> str:
+    """The backend whose backward serves ``backend="cuda"`` calls on ``device``."""
     triton = dispatch.implementations("attention_bwd").get("triton")
     if triton is not None and dispatch.unavailable_reason("triton", device) is None:
         return "triton"
@@ -103,4 +105,4 @@ def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlen
 
 
 dispatch.register("attention_fwd", "cuda", attention_fwd, supports)
-dispatch.register("attention_bwd", "cuda", attention_bwd, supports)
+dispatch.register("attention_bwd", "cuda", attention_bwd, supports, delegated_to=_backward_backend)

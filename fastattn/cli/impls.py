@@ -123,17 +123,22 @@ class FastattnRunner(Runner):
 
 @contextlib.contextmanager
 def record_selection(runner):
-    """Record in ``runner.last_selected`` the backend(s) :func:`fastattn.dispatch.select`
-    picks inside the block (what ``auto`` resolved to), joined by "+" if several."""
+    """Record in ``runner.last_selected`` the backend(s) whose kernels run inside the block:
+    what :func:`fastattn.dispatch.select` picks (what ``auto`` resolved to), and for an op the
+    picked backend delegates, the backend that really runs it (``"cuda+triton (attention_bwd
+    delegated by cuda)"``); joined by "+" if several."""
     from fastattn import dispatch
 
     original = dispatch.select
     picked: list = []
 
-    def spy(*args, **kwargs):
-        name = original(*args, **kwargs)
-        if name not in picked:
-            picked.append(name)
+    def spy(ops, requested, device, *args, **kwargs):
+        name = original(ops, requested, device, *args, **kwargs)
+        for op in (ops,) if isinstance(ops, str) else ops:
+            by = dispatch.runs_on(op, name, device)
+            label = name if by == name else f"{by} ({op} delegated by {name})"
+            if label not in picked:
+                picked.append(label)
         return name
 
     dispatch.select = spy

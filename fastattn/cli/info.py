@@ -2,9 +2,9 @@
 
 With ``--kernels``: the static fitness report of every GPU kernel
 (:mod:`fastattn.kernel_report`). ``--json`` prints the same as JSON (with
-``--kernels``: the list of kernel records of DESIGN.md section 5). ``--sass`` (implies
+``--kernels``: the list of kernel records of :mod:`fastattn.kernel_report`). ``--sass`` (implies
 ``--kernels``) adds the main-loop machine-code analysis of every kernel and its static
-ceilings (:mod:`fastattn.sass_report`; DESIGN.md section 5.6), as each record's ``sass``.
+ceilings (:mod:`fastattn.sass_report`), as each record's ``sass``.
 """
 from __future__ import annotations
 
@@ -72,10 +72,14 @@ def backend_info() -> dict:
                 avail[name] = f"fastattn.backends.{module} failed to import: {err}"
     ops = {b: sorted(op for op in dispatch.OP_SIGNATURES if b in dispatch.implementations(op))
            for b in dispatch.BACKENDS}
+    # Ops a backend hands to another backend's kernel, per device: {device: {backend: {op: by}}}.
+    delegated = {d: {b: {op: by for op in ops[b] if (by := dispatch.runs_on(op, b, d)) != b}
+                     for b in dispatch.BACKENDS} for d in devices}
     return {
         "availability": availability,
         "auto_order": {d: list(dispatch.AUTO_ORDER.get(d, ("reference",))) for d in devices},
         "ops": ops,
+        "delegated": {d: {b: ops_ for b, ops_ in per.items() if ops_} for d, per in delegated.items()},
         "import_errors": dict(backends.IMPORT_ERRORS),
     }
 
@@ -132,7 +136,8 @@ def format_info(data: dict) -> str:
     for device, avail in b["availability"].items():
         lines.append(f"  on {device} tensors (auto tries {' > '.join(b['auto_order'][device])}):")
         for name, why in avail.items():
-            ops = b["ops"].get(name) or []
+            by = b["delegated"].get(device, {}).get(name, {})
+            ops = [op if op not in by else f"{op} (delegated: {by[op]}'s kernel runs)" for op in b["ops"].get(name) or []]
             state = "available" if why is None else f"unavailable: {why}"
             if why is None and device == "cpu" and name in _CPU_EMULATION:
                 state += f" ({_CPU_EMULATION[name]}: for correctness checks; auto never picks it)"

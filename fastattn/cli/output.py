@@ -41,8 +41,10 @@ def _table_rows(rows):
     body = []
     for r in rows:
         impl = r["impl"]
-        if r.get("resolved_backend") and impl.endswith(":auto"):
-            impl += f" ({r['resolved_backend']})"  # what auto picked
+        resolved = r.get("resolved_backend")
+        # What auto picked, or which other backend's kernel ran a direction the named one delegates.
+        if resolved and (impl.endswith(":auto") or resolved != impl.split(":", 1)[-1]):
+            impl += f" ({resolved})"
         body.append([r["case"], impl, _fmt(r["median_s"] * 1e3, ".3f"), f"{100 * r['spread']:.1f}%",
                      _fmt(r["value"], ".3f" if metric == "TFLOP/s" else ".1f"), _fmt(r.get("pct_of_peak"), ".1f")]
                     + [_fmt(r["ratios"].get(p), ".2f") + ("x" if p in r["ratios"] else "") for p in peers])

@@ -5,14 +5,15 @@ the simulated build and ``triton`` through the Triton interpreter, which this co
 switches on; on a GPU: ``triton`` and ``cuda``), for each op family the backend implements,
 in fp32, fp16 and bf16, on small odd shapes, forward and (where the backend has one)
 backward: the public op with ``backend=`` is compared with :mod:`fastattn.reference` run in
-float64 on the same inputs, by flash-attn's error-ratio rule::
+float64 on the same inputs, by the project's one tolerance rule (:mod:`fastattn.testing`,
+flash-attn's error ratio)::
 
-    max|out - ref64| <= 2 * max|ref_lowp - ref64| + max|round(ref64) - ref64| + 1e-5 * max(1, max|ref64|)
+    max|out - ref64| <= 2 * max|ref_lowp - ref64| + eps(out) / 2 * max|ref64| + 1e-5 * max(1, max|ref64|)
 
 where ``ref_lowp`` is the reference computed in the input dtype (for fp32 inputs this is
-fp32, so fp32 is held to ~1e-5 relative) and ``round(ref64)`` the exact answer rounded to
-the output dtype: the one error no kernel can avoid. Gradients are compared the same way, with one
-shared ``dout``. Prints a pass/fail table; the exit status is 1 if any check fails.
+fp32, so fp32 is held to ~1e-5 relative) and the middle term half an ulp of the output
+dtype at the largest magnitude: the one error no kernel can avoid. Gradients are compared the
+same way, with one shared ``dout``. Prints a pass/fail table; the exit status is 1 if any check fails.
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ from typing import Callable, Optional
 
 import torch
 
+from fastattn.testing import DEFAULT_FLOOR, error_and_bound
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-FLOOR = 1e-5
 
 
 @dataclass(frozen=True)
@@ -211,27 +213,6 @@ def _forward_and_grads(fn, inputs, grad_keys, cast=None):
     return out, list(grads)
 
 
-def _compare(got: torch.Tensor, ref64: torch.Tensor, ref_lp: torch.Tensor) -> tuple[float, float]:
-    """(max error against the float64 oracle, tolerance by the error-ratio rule)."""
-    dtype = got.dtype
-    got, ref_lp = got.double(), ref_lp.double()
-    if got.shape != ref64.shape:
-        return float("inf"), 0.0
-    finite = torch.isfinite(ref64)
-    if not torch.equal(torch.isfinite(got), finite):  # NaN/Inf where the oracle has none, or the reverse
-        return float("inf"), 0.0
-    if not finite.any():
-        return 0.0, 0.0
-    err = (got - ref64)[finite].abs().max().item()
-    base = (ref_lp - ref64)[finite].abs().max().item()
-    scale = ref64[finite].abs().max().item()
-    # The floor: what rounding the exact answer to the output dtype costs (no kernel can beat
-    # it; the low-precision reference may happen to round luckily on a small tensor), plus
-    # 1e-5 relative for fp32.
-    rounding = (ref64.to(dtype).double() - ref64)[finite].abs().max().item()
-    return err, 2.0 * base + rounding + FLOOR * max(1.0, scale)
-
-
 def run_check(check: Check, backend: str, dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict:
     """Run one check; returns a row with the status ("pass", "FAIL", "skip") and errors."""
     from fastattn import dispatch
@@ -240,7 +221,13 @@ def run_check(check: Check, backend: str, dtype: torch.dtype, device: torch.devi
            "status": "pass", "fwd_err": None, "fwd_tol": None, "bwd_err": None, "bwd_tol": None, "reason": None}
     impls = dispatch.implementations
     grad_keys = check.grad_keys if check.bwd_op and backend in impls(check.bwd_op) else ()
-    row["directions"] = "fwd+bwd" if grad_keys else "fwd"
+    # Name the backend whose kernel runs each direction: an op this backend delegates (e.g. the
+    # cuda backend's attention backward) is shown as "bwd by <backend>", never as its own.
+    row["fwd_backend"] = dispatch.runs_on(check.fwd_op, backend, device)
+    row["bwd_backend"] = dispatch.runs_on(check.bwd_op, backend, device) if grad_keys else None
+    row["directions"] = "+".join(
+        d if by == backend else f"{d} by {by}"
+        for d, by in (("fwd", row["fwd_backend"]), ("bwd", row["bwd_backend"])) if by is not None)
     gen = torch.Generator().manual_seed(seed)
     inputs = check.make(dtype, gen, device)
     try:
@@ -260,10 +247,10 @@ def run_check(check: Check, backend: str, dtype: torch.dtype, device: torch.devi
             ref_lp, grads_lp = check.ref_lowp(inputs)
     else:
         ref_lp, grads_lp = _forward_and_grads(lambda x: check.ref(x, False), inputs, grad_keys)
-    row["fwd_err"], row["fwd_tol"] = _compare(out, ref64, ref_lp)
+    row["fwd_err"], row["fwd_tol"] = error_and_bound(out, ref64, ref_lp)
     ok = row["fwd_err"] <= row["fwd_tol"]
     if grad_keys:
-        pairs = [_compare(g, g64, glp) for g, g64, glp in zip(grads, grads64, grads_lp)]
+        pairs = [error_and_bound(g, g64, glp) for g, g64, glp in zip(grads, grads64, grads_lp)]
         worst = max(pairs, key=lambda p: p[0] - p[1])  # the gradient closest to (or furthest over) its bound
         row["bwd_err"], row["bwd_tol"] = worst
         ok = ok and all(e <= t for e, t in pairs)
@@ -325,8 +312,8 @@ def format_rows(rows, unavailable, device) -> str:
     body = [(r["backend"], r["check"], r["dtype"], r["directions"], _fmt(r["fwd_err"], r["fwd_tol"]),
              _fmt(r["bwd_err"], r["bwd_tol"]), r["status"] + (f": {r['reason']}" if r["reason"] else ""))
             for r in rows]
-    lines = [f"fastattn verify on {device.type}: bound = 2 * max|ref_lowp - ref64| + max|round(ref64) - ref64| "
-             f"+ {FLOOR:g} * max(1, max|ref64|)",
+    lines = [f"fastattn verify on {device.type}: bound = 2 * max|ref_lowp - ref64| + eps(out) / 2 * max|ref64| "
+             f"+ {DEFAULT_FLOOR:g} * max(1, max|ref64|)",
              render_table(header, body) if body else "(no checks ran)"]
     for b, why in unavailable.items():
         lines.append(f"{b}: not available here: {why}")

@@ -1,4 +1,4 @@
-// The simulator's model of what the hardware makes visible (DESIGN.md section 6): cp.async
+// The simulator's model of what the hardware makes visible: cp.async
 // copies that land only when waited for (or at random earlier points), per-block static
 // shared memory poisoned at every block start, blocks running concurrently, and the uses of
 // masks and __syncwarp that are legal and must not be reported. The kernels that break a

@@ -1,4 +1,4 @@
-// The execution model of the host SIMT runtime (DESIGN.md section 6).
+// The execution model of the host SIMT runtime.
 //
 // Threads and blocks. A launch runs the grid on `Options::concurrent_blocks` block slots at
 // once (2 by default), each slot with one OS thread per CUDA thread; a slot's threads take

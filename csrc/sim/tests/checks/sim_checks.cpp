@@ -1,4 +1,4 @@
-// Kernels that each break one rule the simulator enforces (DESIGN.md section 6): run with the
+// Kernels that each break one rule the simulator enforces: run with the
 // case's name, each must abort with a message naming the kernel, block, warp and lane and
 // the rule (tests/test_sim_checks.py holds the expected messages). Never part of the normal
 // test run: every case ends the process.
