@@ -156,7 +156,7 @@ def scaled_dot_product_attention(
         # No fastattn kernel serves this call here: torch's own SDPA is the faster fallback.
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
                                               is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
-    out, _ = _run_core(q, k, v, args, chosen, attn_mask=mask, name=name)
+    out, _ = _core_attention(q, k, v, args, name, attn_mask=mask)
     return out
 
 
@@ -238,8 +238,10 @@ def flash_attn_func(
     sink = check.learnable_sink("learnable_sink", learnable_sink, q.shape[2], q.device)
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
     args = AttentionArgs(max_seqlen_q=q.shape[1], max_seqlen_k=k.shape[1], **options)
-    out, lse = _run_core(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), args, backend,
-                         alibi_slopes=slopes, sink=sink)
+    q_, k_, v_ = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, D) views, no copy
+    # Selection, then the op straight away: one frame from here to the kernel's launcher.
+    name = _select(q_, k_, v_, args, backend, alibi_slopes=slopes)
+    out, lse = _core_attention(q_, k_, v_, args, name, alibi_slopes=slopes, learnable_sink=sink)
     out = out.transpose(1, 2)
     if not return_attn_probs:
         return out
@@ -284,8 +286,10 @@ def flash_attn_varlen_func(
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
     args = AttentionArgs(max_seqlen_q=int(max_seqlen_q), max_seqlen_k=int(max_seqlen_k), **options)
     view = lambda t: t.transpose(0, 1).unsqueeze(0)  # (total, H, D) -> (1, H, total, D), no copy
-    out, lse = _run_core(view(q), view(k), view(v), args, backend, alibi_slopes=slopes, cu_q=cu_q, cu_k=cu_k,
-                         sink=sink)
+    q_, k_, v_ = view(q), view(k), view(v)
+    name = _select(q_, k_, v_, args, backend, alibi_slopes=slopes, cu_q=cu_q, cu_k=cu_k)
+    out, lse = _core_attention(q_, k_, v_, args, name, alibi_slopes=slopes, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                               learnable_sink=sink)
     out = out.squeeze(0).transpose(0, 1)
     if not return_attn_probs:
         return out
