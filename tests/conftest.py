@@ -37,6 +37,25 @@ def pytest_sessionstart(session):
         )
 
 
+def pytest_runtest_setup(item):
+    """``@pytest.mark.requires_backend("cuda")`` (or as a module's ``pytestmark``): skip, saying
+    why, where that backend cannot run on this machine's default device (CUDA tensors with a
+    GPU, else CPU tensors through the interpreter / simulator). In CI such a skip cannot happen:
+    ``pytest_sessionstart`` has already stopped the run."""
+    marks = list(item.iter_markers("requires_backend"))
+    if not marks:
+        return
+    import torch
+
+    from fastattn import dispatch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for mark in marks:
+        why = dispatch.unavailable_reason(mark.args[0], device)
+        if why is not None:
+            pytest.skip(f"{mark.args[0]} backend unavailable on {device.type}: {why}")
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--slow-shard", metavar="K/N", default=None,

@@ -14,13 +14,11 @@ import pytest
 import torch
 
 import fastattn
-from fastattn import dispatch, reference, testing
+from fastattn import reference, testing
 from fastattn.backends import cuda as cuda_backend
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(dispatch.unavailable_reason("cuda", torch.device(DEVICE)) is not None,
-                                reason=f"cuda backend: {dispatch.unavailable_reason('cuda', torch.device(DEVICE))}")
-pytestmark = [pytestmark, pytest.mark.usefixtures("poisoned")]
+pytestmark = [pytest.mark.requires_backend("cuda"), pytest.mark.usefixtures("poisoned")]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]

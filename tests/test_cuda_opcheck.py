@@ -7,11 +7,9 @@ import pytest
 import torch
 
 import fastattn  # noqa: F401  (registers the fastattn:: ops)
-from fastattn import dispatch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(dispatch.unavailable_reason("cuda", torch.device(DEVICE)) is not None,
-                                reason=f"cuda backend: {dispatch.unavailable_reason('cuda', torch.device(DEVICE))}")
+pytestmark = pytest.mark.requires_backend("cuda")
 
 
 def _r(*shape, dtype=torch.float32, grad=False):

@@ -1,14 +1,7 @@
-"""Triton fused scale-mask-softmax (kernels/softmax.py) through
-``fastattn.scaled_masked_softmax(..., backend="triton")``, against
-fastattn.reference.scaled_masked_softmax in float64.
-
-Megatron-LM FusedScaleMaskSoftmax semantics: bool mask True = masked out, float mask added
-after scaling, causal top-left, masks broadcast, fully masked rows give 0. Both kernel
-variants are covered: one tile per row, and the two-pass online kernel for long rows
-(forced on short rows by lowering ``MAX_ROW_BLOCK``). Without a GPU the kernels run on CPU
-tensors under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
-Tolerances: fp32 1e-5 (probabilities are <= 1); fp16/bf16 flash-attn's error-ratio rule.
-Outputs are poisoned with NaN before the kernel writes them.
+"""Triton-specific softmax checks (the shared ones are tests/test_softmax.py): both kernel
+variants — one tile per row, and the two-pass online kernel for long rows (forced on short
+rows by lowering ``MAX_ROW_BLOCK``) — and that ``backend="triton"`` runs the kernel's
+implementation. Without a GPU the kernels run on CPU tensors under the Triton interpreter.
 """
 from __future__ import annotations
 
@@ -16,22 +9,17 @@ import pytest
 import torch
 
 import fastattn
-from fastattn import dispatch, reference, testing
+from fastattn import dispatch
 from fastattn.kernels import softmax as kernels
+from test_softmax import DEVICE, DTYPE_IDS, DTYPES, check_softmax, make_mask
 from triton_bf16_rounding import rounded_bf16_casts
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(dispatch.unavailable_reason("triton", torch.device(DEVICE)) is not None,
-                                reason=f"triton backend: {dispatch.unavailable_reason('triton', torch.device(DEVICE))}")
-
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-DTYPE_IDS = ["fp32", "fp16", "bf16"]
+pytestmark = [pytest.mark.requires_backend("triton"), pytest.mark.usefixtures("poisoned")]
 
 
 @pytest.fixture(autouse=True)
-def _poisoned_and_rounded(poisoned):
-    """NaN-filled new tensors (conftest ``poisoned``), and bf16 casts that round as the GPU
-    does (the interpreter truncates: see tests/triton_bf16_rounding.py)."""
+def _rounded():
+    """bf16 casts that round as the GPU does (the interpreter truncates: tests/triton_bf16_rounding.py)."""
     with rounded_bf16_casts():
         yield
 
@@ -46,72 +34,6 @@ def variant(request, monkeypatch):
     return request.param
 
 
-def _mask(kind, shape, dtype):
-    """A mask broadcastable to ``shape`` (B, H, Lq, Lk) of the given kind."""
-    b, _, lq, lk = shape
-    if kind == "none":
-        return None
-    if kind == "bool":  # Megatron's (B, 1, Lq, Lk), True = masked out
-        return torch.rand(b, 1, lq, lk, device=DEVICE) < 0.3
-    if kind == "padding":  # (B, 1, 1, Lk): the last keys of each batch padded; batch 0 fully padded
-        lengths = torch.randint(1, lk + 1, (b,))
-        lengths[0] = 0
-        return (torch.arange(lk).view(1, 1, 1, lk) >= lengths.view(b, 1, 1, 1)).to(DEVICE)
-    additive = torch.randn(1, 1, lq, lk, device=DEVICE) * 2  # float (1, 1, Lq, Lk), added after scaling
-    additive[..., ::3] = float("-inf")
-    return additive.to(dtype)
-
-
-def check_softmax(scores, mask, scale, causal, dtype):
-    """Forward against the reference (float64 and ``dtype``); backward, through autograd,
-    against ``dx = scale * y * (dy - sum(dy * y))`` in float64 and in ``dtype`` evaluated on
-    the ``y`` the forward returned (the backward's actual input: evaluating it on the
-    reference's ``y`` instead would charge the forward's last rounding to the backward
-    twice). Autograd through the reference is not used: it gives NaN on fully masked rows,
-    whose true gradient is 0."""
-    dout = torch.randn(scores.shape, device=DEVICE).to(dtype)
-    refs = []
-    for ct in (torch.float64, dtype):
-        m = mask if mask is None or mask.dtype == torch.bool else mask.to(ct)
-        refs.append(reference.scaled_masked_softmax(scores.to(ct), m, scale, causal, upcast=ct == torch.float64).to(ct))
-    x = scores.detach().requires_grad_()
-    y = fastattn.scaled_masked_softmax(x, mask, scale, causal, backend="triton")
-    assert y.dtype == dtype and y.shape == scores.shape
-    testing.assert_close(y, refs[0], refs[1], "probs")
-    (dx,) = torch.autograd.grad(y, x, dout)
-    assert dx.dtype == dtype
-    grads = []
-    for ct in (torch.float64, dtype):
-        yc, dy = y.detach().to(ct), dout.to(ct)
-        grads.append(scale * yc * (dy - (dy * yc).sum(-1, keepdim=True)))
-    testing.assert_close(dx, grads[0], grads[1], "dscores")
-    return y
-
-
-SHAPES = [(1, 1, 1, 1), (1, 2, 9, 17), (1, 1, 3, 1000), (3, 1, 2, 113)]
-SHAPE_IDS = ["1x1x1x1", "1x2x9x17", "1x1x3x1000", "3x1x2x113"]
-MASKS = ["none", "bool", "padding", "additive"]
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_softmax_fwd_bwd(dtype, shape):
-    """Every mask kind, with and without causal, on rows of 1, 17, 113 and 1000 columns."""
-    scores = (torch.randn(shape, device=DEVICE) * 3).to(dtype)
-    for mask_kind, causal in [("none", False), ("bool", True), ("padding", False), ("additive", True)]:
-        check_softmax(scores, _mask(mask_kind, shape, dtype), 0.7, causal, dtype)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("mask_kind", MASKS, ids=MASKS)
-@pytest.mark.parametrize("shape", SHAPES + [(2, 3, 17, 33)], ids=SHAPE_IDS + ["2x3x17x33"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_softmax_full_grid(dtype, shape, mask_kind, causal):
-    scores = (torch.randn(shape, device=DEVICE) * 3).to(dtype)
-    check_softmax(scores, _mask(mask_kind, shape, dtype), 0.7, causal, dtype)
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_softmax_looped_kernel(dtype, monkeypatch):
     """The two-pass online kernel in 16-column chunks: the running max grows across chunks
@@ -124,7 +46,7 @@ def test_softmax_looped_kernel(dtype, monkeypatch):
                                      ((2, 1, 2, 37), "padding", False), ((1, 1, 3, 50), "additive", True)]:
         scores = (torch.randn(shape, device=DEVICE) * 3).to(dtype)
         scores[..., -1] += 20
-        check_softmax(scores, _mask(mask_kind, shape, dtype), 1.3, causal, dtype)
+        check_softmax("triton", scores, make_mask(mask_kind, shape, dtype), 1.3, causal, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -134,76 +56,27 @@ def test_softmax_longer_than_one_tile(dtype):
     scores = (torch.randn(1, 1, 2, lk, device=DEVICE) * 4).to(dtype)
     mask = torch.zeros(1, 1, 2, lk, dtype=torch.bool, device=DEVICE)
     mask[0, 0, 1, 9001:] = True
-    check_softmax(scores, mask, 1.0, False, dtype)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_softmax_16k_rows(dtype, causal):
-    """16384 columns, the longest row held in one tile."""
-    scores = (torch.randn(1, 1, 3, 16384, device=DEVICE) * 4).to(dtype)
-    mask = torch.zeros(1, 1, 3, 16384, dtype=torch.bool, device=DEVICE)
-    mask[0, 0, 1, 9001:] = True
-    check_softmax(scores, mask, 1.0, causal, dtype)
+    check_softmax("triton", scores, mask, 1.0, False, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_softmax_fully_masked_rows_are_zero(dtype, variant):
+def test_looped_kernel_fully_masked_rows_are_zero(dtype, variant):
     scores = torch.randn(2, 2, 4, 33, device=DEVICE).to(dtype)
     mask = torch.zeros(2, 1, 4, 33, dtype=torch.bool, device=DEVICE)
     mask[1] = True  # every row of batch 1
     mask[0, :, 2] = True  # one row of batch 0
-    y = check_softmax(scores, mask, 1.0, False, dtype)
+    y = check_softmax("triton", scores, mask, 1.0, False, dtype)
     assert (y[1] == 0).all() and (y[0, :, 2] == 0).all()
-    torch.testing.assert_close(y[0, :, [0, 1, 3]].float().sum(-1), torch.ones(2, 3), atol=1e-2, rtol=0)
-    additive = torch.zeros(1, 1, 4, 33, device=DEVICE)
-    additive[..., 1, :] = float("-inf")  # a float mask hiding a whole row
-    y = check_softmax(scores, additive.to(dtype), 0.5, False, dtype)
-    assert (y[:, :, 1] == 0).all()
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_softmax_broadcast_masks(dtype):
-    """Masks of fewer dims and of size-1 dims are read by zero strides: (Lk,), (Lq, Lk),
-    (B, 1, 1, Lk), (1, H, Lq, 1) and a stride-0 expanded one."""
-    scores = (torch.randn(2, 2, 3, 21, device=DEVICE) * 2).to(dtype)
-    masks = [
-        torch.rand(21, device=DEVICE) < 0.3,
-        torch.rand(3, 21, device=DEVICE) < 0.3,
-        torch.rand(2, 1, 1, 21, device=DEVICE) < 0.3,
-        (torch.randn(1, 2, 3, 1, device=DEVICE)).to(dtype),
-        (torch.randn(1, 1, 1, 21, device=DEVICE)).to(dtype).expand(2, 2, 3, 21),
-    ]
-    for mask in masks:
-        check_softmax(scores, mask, 0.8, True, dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_softmax_strided_and_other_ranks(dtype):
-    """A transposed (non-contiguous) input is read by strides; 2-D, 3-D and 5-D inputs."""
-    base = (torch.randn(1, 2, 20, 24, device=DEVICE) * 2).to(dtype)
-    y = check_softmax(base.transpose(-1, -2), None, 0.5, True, dtype)  # column stride != 1
-    assert y.stride() == torch.empty_like(base.transpose(-1, -2)).stride()  # laid out as the op's fake says
-    check_softmax((torch.randn(7, 45, device=DEVICE)).to(dtype), None, 1.3, True, dtype)
-    check_softmax((torch.randn(3, 6, 45, device=DEVICE)).to(dtype),
-                  torch.rand(6, 45, device=DEVICE) < 0.2, 1.0, False, dtype)
-    check_softmax((torch.randn(2, 2, 3, 5, 19, device=DEVICE)).to(dtype),
-                  torch.rand(2, 1, 1, 5, 19, device=DEVICE) < 0.2, 2.0, True, dtype)
-    sliced = (torch.randn(4, 2, 3, 5, 30, device=DEVICE)).to(dtype)[::2, :, :, :, 3:22]  # no 4-D view
-    check_softmax(sliced, None, 1.0, False, dtype)
-
-
-def test_softmax_nan_propagates_and_masked_positions_are_not_read(variant):
+def test_looped_kernel_nan_propagates_and_masked_positions_are_not_read(variant):
     scores = torch.randn(1, 1, 3, 50, device=DEVICE)
     scores[0, 0, 1, 7] = float("nan")
     y = fastattn.scaled_masked_softmax(scores, None, 1.0, False, backend="triton")
     assert torch.isnan(y[0, 0, 1]).all() and torch.isfinite(y[0, 0, [0, 2]]).all()
     mask = torch.zeros(1, 1, 3, 50, dtype=torch.bool, device=DEVICE)
-    mask[0, 0, 1, 7] = True  # a masked-out NaN is never read
-    y = fastattn.scaled_masked_softmax(scores, mask, 1.0, False, backend="triton")
-    assert torch.isfinite(y).all()
-    scores[0, 0, 0, 30] = float("nan")  # above the causal diagonal of row 0: never read either
+    mask[0, 0, 1, 7] = True
+    scores[0, 0, 0, 30] = float("nan")  # above the causal diagonal of row 0
     y = fastattn.scaled_masked_softmax(scores, mask, 1.0, True, backend="triton")
     assert torch.isfinite(y).all()
 
