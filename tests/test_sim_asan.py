@@ -14,48 +14,27 @@ python csrc/sim/run_sim_tests.py --asan).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-RUNNER = Path(__file__).resolve().parent.parent / "csrc" / "sim" / "run_sim_tests.py"
+import sim_runner
 
 pytestmark = pytest.mark.skipif("1" not in (os.environ.get("FASTATTN_ASAN"), os.environ.get("FASTATTN_TSAN")),
                                 reason="the sanitizer jobs: set FASTATTN_ASAN=1 (or FASTATTN_TSAN=1) to run it")
 
 
-def _runner():
-    if "run_sim_tests" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("run_sim_tests", RUNNER)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["run_sim_tests"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["run_sim_tests"]
-
-
 @pytest.fixture(scope="module")
 def asan_build():
-    runner = _runner()
-    return runner, runner.build(asan=True, targets=["sim_unit_tests", *runner.planted_targets("asan")])
+    return sim_runner.sanitized_build("asan")
 
 
 def test_asan_clean(asan_build):
-    runner, build_dir = asan_build
-    result = runner.run(build_dir / "sim_unit_tests", asan=True)
-    assert "AddressSanitizer" not in result.stderr, result.stderr[-20000:]
-    assert result.returncode == 0, result.stdout + result.stderr[-5000:]
-    assert "kernel_split_kv_decode" in result.stdout and "attention_fwd_fp16_noncausal" in result.stdout
-    assert "0 failed" in result.stdout
+    sim_runner.assert_runs_clean(*asan_build, "asan", "AddressSanitizer", "kernel_split_kv_decode",
+                                 "attention_fwd_fp16_noncausal")
 
 
-@pytest.mark.parametrize("bug", [b for b in _runner().load_planted().BUGS.values() if b.build == "asan"],
+@pytest.mark.parametrize("bug", [b for b in sim_runner.load().load_planted().BUGS.values() if b.build == "asan"],
                          ids=lambda b: b.name)
 def test_asan_reports_planted_overrun(asan_build, bug):
-    runner, build_dir = asan_build
-    problem = runner.bug_problem(bug, runner.run_bug(build_dir, bug))
-    assert problem is None, problem
-    control = runner.run(build_dir / f"sim_planted_control_{bug.driver}", asan=True, args=bug.args)
-    assert runner.control_problem(control, "asan") is None, control.stdout + control.stderr[-5000:]
+    sim_runner.assert_planted_bug_reported(*asan_build, "asan", bug)

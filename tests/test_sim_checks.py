@@ -8,18 +8,11 @@ kernel, block, warp and lane.
 """
 from __future__ import annotations
 
-import importlib.util
 import re
-import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-SIM = Path(__file__).resolve().parent.parent / "csrc" / "sim"
-
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                                reason="no C++ compiler")
+import sim_runner
 
 CASES = {
     "shfl_reads_outside_mask": r"__shfl_xor_sync reads lane \d+, which is not in mask 0x(0000ffff|ffff0000)",
@@ -36,18 +29,10 @@ CASES = {
 }
 
 
-def _runner():
-    if "run_sim_tests" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("run_sim_tests", SIM / "run_sim_tests.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["run_sim_tests"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["run_sim_tests"]
-
-
 @pytest.fixture(scope="module")
 def checks_exe():
-    runner = _runner()
+    sim_runner.require_compiler()
+    runner = sim_runner.load()
     return runner, runner.build(targets=["sim_checks"]) / "sim_checks"
 
 

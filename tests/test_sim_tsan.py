@@ -15,41 +15,24 @@ Slow (a separate instrumented build), so it runs only when asked:
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-RUNNER = Path(__file__).resolve().parent.parent / "csrc" / "sim" / "run_sim_tests.py"
+import sim_runner
 
 pytestmark = pytest.mark.skipif(os.environ.get("FASTATTN_TSAN") != "1",
                                 reason="the ThreadSanitizer job: set FASTATTN_TSAN=1 to run it")
 
 
-def _runner():
-    if "run_sim_tests" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("run_sim_tests", RUNNER)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["run_sim_tests"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["run_sim_tests"]
-
-
 @pytest.fixture(scope="module")
 def tsan_build():
-    runner = _runner()
-    return runner, runner.build(tsan=True, targets=["sim_unit_tests", *runner.planted_targets("tsan")])
+    return sim_runner.sanitized_build("tsan")
 
 
 def test_tsan_clean(tsan_build):
-    runner, build_dir = tsan_build
-    result = runner.run(build_dir / "sim_unit_tests", tsan=True)
-    assert "ThreadSanitizer" not in result.stderr, result.stderr[-20000:]
-    assert result.returncode == 0, result.stdout + result.stderr[-5000:]
-    assert "kernel_split_kv_decode" in result.stdout and "0 failed" in result.stdout
-    assert "two_blocks_run_concurrently" in result.stdout and "attention_fwd_fp16_noncausal" in result.stdout
+    sim_runner.assert_runs_clean(*tsan_build, "tsan", "ThreadSanitizer", "kernel_split_kv_decode",
+                                 "two_blocks_run_concurrently", "attention_fwd_fp16_noncausal")
 
 
 def test_tsan_reports_planted_missing_syncthreads(tsan_build):
@@ -60,11 +43,7 @@ def test_tsan_reports_planted_missing_syncthreads(tsan_build):
     assert "racy_block_sum" in result.stderr and "planted_race.cpp" in result.stderr
 
 
-@pytest.mark.parametrize("bug", [b for b in _runner().load_planted().BUGS.values() if b.build == "tsan"],
+@pytest.mark.parametrize("bug", [b for b in sim_runner.load().load_planted().BUGS.values() if b.build == "tsan"],
                          ids=lambda b: b.name)
 def test_tsan_reports_planted_kernel_race(tsan_build, bug):
-    runner, build_dir = tsan_build
-    problem = runner.bug_problem(bug, runner.run_bug(build_dir, bug))
-    assert problem is None, problem
-    control = runner.run(build_dir / f"sim_planted_control_{bug.driver}", tsan=True, args=bug.args)
-    assert runner.control_problem(control, "tsan") is None, control.stdout + control.stderr[-5000:]
+    sim_runner.assert_planted_bug_reported(*tsan_build, "tsan", bug)

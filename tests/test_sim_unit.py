@@ -8,26 +8,14 @@ legal per-quad masks and __syncwarp publication. Built with CMake into build/sim
 (incremental); run with the simulator's defaults (two blocks at once, early landing on)."""
 from __future__ import annotations
 
-import importlib.util
 import re
-import shutil
-from pathlib import Path
 
-import pytest
-
-RUNNER = Path(__file__).resolve().parent.parent / "csrc" / "sim" / "run_sim_tests.py"
+import sim_runner
 
 
-def load_runner():
-    spec = importlib.util.spec_from_file_location("run_sim_tests", RUNNER)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
 def test_sim_cpp_unit_tests():
-    runner = load_runner()
+    sim_runner.require_compiler()
+    runner = sim_runner.load()
     build_dir = runner.build(tsan=False)
     result = runner.run(build_dir / "sim_unit_tests", tsan=False)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -25,8 +25,18 @@ def _randn(shape, dtype, device, requires_grad=False, scale=1.0):
     return t.requires_grad_(requires_grad)
 
 
+class _Case:
+    """What every benchmark case has besides its fields: the JSON record of itself."""
+
+    name: str  # each case defines it as a property
+
+    def as_dict(self) -> dict:
+        """The case's fields and its name, as the bench JSON records them."""
+        return {**asdict(self), "case": self.name}
+
+
 @dataclass(frozen=True)
-class AttentionCase:
+class AttentionCase(_Case):
     """Self-attention ``(batch, heads, seqlen, head_dim)`` with ``heads_k`` key/value heads (GQA)."""
 
     batch: int
@@ -70,12 +80,10 @@ class AttentionCase:
     def x(self) -> int:  # the plot's x axis
         return self.seqlen
 
-    def as_dict(self) -> dict:
-        return {**asdict(self), "case": self.name}
 
 
 @dataclass(frozen=True)
-class KVCacheCase:
+class KVCacheCase(_Case):
     """One decoding step: ``batch`` queries of one token against a full cache of ``cache_len``."""
 
     batch: int
@@ -113,12 +121,10 @@ class KVCacheCase:
     def x(self) -> int:
         return self.cache_len
 
-    def as_dict(self) -> dict:
-        return {**asdict(self), "case": self.name}
 
 
 @dataclass(frozen=True)
-class ActivationCase:
+class ActivationCase(_Case):
     """A fused gated activation ``act(gate) * up`` over ``(tokens, hidden)``."""
 
     tokens: int
@@ -148,12 +154,10 @@ class ActivationCase:
     def x(self) -> int:
         return self.tokens * self.hidden
 
-    def as_dict(self) -> dict:
-        return {**asdict(self), "case": self.name}
 
 
 @dataclass(frozen=True)
-class FeedForwardCase:
+class FeedForwardCase(_Case):
     """The gated MLP ``down(swiglu(x Wg^T, x Wu^T))`` with ``x`` of ``(tokens, dim)``."""
 
     tokens: int
@@ -188,8 +192,6 @@ class FeedForwardCase:
     def x(self) -> int:
         return self.tokens
 
-    def as_dict(self) -> dict:
-        return {**asdict(self), "case": self.name}
 
 
 def _gpu_attention(head_dims, seqlens, directions, dtypes, causals=(False, True), gqa=True):
