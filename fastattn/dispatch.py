@@ -22,6 +22,7 @@ Selection rules (docs/architecture.md, "The path of one call"):
 from __future__ import annotations
 
 import contextlib
+import importlib
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -238,16 +239,57 @@ def _stack() -> list[str]:
     return _state.stack
 
 
+BACKEND_MODULES: dict[str, tuple[str, ...]] = {
+    "reference": ("reference",),
+    "cpu": ("cpu_native", "cpu_ffn", "cpu_attention", "cpu_kvcache"),
+    "triton": ("triton_attention", "triton_ffn", "triton_softmax", "triton_decode"),
+    "cuda": ("cuda", "cuda_attention"),
+}
+"""The modules of ``fastattn.backends`` that make up each backend. Each declares a table
+``OPS = {core op: (fn, supports)}`` (a third element, ``delegated_to``, marks an op whose
+work another backend's kernel does: see :attr:`Impl.delegated_to`); the first module that
+defines ``available(device)`` gives the backend's availability rule. Nothing registers
+itself: the tables are read here, once, on first use."""
+
+IMPORT_ERRORS: dict[str, str] = {}
+"""Backend modules that failed to import (e.g. no Triton, an extension that did not load),
+with the error; their backends are reported unavailable with it."""
+
 _loaded = False
 
 
+def _import_backend_module(short: str):
+    full = f"fastattn.backends.{short}"
+    try:
+        return importlib.import_module(full)
+    except ModuleNotFoundError as exc:  # a backend file not in this installation, or its dependency
+        if exc.name != full:
+            IMPORT_ERRORS[short] = f"{type(exc).__name__}: {exc}"
+    except ImportError as exc:  # a compiled extension that failed to load
+        IMPORT_ERRORS[short] = f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def _load_backends() -> None:
-    """Import the backend modules once; each registers itself on import."""
+    """Import every backend module once and read its table; then probe availability once per
+    (backend, device type), so that selection while tracing is dictionary lookups only."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    from fastattn import backends  # noqa: F401  (side effect: registration)
+    for backend_name, modules in BACKEND_MODULES.items():
+        for short in modules:
+            module = _import_backend_module(short)
+            if module is None:
+                continue
+            if backend_name not in _AVAILABILITY and hasattr(module, "available"):
+                _AVAILABILITY[backend_name] = module.available
+            for op, (fn, supports, *delegated) in getattr(module, "OPS", {}).items():
+                register(op, backend_name, fn, supports, delegated_to=delegated[0] if delegated else None)
+        if backend_name not in _AVAILABILITY:
+            failed = [f"fastattn.backends.{m}: {IMPORT_ERRORS[m]}" for m in modules if m in IMPORT_ERRORS]
+            reason = "; ".join(failed) or "not built into this installation"
+            _AVAILABILITY[backend_name] = lambda device, reason=reason: reason
 
     for name in BACKENDS:
         for device_type in ("cpu", "cuda"):

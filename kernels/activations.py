@@ -94,6 +94,27 @@ def _row_offsets(rows, rows_inner, stride_outer, stride_inner):
     return (rows // rows_inner) * stride_outer + (rows % rows_inner) * stride_inner
 
 
+@triton.jit
+def _tile_coords(n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's rows (int64: rows x stride may pass 2**31), columns and in-bounds mask."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, cols, (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+
+
+@triton.jit
+def _load_tile(Ptr, rows, cols, mask, rows_inner, stride_outer, stride_inner, stride_col):
+    """The (rows, cols) tile, in fp32, of a tensor read by strides (0 outside ``mask``)."""
+    off = _row_offsets(rows, rows_inner, stride_outer, stride_inner)[:, None] + (cols * stride_col)[None, :]
+    return tl.load(Ptr + off, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_tile(Ptr, rows, cols, n_cols, value, mask):
+    """Store the tile into a contiguous (rows, n_cols) output, cast to its dtype."""
+    tl.store(Ptr + rows[:, None] * n_cols + cols[None, :], value.to(Ptr.dtype.element_ty), mask=mask)
+
+
 # --------------------------------------------------------------------------- kernels
 
 
@@ -105,16 +126,10 @@ def _gated_act_fwd_kernel(
     stride_u_outer, stride_u_inner, stride_u_col,
     ACTIVATION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    g_off = _row_offsets(rows, rows_inner, stride_g_outer, stride_g_inner)[:, None] + (cols * stride_g_col)[None, :]
-    u_off = _row_offsets(rows, rows_inner, stride_u_outer, stride_u_inner)[:, None] + (cols * stride_u_col)[None, :]
-    g = tl.load(Gate + g_off, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(Up + u_off, mask=mask, other=0.0).to(tl.float32)
-    out = _act(g, ACTIVATION) * u
-    o_off = rows[:, None] * n_cols + cols[None, :]
-    tl.store(Out + o_off, out.to(Out.dtype.element_ty), mask=mask)
+    rows, cols, mask = _tile_coords(n_rows, n_cols, BLOCK_M, BLOCK_N)
+    g = _load_tile(Gate, rows, cols, mask, rows_inner, stride_g_outer, stride_g_inner, stride_g_col)
+    u = _load_tile(Up, rows, cols, mask, rows_inner, stride_u_outer, stride_u_inner, stride_u_col)
+    _store_tile(Out, rows, cols, n_cols, _act(g, ACTIVATION) * u, mask)
 
 
 @triton.jit
@@ -126,19 +141,13 @@ def _gated_act_bwd_kernel(
     stride_u_outer, stride_u_inner, stride_u_col,
     ACTIVATION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    d_off = _row_offsets(rows, rows_inner, stride_d_outer, stride_d_inner)[:, None] + (cols * stride_d_col)[None, :]
-    g_off = _row_offsets(rows, rows_inner, stride_g_outer, stride_g_inner)[:, None] + (cols * stride_g_col)[None, :]
-    u_off = _row_offsets(rows, rows_inner, stride_u_outer, stride_u_inner)[:, None] + (cols * stride_u_col)[None, :]
-    dout = tl.load(DOut + d_off, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(Gate + g_off, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(Up + u_off, mask=mask, other=0.0).to(tl.float32)
+    rows, cols, mask = _tile_coords(n_rows, n_cols, BLOCK_M, BLOCK_N)
+    dout = _load_tile(DOut, rows, cols, mask, rows_inner, stride_d_outer, stride_d_inner, stride_d_col)
+    g = _load_tile(Gate, rows, cols, mask, rows_inner, stride_g_outer, stride_g_inner, stride_g_col)
+    u = _load_tile(Up, rows, cols, mask, rows_inner, stride_u_outer, stride_u_inner, stride_u_col)
     act, grad = _act_and_grad(g, ACTIVATION)  # recomputed: the forward saved no act(gate)
-    o_off = rows[:, None] * n_cols + cols[None, :]
-    tl.store(DGate + o_off, (dout * u * grad).to(DGate.dtype.element_ty), mask=mask)
-    tl.store(DUp + o_off, (dout * act).to(DUp.dtype.element_ty), mask=mask)
+    _store_tile(DGate, rows, cols, n_cols, dout * u * grad, mask)
+    _store_tile(DUp, rows, cols, n_cols, dout * act, mask)
 
 
 @triton.jit
@@ -148,16 +157,10 @@ def _bias_gelu_fwd_kernel(
     stride_x_outer, stride_x_inner, stride_x_col, stride_b,
     ACTIVATION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_mask = cols < n_cols
-    mask = (rows < n_rows)[:, None] & col_mask[None, :]
-    x_off = _row_offsets(rows, rows_inner, stride_x_outer, stride_x_inner)[:, None] + (cols * stride_x_col)[None, :]
-    x = tl.load(X + x_off, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(Bias + cols * stride_b, mask=col_mask, other=0.0).to(tl.float32)
-    out = _act(x + b[None, :], ACTIVATION)
-    o_off = rows[:, None] * n_cols + cols[None, :]
-    tl.store(Out + o_off, out.to(Out.dtype.element_ty), mask=mask)
+    rows, cols, mask = _tile_coords(n_rows, n_cols, BLOCK_M, BLOCK_N)
+    x = _load_tile(X, rows, cols, mask, rows_inner, stride_x_outer, stride_x_inner, stride_x_col)
+    b = tl.load(Bias + cols * stride_b, mask=cols < n_cols, other=0.0).to(tl.float32)
+    _store_tile(Out, rows, cols, n_cols, _act(x + b[None, :], ACTIVATION), mask)
 
 
 @triton.jit
@@ -168,18 +171,12 @@ def _bias_gelu_bwd_kernel(
     stride_x_outer, stride_x_inner, stride_x_col, stride_b,
     ACTIVATION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_mask = cols < n_cols
-    mask = (rows < n_rows)[:, None] & col_mask[None, :]
-    d_off = _row_offsets(rows, rows_inner, stride_d_outer, stride_d_inner)[:, None] + (cols * stride_d_col)[None, :]
-    x_off = _row_offsets(rows, rows_inner, stride_x_outer, stride_x_inner)[:, None] + (cols * stride_x_col)[None, :]
-    dout = tl.load(DOut + d_off, mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(X + x_off, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(Bias + cols * stride_b, mask=col_mask, other=0.0).to(tl.float32)
+    rows, cols, mask = _tile_coords(n_rows, n_cols, BLOCK_M, BLOCK_N)
+    dout = _load_tile(DOut, rows, cols, mask, rows_inner, stride_d_outer, stride_d_inner, stride_d_col)
+    x = _load_tile(X, rows, cols, mask, rows_inner, stride_x_outer, stride_x_inner, stride_x_col)
+    b = tl.load(Bias + cols * stride_b, mask=cols < n_cols, other=0.0).to(tl.float32)
     _, grad = _act_and_grad(x + b[None, :], ACTIVATION)
-    o_off = rows[:, None] * n_cols + cols[None, :]
-    tl.store(DX + o_off, (dout * grad).to(DX.dtype.element_ty), mask=mask)
+    _store_tile(DX, rows, cols, n_cols, dout * grad, mask)
 
 
 # --------------------------------------------------------------------------- launchers

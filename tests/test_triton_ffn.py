@@ -432,9 +432,8 @@ def test_custom_ops_opcheck():
         torch.library.opcheck(op, grad_args)
 
 
-def test_triton_backend_registration(monkeypatch):
+def test_triton_backend_registration():
     from fastattn import dispatch
-    from fastattn.backends import triton_ffn
 
     for op in ("gated_act_fwd", "gated_act_bwd", "bias_gelu_fwd", "bias_gelu_bwd", "feed_forward_fwd",
                "feed_forward_bwd"):
@@ -442,8 +441,6 @@ def test_triton_backend_registration(monkeypatch):
     g = _rand(2, 8)
     assert dispatch.implementations("gated_act_fwd")["triton"].supports(g, g, "swiglu") is None
     assert "float64" in dispatch.implementations("gated_act_fwd")["triton"].supports(g.double(), g.double(), "swiglu")
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert "TRITON_INTERPRET=1" in triton_ffn._available(torch.device("cpu"))
 
 
 # --------------------------------------------------------------------------- ahead-of-time compile

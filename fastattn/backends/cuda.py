@@ -17,7 +17,6 @@ from typing import Optional
 
 import torch
 
-from fastattn import dispatch
 from fastattn._dtype_codes import ACTIVATION_CODES as _ACTIVATION_CODES
 from fastattn._dtype_codes import DTYPE_CODES as _DTYPE_CODES
 _MASK_KINDS = {torch.bool: 1, torch.float32: 2, torch.float16: 3, torch.bfloat16: 4}  # SoftmaxMask
@@ -33,7 +32,7 @@ for _name in ("_cuda", "_cuda_sim"):
         _IMPORT_ERRORS[_name] = f"{type(exc).__name__}: {exc}"
 
 
-def _available(device: torch.device) -> Optional[str]:
+def available(device: torch.device) -> Optional[str]:
     if device.type == "cuda":
         if "_cuda" not in _MODULES:
             return f"fastattn._cuda was not built ({_IMPORT_ERRORS.get('_cuda', 'unknown')})"
@@ -232,10 +231,12 @@ def _kvcache_supports(q, k_cache, v_cache, k_new=None, v_new=None, cache_seqlens
     return None
 
 
-dispatch.register_backend("cuda", _available)
-for _op, _fn in (("gated_act_fwd", gated_act_fwd), ("gated_act_bwd", gated_act_bwd),
-                 ("bias_gelu_fwd", bias_gelu_fwd), ("bias_gelu_bwd", bias_gelu_bwd)):
-    dispatch.register(_op, "cuda", _fn, _supports_dtypes)
-dispatch.register("softmax_fwd", "cuda", softmax_fwd, _softmax_supports)
-dispatch.register("softmax_bwd", "cuda", softmax_bwd, _softmax_supports)
-dispatch.register("kvcache_fwd", "cuda", kvcache_fwd, _kvcache_supports)
+OPS = {
+    "gated_act_fwd": (gated_act_fwd, _supports_dtypes),
+    "gated_act_bwd": (gated_act_bwd, _supports_dtypes),
+    "bias_gelu_fwd": (bias_gelu_fwd, _supports_dtypes),
+    "bias_gelu_bwd": (bias_gelu_bwd, _supports_dtypes),
+    "softmax_fwd": (softmax_fwd, _softmax_supports),
+    "softmax_bwd": (softmax_bwd, _softmax_supports),
+    "kvcache_fwd": (kvcache_fwd, _kvcache_supports),
+}

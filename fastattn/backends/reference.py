@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from fastattn import dispatch, reference
+from fastattn import reference
 from fastattn.ops.attention_args import dropout_keep_mask, empty_like_layout
 
 
@@ -125,6 +125,12 @@ def feed_forward_bwd(dout, x, w_gate, w_up, w_down, hidden, activation):
     return _computed(lambda d, *ts: reference.feed_forward_backward(d, *ts, activation), dout, x, w_gate, w_up, w_down)
 
 
-dispatch.register_backend("reference", lambda device: None)
-for _name in dispatch.OP_SIGNATURES:
-    dispatch.register(_name, "reference", globals()[_name])
+def available(device) -> None:
+    """The reference runs on every device."""
+    return None
+
+
+OPS = {op: (globals()[op], None) for op in (
+    "attention_fwd", "attention_bwd", "attention_bwd_mask_grad", "kvcache_fwd", "softmax_fwd", "softmax_bwd",
+    "gated_act_fwd", "gated_act_bwd", "bias_gelu_fwd", "bias_gelu_bwd", "feed_forward_fwd", "feed_forward_bwd")}
+"""Every core op, each with no restriction on its inputs."""

@@ -8,12 +8,10 @@ float64 is left to the reference backend.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 
-from fastattn import dispatch
 from fastattn.kernels import activations, feed_forward
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -30,25 +28,11 @@ def _supports(*args) -> Optional[str]:
     return None
 
 
-def _available(device: torch.device) -> Optional[str]:
-    if device.type == "cuda":
-        return None if torch.cuda.is_available() else "no CUDA device"
-    if device.type == "cpu":
-        if os.environ.get("TRITON_INTERPRET", "0") == "1":
-            return None
-        return ("Triton kernels run on CPU tensors only through the interpreter: "
-                "set TRITON_INTERPRET=1 before importing triton")
-    return f"Triton kernels do not run on {device.type} tensors"
-
-
-# The attention backend module declares the "triton" availability check too; whichever
-# is imported first declares it, so the two never disagree.
-if "triton" not in dispatch._AVAILABILITY:
-    dispatch.register_backend("triton", _available)
-
-dispatch.register("gated_act_fwd", "triton", activations.gated_act_fwd, _supports)
-dispatch.register("gated_act_bwd", "triton", activations.gated_act_bwd, _supports)
-dispatch.register("bias_gelu_fwd", "triton", activations.bias_gelu_fwd, _supports)
-dispatch.register("bias_gelu_bwd", "triton", activations.bias_gelu_bwd, _supports)
-dispatch.register("feed_forward_fwd", "triton", feed_forward.feed_forward_fwd, _supports)
-dispatch.register("feed_forward_bwd", "triton", feed_forward.feed_forward_bwd, _supports)
+OPS = {
+    "gated_act_fwd": (activations.gated_act_fwd, _supports),
+    "gated_act_bwd": (activations.gated_act_bwd, _supports),
+    "bias_gelu_fwd": (activations.bias_gelu_fwd, _supports),
+    "bias_gelu_bwd": (activations.bias_gelu_bwd, _supports),
+    "feed_forward_fwd": (feed_forward.feed_forward_fwd, _supports),
+    "feed_forward_bwd": (feed_forward.feed_forward_bwd, _supports),
+}

@@ -59,17 +59,11 @@ def extension_info(name: str) -> dict:
 def backend_info() -> dict:
     """Per device type: every backend's availability (``None`` = usable, else why not) and
     the core ops it implements; plus backend modules that failed to import."""
-    from fastattn import backends, dispatch
+    from fastattn import dispatch
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    # A backend whose modules failed to import says so in its reason (dispatch.IMPORT_ERRORS).
     availability = {d: dispatch.available_backends(d) for d in devices}
-    for module, err in backends.IMPORT_ERRORS.items():
-        # A backend module (e.g. cpu_attention for "cpu") that failed to import says more than
-        # the registry's generic "not built into this installation".
-        name = module.split("_")[0]
-        for avail in availability.values():
-            if avail.get(name) == "not built into this installation":
-                avail[name] = f"fastattn.backends.{module} failed to import: {err}"
     ops = {b: sorted(op for op in dispatch.OP_SIGNATURES if b in dispatch.implementations(op))
            for b in dispatch.BACKENDS}
     # Ops a backend hands to another backend's kernel, per device: {device: {backend: {op: by}}}.
@@ -80,7 +74,7 @@ def backend_info() -> dict:
         "auto_order": {d: list(dispatch.AUTO_ORDER.get(d, ("reference",))) for d in devices},
         "ops": ops,
         "delegated": {d: {b: ops_ for b, ops_ in per.items() if ops_} for d, per in delegated.items()},
-        "import_errors": dict(backends.IMPORT_ERRORS),
+        "import_errors": dict(dispatch.IMPORT_ERRORS),
     }
 
 
