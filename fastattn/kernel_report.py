@@ -24,6 +24,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from fastattn.text_table import render_table
+
 ARCHS = (80, 90)
 """The archs the report compiles for by default: sm_80 and sm_90."""
 
@@ -229,22 +231,3 @@ def format_table(report: KernelReport) -> str:
 
 def _num(value) -> str:
     return "-" if value is None else str(value)
-
-
-def render_table(header, rows) -> str:
-    """A plain aligned text table (numbers right-aligned)."""
-    cols = list(zip(header, *rows)) if rows else [(h,) for h in header]
-    widths = [max(len(str(c)) for c in col) for col in cols]
-
-    def fmt(row):
-        cells = []
-        for value, width in zip(row, widths):
-            text = str(value)
-            cells.append(text.rjust(width) if _numeric(text) else text.ljust(width))
-        return "  ".join(cells).rstrip()
-
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
-
-
-def _numeric(text: str) -> bool:
-    return bool(text) and text.replace(".", "", 1).replace("%", "").replace("x", "").replace("-", "", 1).isdigit()

@@ -250,7 +250,7 @@ def rows(records: list, config_text=_config_text) -> list:
 def format_table(records: list) -> str:
     """The main-loop views of ``records`` as an aligned text table, then the records with no
     MMA loop and those that could not be analysed; labelled as static ceilings."""
-    from fastattn.kernel_report import render_table
+    from fastattn.text_table import render_table
 
     ordered = sorted(records, key=lambda r: (r["backend"], r["kernel"], _config_text(r["config"]), str(r["arch"])))
     body = rows(ordered)

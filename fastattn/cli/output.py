@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from fastattn.kernel_report import render_table
+from fastattn.text_table import render_table
 
 FAMILY_TITLES = OrderedDict([
     ("attention", "Attention"),

@@ -306,7 +306,7 @@ def _fmt(err, tol):
 
 def format_rows(rows, unavailable, device) -> str:
     """The pass/fail table, the backends not available here, and the totals."""
-    from fastattn.kernel_report import render_table
+    from fastattn.text_table import render_table
 
     header = ("backend", "check", "dtype", "dirs", "fwd max err vs bound", "bwd max err vs bound", "result")
     body = [(r["backend"], r["check"], r["dtype"], r["directions"], _fmt(r["fwd_err"], r["fwd_tol"]),
