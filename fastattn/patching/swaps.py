@@ -36,8 +36,13 @@ def record(module: nn.Module, **changes: Any) -> None:
 
 def restore(module: nn.Module) -> None:
     """Undo every change :func:`record` remembered on ``module``."""
-    undo = module.__dict__.pop(SAVED, None) or {}
-    for name, value in undo.items():
+    _set_all(module, module.__dict__.pop(SAVED, None) or {})
+
+
+def _set_all(module: nn.Module, values: dict) -> None:
+    """Set each recorded attribute (the class, a transformers attention implementation, or a
+    plain attribute) of ``module`` to the given value."""
+    for name, value in values.items():
         if name == "__class__":
             module.__class__ = value
         elif name == "attn_implementation":
@@ -221,11 +226,5 @@ def suspend(model: nn.Module) -> list[tuple[nn.Module, dict, dict]]:
 def resume(state: list[tuple[nn.Module, dict, dict]]) -> None:
     """Re-apply the swaps :func:`suspend` took off."""
     for module, undo, current in state:
-        for name, value in current.items():
-            if name == "__class__":
-                module.__class__ = value
-            elif name == "attn_implementation":
-                module.set_attn_implementation(value)
-            else:
-                setattr(module, name, value)
+        _set_all(module, current)
         module.__dict__[SAVED] = undo
