@@ -5,11 +5,14 @@ Two ways to run it:
 * ``pytest benchmarks/bench_cpu_attention.py --benchmark-only`` (pytest-benchmark): the
   target shape ``(1, 8, 2048, 128)``, causal and not, fp32 and bf16, forward and
   forward+backward, one benchmark per (implementation, case).
-* ``python benchmarks/bench_cpu_attention.py [--sweep] [--threads 1,2] [--memory] [--json P]``:
+* ``python benchmarks/bench_cpu_attention.py [--sweep | --seqlens 2048 --head-dims 64,128]
+  [--threads 1,2] [--memory] [--json P]``:
   the plain functions below, which interleave the implementations call by call (so a
   change in machine load hits all of them alike) and print GFLOP/s, the median time, the
-  spread and the ratio to each torch path. ``python -m fastattn bench --device cpu`` times
-  the same cases (it builds them with :class:`fastattn.cli.cases.AttentionCase`).
+  spread and the ratio to each torch path. ``FASTATTN_CPU_ISA=avx2`` (or ``avx512``) runs
+  the native kernels' lower instruction-set paths on a CPU that has more. ``python -m
+  fastattn bench --device cpu`` times the same cases (it builds them with
+  :class:`fastattn.cli.cases.AttentionCase`).
 
 FLOPs follow flash-attn's count (``fastattn.cli.measure.attention_flops``): causal halves
 the score matrix, backward is 2.5x the forward. Peak memory is measured in a fresh
@@ -243,6 +246,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sweep", action="store_true", help="seqlens 512-8192, head dims 64 and 128")
     p.add_argument("--threads", default="", help="comma-separated thread counts (default: torch's)")
+    p.add_argument("--seqlens", default="", help="comma-separated (default: 2048; --sweep: 512-8192)")
+    p.add_argument("--head-dims", default="", help="comma-separated (default: 128; --sweep: 64,128)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated, from {IMPLS}")
     p.add_argument("--directions", default="fwd,fwd+bwd", help="comma-separated: fwd, fwd+bwd")
@@ -259,6 +264,10 @@ def main(argv=None) -> int:
         causal = {"both": (True, False), "causal": (True,), "full": (False,)}[args.mode]
         shape = dict(seqlens=(512, 1024, 2048, 4096, 8192), head_dims=(64, 128)) if args.sweep else \
             dict(seqlens=(TARGET["seqlen"],), head_dims=(TARGET["head_dim"],))
+        if args.seqlens:
+            shape["seqlens"] = tuple(int(x) for x in args.seqlens.split(","))
+        if args.head_dims:
+            shape["head_dims"] = tuple(int(x) for x in args.head_dims.split(","))
         grid = cases(**shape, dtypes=args.dtypes.split(","), causal=causal, directions=args.directions.split(","))
         rows = run(grid, impl_names=args.impls.split(","), reps=args.reps, threads=threads)
     if args.memory:

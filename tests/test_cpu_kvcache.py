@@ -9,7 +9,10 @@ a row that sees no key gives 0 and an LSE of +inf. The append must write exactly
 valid length hold NaN and must never be read; outputs are NaN-poisoned (torch's
 ``fill_uninitialized_memory``), so an element left unwritten fails. fp32 to 1e-5 of the
 output's scale; fp16/bf16 by flash-attn's error-ratio rule against the reference run in
-the input dtype. Calls split to bound the native pack buffer (by batch element, then by kv
+the input dtype. Up to 8 query rows run on the decoding kernel (one call for the whole
+ragged batch, caches read in place, long caches split across threads and merged by their
+LSE: checked with 1 and 2 threads, every ISA, every dtype); longer queries on the forward
+kernel, where calls split to bound the native pack buffer (by batch element, then by kv
 head group) and windows that skip the cache's head give the same answers. Also: ``auto``
 picks this backend for CPU tensors and falls back to the reference for what it declines,
 which ``backend="cpu"`` names in a ValueError.
@@ -266,6 +269,7 @@ def test_equal_lengths_share_one_native_call(monkeypatch):
             return real.cpu_attention_fwd(spec)
 
     monkeypatch.setattr(cpu, "_C", Spy())
+    monkeypatch.setattr(cpu_kvcache, "DECODE_MAX_QUERY_ROWS", 0)  # the forward kernel's path
     run_case(torch.float32, batch=7, lens=(50, 50, 50, 7, 0, 0, 50), cache_len=64, heads=4, heads_k=1,
              head_dim=32, seqlen_q=2)
     assert calls == [(3, 50), (1, 7), (1, 50)]
@@ -293,6 +297,7 @@ def test_large_calls_are_split_within_the_pack_budget(monkeypatch, budget_heads,
 
     # One (batch element, kv head) packs 128 keys x (32 + 48) dims x 4 bytes.
     monkeypatch.setattr(cpu_kvcache, "PACK_BUDGET_BYTES", budget_heads * 128 * 80 * 4)
+    monkeypatch.setattr(cpu_kvcache, "DECODE_MAX_QUERY_ROWS", 0)  # the forward kernel's path
     monkeypatch.setattr(cpu, "_C", Spy())
     run_case(torch.float32, batch=3, heads=8, heads_k=4, head_dim=32, head_dim_v=48, lens=(90, 90, 90),
              cache_len=100, new=2, seqlen_q=2, window=(50, 0), alibi="per_batch")
@@ -303,6 +308,7 @@ def test_core_op_per_head_slopes_split_over_kv_heads(monkeypatch):
     """The core op also takes ALiBi slopes ``(Hq,)`` (the public op broadcasts them to
     ``(B, Hq)``): sliced per kv-head group like the rest when a call is split."""
     monkeypatch.setattr(cpu_kvcache, "PACK_BUDGET_BYTES", 1)  # one kv head a call
+    monkeypatch.setattr(cpu_kvcache, "DECODE_MAX_QUERY_ROWS", 0)  # the forward kernel's path
     q = torch.randn(2, 3, 6, 24)
     kc, vc = torch.randn(2, 70, 3, 24), torch.randn(2, 70, 3, 24)
     lens = torch.tensor([64, 33], dtype=torch.int32)
@@ -312,6 +318,93 @@ def test_core_op_per_head_slopes_split_over_kv_heads(monkeypatch):
     o64, l64 = _reference(q, kc, vc, None, None, torch.float64, dict(
         cache_seqlens=lens, softmax_scale=0.2, causal=True, softcap=6.0, alibi_slopes=slopes,
         return_softmax_lse=True))
+    assert_matches(out, o64, o64, "out", torch.float32)
+    assert_matches(lse, l64, l64, "lse", torch.float32)
+
+
+# ------------------------------------------------------------------------------ decoding kernel
+
+
+@pytest.fixture(params=[1, 2], ids=["t1", "t2"])
+def threads(request):
+    """The kernels' thread count (torch's intra-op threads): one, and two (split key ranges)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(prev)
+
+
+SPLIT = {  # long ragged caches: with two threads each long one is split and merged by its LSE
+    "plain": dict(),
+    "window": dict(window=(700, 0), seqlen_q=3, new=3),
+    "softcap_alibi": dict(softcap=4.0, alibi="per_batch", seqlen_q=2, new=2),
+    "window_right": dict(window=(900, 2), causal=False, seqlen_q=4, new=1, alibi="per_head"),
+}
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=ISAS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("option", list(SPLIT), ids=list(SPLIT))
+def test_decoding_kernel_split_kv(use_isa, isa, dtype, option, threads):
+    """Caches of 2049, 0 and 1301 keys (one empty), GQA 8/2, head dim 72 (a vector tail on
+    every ISA), each ISA, 1 and 2 threads: the split-KV merge and the ragged lengths."""
+    use_isa(isa)
+    opts = dict(batch=3, heads=8, heads_k=2, head_dim=72, lens=(2048, 0, 1300), cache_len=2100, new=1)
+    opts.update(SPLIT[option])
+    run_case(dtype, **opts)
+
+
+@pytest.mark.parametrize("heads,heads_k,head_dim,head_dim_v", [(32, 8, 128, 128), (4, 1, 64, 40), (3, 3, 17, 256)],
+                         ids=["gqa4-d128", "mqa-d64-dv40", "mha-d17-dv256"])
+def test_decoding_kernel_head_shapes(heads, heads_k, head_dim, head_dim_v, threads):
+    run_case(torch.float32, batch=2, heads=heads, heads_k=heads_k, head_dim=head_dim, head_dim_v=head_dim_v,
+             lens=(1500, 700), cache_len=1600, new=1, seqlen_q=1)
+
+
+def _spy_native(monkeypatch):
+    calls = []
+    real = cpu._C
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def cpu_attention_fwd(self, spec):
+            calls.append("forward")
+            return real.cpu_attention_fwd(spec)
+
+        def cpu_decode_fwd(self, spec):
+            calls.append("decode")
+            return real.cpu_decode_fwd(spec)
+
+    monkeypatch.setattr(cpu, "_C", Spy())
+    return calls
+
+
+@pytest.mark.parametrize("seqlen_q,expected", [(1, ["decode"]), (8, ["decode"]), (9, ["forward"] * 2)],
+                         ids=["q1", "q8", "q9"])
+def test_few_query_rows_take_the_decoding_kernel(monkeypatch, seqlen_q, expected):
+    """Up to DECODE_MAX_QUERY_ROWS query rows: one decoding call for the whole ragged batch,
+    reading the caches in place; more rows: the forward kernel, one call per length run."""
+    calls = _spy_native(monkeypatch)
+    run_case(torch.float32, batch=2, lens=(40, 90), cache_len=100, seqlen_q=seqlen_q, new=0)
+    assert calls == expected
+
+
+def test_decoding_kernel_never_reads_past_the_keys_or_left_of_the_window():
+    """NaN in every cache row a query cannot see (left of the window, past the keys) leaves
+    the decoding kernel's result equal to the reference on clean caches."""
+    lens, window = (1800, 300), (600, 0)
+    q = torch.randn(2, 1, 4, 64)
+    kc, vc = torch.randn(2, 2000, 2, 64), torch.randn(2, 2000, 2, 64)
+    opts = dict(cache_seqlens=torch.tensor(lens, dtype=torch.int32), causal=True, window_size=window,
+                return_softmax_lse=True)
+    o64, l64 = _reference(q, kc, vc, None, None, torch.float64, {**opts, "alibi_slopes": None})
+    for b, n in enumerate(lens):
+        kc[b, : max(0, n - 1 - window[0])] = float("nan")
+        vc[b, : max(0, n - 1 - window[0])] = float("nan")
+        kc[b, n:], vc[b, n:] = float("nan"), float("nan")
+    out, lse = fastattn.flash_attn_with_kvcache(q, kc, vc, backend="cpu", **opts)
     assert_matches(out, o64, o64, "out", torch.float32)
     assert_matches(lse, l64, l64, "lse", torch.float32)
 

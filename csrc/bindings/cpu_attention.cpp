@@ -72,8 +72,14 @@ AttnParams params_from(const py::dict& d) {
   p.cu_seqlens_q = reinterpret_cast<const int64_t*>(get<uintptr_t>(d, "cu_seqlens_q", 0));
   p.cu_seqlens_k = reinterpret_cast<const int64_t*>(get<uintptr_t>(d, "cu_seqlens_k", 0));
   p.num_seqs = get<int64_t>(d, "num_seqs", 0);
+  p.kv_lens = reinterpret_cast<const int64_t*>(get<uintptr_t>(d, "kv_lens", 0));
   p.scale = get<float>(d, "scale", 1.0f);
   p.softcap = get<float>(d, "softcap", 0.0f);
+  p.dropout_p = get<float>(d, "dropout_p", 0.0f);
+  p.seed = get<uint64_t>(d, "seed", 0);
+  p.rng_offset = get<int64_t>(d, "rng_offset", 0);
+  p.drop_lq = get<int64_t>(d, "drop_lq", 0);
+  p.drop_lk = get<int64_t>(d, "drop_lk", 0);
   p.causal = get<bool>(d, "causal", false);
   p.bottom_right = get<bool>(d, "bottom_right", false);
   p.window_left = get<int64_t>(d, "window_left", -1);
@@ -113,6 +119,17 @@ void register_cpu_attention(py::module_& m) {
       py::arg("spec"),
       "Fused attention backward on the CPU: writes spec['dq'], spec['dk'], spec['dv'] from "
       "q, k, v, out, lse and dout.");
+  m.def(
+      "cpu_decode_fwd",
+      [](const py::dict& spec) {
+        const AttnParams p = params_from(spec);
+        if (p.kv_lens == nullptr) throw py::value_error("cpu_decode_fwd: spec['kv_lens'] (int64 key counts) is required");
+        py::gil_scoped_release release;
+        cpu::decode_fwd(p);
+      },
+      py::arg("spec"),
+      "KV-cache decoding on the CPU: a few query rows against caches read in place, batch "
+      "element b over its first spec['kv_lens'][b] keys. Writes spec['out'] and spec['lse'].");
 }
 
 }  // namespace fastattn::bindings

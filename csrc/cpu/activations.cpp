@@ -1,4 +1,5 @@
-// Fused gated activations (SwiGLU, GeGLU erf/tanh), forward and backward, on the CPU.
+// Fused gated activations (SwiGLU, GeGLU erf/tanh) and fused bias + GELU (erf/tanh),
+// forward and backward, on the CPU.
 //
 // Work is split into tiles of up to kTile elements of one row; OpenMP spreads the tiles
 // (not just the rows, so one long row still uses every core). A tile is processed in
@@ -12,12 +13,17 @@
 //   geglu (erf): a(x) = x * Phi(x)                  a'(x) = Phi(x) + x * phi(x)
 //   geglu_tanh:  a(x) = x * s(2u), u = k(x + c x^3) a'(x) = s + 2 x s (1 - s) k (1 + 3 c x^2)
 // using 0.5 * (1 + tanh(u)) = s(2u); k = sqrt(2/pi), c = 0.044715 (torch's tanh GELU).
+// bias_gelu is the GELU a(x) of the two geglu rows at x + bias, with no gate multiply.
 #include "cpu/activations.h"
 
 #include <algorithm>
 #include <cstddef>
 #include <stdexcept>
 #include <type_traits>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "cpu/simd_math.h"
 
@@ -53,6 +59,21 @@ FASTATTN_INLINE void store(const float* __restrict__ src, void* dst, int64_t n) 
     uint16_t* d = static_cast<uint16_t*>(dst);
     for (int64_t i = 0; i < n; ++i)
       d[i] = D == DType::kBFloat16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]);
+  }
+}
+
+// A row of n elements `stride` elements apart (a strided bias), gathered to float32.
+template <DType D>
+FASTATTN_INLINE void load_strided(const void* src, int64_t stride, float* __restrict__ dst,
+                                  int64_t n) {
+  if (stride == 1) return load<D>(src, dst, n);
+  if constexpr (D == DType::kFloat32) {
+    const float* s = static_cast<const float*>(src);
+    for (int64_t i = 0; i < n; ++i) dst[i] = s[i * stride];
+  } else {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; ++i)
+      dst[i] = D == DType::kBFloat16 ? bf16_to_f32(s[i * stride]) : f16_to_f32(s[i * stride]);
   }
 }
 
@@ -113,7 +134,40 @@ FASTATTN_INLINE void bwd_tile(const void* dout, const void* gate, const void* up
   store<D>(u, dup, n);
 }
 
-// The two cloned entry points: each clone inlines all nine (dtype, activation) variants
+// The GELU of activation A (kGeGLU: erf, kGeGLUTanh: tanh) at x + bias: forward.
+template <DType D, GatedActivation A>
+FASTATTN_INLINE void bias_gelu_fwd_tile(const void* x, const void* bias, int64_t stride_bias,
+                                        void* out, int64_t n) {
+  alignas(64) float v[kTile];
+  alignas(64) float b[kTile];
+  load<D>(x, v, n);
+  load_strided<D>(bias, stride_bias, b, n);
+  for (int64_t i = 0; i < n; ++i) {
+    float act, unused;
+    activation<A, false>(v[i] + b[i], act, unused);
+    v[i] = act;
+  }
+  store<D>(v, out, n);
+}
+
+template <DType D, GatedActivation A>
+FASTATTN_INLINE void bias_gelu_bwd_tile(const void* dout, const void* x, const void* bias,
+                                        int64_t stride_bias, void* dx, int64_t n) {
+  alignas(64) float d[kTile];
+  alignas(64) float v[kTile];
+  alignas(64) float b[kTile];
+  load<D>(dout, d, n);
+  load<D>(x, v, n);
+  load_strided<D>(bias, stride_bias, b, n);
+  for (int64_t i = 0; i < n; ++i) {
+    float act, grad;
+    activation<A, true>(v[i] + b[i], act, grad);
+    v[i] = d[i] * grad;
+  }
+  store<D>(v, dx, n);
+}
+
+// The cloned entry points: each clone inlines all (dtype, activation) variants
 // with its own ISA. Templates are not cloned directly (GCC's target_clones does not
 // support them).
 FASTATTN_CPU_CLONES
@@ -148,6 +202,40 @@ void bwd_tile_dispatch(DType d, GatedActivation a, const void* dout, const void*
 #undef FASTATTN_BWD_CASE
 }
 
+// The bias-GELU tiles take the GELU of a gated activation code: kGeGLU (erf) or
+// kGeGLUTanh.
+FASTATTN_CPU_CLONES
+void bias_gelu_fwd_dispatch(DType d, bool tanh, const void* x, const void* bias,
+                            int64_t stride_bias, void* out, int64_t n) {
+  constexpr auto kErf = GatedActivation::kGeGLU;
+  constexpr auto kTanh = GatedActivation::kGeGLUTanh;
+  if (d == DType::kFloat32)
+    return tanh ? bias_gelu_fwd_tile<DType::kFloat32, kTanh>(x, bias, stride_bias, out, n)
+                : bias_gelu_fwd_tile<DType::kFloat32, kErf>(x, bias, stride_bias, out, n);
+  if (d == DType::kFloat16)
+    return tanh ? bias_gelu_fwd_tile<DType::kFloat16, kTanh>(x, bias, stride_bias, out, n)
+                : bias_gelu_fwd_tile<DType::kFloat16, kErf>(x, bias, stride_bias, out, n);
+  if (d == DType::kBFloat16)
+    return tanh ? bias_gelu_fwd_tile<DType::kBFloat16, kTanh>(x, bias, stride_bias, out, n)
+                : bias_gelu_fwd_tile<DType::kBFloat16, kErf>(x, bias, stride_bias, out, n);
+}
+
+FASTATTN_CPU_CLONES
+void bias_gelu_bwd_dispatch(DType d, bool tanh, const void* dout, const void* x,
+                            const void* bias, int64_t stride_bias, void* dx, int64_t n) {
+  constexpr auto kErf = GatedActivation::kGeGLU;
+  constexpr auto kTanh = GatedActivation::kGeGLUTanh;
+  if (d == DType::kFloat32)
+    return tanh ? bias_gelu_bwd_tile<DType::kFloat32, kTanh>(dout, x, bias, stride_bias, dx, n)
+                : bias_gelu_bwd_tile<DType::kFloat32, kErf>(dout, x, bias, stride_bias, dx, n);
+  if (d == DType::kFloat16)
+    return tanh ? bias_gelu_bwd_tile<DType::kFloat16, kTanh>(dout, x, bias, stride_bias, dx, n)
+                : bias_gelu_bwd_tile<DType::kFloat16, kErf>(dout, x, bias, stride_bias, dx, n);
+  if (d == DType::kBFloat16)
+    return tanh ? bias_gelu_bwd_tile<DType::kBFloat16, kTanh>(dout, x, bias, stride_bias, dx, n)
+                : bias_gelu_bwd_tile<DType::kBFloat16, kErf>(dout, x, bias, stride_bias, dx, n);
+}
+
 // Byte address of element (row, col) of a row-strided 2-D view.
 template <typename P>
 P* at(P* base, int64_t row, int64_t col, int64_t row_stride, std::size_t elem) {
@@ -156,7 +244,17 @@ P* at(P* base, int64_t row, int64_t col, int64_t row_stride, std::size_t elem) {
 }
 
 void check_shape(int64_t rows, int64_t cols) {
-  if (rows < 0 || cols < 0) throw std::invalid_argument("gated_act: negative rows or cols");
+  if (rows < 0 || cols < 0) throw std::invalid_argument("activation kernel: negative rows or cols");
+}
+
+// The team size of a parallel loop: the caller's count, else the OpenMP default.
+int team_size(int requested) {
+#ifdef _OPENMP
+  return requested > 0 ? requested : omp_get_max_threads();
+#else
+  (void)requested;
+  return 1;
+#endif
 }
 
 }  // namespace
@@ -166,7 +264,8 @@ void gated_act_fwd(const GatedActFwdArgs& a) {
   const std::size_t es = dtype_size(a.dtype);
   const int64_t tiles_per_row = (a.cols + kTile - 1) / kTile;
   const int64_t tiles = a.rows * tiles_per_row;
-#pragma omp parallel for schedule(static) if (a.rows * a.cols >= kParallelMinElems)
+  const int nt = team_size(a.num_threads);
+#pragma omp parallel for schedule(static) num_threads(nt) if (a.rows * a.cols >= kParallelMinElems)
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t r = t / tiles_per_row;
     const int64_t c = (t % tiles_per_row) * kTile;
@@ -181,7 +280,8 @@ void gated_act_bwd(const GatedActBwdArgs& a) {
   const std::size_t es = dtype_size(a.dtype);
   const int64_t tiles_per_row = (a.cols + kTile - 1) / kTile;
   const int64_t tiles = a.rows * tiles_per_row;
-#pragma omp parallel for schedule(static) if (a.rows * a.cols >= kParallelMinElems)
+  const int nt = team_size(a.num_threads);
+#pragma omp parallel for schedule(static) num_threads(nt) if (a.rows * a.cols >= kParallelMinElems)
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t r = t / tiles_per_row;
     const int64_t c = (t % tiles_per_row) * kTile;
@@ -189,6 +289,39 @@ void gated_act_bwd(const GatedActBwdArgs& a) {
                       at(a.gate, r, c, a.stride_gate, es), at(a.up, r, c, a.stride_up, es),
                       at(a.dgate, r, c, a.stride_dgate, es), at(a.dup, r, c, a.stride_dup, es),
                       std::min(kTile, a.cols - c));
+  }
+}
+
+void bias_gelu_fwd(const BiasGeluFwdArgs& a) {
+  check_shape(a.rows, a.cols);
+  const std::size_t es = dtype_size(a.dtype);
+  const int64_t tiles_per_row = (a.cols + kTile - 1) / kTile;
+  const int64_t tiles = a.rows * tiles_per_row;
+  const int nt = team_size(a.num_threads);
+#pragma omp parallel for schedule(static) num_threads(nt) if (a.rows * a.cols >= kParallelMinElems)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t r = t / tiles_per_row;
+    const int64_t c = (t % tiles_per_row) * kTile;
+    bias_gelu_fwd_dispatch(a.dtype, a.tanh, at(a.x, r, c, a.stride_x, es),
+                           at(a.bias, 0, c * a.stride_bias, 0, es), a.stride_bias,
+                           at(a.out, r, c, a.stride_out, es), std::min(kTile, a.cols - c));
+  }
+}
+
+void bias_gelu_bwd(const BiasGeluBwdArgs& a) {
+  check_shape(a.rows, a.cols);
+  const std::size_t es = dtype_size(a.dtype);
+  const int64_t tiles_per_row = (a.cols + kTile - 1) / kTile;
+  const int64_t tiles = a.rows * tiles_per_row;
+  const int nt = team_size(a.num_threads);
+#pragma omp parallel for schedule(static) num_threads(nt) if (a.rows * a.cols >= kParallelMinElems)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t r = t / tiles_per_row;
+    const int64_t c = (t % tiles_per_row) * kTile;
+    bias_gelu_bwd_dispatch(a.dtype, a.tanh, at(a.dout, r, c, a.stride_dout, es),
+                           at(a.x, r, c, a.stride_x, es), at(a.bias, 0, c * a.stride_bias, 0, es),
+                           a.stride_bias, at(a.dx, r, c, a.stride_dx, es),
+                           std::min(kTile, a.cols - c));
   }
 }
 

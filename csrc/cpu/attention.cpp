@@ -75,4 +75,15 @@ void attention_bwd(const AttnParams& p) {
   }
 }
 
+void decode_fwd(const AttnParams& p) {
+  switch (isa()) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    case Isa::kAvx512Bf16:
+    case Isa::kAvx512: return avx512::decode_fwd(p);
+    case Isa::kAvx2: return avx2::decode_fwd(p);
+#endif
+    default: throw std::runtime_error("fastattn CPU attention needs an x86-64 CPU with AVX2 and FMA");
+  }
+}
+
 }  // namespace fastattn::cpu

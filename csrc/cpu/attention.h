@@ -42,9 +42,19 @@ struct AttnParams {
   const int64_t* cu_seqlens_q = nullptr;  // varlen: (num_seqs + 1) offsets, batch == 1
   const int64_t* cu_seqlens_k = nullptr;
   int64_t num_seqs = 0;
+  // decode_fwd only: keys of each batch element (cache rows 0 .. kv_lens[b] - 1 are valid).
+  const int64_t* kv_lens = nullptr;
 
   float scale = 1.0f;
   float softcap = 0.0f;    // 0 = off
+  // Attention dropout (0 = off): probability (b, h, i, j) is kept iff the Philox4x32-10
+  // uniform of counter rng_offset + ((b * heads_q + h) * drop_lq + i) * drop_lk + j under
+  // key `seed` is >= dropout_p (fastattn/philox.py is the specification; b counts
+  // sequences with varlen, i and j are positions within the sequence), then scaled by
+  // 1 / (1 - dropout_p). drop_lq/drop_lk: the counter space's dims (max lengths).
+  float dropout_p = 0.0f;
+  uint64_t seed = 0;
+  int64_t rng_offset = 0, drop_lq = 0, drop_lk = 0;
   bool causal = false;
   bool bottom_right = false;
   int64_t window_left = -1, window_right = -1;  // -1 = unbounded
@@ -67,6 +77,13 @@ bool attention_use_isa(const char* name);
 void attention_fwd(const AttnParams& p);
 void attention_bwd(const AttnParams& p);
 
+// Decoding against a KV cache (decode_impl.h): q (batch, heads_q, seqlen_q, head_dim) with
+// a few rows, k/v the caches seen as (batch, heads_k, seqlen_k, dim) with unit dim stride,
+// batch element b attending to its first kv_lens[b] keys, causal/window aligned
+// bottom-right (as flash-attn's KV-cache decoding), softcap and ALiBi honoured (no mask,
+// no varlen). Writes out and lse as attention_fwd does.
+void decode_fwd(const AttnParams& p);
+
 // Per-ISA entry points (one namespace per instruction set so that no symbol is shared
 // between translation units compiled for different targets).
 namespace avx512bf16 {
@@ -76,10 +93,12 @@ void attention_bwd(const AttnParams& p);
 namespace avx512 {
 void attention_fwd(const AttnParams& p);
 void attention_bwd(const AttnParams& p);
+void decode_fwd(const AttnParams& p);
 }  // namespace avx512
 namespace avx2 {
 void attention_fwd(const AttnParams& p);
 void attention_bwd(const AttnParams& p);
+void decode_fwd(const AttnParams& p);
 }  // namespace avx2
 
 }  // namespace fastattn::cpu

@@ -21,6 +21,8 @@
 // dV += P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO*O)),
 // dK += dS^T Q, dQ += dS K (dQ rows are shared between key blocks: accumulated in fp32
 // under a per-head lock, or lock-free when whole heads are the unit of work).
+// Dropout (forward and backward) multiplies P by the keep mask of fastattn/philox.py,
+// redrawn from its counters wherever it is needed: the row sums use the undropped P.
 //
 // Matrix products go through one register-blocked micro-kernel (C[MR x 2W] in registers,
 // broadcast A, vector rows of B), fed by blocks packed once into the layouts it wants:
@@ -400,6 +402,100 @@ void transform_scores(const AttnParams& p, const Geo& g, const Seq& s, int64_t h
   }
 }
 
+// ---------------------------------------------------------------- dropout
+
+// First output word of Philox4x32-10 on counter (lo, hi, 0, 0) under key `seed`, the
+// stream of Triton's tl.rand (fastattn/philox.py is the specification).
+FA_INLINE uint32_t philox_word(uint64_t seed, uint64_t ctr) {
+  uint32_t c0 = (uint32_t)ctr, c1 = (uint32_t)(ctr >> 32), c2 = 0, c3 = 0;
+  uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+#pragma GCC unroll 10
+  for (int r = 0; r < 10; ++r) {
+    const uint64_t pb = (uint64_t)0xCD9E8D57u * c2, pa = (uint64_t)0xD2511F53u * c0;
+    const uint32_t n0 = (uint32_t)(pb >> 32) ^ c1 ^ k0, n2 = (uint32_t)(pa >> 32) ^ c3 ^ k1;
+    c1 = (uint32_t)pb;
+    c3 = (uint32_t)pa;
+    c0 = n0;
+    c2 = n2;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return c0;
+}
+
+// M[jj] = 1 / (1 - p) where probability (row i of head h, key j0 + jj) is kept, else 0,
+// for jj < nk. The uniform is tl.rand's: the word as int32, folded onto [0, 2^31) by
+// x -> ~x for negatives, times 4.6566127342e-10 in fp32; kept iff it is >= p in fp32.
+#if FA_VEC_BITS == 512
+using VI = __m512i;
+FA_INLINE VI vi_load(const uint32_t* a) { return _mm512_loadu_si512(a); }
+FA_INLINE VI vi_set1(uint32_t x) { return _mm512_set1_epi32((int)x); }
+FA_INLINE VI vi_xor(VI a, VI b) { return _mm512_xor_si512(a, b); }
+// High and low 32-bit words of a * x per lane (VPMULUDQ takes the even lanes' words).
+FA_INLINE void vi_mulhilo(VI a, VI x, VI* hi, VI* lo) {
+  const VI even = _mm512_mul_epu32(x, a), odd = _mm512_mul_epu32(_mm512_srli_epi64(x, 32), a);
+  *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+FA_INLINE R vi_keep(VI w, float p, float rp) {  // tl.rand's uniform >= p ? rp : 0
+  const R u = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_xor_si512(w, _mm512_srai_epi32(w, 31))),
+                            _mm512_set1_ps(4.6566127342e-10f));
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(u, _mm512_set1_ps(p), _CMP_GE_OQ), _mm512_set1_ps(rp));
+}
+#else
+using VI = __m256i;
+FA_INLINE VI vi_load(const uint32_t* a) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)); }
+FA_INLINE VI vi_set1(uint32_t x) { return _mm256_set1_epi32((int)x); }
+FA_INLINE VI vi_xor(VI a, VI b) { return _mm256_xor_si256(a, b); }
+FA_INLINE void vi_mulhilo(VI a, VI x, VI* hi, VI* lo) {
+  const VI even = _mm256_mul_epu32(x, a), odd = _mm256_mul_epu32(_mm256_srli_epi64(x, 32), a);
+  *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+FA_INLINE R vi_keep(VI w, float p, float rp) {
+  const R u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_xor_si256(w, _mm256_srai_epi32(w, 31))),
+                            _mm256_set1_ps(4.6566127342e-10f));
+  return _mm256_and_ps(_mm256_cmp_ps(u, _mm256_set1_ps(p), _CMP_GE_OQ), _mm256_set1_ps(rp));
+}
+#endif
+
+void dropout_row(const AttnParams& p, const Seq& s, int64_t h, int64_t i, int64_t j0, int64_t nk, float* M) {
+  const float rp = 1.0f / (1.0f - p.dropout_p);
+  const uint64_t base = (uint64_t)(p.rng_offset + ((s.b * p.heads_q + h) * p.drop_lq + i) * p.drop_lk + j0);
+  int64_t jj = 0;
+  // W counters at a time, Philox's rounds on vectors of 32-bit words (the scalar loop below
+  // is the same arithmetic, for a tail).
+  for (; jj + W <= nk; jj += W) {
+    alignas(64) uint32_t lo[W], hi[W];
+    for (int l = 0; l < W; ++l) {
+      const uint64_t c = base + (uint64_t)(jj + l);
+      lo[l] = (uint32_t)c;
+      hi[l] = (uint32_t)(c >> 32);
+    }
+    VI c0 = vi_load(lo), c1 = vi_load(hi), c2 = vi_set1(0), c3 = vi_set1(0);
+    uint32_t k0 = (uint32_t)p.seed, k1 = (uint32_t)(p.seed >> 32);
+    const VI ma = vi_set1(0xD2511F53u), mb = vi_set1(0xCD9E8D57u);
+#pragma GCC unroll 10
+    for (int r = 0; r < 10; ++r) {
+      VI hb, lb, ha, la;
+      vi_mulhilo(mb, c2, &hb, &lb);
+      vi_mulhilo(ma, c0, &ha, &la);
+      c0 = vi_xor(vi_xor(hb, c1), vi_set1(k0));
+      c2 = vi_xor(vi_xor(ha, c3), vi_set1(k1));
+      c1 = lb;
+      c3 = la;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    Vec::store(M + jj, vi_keep(c0, p.dropout_p, rp));
+  }
+  for (; jj < nk; ++jj) {
+    const int32_t w = (int32_t)philox_word(p.seed, base + (uint64_t)jj);
+    const float u = (float)(w < 0 ? ~w : w) * 4.6566127342e-10f;
+    M[jj] = u >= p.dropout_p ? rp : 0.0f;
+  }
+}
+
 // ---------------------------------------------------------------- threading helpers
 
 FA_INLINE int num_threads_for(const AttnParams& p) { return p.num_threads > 0 ? p.num_threads : 1; }
@@ -498,6 +594,8 @@ void fwd_typed(const AttnParams& p) {
     float* m = alloc<float>(kBQ);
     float* l = alloc<float>(kBQ);
     float* alpha = alloc<float>(kBQ);
+    const bool drop = p.dropout_p > 0.0f;
+    float* Mrow = drop ? alloc<float>(kBK) : nullptr;
 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t w = 0; w < n_units * g.Hq; ++w) {
@@ -556,9 +654,12 @@ void fwd_typed(const AttnParams& p) {
           alpha[r] = exp2f(m[r] - m_use);
           const R nmv = Vec::set1(-m_use);
           R vs = Vec::zero();
+          // Dropout scales P V only: the row sum l (the softmax's normaliser) takes every P.
+          if (drop) dropout_row(p, s, h, i0 + r, j0, nk, Mrow);
           for (int64_t j = 0; j < nk; j += W) {
-            const R e = Vec::exp2(Vec::fmadd(Vec::load(z + j), zs, nmv));
+            R e = Vec::exp2(Vec::fmadd(Vec::load(z + j), zs, nmv));
             vs = Vec::add(vs, e);
+            if (drop) e = Vec::mul(e, Vec::load(Mrow + j));
 #if FA_DPBF16
             if constexpr (DP)
               _mm256_storeu_si256(reinterpret_cast<__m256i*>(P + r * kBK + j), (__m256i)_mm512_cvtneps_pbh(e));
@@ -587,7 +688,7 @@ void fwd_typed(const AttnParams& p) {
             empty ? __builtin_inff() : (m[r] + log2f(l[r])) * kLn2;
       }
     }
-    free(Qb); free(S); free(P); free(O); free(m); free(l); free(alpha);
+    free(Qb); free(S); free(P); free(O); free(m); free(l); free(alpha); free(Mrow);
   }
   free(kvbuf);
   free(units);
@@ -765,6 +866,9 @@ void bwd_typed(const AttnParams& p) {
     float* dS = alloc<float>(kBQ * kBK);
     float* G = g.softcap > 0.0f ? alloc<float>(kBQ * kBK) : nullptr;
     float* dQt = alloc<float>(kBQ * Dp);
+    const bool drop = p.dropout_p > 0.0f;
+    float* Md = drop ? alloc<float>(kBQ * kBK) : nullptr;  // dropout's 0 or 1 / (1 - p)
+    float* Pd = drop ? alloc<float>(kBQ * kBK) : nullptr;  // P with dropout applied
     // bf16 operands: K pairs along d [D2/2][kBK][2], V pairs along dv [Dv2/2][kBK][2],
     // K pairs along keys [kBK/2][Dp][2], and dS in bf16.
     uint16_t* K2 = DP ? alloc<uint16_t>(g.D2 * kBK) : nullptr;
@@ -844,9 +948,14 @@ void bwd_typed(const AttnParams& p) {
                 const R c = Vec::set1(ps[r]);
                 for (int64_t j = 0; j < nk; j += W) Vec::store(z + j, Vec::mul(Vec::load(z + j), c));
               }
+              if (drop) {  // the forward's mask, redrawn from the counters
+                float* mr = Md + r * kBK;
+                dropout_row(p, s, h, i0 + r, j0, nk, mr);
+                for (int64_t j = 0; j < nk; j += W) Vec::store(Pd + r * kBK + j, Vec::mul(Vec::load(z + j), Vec::load(mr + j)));
+              }
             }
-            // dV += P^T dO  (A(m = key, k = row) = P[row][key]).
-            gemm_f32(nk, Dvp, mq, S, 1, kBK, dOr, Dvp, dV, Dvp, kAdd, nullptr);
+            // dV += Pd^T dO  (A(m = key, k = row) = Pd[row][key]; Pd = P without dropout).
+            gemm_f32(nk, Dvp, mq, drop ? Pd : S, 1, kBK, dOr, Dvp, dV, Dvp, kAdd, nullptr);
             // dP = dO V^T.
 #if FA_DPBF16
             if constexpr (DP) gemm_bf16(mq, nk, Dv2 / 2, dOh + (head_row0 + i0) * Dv2, Dv2, V2, 2 * kBK, dS, kBK, kSet, nullptr);
@@ -857,8 +966,12 @@ void bwd_typed(const AttnParams& p) {
               const R dv = Vec::set1(dr[r]);
               float* ds = dS + r * kBK;
               const float* pr = S + r * kBK;
+              const float* mr = drop ? Md + r * kBK : nullptr;
               for (int64_t j = 0; j < nk; j += W) {
-                R x = Vec::mul(Vec::load(pr + j), Vec::sub(Vec::load(ds + j), dv));
+                // dS = P (dP - delta), where dP of the dropped-out probabilities is dO V^T
+                // times the mask (delta = rowsum(dO * O) already holds the dropout).
+                const R dpv = mr ? Vec::mul(Vec::load(ds + j), Vec::load(mr + j)) : Vec::load(ds + j);
+                R x = Vec::mul(Vec::load(pr + j), Vec::sub(dpv, dv));
                 if (G) x = Vec::mul(x, Vec::load(G + r * kBK + j));
                 Vec::store(ds + j, x);
 #if FA_DPBF16
@@ -889,7 +1002,7 @@ void bwd_typed(const AttnParams& p) {
         }
       }
     }
-    free(Kt); free(Kp); free(Vt); free(dK); free(dV); free(S); free(dS); free(G); free(dQt);
+    free(Kt); free(Kp); free(Vt); free(dK); free(dV); free(S); free(dS); free(G); free(dQt); free(Md); free(Pd);
     free(K2); free(V2); free(Kk2); free(dSh);
 
 #pragma omp for schedule(static)

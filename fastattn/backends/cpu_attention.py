@@ -6,21 +6,23 @@ Covered (``supports`` returns ``None``): CPU tensors of dtype fp32, bf16 or fp16
 computes in fp32) with any strides; head dims 1 to 256 (query and value dims may
 differ); GQA/MQA; any scale; causal top-left (SDPA) or bottom-right (flash-attn);
 sliding windows; softcap; ALiBi; boolean or float ``attn_mask`` given by strides
-(stride 0 where broadcast); varlen via ``cu_seqlens``. bf16 inputs use AVX512-BF16 dot
+(stride 0 where broadcast); varlen via ``cu_seqlens``; dropout, with the keep mask of
+:mod:`fastattn.philox` (the Triton kernels' stream, bit for bit), redrawn by the backward. bf16 inputs use AVX512-BF16 dot
 products (fp32 accumulation, probabilities rounded to bf16 before ``P @ V``, as
 flash-attn does) where the CPU has them; the backward pass computes in fp32.
 
 Not covered (``supports`` says why, and ``auto`` falls back to the reference backend):
-dropout, float64, head dims over 256, non-CPU tensors, CPUs without AVX2+FMA.
+float64, head dims over 256, non-CPU tensors, CPUs without AVX2+FMA.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
 
 from fastattn import _C, dispatch
-from fastattn.ops.attention_args import empty_like_layout
+from fastattn.ops.attention_args import empty_like_layout, problem_extent
 
 from fastattn._dtype_codes import DTYPE_CODES as _DTYPE_CODES  # csrc/common/dtype.h
 
@@ -28,14 +30,44 @@ MAX_HEAD_DIM = 256
 _MASK_NONE, _MASK_BOOL, _MASK_FLOAT = 0, 1, 2
 
 
+ISA_ENV = "FASTATTN_CPU_ISA"
+"""Environment variable naming the instruction set the CPU attention kernels run with:
+``avx2``, ``avx512`` or ``avx512bf16`` (at most this CPU's best; ``auto`` or unset: the
+best). Read once, when fastattn is imported, so that one machine can run and benchmark
+every lower code path."""
+ISA_NAMES = ("avx2", "avx512", "avx512bf16")
+
+
+def force_isa(name: str) -> str:
+    """Run the CPU attention kernels with instruction set ``name`` (one of :data:`ISA_NAMES`,
+    or ``auto``/empty for this CPU's best) and return the one now in use.
+
+    Raises ValueError naming :data:`ISA_ENV` for an unknown name or one this CPU lacks (then
+    nothing changes)."""
+    key = name.strip().lower()
+    if key in ("", "auto"):
+        _C.cpu_attention_use_isa("auto")
+    elif key not in ISA_NAMES:
+        raise ValueError(f"{ISA_ENV}={name!r} is not an instruction set of the CPU kernels: "
+                         f"expected one of {', '.join(ISA_NAMES)} or auto")
+    elif not _C.cpu_attention_use_isa(key):  # declined: nothing changed
+        now = _C.cpu_attention_isa()
+        _C.cpu_attention_use_isa("auto")
+        best = _C.cpu_attention_isa()
+        _C.cpu_attention_use_isa(now)
+        raise ValueError(f"{ISA_ENV}={name!r}: this CPU does not have it (its best is {best}; choose "
+                         f"that or a lower one of {', '.join(ISA_NAMES)})")
+    return _C.cpu_attention_isa()
+
+
 # Probed once, at import: a plain Python value that torch.compile can read while tracing
 # (Dynamo cannot trace into a pybind11 call).
-_ISA = _C.cpu_attention_isa()
+_ISA = force_isa(os.environ.get(ISA_ENV, ""))
 
 
 def isa() -> str:
     """The instruction set the kernels use on this CPU: ``avx512bf16``, ``avx512``, ``avx2``
-    or ``none`` (then every call falls back)."""
+    or ``none`` (then every call falls back); a lower one when :data:`ISA_ENV` forces it."""
     return _ISA
 
 
@@ -65,8 +97,6 @@ def supports(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, c
         return f"head dims over {MAX_HEAD_DIM}"
     if q.shape[1] % k.shape[1] != 0:
         return "query heads must be a multiple of key/value heads"
-    if args is not None and args.dropout_p > 0:
-        return "dropout is not implemented in the CPU kernels"
     if attn_mask is not None:
         if cu_seqlens_q is not None:
             return "attn_mask with varlen"
@@ -98,6 +128,11 @@ def _spec(q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args, ke
         window_right=int(args.window_right), deterministic=bool(args.deterministic),
         num_threads=torch.get_num_threads(),
     )
+    if args.dropout_p > 0:
+        # The counter space of the dropout stream, as every backend derives it.
+        _, _, lq, lk = problem_extent(q, k, args, cu_seqlens_q, cu_seqlens_k)
+        spec.update(dropout_p=float(args.dropout_p), seed=int(args.seed) & ((1 << 64) - 1),
+                    rng_offset=int(args.offset), drop_lq=lq, drop_lk=lk)
     if attn_mask is not None:
         spec["mask_kind"] = _MASK_BOOL if attn_mask.dtype == torch.bool else _MASK_FLOAT
         spec["mask_dtype"] = 0 if attn_mask.dtype == torch.bool else _DTYPE_CODES[attn_mask.dtype]

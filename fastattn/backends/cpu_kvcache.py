@@ -2,24 +2,30 @@
 attention of :mod:`fastattn.backends.cpu_attention` (``csrc/cpu/attention*.cpp``), behind
 :func:`fastattn.flash_attn_with_kvcache`.
 
-No kernel of its own. The new keys/values are appended in place with one indexed copy;
-then each run of consecutive batch elements with the same number of keys ``n`` (cache
-length plus appended tokens) is one call of the native attention (a few when large, see
-below) on strided views ``q[b0:b1]`` ``(nb, Hq, Lq, D)`` and ``k_cache[b0:b1, :n]``
-``(nb, Hk, n, D)`` (no copy), with causal/window aligned bottom-right, writing straight
-into slices of one output. Batch
-elements with no key at all get an output of 0 and an LSE of +inf, as flash-attn gives.
+The new keys/values are appended in place with one indexed copy. Then:
+
+* up to :data:`DECODE_MAX_QUERY_ROWS` query rows (decoding, short speculative drafts): one
+  call of the decoding kernel (``csrc/cpu/decode_impl.h``) for the whole batch, which reads
+  the caches in place (no repacking), each batch element over its own ``cache_seqlens[b] +
+  Lnew`` keys, every query head of a GQA group served by one pass over its kv head's keys,
+  and long caches split across threads with the partial results merged by their LSE;
+* more rows: the native forward attention, one call per run of consecutive batch elements
+  with the same number of keys ``n``, on strided views ``q[b0:b1]`` ``(nb, Hq, Lq, D)`` and
+  ``k_cache[b0:b1, :n]`` ``(nb, Hk, n, D)`` (no copy), with causal/window aligned
+  bottom-right, writing straight into slices of one output (a few calls when large, see
+  below).
+
+Batch elements with no key at all get an output of 0 and an LSE of +inf, as flash-attn gives.
 
 Covered (``supports`` returns ``None``): what the native attention covers (CPU tensors,
 fp32/bf16/fp16, head dims 1 to 256, GQA/MQA, softcap, windows, ALiBi ``(Hq,)`` or
 ``(B, Hq)`` fp32, any strides). Not covered: float64, dropout and top-left alignment
 (``supports`` says why; ``auto`` falls back to the reference backend).
 
-Cost: the native forward first packs every key block it will read (K transposed, V
-widened to fp32 unless bf16 dot products are used) into one fresh buffer, then computes.
-That pass is amortised over the ``Lq * Hq / Hk`` query rows that share each kv head, so
-GQA decoding gains most; with one query row per kv head (MHA, ``Lq = 1``) it is most of
-the time. Two things keep it cheap here: each native call covers at most
+Cost of the forward path: the native forward first packs every key block it will read (K
+transposed, V widened to fp32 unless bf16 dot products are used) into one fresh buffer,
+then computes. That pass is amortised over the ``Lq * Hq / Hk`` query rows that share each
+kv head (hence few rows go to the decoding kernel instead). Two things keep it cheap here: each native call covers at most
 ``PACK_BUDGET_BYTES`` of packed keys/values (whole batch elements, else groups of kv
 heads), and a sliding window starts the views at its first visible key, so the part of
 the cache it never reaches is not packed at all.
@@ -39,6 +45,10 @@ mmap threshold (which adapts up to 32 MiB) with fresh pages that the OS zeroes a
 in on every call; below it the freed buffer is reused from the heap. Measured on 2 cores,
 b4 h8 L2048 d128 fp32 decoding (a 64 MiB pack): 42 ms as one call, 20 ms as four."""
 _BLOCK_K = 128  # keys per packed block in csrc/cpu/attention_impl.h (kBK)
+DECODE_MAX_QUERY_ROWS = 8
+"""Most query rows per sequence that go to the decoding kernel (``csrc/cpu/decode_impl.h``),
+which reads the caches in place; longer queries (chunked prefill, speculative verification
+of many tokens) share each packed key block among enough rows to take the forward kernel."""
 
 
 def supports(q, k_cache, v_cache, k_new=None, v_new=None, cache_seqlens=None, *, alibi_slopes=None,
@@ -113,6 +123,24 @@ def _first_visible_key(n: int, seqlen_q: int, args) -> int:
     return max(0, n - seqlen_q - args.window_left)
 
 
+def _decodes(q, k_cache, v_cache) -> bool:
+    """Whether the decoding kernel takes this call: a few query rows, caches whose head dim
+    is contiguous (it reads their rows as vectors; the public op guarantees it)."""
+    return q.shape[1] <= DECODE_MAX_QUERY_ROWS and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+
+
+def _decode(q, k_cache, v_cache, cache_seqlens, new, alibi_slopes, args, out, lse) -> None:
+    """One call of the decoding kernel for the whole batch, on ``(B, H, L, D)`` strided views
+    of ``q``, the caches and ``out`` (no copy), each batch element over its first
+    ``cache_seqlens[b] + new`` keys, writing ``out`` and ``lse`` in place."""
+    keep: list = []
+    spec = cpu_attention._spec(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2), None,
+                               alibi_slopes, None, None, args, keep)
+    kv_lens = cache_seqlens.to(torch.int64) + new  # a fresh tensor: alive until the call returns
+    spec.update(out=cpu_attention._t(out.transpose(1, 2)), lse=cpu_attention._t(lse), kv_lens=kv_lens.data_ptr())
+    cpu_attention._C.cpu_decode_fwd(spec)
+
+
 def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slopes, args):
     """Core op ``kvcache_fwd`` on the CPU (contract: :data:`fastattn.dispatch.OP_SIGNATURES`).
 
@@ -129,6 +157,9 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slope
     out = torch.empty(batch, seqlen_q, heads, v_cache.shape[-1], dtype=q.dtype)
     lse = torch.empty(batch, heads, seqlen_q, dtype=torch.float32)
     if out.numel() == 0:
+        return out, lse
+    if _decodes(q, k_cache, v_cache):
+        _decode(q, k_cache, v_cache, cache_seqlens, new, alibi_slopes, args, out, lse)
         return out, lse
     heads_k = k_cache.shape[2]
     group = heads // heads_k

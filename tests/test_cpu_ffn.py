@@ -1,0 +1,404 @@
+"""The ``cpu`` backend's fused bias-GELU and gated MLP (fastattn.backends.cpu_ffn, the native
+kernels of csrc/cpu/activations.cpp) against fastattn.reference in float64.
+
+fp32 must match to 1e-5 of the output's scale; fp16/bf16 by flash-attn's rule: max|out -
+ref64| <= 2 max|ref_lowp - ref64| + floor, with ref_lowp the same math (reference and its
+autograd) evaluated in the input dtype. Gradients go through the public ops and autograd.
+Every ``torch.empty`` the backend calls returns NaN-filled memory, so an output element or
+a scratch element left unwritten fails; inputs are fresh random draws from a per-test seed.
+"""
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+import fastattn
+from fastattn import dispatch, reference
+from fastattn.backends import cpu_ffn
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DTYPE_IDS = ["fp32", "fp16", "bf16"]
+GATED = ["swiglu", "geglu", "geglu_tanh"]
+FLOOR = 1e-5
+
+pytestmark = pytest.mark.skipif(dispatch.unavailable_reason("cpu", torch.device("cpu")) is not None,
+                                reason=f"cpu backend: {dispatch.unavailable_reason('cpu', torch.device('cpu'))}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+_REAL_EMPTY = torch.empty
+
+
+@pytest.fixture(autouse=True)
+def poison_empty(monkeypatch, request):
+    """NaN-filled ``torch.empty``; a seed per test (from its id), so a failure reproduces."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+    real_empty = torch.empty
+
+    def empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", empty)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of a few rows and columns, so that every ragged block edge is exercised."""
+    monkeypatch.setattr(cpu_ffn, "_FWD_SCRATCH_BYTES", 1)
+    monkeypatch.setattr(cpu_ffn, "_BWD_SCRATCH_BYTES", 1)
+    monkeypatch.setattr(cpu_ffn, "_MIN_ROWS", 7)
+    monkeypatch.setattr(cpu_ffn, "_MIN_COLS", 48)
+
+
+@pytest.fixture(params=[1, 2], ids=["thr1", "thr2"])
+def threads(request):
+    prev = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(prev)
+
+
+def _rand(*shape, dtype=torch.float32, scale=1.0):
+    return (torch.randn(*shape, dtype=torch.float32) * scale).to(dtype)
+
+
+def assert_matches(out, ref64, ref_lowp, what=""):
+    """fp32: within 1e-5 of the output's scale; fp16/bf16: flash-attn's error ratio."""
+    assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
+    assert torch.isfinite(out).all(), f"{what}: non-finite values (unwritten output?)"
+    err = (out.double() - ref64).abs().max().item()
+    if out.dtype == torch.float32:
+        tol = 1e-5 * max(ref64.abs().max().item(), 1.0)
+    else:
+        # Half an ulp of the largest output: one rounding to the dtype no kernel can avoid.
+        floor = max(FLOOR, 0.5 * torch.finfo(out.dtype).eps * ref64.abs().max().item())
+        tol = 2 * (ref_lowp.double() - ref64).abs().max().item() + floor
+    assert err <= tol, f"{what}: max error {err:.3g} > tolerance {tol:.3g}"
+
+
+def _ref_and_grads(fn, inputs, dout, dtype):
+    """``fn`` on float64 and ``dtype`` copies of ``inputs`` and the gradients for ``dout``."""
+    results = []
+    for ct in (torch.float64, dtype):
+        leaves = [t.detach().to(ct).requires_grad_() for t in inputs]
+        out = fn(*leaves)
+        results.append((out.detach(), torch.autograd.grad(out, leaves, dout.to(ct))))
+    return results
+
+
+def _run(fn, inputs, dout):
+    """``fn`` on ``inputs`` (as leaves that require grad) and the gradients for ``dout``."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    return out.detach(), torch.autograd.grad(out, leaves, dout)
+
+
+# --------------------------------------------------------------------------- bias-GELU
+
+BG_SHAPES = [(300, 1), (50, 7), (4, 129), (2, 4097), (2, 3, 1000)]
+BG_SHAPE_IDS = ["1", "7", "129", "4097", "2x3x1000"]
+
+
+@pytest.mark.parametrize("shape", BG_SHAPES, ids=BG_SHAPE_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("approximate", ["none", "tanh"], ids=["erf", "tanh"])
+def test_bias_gelu(approximate, dtype, shape):
+    x, dout = _rand(*shape, dtype=dtype, scale=2.0), _rand(*shape, dtype=dtype)
+    bias = _rand(shape[-1], dtype=dtype)
+    fn = lambda x_, b_: fastattn.bias_gelu(x_, b_, approximate, backend="cpu")
+    out, (dx, dbias) = _run(fn, (x, bias), dout)
+    ref = lambda x_, b_: reference.bias_gelu(x_, b_, approximate)
+    (r64, g64), (rlp, glp) = _ref_and_grads(ref, (x, bias), dout, dtype)
+    assert out.dtype == dtype and out.is_contiguous()
+    assert_matches(out, r64, rlp, "out")
+    assert_matches(dx, g64[0], glp[0], "dx")
+    if shape[-1] >= 129:  # enough dbias values for their max error to be a fair statistic
+        assert_matches(dbias, g64[1], glp[1], "dbias")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_bias_gelu_strided_and_threads(dtype, threads):
+    """Rows in two groups with a column offset (no single row stride: copied once), a
+    strided bias, a stride-0 (expanded) dout; a column slice and a transposed x through the
+    core op directly (the first taken by its row stride, the second copied once); 1 and 2
+    threads, with enough elements for the kernel to go parallel."""
+    x = _rand(3, 90, 1030, dtype=dtype, scale=2.0)[:, 2:70, 1:1027]  # (3, 68, 1026)
+    bias = _rand(2 * 1026, dtype=dtype)[::2]
+    dout = _rand(1026, dtype=dtype).expand(3, 68, 1026)
+    fn = lambda x_, b_: fastattn.bias_gelu(x_, b_, "tanh", backend="cpu")
+    out, (dx, dbias) = _run(fn, (x, bias), dout)
+    (r64, g64), (rlp, glp) = _ref_and_grads(lambda x_, b_: reference.bias_gelu(x_, b_, "tanh"), (x, bias), dout,
+                                            dtype)
+    assert_matches(out, r64, rlp, "out")
+    assert_matches(dx, g64[0], glp[0], "dx")
+    assert_matches(dbias, g64[1], glp[1], "dbias")
+
+    b = _rand(257, dtype=dtype)
+    for what, xs in (("x[:, 1:258]", _rand(130, 300, dtype=dtype)[:, 1:258]), ("x.T", _rand(257, 40, dtype=dtype).t())):
+        d = _rand(*xs.shape, dtype=dtype)
+        out, dx = cpu_ffn.bias_gelu_fwd(xs, b, "none"), cpu_ffn.bias_gelu_bwd(d, xs, b, "none")
+        (r64, g64), (rlp, glp) = _ref_and_grads(lambda x_: reference.bias_gelu(x_, b.to(x_.dtype)), (xs,), d, dtype)
+        assert_matches(out, r64, rlp, f"out ({what})")
+        assert_matches(dx, g64[0], glp[0], f"dx ({what})")
+
+
+def test_bias_gelu_extreme_values():
+    # Saturated erf/tanh: no inf/inf or 0*inf, the derivative limits are exact.
+    x = torch.tensor([[-200.0, -30.0, -5.0, 0.0, 5.0, 30.0, 200.0]])
+    bias = torch.tensor([0.0, 0.5, -0.5, 0.0, 1.0, -1.0, 0.0])
+    d = torch.ones_like(x)
+    for approximate in ("none", "tanh"):
+        out = cpu_ffn.bias_gelu_fwd(x, bias, approximate)
+        dx = cpu_ffn.bias_gelu_bwd(d, x, bias, approximate)
+        (r64, g64), _ = _ref_and_grads(lambda x_: reference.bias_gelu(x_, bias.double().to(x_.dtype), approximate),
+                                       (x,), d, torch.float32)
+        torch.testing.assert_close(out.double(), r64, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(dx.double(), g64[0], rtol=1e-5, atol=1e-6)
+
+
+def test_bias_gelu_nan_propagates():
+    x = _rand(2, 600)
+    x[1, 517] = float("nan")
+    out = cpu_ffn.bias_gelu_fwd(x, _rand(600), "none")
+    assert torch.isnan(out[1, 517]) and torch.isfinite(out).sum() == out.numel() - 1
+
+
+# --------------------------------------------------------------------------- gated MLP
+
+
+def _weights(N, K, K_out, dtype, layout):
+    """``(w_gate, w_up, w_down)`` in nn.Linear shapes, laid out as ``layout`` says."""
+    s_in, s_h = K ** -0.5, N ** -0.5
+    if layout == "fused":  # Phi-3 gate_up_proj: two row halves of one (2N, K) tensor
+        w_gate, w_up = _rand(2 * N, K, dtype=dtype, scale=s_in).chunk(2, dim=0)
+        return w_gate, w_up, _rand(K_out, N, dtype=dtype, scale=s_h)
+    if layout == "pair":  # Llama gate_proj / up_proj
+        return (_rand(N, K, dtype=dtype, scale=s_in), _rand(N, K, dtype=dtype, scale=s_in),
+                _rand(K_out, N, dtype=dtype, scale=s_h))
+    # "transposed": column-major weights (strides (1, rows))
+    return (_rand(K, N, dtype=dtype, scale=s_in).t(), _rand(K, N, dtype=dtype, scale=s_in).t(),
+            _rand(N, K_out, dtype=dtype, scale=s_h).t())
+
+
+def _check_feed_forward(M, K, N, dtype, activation, layout="pair", K_out=None, lead=None, x=None):
+    K_out = K if K_out is None else K_out
+    x = _rand(*(lead or (M,)), K, dtype=dtype) if x is None else x
+    w_gate, w_up, w_down = _weights(N, K, K_out, dtype, layout)
+    out_shape = (*x.shape[:-1], K_out)
+    dout = _rand(*out_shape, dtype=dtype)
+    if layout == "fused":  # the public op receives the (2N, K) tensor and splits it into views
+        w_gate_up = torch.cat([w_gate, w_up])
+        w_gate, w_up = w_gate_up.chunk(2, dim=0)
+        fn = lambda x_, gu_, d_: fastattn.feed_forward(x_, gu_, d_, activation, backend="cpu")
+        out, (dx, dgu, dwd) = _run(fn, (x, w_gate_up, w_down), dout)
+        grads = (dx, *dgu.chunk(2, dim=0), dwd)
+    else:
+        fn = lambda x_, g_, u_, d_: fastattn.feed_forward(x_, (g_, u_), d_, activation, backend="cpu")
+        out, grads = _run(fn, (x, w_gate, w_up, w_down), dout)
+    # The core op's own outputs: the hidden activations the backward is given.
+    out2, hidden = cpu_ffn.feed_forward_fwd(x, w_gate, w_up, w_down, activation)
+    assert hidden.is_contiguous() and out.is_contiguous()
+    torch.testing.assert_close(out2, out)  # the same kernels (a cloned layout may pick another BLAS path)
+    ref = lambda x_, g_, u_, d_: reference.feed_forward(x_, (g_, u_), d_, activation)
+    (r64, g64), (rlp, glp) = _ref_and_grads(ref, (x, w_gate, w_up, w_down), dout, dtype)
+    x64 = x.double()
+    h64 = reference.gated_activation(x64 @ w_gate.double().t(), x64 @ w_up.double().t(), activation)
+    hlp = reference.gated_activation(x @ w_gate.t(), x @ w_up.t(), activation)
+    assert_matches(hidden, h64, hlp, "hidden")
+    assert out.dtype == dtype
+    assert_matches(out, r64, rlp, "out")
+    for name, g, r, rl in zip(("dx", "dw_gate", "dw_up", "dw_down"), grads, g64, glp):
+        assert g.dtype == dtype and g.shape == r.shape, name
+        assert_matches(g, r, rl, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("activation", GATED, ids=GATED)
+def test_feed_forward(activation, dtype):
+    _check_feed_forward(37, 40, 111, dtype, activation)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("activation", GATED, ids=GATED)
+def test_feed_forward_small_blocks(activation, dtype, small_blocks):
+    """Ragged row blocks in the forward and column blocks of dH in the backward (the kernel
+    then reads and writes column slices of G and U); hidden 1000 is not a multiple of the
+    kernel's 512-element tile."""
+    _check_feed_forward(50, 48, 1000, dtype, activation, K_out=24)
+
+
+# The issue's ragged (tokens, hidden) at a small model dim, odd dims, dim_out != dim.
+FF_SHAPES = [(1, 64, 1000, None), (7, 48, 1376, None), (300, 33, 100, None), (9, 129, 70, 24), (5, 1, 3, 2)]
+FF_SHAPE_IDS = ["t1-h1000", "t7-h1376", "t300-k33", "k129-kout24", "k1-h3"]
+
+
+@pytest.mark.parametrize("shape", FF_SHAPES, ids=FF_SHAPE_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_feed_forward_shapes(dtype, shape):
+    M, K, N, K_out = shape
+    _check_feed_forward(M, K, N, dtype, "swiglu", K_out=K_out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", FF_SHAPES, ids=FF_SHAPE_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("activation", GATED, ids=GATED)
+@pytest.mark.parametrize("layout", ["pair", "fused", "transposed"])
+def test_feed_forward_grid(layout, activation, dtype, shape):
+    M, K, N, K_out = shape
+    _check_feed_forward(M, K, N, dtype, activation, layout=layout, K_out=K_out)
+
+
+@pytest.mark.parametrize("layout", ["fused", "transposed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_feed_forward_layouts(dtype, layout, threads):
+    """Phi-3's (2N, K) gate_up_proj (two row-halves views) and column-major weights, a 3-D
+    input; 1 and 2 threads."""
+    _check_feed_forward(None, 96, 600, dtype, "geglu_tanh", layout=layout, lead=(3, 41))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_feed_forward_noncontiguous_x(dtype, small_blocks, threads):
+    """x a slice of a wider, padded buffer (rows strided, not flattenable to one stride) and a
+    transposed x: both read as they are or copied once, with the same results."""
+    x = _rand(4, 30, 80, dtype=dtype)[1:, 3:26:2, 5:69]  # (3, 12, 64)
+    _check_feed_forward(None, 64, 200, dtype, "swiglu", x=x)
+    _check_feed_forward(None, 64, 200, dtype, "geglu", x=_rand(64, 19, dtype=dtype).t())
+
+
+def test_feed_forward_empty_and_degenerate():
+    x = _rand(0, 8)
+    w = _rand(16, 8), _rand(16, 8)
+    out = fastattn.feed_forward(x, w, _rand(8, 16), backend="cpu")
+    assert out.shape == (0, 8)
+    # dim 0: every pre-activation is an empty sum, act(0) * 0 = 0.
+    x0 = _rand(3, 0).requires_grad_()
+    w0 = [_rand(5, 0).requires_grad_() for _ in range(2)]
+    wd = _rand(4, 5).requires_grad_()
+    out = fastattn.feed_forward(x0, w0, wd, backend="cpu")
+    assert torch.equal(out, torch.zeros(3, 4))
+    grads = torch.autograd.grad(out, [x0, *w0, wd], torch.ones_like(out))
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_thread_count_does_not_change_results(dtype):
+    """1 and 2 threads give the same outputs and gradients (the native kernels are elementwise;
+    only the BLAS may split its sums differently)."""
+    x, dout = _rand(64, 128, dtype=dtype), _rand(64, 128, dtype=dtype)
+    w = _weights(700, 128, 128, dtype, "pair")
+    results = []
+    prev = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(_run(lambda *t: fastattn.feed_forward(t[0], t[1:3], t[3], backend="cpu"), (x, *w), dout))
+    finally:
+        torch.set_num_threads(prev)
+    (o1, g1), (o2, g2) = results
+    for a, b in zip((o1, *g1), (o2, *g2)):
+        torch.testing.assert_close(a, b, rtol=1e-6 if dtype == torch.float32 else 1.6e-2, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- custom ops and torch.compile
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_opcheck(dtype, monkeypatch):
+    """Schema, fake implementation, autograd registration and AOT dispatch agree with what the
+    cpu backend returns (outputs contiguous, as the fake ones)."""
+    monkeypatch.setattr(torch, "empty", _REAL_EMPTY)  # opcheck compares outputs of repeated calls
+    ops = torch.ops.fastattn
+    x = _rand(2, 5, 24, dtype=dtype).requires_grad_()
+    wg, wu = (_rand(40, 24, dtype=dtype, scale=0.2).requires_grad_() for _ in range(2))
+    wd = _rand(16, 40, dtype=dtype, scale=0.2).requires_grad_()
+    torch.library.opcheck(ops.feed_forward_fwd, (x, wg, wu, wd, "geglu", "cpu"))
+    out, hidden = ops.feed_forward_fwd(x, wg, wu, wd, "geglu", "cpu")
+    torch.library.opcheck(ops.feed_forward_bwd, (_rand(2, 5, 16, dtype=dtype), x.detach(), wg.detach(),
+                                                 wu.detach(), wd.detach(), hidden.detach(), "geglu", "cpu"))
+    b = _rand(24, dtype=dtype).requires_grad_()
+    torch.library.opcheck(ops.bias_gelu_fwd, (x, b, "tanh", "cpu"))
+    torch.library.opcheck(ops.bias_gelu_bwd, (_rand(2, 5, 24, dtype=dtype), x.detach(), b.detach(), "none", "cpu"))
+
+
+def test_compile_fullgraph_dynamic():
+    """torch.compile(fullgraph=True, dynamic=True) through both ops on the cpu backend: one graph
+    serves two token counts, and matches eager (the same kernels) tightly."""
+    def fn(x, wg, wu, wd, b):
+        h = fastattn.bias_gelu(x, b, "tanh", backend="cpu")
+        return fastattn.feed_forward(h, (wg, wu), wd, "swiglu", backend="cpu")
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+    w = [_rand(48, 32, scale=0.2), _rand(48, 32, scale=0.2), _rand(32, 48, scale=0.2), _rand(32)]
+    for tokens in (19, 34):
+        x, dout = _rand(tokens, 32), _rand(tokens, 32)
+        with torch._dynamo.config.patch(error_on_recompile=tokens != 19):
+            got = _run(compiled, (x, *w), dout)
+        eager = _run(fn, (x, *w), dout)
+        for a, e in zip((got[0], *got[1]), (eager[0], *eager[1])):
+            torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- dispatch and bad input
+
+
+def test_auto_picks_cpu_for_cpu_tensors():
+    x, b = _rand(4, 8), _rand(8)
+    w = _rand(16, 8), _rand(16, 8), _rand(8, 16)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        xs, ws = x.to(dtype), [t.to(dtype) for t in w]
+        assert dispatch.select(("feed_forward_fwd", "feed_forward_bwd"), None, x.device, xs, *ws, "swiglu") == "cpu"
+        assert dispatch.select(("bias_gelu_fwd", "bias_gelu_bwd"), None, x.device, xs, b.to(dtype), "none") == "cpu"
+    # float64 is the reference's: auto falls back, an explicit cpu request says why.
+    assert dispatch.select("feed_forward_fwd", None, x.device, x.double(), *[t.double() for t in w],
+                           "swiglu") == "reference"
+    with pytest.raises(ValueError, match="float64"):
+        fastattn.feed_forward(x.double(), [t.double() for t in w[:2]], w[2].double(), backend="cpu")
+
+
+def _explode(*args, **kwargs):
+    raise AssertionError("a kernel ran before the arguments were checked")
+
+
+BAD = {
+    "ff_int_x": (lambda x, b, w: fastattn.feed_forward(x.long(), w[:2], w[2]), TypeError, "x"),
+    "ff_dtype_mix": (lambda x, b, w: fastattn.feed_forward(x, (w[0].bfloat16(), w[1]), w[2]), TypeError,
+                     "w_gate_up"),
+    "ff_w_down_shape": (lambda x, b, w: fastattn.feed_forward(x, w[:2], w[2][:, :5]), ValueError, "w_down"),
+    "ff_w_gate_up_rows": (lambda x, b, w: fastattn.feed_forward(x, _rand(15, 8), w[2]), ValueError, "w_gate_up"),
+    "ff_pair_shapes": (lambda x, b, w: fastattn.feed_forward(x, (w[0], w[1][:3]), w[2]), ValueError,
+                       r"w_gate_up\[1\]"),
+    "ff_dim": (lambda x, b, w: fastattn.feed_forward(x[:, :5], w[:2], w[2]), ValueError, "w_gate_up"),
+    "ff_device_mix": (lambda x, b, w: fastattn.feed_forward(x, w[:2], w[2].to("meta")), ValueError, "w_down"),
+    "ff_activation": (lambda x, b, w: fastattn.feed_forward(x, w[:2], w[2], "relu"), ValueError, "activation"),
+    "ff_scalar_x": (lambda x, b, w: fastattn.feed_forward(torch.tensor(1.0), w[:2], w[2]), ValueError, "x"),
+    "bg_bias_2d": (lambda x, b, w: fastattn.bias_gelu(x, b[None]), ValueError, "bias"),
+    "bg_bias_len": (lambda x, b, w: fastattn.bias_gelu(x, b[:5]), ValueError, "bias"),
+    "bg_dtype_mix": (lambda x, b, w: fastattn.bias_gelu(x, b.half()), TypeError, "bias"),
+    "bg_device_mix": (lambda x, b, w: fastattn.bias_gelu(x, b.to("meta")), ValueError, "bias"),
+    "bg_approximate": (lambda x, b, w: fastattn.bias_gelu(x, b, "fast"), ValueError, "approximate"),
+    "bg_int_x": (lambda x, b, w: fastattn.bias_gelu(x.int(), b.int()), TypeError, "x"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+@pytest.mark.parametrize("backend", ["auto", "cpu"])
+def test_bad_input_raises_before_any_kernel(case, backend, monkeypatch):
+    monkeypatch.setattr(cpu_ffn, "_C", _Exploding())
+    monkeypatch.setattr(torch, "mm", _explode)
+    fn, exc, name = BAD[case]
+    x, b = _rand(4, 8).requires_grad_(), _rand(8)
+    w = (_rand(16, 8), _rand(16, 8), _rand(8, 16))
+    with fastattn.backend(backend), pytest.raises(exc, match=rf"^{name} "):
+        fn(x, b, w)
+
+
+class _Exploding:
+    def __getattr__(self, name):
+        return _explode
