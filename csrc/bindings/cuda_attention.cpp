@@ -28,6 +28,7 @@ void register_cuda_attention(py::module_& m) {
       [](int dtype, std::uintptr_t q, S3 q_strides, std::uintptr_t k, S3 k_strides, std::uintptr_t v, S3 v_strides,
          std::uintptr_t out, S3 o_strides, std::uintptr_t lse, int64_t batch, int64_t heads, int64_t heads_k,
          int64_t seqlen_q, int64_t seqlen_k, int64_t head_dim, float scale, bool causal, bool bottom_right,
+         int window_left, int window_right, float softcap, std::uintptr_t alibi_slopes, int64_t alibi_batch_stride,
          std::uintptr_t stream) {
         cuda::AttnFwdParams p;
         p.dtype = dtype;
@@ -49,15 +50,21 @@ void register_cuda_attention(py::module_& m) {
         p.scale = scale;
         p.causal = causal;
         p.bottom_right = bottom_right;
+        p.window_left = window_left;
+        p.window_right = causal ? 0 : window_right;
+        p.softcap = softcap;
+        p.alibi_slopes = reinterpret_cast<const float*>(alibi_slopes);
+        p.alibi_batch_stride = alibi_batch_stride;
         py::gil_scoped_release release;
         cuda::attention_fwd(p, reinterpret_cast<void*>(stream));
       },
-      "FlashAttention-2 forward on mma.sync: out (B, H, Lq, D) and lse (B, H, Lq) float32 "
+      "FlashAttention-2 forward on mma.sync: out (B, H, Lq, D) and lse (B, H, Lq) float32; alibi_slopes 0 for none "
       "(see csrc/cuda/attention/attention.h)",
       py::arg("dtype"), py::arg("q"), py::arg("q_strides"), py::arg("k"), py::arg("k_strides"), py::arg("v"),
       py::arg("v_strides"), py::arg("out"), py::arg("o_strides"), py::arg("lse"), py::arg("batch"), py::arg("heads"),
       py::arg("heads_k"), py::arg("seqlen_q"), py::arg("seqlen_k"), py::arg("head_dim"), py::arg("scale"),
-      py::arg("causal"), py::arg("bottom_right"), py::arg("stream"));
+      py::arg("causal"), py::arg("bottom_right"), py::arg("window_left"), py::arg("window_right"),
+      py::arg("softcap"), py::arg("alibi_slopes"), py::arg("alibi_batch_stride"), py::arg("stream"));
 }
 
 }  // namespace fastattn::bindings

@@ -4,11 +4,12 @@
 CUDA tensors run on ``fastattn._cuda``; CPU tensors run the same kernel source on the host
 SIMT runtime (``fastattn._cuda_sim``), which is how it is tested without a GPU.
 
-Covered: fp16 and bf16; head dims 64, 128 and 256 (query, key and value alike); causal in
-both alignments and non-causal; GQA/MQA; any sequence lengths; q/k/v by strides with a
-contiguous head dim (16-byte aligned rows). Not covered (``supports`` says why and dispatch
-picks another backend): attention masks, sliding windows, softcapping, ALiBi, dropout,
-varlen (``cu_seqlens``), other head dims and dtypes.
+Covered: fp16 and bf16; head dims that are multiples of 8 up to 256 (query, key and value
+alike; the kernel runs the next of 64, 128 and 256 with the rest zero-filled); causal in both
+alignments and non-causal; sliding windows (key tiles outside every row's window are skipped);
+softcapping; ALiBi (float32 slopes, ``(H,)`` or ``(B, H)``); GQA/MQA; any sequence lengths; q/k/v by strides with a contiguous head dim (16-byte aligned
+rows). Not covered (``supports`` says why and dispatch picks another backend): attention
+masks, dropout, varlen (``cu_seqlens``), other head dims and dtypes.
 
 The backward (``attention_bwd``) has no CUDA C++ kernel: it runs the Triton backward when
 the Triton backend is available for the tensors' device (a GPU, or CPU tensors under
@@ -28,8 +29,9 @@ from fastattn.backends import cuda as _cuda
 from fastattn.ops.attention_args import empty_like_layout
 
 _TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
-HEAD_DIMS = (64, 128, 256)
-_MAX_GRID_Y = 65535  # batch * heads is the grid's y dimension
+MAX_HEAD_DIM = 256
+_MAX_GRID_YZ = 65535  # heads and batch are the grid's y and z dimensions
+_MAX_SEQLEN = 2**29  # the kernel's 32-bit row arithmetic (csrc/cuda/attention/attention.cu)
 
 
 def supports(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None,
@@ -44,30 +46,39 @@ def supports(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, c
         return "q, k and v of different dtypes"
     if q.dim() != 4:
         return "inputs that are not (batch, heads, seq, head_dim)"
-    if q.shape[-1] not in HEAD_DIMS or k.shape[-1] != q.shape[-1] or v.shape[-1] != q.shape[-1]:
-        return f"head dims other than {', '.join(map(str, HEAD_DIMS))} (equal for q, k and v)"
+    d = q.shape[-1]
+    if d % 8 or not 0 < d <= MAX_HEAD_DIM or k.shape[-1] != d or v.shape[-1] != d:
+        return f"head dims that are not multiples of 8 up to {MAX_HEAD_DIM} (equal for q, k and v)"
     if attn_mask is not None:
         return "an attention mask"
     if alibi_slopes is not None:
-        return "ALiBi"
+        shapes = ((q.shape[1],), (q.shape[0], q.shape[1]))
+        if (alibi_slopes.dtype != torch.float32 or tuple(alibi_slopes.shape) not in shapes
+                or alibi_slopes.stride(-1) != 1 or alibi_slopes.device != q.device):
+            return "ALiBi slopes that are not float32 (heads,) or (batch, heads) on q's device"
     if cu_seqlens_q is not None or cu_seqlens_k is not None:
         return "varlen (cu_seqlens)"
     if args is not None:
-        if args.has_window:
-            return "a sliding window"
-        if args.softcap != 0.0:
-            return "softcapping"
         if args.dropout_p > 0.0:
             return "dropout"
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         return "query heads not a multiple of key/value heads"
-    if q.shape[0] * q.shape[1] > _MAX_GRID_Y:
-        return f"batch * heads over {_MAX_GRID_Y}"
+    if max(q.shape[2], k.shape[2]) > _MAX_SEQLEN:
+        return f"sequences longer than {_MAX_SEQLEN}"
+    if q.shape[0] > _MAX_GRID_YZ or q.shape[1] > _MAX_GRID_YZ:
+        return f"batch or heads over {_MAX_GRID_YZ}"
     for name, t in (("q", q), ("k", k), ("v", v)):
         # cp.async moves 16-byte chunks: rows must start on 16-byte boundaries.
         if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s % 8 for s in t.stride()[:3]):
             return f"{name} whose rows are not contiguous and 16-byte aligned"
     return None
+
+
+def _window_bound(bound: int, seqlen_q: int, seqlen_k: int) -> int:
+    """A window bound for the kernel's 32-bit arithmetic: -1 (none) stays; a bound of
+    ``max(Lq, Lk)`` already reaches every key from every row (whichever the alignment), so
+    larger ones are clamped to it."""
+    return -1 if bound < 0 else min(int(bound), max(int(seqlen_q), int(seqlen_k)))
 
 
 def attention_fwd(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
@@ -79,7 +90,10 @@ def attention_fwd(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_
     _cuda._module(q.device).attention_fwd(
         DTYPE_CODES[q.dtype], q.data_ptr(), q.stride()[:3], k.data_ptr(), k.stride()[:3], v.data_ptr(),
         v.stride()[:3], out.data_ptr(), out.stride()[:3], lse.data_ptr(), batch, heads, heads_k, seqlen_q,
-        seqlen_k, head_dim, float(args.scale), bool(args.causal), bool(args.bottom_right), _cuda._stream(q.device))
+        seqlen_k, head_dim, float(args.scale), bool(args.causal), bool(args.bottom_right),
+        _window_bound(args.window_left, seqlen_q, seqlen_k), _window_bound(args.window_right, seqlen_q, seqlen_k),
+        float(args.softcap), 0 if alibi_slopes is None else alibi_slopes.data_ptr(),
+        0 if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes.stride(0), _cuda._stream(q.device))
     return out, lse
 
 

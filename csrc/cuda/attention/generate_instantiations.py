@@ -7,9 +7,11 @@ to one variant rebuilds one file. The list here must match attention.cu's dispat
 
 Build cost (nvcc 13.0, the default FASTATTN_CUDA_ARCHS 80;86;89;90a, -O3): about 6 s of CPU
 per file, so the 12 files plus attention.cu take about 80 s of CPU, well under a minute of
-wall time with 2 jobs on an idle 2-core machine. A new head dim needs a specialisation in
-kernel_traits.cuh, an entry in HEAD_DIMS here and in attention.cu's switch, and its sizes in
-fastattn/backends/cuda_attention.py (HEAD_DIMS) and tests/test_cuda_attention_ptxas.py.
+wall time with 2 jobs on an idle 2-core machine. Every head dim that is a multiple of 8 up
+to 256 runs on one of these (the next of 64, 128 and 256, zero-filled inside the kernel:
+attention.cu's padded_head_dim). A new kernel head dim needs a specialisation in
+kernel_traits.cuh, an entry in HEAD_DIMS here and in attention.cu's switch, and its tile in
+tests/test_cuda_attention_ptxas.py.
 """
 from pathlib import Path
 

@@ -1,17 +1,24 @@
-// Tile traits of the attention forward, per head dim. Every CTA has 4 warps; each warp owns
-// 16 query rows (one m16 mma tile), so a CTA takes kBlockM = 64 query rows, and streams
-// kBlockN keys per step through a double-buffered K/V ring in shared memory.
+// Tile traits of the attention forward, per head dim (FlashAttention-2's tiling).
 //
-// Shared memory = (kBlockM + 4 * kBlockN) * D * 2 bytes (Q once, K and V twice each):
-//   D =  64: kBlockN = 64 -> 40 KB: several CTAs per SM on every target.
-//   D = 128: kBlockN = 64 -> 80 KB: fits sm_86/sm_89's 99 KB per block (two CTAs on sm_80/90).
-//   D = 256: kBlockN = 16 -> 64 KB (kBlockN = 64 would need 160 KB, over sm_86/sm_89's
-//            99 KB; see below for why not 32).
-// Registers per thread: the O accumulator is 16 x D fp32 per warp = D / 2 floats per lane
-// (128 at D = 256) plus the score tile 16 x kBlockN = kBlockN / 8 floats. At D = 256,
-// kBlockN = 32 compiled to 255 registers with spills (nvcc 13, sm_80, non-causal);
-// kBlockN = 16 takes 208-212 and none. Q fragments are re-read from shared memory with
-// ldmatrix every step rather than held in registers, for the same reason.
+// Every CTA has 4 warps. Each warp owns kMTiles m16 tiles of query rows (32 rows at head dims
+// up to 128, as in FlashAttention-2: every K/V fragment loaded by ldmatrix then feeds two
+// MMAs), so a CTA takes kBlockM = 64 * kMTiles query rows, and streams kBlockN keys per step.
+// K and V have one shared-memory buffer each, pipelined against each other: V tile t is copied
+// while S = Q K_t^T is computed, K tile t - 1 while the softmax and O += P V_t run.
+//
+// Shared memory = (kBlockM + 2 * kBlockN) * D * 2 bytes (Q, K, V); the output tile is staged
+// through Q's buffer at the end:
+//   D =  64: 128 x 64 -> 32 KB.
+//   D = 128: 128 x 32 -> 48 KB.
+//   D = 256:  64 x 32 -> 64 KB.
+// Registers per thread: the O accumulator is kMTiles * D / 2 floats, the score tile
+// kMTiles * kBlockN / 2, Q's fragments (when held) kMTiles * D / 4 words.
+//   D = 64: 64 + 64 + 32: Q is loaded into registers once (kQInRegs).
+//   D = 128: 128 + 32; Q (another 64) stays in shared memory and is re-read each step, as
+//            FlashAttention-2 does. kBlockN = 64 (FlashAttention-2's tile) takes all 255
+//            registers and spills 16 bytes in the causal instantiations (nvcc 13.0, sm_80), so
+//            the step is 32 keys: about 245 registers and no spills.
+//   D = 256: a warp takes 16 rows (O alone is 128 floats) and Q is re-read.
 #pragma once
 
 namespace fastattn::cuda {
@@ -22,10 +29,12 @@ struct AttnFwdTraits {
   static constexpr int kHeadDim = HeadDim;
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kBlockM = kWarps * 16;
-  static constexpr int kBlockN = HeadDim == 256 ? 16 : 64;
+  static constexpr int kMTiles = HeadDim <= 128 ? 2 : 1;  // m16 tiles (16 query rows each) per warp
+  static constexpr int kBlockM = kWarps * 16 * kMTiles;
+  static constexpr int kBlockN = HeadDim == 64 ? 64 : 32;
+  static constexpr bool kQInRegs = HeadDim <= 64;
   static constexpr int kChunksPerRow = HeadDim / 8;  // 16-byte chunks of 8 elements
-  static constexpr int kSmemElems = (kBlockM + 4 * kBlockN) * HeadDim;
+  static constexpr int kSmemElems = (kBlockM + 2 * kBlockN) * HeadDim;
   static constexpr int kSmemBytes = kSmemElems * 2;
 };
 
