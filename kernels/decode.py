@@ -29,8 +29,14 @@ over its SMs, with at least ``MIN_BLOCKS_PER_SPLIT`` key blocks per split so the
 stays cheap; a single query token over a 32k cache gets ~32 splits per kv head.
 
 Shapes: ``q`` ``(B, Lq, Hq, D)``, caches ``(B, Lcache, Hk, D | Dv)``, all by strides (unit
-last dim). Head dims 1..256 run in power-of-two ``BLOCK_D``/``BLOCK_DV`` tiles with masked
-loads. Exponentials are ``exp2`` with ``log2(e)`` folded into the scale.
+last dim). Indexed caches, as flash-attn's, are addressed in place by both the append and the
+split kernel: a paged cache ``(num_blocks, page_block_size, Hk, D | Dv)`` through an int32
+``block_table`` ``(B, max_blocks)`` (any page size: each key of a block looks its page up, so a
+block may straddle pages), a row per sequence through ``cache_batch_idx``, and keys before
+``cache_leftpad[b]`` skipped. Only the table entries of keys in range are read.
+
+Head dims 1..256 run in power-of-two ``BLOCK_D``/``BLOCK_DV`` tiles with masked loads.
+Exponentials are ``exp2`` with ``log2(e)`` folded into the scale.
 """
 from __future__ import annotations
 
@@ -125,50 +131,71 @@ def _tanh(x):
 
 @triton.jit
 def _append_kernel(
-    KNew, VNew, K, V, SeqLens,
+    KNew, VNew, K, V, SeqLens, BlockTable, BatchIdx,
     stride_nkb, stride_nkn, stride_nkh, stride_nkd,
     stride_nvb, stride_nvn, stride_nvh, stride_nvd,
     stride_kb, stride_kn, stride_kh, stride_kd,
     stride_vb, stride_vn, stride_vh, stride_vd,
+    stride_tb, stride_tn,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, BATCH_IDX: tl.constexpr,
 ):
-    """Copies new token ``t`` of kv head ``h`` of batch ``b`` to cache row ``cache_seqlens[b] + t``."""
+    """Copies new token ``t`` of kv head ``h`` of batch ``b`` to logical cache row
+    ``cache_seqlens[b] + t``: row ``p % PAGE_SIZE`` of page ``block_table[b, p // PAGE_SIZE]``
+    when paged (``PAGE_SIZE > 0``), else row ``p`` of cache ``cache_batch_idx[b]`` (or ``b``)."""
     t = tl.program_id(0).to(tl.int64)
     off_h = tl.program_id(1).to(tl.int64)
     off_b = tl.program_id(2).to(tl.int64)
     dst = tl.load(SeqLens + off_b).to(tl.int64) + t
+    if PAGE_SIZE > 0:
+        page = tl.load(BlockTable + off_b * stride_tb + (dst // PAGE_SIZE) * stride_tn).to(tl.int64)
+        row = dst % PAGE_SIZE
+    else:
+        if BATCH_IDX:
+            page = tl.load(BatchIdx + off_b).to(tl.int64)
+        else:
+            page = off_b
+        row = dst
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     k = tl.load(KNew + off_b * stride_nkb + t * stride_nkn + off_h * stride_nkh + offs_d * stride_nkd,
                 mask=offs_d < HEAD_DIM)
-    tl.store(K + off_b * stride_kb + dst * stride_kn + off_h * stride_kh + offs_d * stride_kd, k,
+    tl.store(K + page * stride_kb + row * stride_kn + off_h * stride_kh + offs_d * stride_kd, k,
              mask=offs_d < HEAD_DIM)
     v = tl.load(VNew + off_b * stride_nvb + t * stride_nvn + off_h * stride_nvh + offs_dv * stride_nvd,
                 mask=offs_dv < HEAD_DIM_V)
-    tl.store(V + off_b * stride_vb + dst * stride_vn + off_h * stride_vh + offs_dv * stride_vd, v,
+    tl.store(V + page * stride_vb + row * stride_vn + off_h * stride_vh + offs_dv * stride_vd, v,
              mask=offs_dv < HEAD_DIM_V)
 
 
 @triton.jit
 def _decode_split_kernel(
-    Q, K, V, Out, LSE, SeqLens, Alibi,
+    Q, K, V, Out, LSE, SeqLens, Alibi, BlockTable, BatchIdx, LeftPad,
     stride_qb, stride_qm, stride_qh, stride_qd,
     stride_kb, stride_kn, stride_kh, stride_kd,
     stride_vb, stride_vn, stride_vh, stride_vd,
     stride_os, stride_ob, stride_om, stride_oh, stride_od,
     stride_ls, stride_lb, stride_lh, stride_lm,
     stride_ab, stride_ah,
+    stride_tb, stride_tn,
     seqlen_q, seqlen_new, group, heads_k, keys_per_split, sm_scale, softcap, window_left, window_right,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SPLIT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, BATCH_IDX: tl.constexpr, LEFTPAD: tl.constexpr,
 ):
     """One (split, query-row block x kv head, batch): attention of ``BLOCK_M`` rows (query x
     group head) over keys ``[split * keys_per_split, (split + 1) * keys_per_split)``.
 
     ``SPLIT``: write the partial (fp32 output normalised by its own sum, LSE ``-inf`` when the
     range is empty) at ``Out + split * stride_os``; else the final output (0, LSE ``+inf``
-    for a row that sees no key)."""
+    for a row that sees no key).
+
+    Cache addressing: ``PAGE_SIZE > 0``: logical key ``j`` is row ``j % PAGE_SIZE`` of page
+    ``block_table[b, j // PAGE_SIZE]`` (``K`` is ``(num_blocks, PAGE_SIZE, Hk, D)``); else row
+    ``j`` of cache ``cache_batch_idx[b]`` (``BATCH_IDX``) or ``b``. ``LEFTPAD``: keys before
+    ``cache_leftpad[b]`` are not part of the sequence (never read); key indices stay the
+    cache's, so the bottom-right alignment ``off`` and ALiBi distances are unchanged."""
     split = tl.program_id(0)
     pid = tl.program_id(1)
     off_hk = (pid % heads_k).to(tl.int64)
@@ -200,23 +227,44 @@ def _decode_split_kernel(
 
     lo = split * keys_per_split
     hi = tl.minimum(lo + keys_per_split, seqlen_k)
+    if LEFTPAD:
+        lo = tl.maximum(lo, tl.load(LeftPad + off_b))
     if WINDOW:  # skip the key blocks no row of this block can see
         i_first = start_r // group
         i_last = (tl.minimum(start_r + BLOCK_M, rows_total) - 1) // group
         lo = tl.maximum(lo, i_first + off - window_left)
         hi = tl.minimum(hi, i_last + off + window_right + 1)
 
-    k_base = K + off_b * stride_kb + off_hk * stride_kh
-    v_base = V + off_b * stride_vb + off_hk * stride_vh
+    k_base = K + off_hk * stride_kh
+    v_base = V + off_hk * stride_vh
+    if PAGE_SIZE == 0:  # one cache row per sequence: its base is fixed, a block adds a scalar offset
+        if BATCH_IDX:
+            cache_b = tl.load(BatchIdx + off_b).to(tl.int64)
+        else:
+            cache_b = off_b
+        k_base += cache_b * stride_kb
+        v_base += cache_b * stride_vb
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         kv_ok = cols < hi  # this split's keys only; never reads past the valid cache rows
-        kn = tl.cast(start_n, tl.int64)
-        k = tl.load(k_base + kn * stride_kn + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                    mask=kv_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
+        if PAGE_SIZE > 0:
+            # Each key's page through the table (only entries of keys in range are read: the
+            # rest of the table, and the pages it does not name, may hold anything). Page
+            # offsets in int64 (a pool of pages may exceed 2^31 elements), rows within a page
+            # in int32.
+            pages = tl.load(BlockTable + off_b * stride_tb + (cols // PAGE_SIZE) * stride_tn, mask=kv_ok,
+                            other=0).to(tl.int64)
+            in_page = cols % PAGE_SIZE
+            k_ptrs = k_base + (pages * stride_kb + in_page * stride_kn)[None, :] + offs_d[:, None] * stride_kd
+        else:
+            # A scalar int64 block start, then int32 offsets within the block: a per-key int64
+            # offset costs registers, and the widest tiles spill with it.
+            kn = tl.cast(start_n, tl.int64)
+            k_ptrs = k_base + kn * stride_kn + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
+        k = tl.load(k_ptrs, mask=kv_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
         qk = tl.dot(q, k, input_precision=DOT_PRECISION)
         if SOFTCAP:
             s = _tanh(qk * qk_scale) * cap
@@ -235,8 +283,11 @@ def _decode_split_kernel(
         p = tl.math.exp2(s - m_sub[:, None])
         alpha = tl.math.exp2(m_i - m_sub)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + kn * stride_vn + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                    mask=kv_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+        if PAGE_SIZE > 0:
+            v_ptrs = v_base + (pages * stride_vb + in_page * stride_vn)[:, None] + offs_dv[None, :] * stride_vd
+        else:
+            v_ptrs = v_base + kn * stride_vn + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd
+        v = tl.load(v_ptrs, mask=kv_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
@@ -303,37 +354,54 @@ def _window(args) -> tuple[bool, int, int]:
 
 
 def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, args, *, alibi_slopes=None,
-                num_splits: int = 0):
+                num_splits=None, block_table=None, cache_batch_idx=None, cache_leftpad=None):
     """Decoding against a KV cache, flash-attn's ``flash_attn_with_kvcache`` (already validated).
+    Also the ``triton`` backend's ``kvcache_fwd`` as the core op calls it (``args`` by keyword).
 
     Args:
-        q: ``(B, Lq, Hq, D)``; k_cache, v_cache: ``(B, Lcache, Hk, D)`` / ``(B, Lcache, Hk, Dv)``,
-            ``Hq % Hk == 0``; any strides with a unit last dim.
+        q: ``(B, Lq, Hq, D)``; k_cache, v_cache: ``(B_cache, Lcache, Hk, D)`` / ``(B_cache,
+            Lcache, Hk, Dv)``, or paged (with ``block_table``) ``(num_blocks, page_block_size,
+            Hk, D | Dv)``; ``Hq % Hk == 0``; any strides with a unit last dim.
         k_new, v_new: ``None`` or ``(B, Lnew, Hk, D | Dv)``: written into the caches in place at
-            rows ``cache_seqlens[b] .. + Lnew`` first.
-        cache_seqlens: int32 ``(B,)`` tokens already in each cache (``+ Lnew <= Lcache``).
+            logical rows ``cache_seqlens[b] .. + Lnew`` first.
+        cache_seqlens: int32 ``(B,)`` tokens already in each cache (``+ Lnew`` within its capacity).
         args: :class:`fastattn.ops.attention_args.AttentionArgs` (scale, causal, window, softcap;
             bottom-right alignment, no dropout).
-        alibi_slopes: fp32 ``(B, Hq)`` (any strides, e.g. a broadcast ``(Hq,)``) or ``None``.
+        alibi_slopes: ``(B, Hq)`` (any strides, e.g. a broadcast ``(Hq,)``) or ``None``; read in fp32.
         num_splits: ``0`` = :func:`choose_num_splits`; else exactly that many key ranges
-            (trailing ones may be empty), e.g. 1 for the unsplit kernel.
+            (trailing ones may be empty), e.g. 1 for the unsplit kernel; ``None`` = ``args.num_splits``.
+        block_table: int32 ``(B, max_blocks)`` (any strides) or ``None``: logical row ``p`` of
+            sequence ``b`` is row ``p % page_block_size`` of page ``block_table[b, p //
+            page_block_size]``, read in place (no gather); any page size.
+        cache_batch_idx: int32 ``(B,)`` or ``None``: the cache row of each sequence (not paged).
+        cache_leftpad: int32 ``(B,)`` or ``None``: keys before it are not attended.
 
     Returns:
         ``out`` ``(B, Lq, Hq, Dv)`` in q's dtype and ``lse`` fp32 ``(B, Hq, Lq)`` (natural log,
         ``+inf`` and ``out = 0`` for a row that sees no key).
     """
     ensure_interpreter_fixes()
+    num_splits = args.num_splits if num_splits is None else num_splits
     batch, seqlen_q, heads, head_dim = q.shape
-    seqlen_cache, heads_k, head_dim_v = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
+    heads_k, head_dim_v = k_cache.shape[2], v_cache.shape[3]
+    page_size = 0 if block_table is None else k_cache.shape[1]
+    # Keys a sequence can hold: the table's pages, or the cache's rows.
+    seqlen_cache = k_cache.shape[1] if block_table is None else block_table.shape[1] * page_size
     seqlen_new = 0 if k_new is None else k_new.shape[1]
     out = torch.empty(batch, seqlen_q, heads, head_dim_v, dtype=q.dtype, device=q.device)
     lse = torch.empty(batch, heads, seqlen_q, dtype=torch.float32, device=q.device)
     lens = cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+    # Unused index pointers get cache_seqlens (never read: their flags are off).
+    table = lens if block_table is None else block_table.to(torch.int32)
+    table_strides = (0, 0) if block_table is None else table.stride()
+    batch_idx = lens if cache_batch_idx is None else cache_batch_idx.to(torch.int32).contiguous()
+    leftpad = lens if cache_leftpad is None else cache_leftpad.to(torch.int32).contiguous()
     bd, bdv = block_d(head_dim), block_d(head_dim_v)
     if seqlen_new and batch and heads_k:
         _append_kernel[(seqlen_new, heads_k, batch)](
-            k_new, v_new, k_cache, v_cache, lens, *k_new.stride(), *v_new.stride(), *k_cache.stride(),
-            *v_cache.stride(), HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=bd, BLOCK_DV=bdv,
+            k_new, v_new, k_cache, v_cache, lens, table, batch_idx, *k_new.stride(), *v_new.stride(),
+            *k_cache.stride(), *v_cache.stride(), *table_strides, HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v,
+            BLOCK_D=bd, BLOCK_DV=bdv, PAGE_SIZE=page_size, BATCH_IDX=cache_batch_idx is not None,
             num_warps=1 if max(bd, bdv) <= 64 else 2,
         )
     if out.numel() == 0:
@@ -343,7 +411,7 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, args, *, alibi
     rows = seqlen_q * group
     cfg = decode_config(rows, bd, bdv, q.element_size())
     row_blocks = triton.cdiv(rows, cfg["BLOCK_M"])
-    # Every cache_seqlens[b] + Lnew <= Lcache (validated), so Lcache bounds the keys without a sync.
+    # Every cache_seqlens[b] + Lnew <= the capacity (validated), which bounds the keys without a sync.
     max_keys = max(seqlen_cache, 1)
     if num_splits <= 0:
         num_splits = choose_num_splits(batch * heads_k * row_blocks, max_keys, cfg["BLOCK_N"], _sm_count(q.device))
@@ -354,7 +422,8 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, args, *, alibi
 
     window, wl, wr = _window(args)
     if alibi_slopes is not None:
-        slopes = alibi_slopes if alibi_slopes.dim() == 2 else alibi_slopes.unsqueeze(0)
+        slopes = alibi_slopes.float()
+        slopes = slopes if slopes.dim() == 2 else slopes.unsqueeze(0)
         alibi, alibi_strides = slopes, (slopes.stride(0) if slopes.shape[0] > 1 else 0, slopes.stride(1))
     else:
         alibi, alibi_strides = lens, (0, 0)
@@ -365,16 +434,18 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, args, *, alibi
     else:
         o_dst, l_dst = out.unsqueeze(0), lse.unsqueeze(0)
     _decode_split_kernel[(num_splits, row_blocks * heads_k, batch)](
-        q, k_cache, v_cache, o_dst, l_dst, lens, alibi,
+        q, k_cache, v_cache, o_dst, l_dst, lens, alibi, table, batch_idx, leftpad,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *o_dst.stride(), *l_dst.stride(), *alibi_strides,
-        seqlen_q, seqlen_new, group, heads_k, keys_per_split, float(args.scale), float(args.softcap), wl, wr,
+        *table_strides, seqlen_q, seqlen_new, group, heads_k, keys_per_split, float(args.scale),
+        float(args.softcap), wl, wr,
         HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=bd, BLOCK_DV=bdv, WINDOW=window,
         SOFTCAP=args.softcap > 0, ALIBI=alibi_slopes is not None, SPLIT=split,
         # fp32: full-precision FMA products. Decoding is bound by reading the cache, so tensor cores
         # buy little here, and tf32x3's split operands cost registers (it spills at these tiles).
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        maxnreg=cfg["maxnreg"],
+        maxnreg=cfg["maxnreg"], PAGE_SIZE=page_size, BATCH_IDX=cache_batch_idx is not None,
+        LEFTPAD=cache_leftpad is not None,
     )
     if split:
         _decode_merge_kernel[(batch * seqlen_q * heads,)](
@@ -397,11 +468,14 @@ _AOT_PLAIN = (False, False, False)
 _AOT_CAUSAL = (True, False, False)
 # Value head dims unlike the query's (e.g. MLA-style 128/64), one dtype: (BLOCK_D, BLOCK_DV).
 _AOT_MIXED_DV = ((128, 64), (64, 128))
+_AOT_PAGE = 16  # page_block_size of the paged cases
 
 
-def _aot_split_case(dname: str, elem: int, bd: int, bdv: int, bm: int, split: bool, features: tuple):
+def _aot_split_case(dname: str, elem: int, bd: int, bdv: int, bm: int, split: bool, features: tuple,
+                    page_size: int = 0):
     """The split (``split``) or direct kernel at the tile :func:`decode_config` picks for ``bm``
-    rows, with ``features`` = (WINDOW, SOFTCAP, ALIBI), as :func:`kvcache_fwd` launches it."""
+    rows, with ``features`` = (WINDOW, SOFTCAP, ALIBI), as :func:`kvcache_fwd` launches it;
+    ``page_size > 0``: reading a paged cache through the block table."""
     from ._aot import AotCase, signature_for
 
     window, softcap, alibi = features
@@ -409,16 +483,19 @@ def _aot_split_case(dname: str, elem: int, bd: int, bdv: int, bm: int, split: bo
     fn = _decode_split_kernel
     const = dict(HEAD_DIM=bd, HEAD_DIM_V=bdv, BLOCK_D=bd, BLOCK_DV=bdv, WINDOW=window, SOFTCAP=softcap,
                  ALIBI=alibi, SPLIT=split, DOT_PRECISION="ieee" if dname == "fp32" else "tf32",
-                 BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], stride_qd=1, stride_kd=1, stride_vd=1, stride_od=1)
+                 BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], stride_qd=1, stride_kd=1, stride_vd=1, stride_od=1,
+                 PAGE_SIZE=page_size, BATCH_IDX=False, LEFTPAD=False)
     out_ptr = "*fp32" if split else f"*{dname}"
     # Without ALiBi the launcher passes the int32 cache_seqlens as the (unread) slopes pointer.
-    sig = signature_for(fn, {"Out": out_ptr, "LSE": "*fp32", "SeqLens": "*i32", "Alibi": "*fp32" if alibi else "*i32"},
+    sig = signature_for(fn, {"Out": out_ptr, "LSE": "*fp32", "SeqLens": "*i32", "Alibi": "*fp32" if alibi else "*i32",
+                             "BlockTable": "*i32", "BatchIdx": "*i32", "LeftPad": "*i32"},
                         f"*{dname}", floats=("sm_scale", "softcap"), constexprs=const)
     return AotCase(
         kernel="decode_split" if split else "decode_direct", fn=fn, signature=sig, constexprs=const,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], maxnreg=cfg["maxnreg"],
         config=dict(dtype=dname, BLOCK_D=bd, BLOCK_DV=bdv, BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], WINDOW=window,
-                    SOFTCAP=softcap, ALIBI=alibi, **({} if cfg["maxnreg"] is None else {"maxnreg": cfg["maxnreg"]})),
+                    SOFTCAP=softcap, ALIBI=alibi, **({} if cfg["maxnreg"] is None else {"maxnreg": cfg["maxnreg"]}),
+                    **({"PAGE_SIZE": page_size} if page_size else {})),
         divisible_by_16=("Q", "K", "V", "Out", "LSE", "stride_qb", "stride_qm", "stride_qh",
                          "stride_kb", "stride_kn", "stride_kh", "stride_vb", "stride_vn", "stride_vh"),
     )
@@ -439,6 +516,7 @@ def aot_cases() -> list:
       only by the LSE constant of an empty row, and compiles to the same registers, so the
       plain and causal fp32 cases are the split ones;
     - ``Dv != D`` (128/64 and 64/128) at every ``BLOCK_M`` in fp16, split, every feature on;
+    - paged caches (``PAGE_SIZE`` 16), split: every tile causal, and every feature on at 128;
     - the append kernel per head-dim tile and dtype; the merge kernel per head-dim tile with an
       fp16 output, and at ``BLOCK_DV`` 128 with fp32 and bf16 outputs.
 
@@ -455,16 +533,27 @@ def aot_cases() -> list:
                         cases.append(_aot_split_case(dname, elem, bd, bd, bm, split, _AOT_PLAIN))
                         cases.append(_aot_split_case(dname, elem, bd, bd, bm, split, _AOT_CAUSAL))
             const = dict(HEAD_DIM=bd, HEAD_DIM_V=bd, BLOCK_D=bd, BLOCK_DV=bd, stride_nkd=1, stride_nvd=1,
-                         stride_kd=1, stride_vd=1)
+                         stride_kd=1, stride_vd=1, PAGE_SIZE=0, BATCH_IDX=False)
             cases.append(AotCase(
                 kernel="decode_append", fn=_append_kernel,
-                signature=signature_for(_append_kernel, {"SeqLens": "*i32"}, f"*{dname}", constexprs=const),
+                signature=signature_for(_append_kernel, {"SeqLens": "*i32", "BlockTable": "*i32", "BatchIdx": "*i32"},
+                                        f"*{dname}", constexprs=const),
                 constexprs=const, num_warps=1 if bd <= 64 else 2, num_stages=1, config=dict(dtype=dname, BLOCK_D=bd),
                 divisible_by_16=("KNew", "VNew", "K", "V"),
             ))
     for bd, bdv in _AOT_MIXED_DV:
         for bm in _aot_block_ms(bd, bdv, 2):
             cases.append(_aot_split_case("fp16", 2, bd, bdv, bm, True, _AOT_ALL_ON))
+    # Paged caches: per-key page lookups add index registers. Every tile in the causal launch
+    # (paged decoding's usual one), and every feature on at the common 128-wide head. One page
+    # size: it only sets the shift and mask of the lookup (16 and 256 compile to the same
+    # registers).
+    for dname, elem in _AOT_DTYPES.items():
+        for bd in _AOT_BLOCK_D:
+            for bm in _aot_block_ms(bd, bd, elem):
+                cases.append(_aot_split_case(dname, elem, bd, bd, bm, True, _AOT_CAUSAL, _AOT_PAGE))
+        for bm in _aot_block_ms(128, 128, elem):
+            cases.append(_aot_split_case(dname, elem, 128, 128, bm, True, _AOT_ALL_ON, _AOT_PAGE))
     # The merge reads fp32 partials; only the output dtype differs (q's).
     merges = [("fp16", bd) for bd in _AOT_BLOCK_D] + [("fp32", 128), ("bf16", 128)]
     for out_dtype, bd in merges:

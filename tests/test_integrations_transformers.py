@@ -347,6 +347,29 @@ def test_ignored_and_absent_kwargs_leave_the_result_unchanged():
     _check(out, _ref_eager(q, k, v, causal=True, scale=0.3))
 
 
+def test_continuous_batching_is_refused_clearly():
+    """transformers' continuous batching admits only 'sdpa', 'paged|eager' and flash-attention
+    names and prepares its batches by the name, so "fastattn" cannot be served there: transformers
+    refuses it before any step runs, and a paged cache that reaches the attention function
+    anyway (with that machinery's own arguments) raises the documented reason, never a result."""
+    from transformers import GenerationConfig
+    from transformers.generation.continuous_batching.cache import PagedAttentionCache
+
+    model = _with_impl(hf.make_model("llama", seed=12), "fastattn")
+    gen = GenerationConfig(max_new_tokens=2, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    with pytest.raises(ValueError, match="not supported for continuous batching"):
+        model.generate_batch(inputs=[[3, 4, 5], [6, 7]], generation_config=gen)
+    assert model.config._attn_implementation == "fastattn"  # left as it was
+
+    q, k, v = _qkv(b=1, lq=5, lk=5, grad=False)
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    paged = object.__new__(PagedAttentionCache)  # the type is what matters; nothing of it is read
+    with pytest.raises(NotImplementedError, match=r"continuous batching.*attn_implementation='sdpa'"):
+        fa_hf.attention_forward(_Layer(), q, k, v, None, cache=paged, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                                max_length_q=3, max_length_k=3, read_index=[torch.arange(5)],
+                                write_index=[torch.arange(5)], logits_indices=torch.tensor([1, 4]))
+
+
 @pytest.mark.parametrize("window", [None, 3], ids=["full", "window"])
 def test_packed_sequences_attend_within_each_sequence(calls, window):
     """Padding-free packing (cu_seq_lens_q/k, no mask, as transformers' flash path receives it):

@@ -61,7 +61,7 @@ def _unpage(pages, table, length):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
-@pytest.mark.parametrize("page", [16, 48, 256], ids=lambda p: f"page{p}")
+@pytest.mark.parametrize("page", [1, 7, 16, 48, 256], ids=lambda p: f"page{p}")
 def test_paged_cache_equals_contiguous(backend, dtype, page):
     dtype = DTYPES[dtype]
     batch, heads, heads_k, d, new = 3, 4, 2, 40, 3
@@ -113,6 +113,52 @@ def test_paged_cache_gqa_window_softcap_alibi(backend):
     out, lse = fastattn.flash_attn_with_kvcache(q, k_pages, v_pages, k_new, v_new, block_table=table,
                                                 return_softmax_lse=True, backend=backend, **opts)
     _check(out, lse, oracle, torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_paged_unused_table_entries_may_hold_anything(backend):
+    """As flash-attn, only the table entries of pages in use are read: entries past them (-1, a
+    block out of range) are neither checked nor read, on the gathering backends too."""
+    q = _randn(3, 1, 2, 16, seed=71)
+    pages_k, pages_v = (_randn(4, 16, 1, 16, seed=s) for s in (72, 73))
+    # With one new key each: 16, 21 and 1 keys, in pages [2], [0, 3] and [1].
+    table = torch.tensor([[2, -1, 99], [0, 3, -5], [1, -1, -1]], dtype=torch.int32)
+    lens = torch.tensor([15, 20, 0], dtype=torch.int32)
+    k_new, v_new = (_randn(3, 1, 1, 16, seed=s) for s in (74, 75))
+    kp, vp = pages_k.clone(), pages_v.clone()
+    out, lse = fastattn.flash_attn_with_kvcache(q, kp, vp, k_new, v_new, cache_seqlens=lens, block_table=table,
+                                                return_softmax_lse=True, backend=backend)
+    cont_k = torch.stack([torch.cat([pages_k[2], pages_k[2]]), torch.cat([pages_k[0], pages_k[3]]),
+                          torch.cat([pages_k[1], pages_k[1]])])
+    cont_v = torch.stack([torch.cat([pages_v[2], pages_v[2]]), torch.cat([pages_v[0], pages_v[3]]),
+                          torch.cat([pages_v[1], pages_v[1]])])
+    _check(out, lse, _oracle(q, cont_k, cont_v, k_new, v_new, torch.float32, cache_seqlens=lens), torch.float32)
+    assert torch.equal(kp[2, 15], k_new[0, 0]) and torch.equal(kp[3, 4], k_new[1, 0])
+    assert torch.equal(vp[1, 0], v_new[2, 0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["paged", "batch_idx_leftpad", "contiguous"])
+def test_index_values_are_checked_once(monkeypatch, backend, layout):
+    """cache_seqlens (and the other index tensors) are checked once per call, by the core op,
+    whether the backend reads the cache in place or is given a gathered copy."""
+    from fastattn import validation
+
+    seen = []
+    real = validation.cache_seqlens_values
+    monkeypatch.setattr(validation, "cache_seqlens_values", lambda *a: (seen.append(a), real(*a)))
+    base = _base()
+    if layout == "batch_idx_leftpad":
+        base.pop("block_table")
+        base.update(cache_batch_idx=torch.tensor([5, 1], dtype=torch.int32),
+                    cache_seqlens=torch.tensor([3, 12], dtype=torch.int32),
+                    cache_leftpad=torch.tensor([1, 0], dtype=torch.int32))
+    elif layout == "contiguous":
+        base.pop("block_table")
+        base.update(k_cache=base["k_cache"][:2], v_cache=base["v_cache"][:2],
+                    cache_seqlens=torch.tensor([3, 12], dtype=torch.int32))
+    fastattn.flash_attn_with_kvcache(**base, backend=backend)
+    assert len(seen) == 1
 
 
 def _rotary_tables(max_pos, rotary_dim, seed, dtype):
@@ -188,17 +234,18 @@ def _base():
 
 @pytest.mark.parametrize("change, error, match", [
     (dict(cache_batch_idx=torch.tensor([0, 1], dtype=torch.int32)), ValueError, "cache_batch_idx cannot be combined"),
-    (dict(k_cache=_randn(6, 24, 2, 32, seed=1), v_cache=_randn(6, 24, 2, 32, seed=2)), ValueError, "page_block_size"),
+    (dict(k_cache=_randn(6, 0, 2, 32, seed=1), v_cache=_randn(6, 0, 2, 32, seed=2)), ValueError, "page_block_size"),
     (dict(block_table=torch.tensor([[0, 1], [2, 9]], dtype=torch.int32)), ValueError, "block_table entries"),
     (dict(block_table=torch.tensor([[0.0, 1.0], [2.0, 3.0]])), TypeError, "block_table"),
     (dict(block_table=torch.tensor([[0, 1]], dtype=torch.int32)), ValueError, "block_table must have a batch size"),
+    (dict(block_table=torch.tensor([[0, 1], [2, 2 ** 32 + 3]])), ValueError, "block_table entries"),
     (dict(cache_seqlens=torch.tensor([3, 40], dtype=torch.int32)), ValueError, "cache_seqlens"),
     (dict(rotary_cos=torch.ones(40, 8), rotary_sin=torch.ones(40, 8)), ValueError, "give k and v too"),
     (dict(rotary_cos=torch.ones(40, 8)), ValueError, "rotary_cos and rotary_sin must be given together"),
     (dict(num_splits=-1), ValueError, "num_splits"),
     (dict(cache_leftpad=torch.tensor([5, 0], dtype=torch.int32)), ValueError, "cache_leftpad"),
-], ids=["batch_idx+paged", "page_size", "table_range", "table_dtype", "table_batch", "lens_range", "rotary_no_k",
-        "rotary_half", "num_splits", "leftpad_range"])
+], ids=["batch_idx+paged", "page_size", "table_range", "table_dtype", "table_batch", "table_int64_wraps", "lens_range",
+        "rotary_no_k", "rotary_half", "num_splits", "leftpad_range"])
 def test_bad_input(change, error, match):
     with pytest.raises(error, match=match):
         fastattn.flash_attn_with_kvcache(**{**_base(), **change})

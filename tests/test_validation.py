@@ -211,7 +211,7 @@ RULES = [
     ("kvcache_k_without_v", lambda: kvcache(v=None), ValueError, "k and v"),
     ("kvcache_overlapping_cache", lambda: kvcache(k_cache=_expanded_cache()), ValueError, "k_cache"),
     ("kvcache_last_dim_strided", lambda: kvcache(v_cache=_t(B, 9, D, HK).transpose(2, 3)), ValueError, "v_cache"),
-    ("kvcache_unsupported_option", lambda: kvcache(block_table=torch.zeros(B, 1, dtype=torch.int32)),
+    ("kvcache_block_table_batch", lambda: kvcache(block_table=torch.zeros(B + 1, 1, dtype=torch.int32)),
      ValueError, "block_table"),
     # ---- flash options
     ("window_size_below_minus_one", lambda: flash(window_size=(-2, 0)), ValueError, "window_size"),

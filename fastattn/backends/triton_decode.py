@@ -2,8 +2,10 @@
 flash-decoding) behind :func:`fastattn.flash_attn_with_kvcache`.
 
 fp16, bf16 and fp32; head dims up to 256 (``q``'s and ``v_cache``'s); GQA/MQA; causal,
-windows (bottom-right), softcap, ALiBi; new keys/values appended in place. CUDA tensors
-need a GPU; CPU tensors run on the Triton interpreter (``TRITON_INTERPRET=1``), as the
+windows (bottom-right), softcap, ALiBi; new keys/values appended in place. Paged caches
+(``block_table``), ``cache_batch_idx`` and ``cache_leftpad`` are addressed in the kernels
+themselves (``native_paging``): pages are read and written in place, never gathered. CUDA
+tensors need a GPU; CPU tensors run on the Triton interpreter (``TRITON_INTERPRET=1``), as the
 availability rule of :mod:`fastattn.backends.triton_attention` says.
 """
 from __future__ import annotations
@@ -58,10 +60,10 @@ def supports(q, k_cache, v_cache, k_new=None, v_new=None, cache_seqlens=None, *,
     return None
 
 
-def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slopes, args):
-    return _kernels.kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, args,
-                                alibi_slopes=None if alibi_slopes is None else alibi_slopes.float(),
-                                num_splits=args.num_splits)
+# The kernels' launcher is the backend's implementation itself (the core op calls it with the
+# backend signature), so that a call reaches the launch through no adaptor frame.
+kvcache_fwd = _kernels.kvcache_fwd
+kvcache_fwd.native_paging = True  # the core op passes block_table/cache_batch_idx/cache_leftpad as they are
 
 
 if "triton" not in dispatch._AVAILABILITY:

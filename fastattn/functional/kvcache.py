@@ -6,10 +6,11 @@ signature is layered here, in torch ops that trace under ``torch.compile``:
 
 * ``rotary_cos``/``rotary_sin``: rotary embedding of ``q`` and of the new ``k`` before they
   are used or written (:func:`rotary`);
-* ``block_table`` (paged cache), ``cache_batch_idx`` and ``cache_leftpad``: the new keys and
-  values are written in place through the page table / batch index, then each sequence's
-  visible keys (from ``cache_leftpad[b]`` on) are gathered into a contiguous cache for the
-  core op. The gather costs one pass over the visible cache, like the attention itself.
+* ``block_table`` (paged cache), ``cache_batch_idx`` and ``cache_leftpad`` go to the core op,
+  which checks their values once and either hands them to a backend that addresses the cache
+  through them in place (the Triton decode kernel: no copy) or writes the new keys/values
+  through them and gathers each sequence's visible keys into a contiguous cache for the
+  others (:mod:`fastattn.ops.kvcache_index`; one extra pass over the cache).
 """
 from __future__ import annotations
 
@@ -24,9 +25,7 @@ from fastattn import validation as check
 from fastattn.functional.attention import _flash_options, _slopes
 from fastattn.ops.attention_args import AttentionArgs
 from fastattn.ops.kvcache import attention_kvcache as _core_kvcache
-
-MAX_PAGE_SIZE = 256
-
+from fastattn.ops.kvcache_index import check_index_values, gather_visible
 
 def rotary(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, interleaved: bool) -> Tensor:
     """Rotary embedding of ``x`` ``(B, L, H, D)`` with ``positions`` int ``(B, L)``, as flash-attn
@@ -51,28 +50,15 @@ def _int_vector(name: str, x, batch: int, device) -> Tensor:
     if x.shape[0] != batch:
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(x.shape)}")
     check.same_device(("q", name), torch.empty(0, device=device), x)
+    return _to_int32(x)
+
+
+def _to_int32(x: Tensor) -> Tensor:
+    """int32 as the kernels index, saturating int64 values out of its range so that the core op's
+    range checks reject them (a plain cast would wrap them into range: a silent wrong index)."""
+    if x.dtype == torch.int64:
+        x = x.clamp(-(2 ** 31), 2 ** 31 - 1)
     return x.to(torch.int32)
-
-
-def _check_values(lens: Tensor, new: int, capacity: int, leftpad: Optional[Tensor], batch_idx: Optional[Tensor],
-                  batch_cache: int, block_table: Optional[Tensor], num_blocks: int) -> None:
-    """Value checks of the index tensors (eager only: they read values on the host, which a
-    traced or captured call cannot do; the gathers below then index in range)."""
-    if torch.compiler.is_compiling() or not check.reads_values_now(lens):
-        return
-    check.cache_seqlens_values(lens, new, capacity)
-    if leftpad is not None and bool(((leftpad < 0) | (leftpad > lens + new)).any()):
-        raise ValueError(f"cache_leftpad must lie in [0, cache_seqlens + {new}] per sequence, got {leftpad.tolist()}")
-    if batch_idx is not None and bool(((batch_idx < 0) | (batch_idx >= batch_cache)).any()):
-        raise ValueError(f"cache_batch_idx must index the cache's {batch_cache} rows, got {batch_idx.tolist()}")
-    if block_table is not None:
-        page = capacity // block_table.shape[1]
-        used = (lens + new + page - 1) // page  # blocks each sequence touches
-        touched = torch.arange(block_table.shape[1], device=lens.device)[None, :] < used[:, None]
-        bad = touched & ((block_table < 0) | (block_table >= num_blocks))
-        if bool(bad.any()):
-            raise ValueError(f"block_table entries in use must index the {num_blocks} cache blocks, got "
-                             f"{block_table[bad].tolist()}")
 
 
 def flash_attn_with_kvcache(
@@ -105,7 +91,10 @@ def flash_attn_with_kvcache(
             0); keys before it are not attended.
         block_table: int32 ``(batch, max_blocks)``: paged cache; logical position ``p`` of
             sequence ``b`` is row ``p % page_block_size`` of block ``block_table[b, p //
-            page_block_size]``. ``page_block_size`` a multiple of 16 up to 256.
+            page_block_size]``. Any ``page_block_size`` >= 1 (flash-attn's multiples of 256,
+            vLLM-style 16, ...): the Triton kernel reads the pages in place through the table;
+            other backends decode a gathered copy. Table entries past a sequence's last used
+            page are never read.
         softmax_scale, causal, window_size, softcap, alibi_slopes: as :func:`flash_attn_func`,
             aligned bottom-right against the visible keys ``cache_leftpad[b] ..
             cache_seqlens[b] + seqlen_new``.
@@ -141,9 +130,9 @@ def flash_attn_with_kvcache(
         check.same_device(("q", "block_table"), q, block_table)
         check.dim_equal("block_table", "a batch size of", block_table.shape[0], batch, "q")
         page = k_cache.shape[1]
-        if page % 16 or not 16 <= page <= MAX_PAGE_SIZE:
+        if page < 1:
             raise ValueError(f"with block_table, k_cache is (num_blocks, page_block_size, heads_k, head_dim) with "
-                             f"page_block_size a multiple of 16 up to {MAX_PAGE_SIZE}, got {page}")
+                             f"page_block_size >= 1, got {page}")
         if cache_batch_idx is not None:
             raise ValueError("cache_batch_idx cannot be combined with block_table (the table maps every sequence)")
         capacity = block_table.shape[1] * page
@@ -197,8 +186,6 @@ def flash_attn_with_kvcache(
     backend = dispatch.check_backend_name(backend) if backend is not None else None
     slopes = _slopes(alibi_slopes, batch, heads, q.device)
     sink = check.learnable_sink("learnable_sink", learnable_sink, heads, q.device)
-    _check_values(lens, new, capacity, leftpad, batch_idx, k_cache.shape[0], block_table, k_cache.shape[0])
-
     if rotary_cos is not None:
         local = options["causal"] or options["window_left"] >= 0 or options["window_right"] >= 0
         rows_q = torch.arange(seqlen_q, device=q.device) if local else torch.zeros(seqlen_q, dtype=torch.long,
@@ -210,17 +197,25 @@ def flash_attn_with_kvcache(
     if k is not None:
         k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
 
-    if paged or batch_idx is not None or leftpad is not None:
-        k_cache, v_cache, lens, k, v = _gather_visible(k_cache, v_cache, k, v, lens, leftpad, batch_idx, block_table)
-    args = AttentionArgs(max_seqlen_q=seqlen_q, max_seqlen_k=k_cache.shape[1], num_splits=int(num_splits), **options)
+    table = None if block_table is None else _to_int32(block_table)
+    args = AttentionArgs(max_seqlen_q=seqlen_q, max_seqlen_k=capacity, num_splits=int(num_splits), **options)
     if _torch_is_faster(q, k_cache, k, lens, args, backend, slopes, sink):
         from fastattn.backends.cpu_decode_crossover import torch_decode
 
+        # Eager only (see _torch_is_faster): the index values are checked here, as the core op
+        # would check them, and torch's kernel is given the contiguous visible keys.
+        check_index_values(lens, new, k_cache, table, batch_idx, leftpad)
+        if paged or batch_idx is not None or leftpad is not None:
+            k_cache, v_cache, lens = gather_visible(k_cache, v_cache, k, v, lens, leftpad, batch_idx, table)
+            k = v = None
         out, lse = torch_decode(q, k_cache, v_cache, k, v, lens, args.scale)
         return (out, lse) if return_softmax_lse else out
+    # The caches as given (paged or not): every backend's support check looks at dtypes, head
+    # dims and last-dim strides, which a gathered copy would share.
     name = dispatch.select("kvcache_fwd", backend, q.device, q, k_cache, v_cache, k, v, lens,
                            alibi_slopes=slopes, args=args)
-    out, lse = _core_kvcache(q, k_cache, v_cache, k, v, lens, args, name, alibi_slopes=slopes, learnable_sink=sink)
+    out, lse = _core_kvcache(q, k_cache, v_cache, k, v, lens, args, name, alibi_slopes=slopes, learnable_sink=sink,
+                             block_table=table, cache_batch_idx=batch_idx, cache_leftpad=leftpad)
     return (out, lse) if return_softmax_lse else out
 
 
@@ -236,37 +231,3 @@ def _torch_is_faster(q, k_cache, k_new, lens, args, backend, slopes, sink) -> bo
         return False
     keys = int(lens.max()) + (0 if k_new is None else k_new.shape[1])
     return crossover.prefer_torch(q.dtype, q.shape[2] // k_cache.shape[2], keys)
-
-
-def _gather_visible(k_cache, v_cache, k, v, lens, leftpad, batch_idx, block_table):
-    """Append ``k``/``v`` through the page table or batch index (in place), then gather each
-    sequence's visible keys ``leftpad[b] .. lens[b] + new`` into contiguous ``(B, L, Hk, D)``
-    caches. Returns ``(k_cache, v_cache, lens, None, None)`` for the core op (nothing left to
-    append); ``L`` is the longest visible range the cache layout allows."""
-    batch = lens.shape[0]
-    device = lens.device
-    new = 0 if k is None else k.shape[1]
-    if block_table is not None:
-        page = k_cache.shape[1]
-        capacity = block_table.shape[1] * page
-
-        def locate(positions):  # (B, n) logical positions -> (block, row) index tensors
-            blocks = torch.gather(block_table.long(), 1, torch.div(positions, page, rounding_mode="floor"))
-            return blocks, positions % page
-    else:
-        capacity = k_cache.shape[1]
-        rows = torch.arange(batch, device=device) if batch_idx is None else batch_idx.long()
-
-        def locate(positions):
-            return rows[:, None].expand_as(positions), positions
-
-    if new:
-        where = locate(lens.long()[:, None] + torch.arange(new, device=device)[None, :])
-        k_cache.index_put_(where, k)
-        v_cache.index_put_(where, v)
-    start = torch.zeros_like(lens) if leftpad is None else leftpad
-    # Positions past a sequence's visible end are gathered (clamped in range) but lie beyond the
-    # length the core op is given, so they are never attended.
-    positions = (start.long()[:, None] + torch.arange(capacity, device=device)[None, :]).clamp_max(capacity - 1)
-    where = locate(positions)
-    return k_cache[where], v_cache[where], (lens + new - start).to(torch.int32), None, None

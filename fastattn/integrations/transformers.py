@@ -29,7 +29,14 @@ Never a silent wrong answer:
 * a keyword argument that changes the attention math and that fastattn does not implement
   (attention sinks ``s_aux``, sparse ``indices``, ...) raises ``NotImplementedError`` naming
   it, and an unknown one raises ``TypeError`` naming it; only the arguments listed in
-  :data:`IGNORED_KWARGS`, which provably leave the result unchanged, are ignored.
+  :data:`IGNORED_KWARGS`, which provably leave the result unchanged, are ignored;
+* continuous batching (``generate_batch``, ``ContinuousBatchingManager``, the
+  ``PagedAttentionCache``) is not served, and refused by name: transformers admits only
+  ``"sdpa"``, ``"paged|eager"`` and flash-attention implementations there (it raises for
+  ``"fastattn"`` itself) and prepares every batch by the name (mask or not, cache reads, block
+  table); a paged cache that still reaches :func:`attention_forward` raises
+  :data:`CONTINUOUS_BATCHING_REFUSAL`. :func:`fastattn.flash_attn_with_kvcache` with
+  ``block_table`` serves paged caches to code that calls it directly.
 
 Which fastattn op serves a call:
 
@@ -59,7 +66,12 @@ from transformers.utils import logging
 
 import fastattn
 
-__all__ = ["ATTN_IMPLEMENTATION", "IGNORED_KWARGS", "IMPLEMENTED_KWARGS", "UNSUPPORTED_KWARGS", "attention_forward",
+try:
+    from transformers.generation.continuous_batching.cache import PagedAttentionCache as _PagedAttentionCache
+except ImportError:  # older or newer layouts of transformers
+    _PagedAttentionCache = None
+
+__all__ = ["ATTN_IMPLEMENTATION", "CONTINUOUS_BATCHING_REFUSAL", "IGNORED_KWARGS", "IMPLEMENTED_KWARGS", "UNSUPPORTED_KWARGS", "attention_forward",
            "attention_mask", "register", "unsupported_reason"]
 
 ATTN_IMPLEMENTATION = "fastattn"
@@ -72,7 +84,7 @@ IMPLEMENTED_KWARGS = frozenset({
     "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",  # packed sequences (varlen)
     "s_aux",  # attention sinks (gpt-oss): fastattn's learnable_sink
     "output_attentions",  # honoured by a warning: weights are never materialised (as transformers' sdpa)
-    "cache",  # inspected: paged caches are refused
+    "cache",  # inspected: paged (continuous-batching) caches are refused, see CONTINUOUS_BATCHING_REFUSAL
 })
 """Keyword arguments :func:`attention_forward` acts on."""
 
@@ -120,6 +132,27 @@ def _check_kwargs(kwargs: dict) -> None:
             f"attn_implementation='{ATTN_IMPLEMENTATION}' got the attention argument {name!r}, which it does not "
             f"know: rather than risk ignoring something that changes the result, it refuses. It implements "
             f"{sorted(IMPLEMENTED_KWARGS)} and ignores {sorted(IGNORED_KWARGS)}")
+
+
+CONTINUOUS_BATCHING_REFUSAL = (
+    "attn_implementation='fastattn' does not serve transformers' continuous batching (generate_batch, "
+    "ContinuousBatchingManager, PagedAttentionCache): transformers admits only 'sdpa', 'paged|eager' and "
+    "flash-attention implementations there (a name containing 'flash' must load as the flash-attn package or "
+    "a Hub kernel) and prepares each batch by those names (whether it builds a mask, how it reads the cache, "
+    "whether it uses a block table), so a third name cannot be served without patching transformers. Use "
+    "attn_implementation='sdpa' for continuous batching; fastattn.flash_attn_with_kvcache(..., block_table=...) "
+    "decodes a paged cache directly.")
+"""Why continuous batching is refused (raised by :func:`attention_forward` if a paged cache
+ever reaches it; transformers itself refuses ``"fastattn"`` in ``generate_batch`` first)."""
+
+
+def _is_paged_cache(cache) -> bool:
+    """Whether ``cache`` is transformers' continuous-batching ``PagedAttentionCache``."""
+    if cache is None:
+        return False
+    if _PagedAttentionCache is None:  # a transformers without continuous batching: match by name
+        return type(cache).__name__ == "PagedAttentionCache"
+    return isinstance(cache, _PagedAttentionCache)
 
 
 def attention_mask(*args, **kwargs) -> Optional[torch.Tensor]:
@@ -170,11 +203,11 @@ def attention_forward(
         NotImplementedError: for an argument of :data:`UNSUPPORTED_KWARGS` (e.g. ``s_aux``) or a
             paged cache. TypeError: for an unknown argument.
     """
+    # First: a continuous-batching call also brings that machinery's own arguments (read_index,
+    # write_index, logits_indices, ...), which would otherwise be refused as unknown, less clearly.
+    if _is_paged_cache(kwargs.get("cache")):
+        raise NotImplementedError(CONTINUOUS_BATCHING_REFUSAL)
     _check_kwargs(kwargs)
-    cache = kwargs.get("cache")
-    if cache is not None and type(cache).__name__ == "PagedAttentionCache":
-        raise NotImplementedError("attn_implementation='fastattn' does not serve paged (continuous-batching) "
-                                  "caches; use the default dynamic or static cache")
     if kwargs.get("output_attentions", False):
         logger.warning_once("attn_implementation='fastattn' never materialises attention weights: "
                             "output_attentions=True returns None for them; use 'eager' to get them.")
