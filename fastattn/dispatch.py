@@ -96,7 +96,9 @@ _state = threading.local()
 def register(op: str, backend: str, fn: Callable, supports: Optional[Callable] = None, *,
              delegated_to: Optional[Callable[[torch.device], str]] = None) -> None:
     """Register ``fn`` as ``backend``'s implementation of core op ``op`` (``delegated_to``:
-    see :attr:`Impl.delegated_to`)."""
+    see :attr:`Impl.delegated_to`). fastattn's own backends never call this: their ``OPS``
+    tables (:data:`BACKEND_MODULES`) are entered through it on first use; it stays public for
+    a stand-in implementation (tests, experiments)."""
     if op not in OP_SIGNATURES:
         raise KeyError(f"unknown core op {op!r}; known: {sorted(OP_SIGNATURES)}")
     if backend not in BACKENDS:

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from fastattn import _C, dispatch
+from fastattn import _C
 from fastattn.ops.attention_args import empty_like_layout, problem_extent
 
 from fastattn._dtype_codes import DTYPE_CODES as _DTYPE_CODES  # csrc/common/dtype.h
@@ -69,13 +69,6 @@ def isa() -> str:
     """The instruction set the kernels use on this CPU: ``avx512bf16``, ``avx512``, ``avx2``
     or ``none`` (then every call falls back); a lower one when :data:`ISA_ENV` forces it."""
     return _ISA
-
-
-def available(device: torch.device) -> Optional[str]:
-    """``None`` if the native CPU kernels can run on ``device``, else why not."""
-    if device.type != "cpu":
-        return f"the native CPU kernels take CPU tensors, not {device.type}"
-    return None
 
 
 def supports(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None, args=None):
@@ -186,6 +179,4 @@ def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlen
     return dq, dk, dv
 
 
-dispatch.register_backend("cpu", available)
-dispatch.register("attention_fwd", "cpu", attention_fwd, supports)
-dispatch.register("attention_bwd", "cpu", attention_bwd, supports)
+OPS = {"attention_fwd": (attention_fwd, supports), "attention_bwd": (attention_bwd, supports)}

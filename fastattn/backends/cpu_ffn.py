@@ -37,7 +37,7 @@ from typing import Optional
 
 import torch
 
-from fastattn import _C, dispatch
+from fastattn import _C
 from fastattn._dtype_codes import ACTIVATION_CODES, DTYPE_CODES
 from fastattn.backends.cpu_native import rows_view
 
@@ -211,7 +211,5 @@ def feed_forward_bwd(dout: torch.Tensor, x: torch.Tensor, w_gate: torch.Tensor, 
     return dx.view(x.shape), dw_gate, dw_up, dw_down
 
 
-dispatch.register("bias_gelu_fwd", "cpu", bias_gelu_fwd, _supports)
-dispatch.register("bias_gelu_bwd", "cpu", bias_gelu_bwd, _supports)
-dispatch.register("feed_forward_fwd", "cpu", feed_forward_fwd, _supports)
-dispatch.register("feed_forward_bwd", "cpu", feed_forward_bwd, _supports)
+OPS = {op: (globals()[op], _supports) for op in ("bias_gelu_fwd", "bias_gelu_bwd", "feed_forward_fwd",
+                                                  "feed_forward_bwd")}

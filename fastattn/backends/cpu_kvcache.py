@@ -36,7 +36,6 @@ from typing import Optional
 
 import torch
 
-from fastattn import dispatch
 from fastattn.backends import cpu_attention
 
 PACK_BUDGET_BYTES = 16 << 20
@@ -129,16 +128,17 @@ def _decodes(q, k_cache, v_cache) -> bool:
     return q.shape[1] <= DECODE_MAX_QUERY_ROWS and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
 
 
-def _decode(q, k_cache, v_cache, cache_seqlens, new, alibi_slopes, args, out, lse) -> None:
-    """One call of the decoding kernel for the whole batch, on ``(B, H, L, D)`` strided views
-    of ``q``, the caches and ``out`` (no copy), each batch element over its first
-    ``cache_seqlens[b] + new`` keys, writing ``out`` and ``lse`` in place."""
-    keep: list = []
+def _decode_spec(q, k_cache, v_cache, cache_seqlens, new, alibi_slopes, args, out, lse, keep: list) -> dict:
+    """The decoding kernel's call for the whole batch, on ``(B, H, L, D)`` strided views of
+    ``q``, the caches and ``out`` (no copy), each batch element over its first
+    ``cache_seqlens[b] + new`` keys, writing ``out`` and ``lse`` in place. ``keep`` holds the
+    tensors the spec points into until the call returns."""
     spec = cpu_attention._spec(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2), None,
                                alibi_slopes, None, None, args, keep)
-    kv_lens = cache_seqlens.to(torch.int64) + new  # a fresh tensor: alive until the call returns
+    kv_lens = cache_seqlens.to(torch.int64) + new
+    keep.append(kv_lens)
     spec.update(out=cpu_attention._t(out.transpose(1, 2)), lse=cpu_attention._t(lse), kv_lens=kv_lens.data_ptr())
-    cpu_attention._C.cpu_decode_fwd(spec)
+    return spec
 
 
 def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slopes, args):
@@ -159,7 +159,9 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slope
     if out.numel() == 0:
         return out, lse
     if _decodes(q, k_cache, v_cache):
-        _decode(q, k_cache, v_cache, cache_seqlens, new, alibi_slopes, args, out, lse)
+        keep: list = []
+        cpu_attention._C.cpu_decode_fwd(_decode_spec(q, k_cache, v_cache, cache_seqlens, new, alibi_slopes, args,
+                                                     out, lse, keep))
         return out, lse
     heads_k = k_cache.shape[2]
     group = heads // heads_k
@@ -189,4 +191,4 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slope
     return out, lse
 
 
-dispatch.register("kvcache_fwd", "cpu", kvcache_fwd, supports)
+OPS = {"kvcache_fwd": (kvcache_fwd, supports)}

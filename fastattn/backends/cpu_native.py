@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from fastattn import _C, dispatch
+from fastattn import _C
 from fastattn._dtype_codes import ACTIVATION_CODES, DTYPE_CODES
 
 
@@ -92,6 +92,4 @@ def gated_act_bwd(dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
     return dgate, dup
 
 
-dispatch.register_backend("cpu", available)
-dispatch.register("gated_act_fwd", "cpu", gated_act_fwd, supports)
-dispatch.register("gated_act_bwd", "cpu", gated_act_bwd, supports)
+OPS = {"gated_act_fwd": (gated_act_fwd, supports), "gated_act_bwd": (gated_act_bwd, supports)}

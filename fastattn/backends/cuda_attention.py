@@ -118,5 +118,4 @@ def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlen
                    cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
 
 
-dispatch.register("attention_fwd", "cuda", attention_fwd, supports)
-dispatch.register("attention_bwd", "cuda", attention_bwd, supports, delegated_to=_backward_backend)
+OPS = {"attention_fwd": (attention_fwd, supports), "attention_bwd": (attention_bwd, supports, _backward_backend)}

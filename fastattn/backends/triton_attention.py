@@ -1,17 +1,17 @@
 """The ``triton`` backend's attention: :mod:`fastattn.kernels.attention` behind the core ops.
 
-Registers ``attention_fwd``/``attention_bwd`` and the availability rule of the ``triton``
-backend: CUDA tensors need Triton and a GPU; CPU tensors run on the Triton interpreter,
+Declares ``attention_fwd``/``attention_bwd`` (:data:`OPS`) and the availability rule of the
+``triton`` backend: CUDA tensors need Triton and a GPU; CPU tensors run on the Triton interpreter,
 which must have been switched on (``TRITON_INTERPRET=1``) before Triton was imported.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
 import torch
 
-from fastattn import dispatch
 from fastattn.kernels import attention as _kernels
 
 INTERPRETER_HINT = (
@@ -61,22 +61,12 @@ def supports_backward(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_
                              cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args, direction="bwd")
 
 
-def attention_fwd(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
-    return _kernels.attention_fwd(q, k, v, args, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-                                  cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+# The kernels' launchers take the core ops' signature (``args`` as a keyword): they are the
+# backend's implementations themselves, so a call reaches the launch through no adaptor frame.
+attention_fwd = _kernels.attention_fwd
+attention_bwd = _kernels.attention_bwd
+attention_bwd_mask_grad = functools.partial(_kernels.attention_bwd, mask_grad=True)
 
 
-def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
-    return _kernels.attention_bwd(dout, q, k, v, out, lse, args, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-                                  cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
-
-
-def attention_bwd_mask_grad(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
-    return _kernels.attention_bwd(dout, q, k, v, out, lse, args, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-                                  cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, mask_grad=True)
-
-
-dispatch.register_backend("triton", available)
-dispatch.register("attention_fwd", "triton", attention_fwd, supports)
-dispatch.register("attention_bwd", "triton", attention_bwd, supports_backward)
-dispatch.register("attention_bwd_mask_grad", "triton", attention_bwd_mask_grad, supports_backward)
+OPS = {"attention_fwd": (attention_fwd, supports), "attention_bwd": (attention_bwd, supports_backward),
+       "attention_bwd_mask_grad": (attention_bwd_mask_grad, supports_backward)}

@@ -14,32 +14,10 @@ from typing import Optional
 
 import torch
 
-from fastattn import dispatch
 from fastattn.kernels import decode as _kernels
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_HEAD_DIM = 256
-
-
-def _available(device: torch.device) -> Optional[str]:
-    try:
-        from fastattn.backends.triton_attention import available
-    except ImportError:  # the attention kernels are not in this installation: the same rule, here
-        return _own_availability(device)
-    return available(device)
-
-
-def _own_availability(device: torch.device) -> Optional[str]:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    interpreted = isinstance(_kernels._decode_split_kernel, InterpretedFunction)
-    if device.type == "cuda":
-        if interpreted:
-            return "TRITON_INTERPRET=1 is set: Triton runs on the CPU interpreter, not on CUDA tensors"
-        return None if torch.cuda.is_available() else "no CUDA device is available"
-    if device.type == "cpu":
-        return None if interpreted else "set TRITON_INTERPRET=1 before Python imports triton to run Triton on CPU tensors"
-    return f"Triton does not run on {device.type} tensors"
 
 
 def supports(q, k_cache, v_cache, k_new=None, v_new=None, cache_seqlens=None, *, alibi_slopes=None,
@@ -66,6 +44,4 @@ kvcache_fwd = _kernels.kvcache_fwd
 kvcache_fwd.native_paging = True  # the core op passes block_table/cache_batch_idx/cache_leftpad as they are
 
 
-if "triton" not in dispatch._AVAILABILITY:
-    dispatch.register_backend("triton", _available)
-dispatch.register("kvcache_fwd", "triton", kvcache_fwd, supports)
+OPS = {"kvcache_fwd": (kvcache_fwd, supports)}
