@@ -14,10 +14,15 @@ cache keeps the compiled cubin and the Triton IR (gzipped), which
 ``kernel_reports(..., artefacts=True)`` hands out for machine-code analysis
 (:mod:`fastattn.sass`).
 
-Records (DESIGN.md section 5): ``kernel``, ``backend`` ("triton"), ``config``, ``arch``
+Records: ``kernel``, ``backend`` ("triton"), ``config``, ``arch``
 ("sm_80"), ``registers``, ``shared_memory_bytes``, ``spill_bytes``, ``occupancy``
 (resident warps per SM over the maximum, 0..1), plus ``shared_memory_limit``,
-``fits_shared_memory``, ``error`` (None when it compiled).
+``fits_shared_memory``, ``error`` (None when it compiled) and ``kept``.
+
+A kernel module may offer several candidate configs of one specialisation (cases sharing a
+``group``): the records say which the autotuner keeps by what the compiler reported for that
+specialisation (:func:`select_compiled`: within shared memory, no spills), the rule the launch
+code applies on the GPU too; :func:`kernel_reports` returns the kept ones unless asked for all.
 """
 from __future__ import annotations
 
@@ -79,6 +84,9 @@ class AotCase:
     archs: Optional[tuple] = None
     origin: Optional[tuple] = None  # (module, index in its aot_cases()), set by discover_cases
     maxnreg: Optional[int] = None  # ptxas's register cap per thread, as the launch config sets it
+    # Cases sharing a group are one specialisation's candidate configs: the autotuner runs those
+    # the compiler accepts for it (see select_compiled); None: the case always launches.
+    group: Optional[tuple] = None
 
     def key(self) -> str:
         # cache_key hashes the kernel *and* the @triton.jit helpers it calls (src alone would not).
@@ -108,6 +116,44 @@ def signature_for(fn, pointer_types: dict, default_pointer: str, floats: Iterabl
         else:
             sig[name] = "i32"
     return sig
+
+
+def select_compiled(configs: list, reports: list, smem_limit: int) -> list:
+    """The candidates worth running, from what the compiler reports for each (``reports[i]`` is
+    ``(shared_memory_bytes, spill_bytes)`` of ``configs[i]`` compiled for one exact
+    specialisation, or None when that report could not be had).
+
+    Kept: those within the arch's shared memory per block that spill no register. When every
+    candidate spills, those that fit with the fewest spilled bytes (a slow kernel beats no
+    kernel, and the report flags it); a candidate without a report is kept (its launch tells).
+    Never empty: when nothing fits, all are returned and the launch raises the compiler's error.
+    """
+    known = [(c, r) for c, r in zip(configs, reports) if r is not None]
+    unknown = [c for c, r in zip(configs, reports) if r is None]
+    fits = [(c, r) for c, r in known if r[0] <= smem_limit]
+    clean = [c for c, r in fits if r[1] == 0]
+    if clean or unknown:
+        return clean + unknown
+    if fits:
+        least = min(r[1] for _, r in fits)
+        return [c for c, r in fits if r[1] == least]
+    return list(configs)
+
+
+def _mark_kept(work: list, records: list) -> None:
+    """Set ``kept`` on each record: whether :func:`select_compiled` keeps its case among its
+    group's candidates on that arch (cases without a group are always kept)."""
+    groups: dict = {}
+    for i, ((case, arch), r) in enumerate(zip(work, records)):
+        r["kept"] = True
+        if case.group is not None:
+            groups.setdefault((case.group, arch), []).append(i)
+    for (_, arch), idx in groups.items():
+        reports = [None if records[i]["error"] else (records[i]["shared_memory_bytes"], records[i]["spill_bytes"])
+                   for i in idx]
+        chosen = set(select_compiled(idx, reports, shared_memory_limit(arch)))
+        for i in idx:
+            records[i]["kept"] = i in chosen
 
 
 def discover_cases() -> list[AotCase]:
@@ -275,21 +321,26 @@ def _main() -> None:
 
 
 def kernel_reports(archs: Iterable[int | str] = (80, 90), cases: Optional[list[AotCase]] = None,
-                   jobs: Optional[int] = None, artefacts: bool = False) -> list[dict]:
+                   jobs: Optional[int] = None, artefacts: bool = False, pruned: bool = False) -> list[dict]:
     """Compile every AOT case (default: all of this package's) for each arch and report it.
 
     ``archs``: compute capabilities (80, "sm_90", ...). Returns one record per (case, arch)
-    the case is kept for, in a stable order. Compiles in ``jobs`` worker processes (default:
-    the CPU count) and caches results on disk. With ``artefacts``, each record also carries
-    ``cubin`` and ``ttir`` (paths of the cached cubin and gzipped Triton IR, see
+    the case is kept for, in a stable order: candidates of one specialisation (a ``group``) that
+    the compiler's report rules out (:func:`select_compiled`) are left out unless ``pruned``,
+    which returns them too, each record saying ``kept``. Compiles in ``jobs`` worker processes
+    (default: the CPU count) and caches results on disk. With ``artefacts``, each record also
+    carries ``cubin`` and ``ttir`` (paths of the cached cubin and gzipped Triton IR, see
     :func:`artefact_paths`), recompiling the cases whose artefacts are not cached.
     """
     archs = [int(str(a).replace("sm_", "").rstrip("a")) for a in archs]
     cases = discover_cases() if cases is None else cases
     work = [(c, a) for c in cases for a in archs if c.archs is None or a in c.archs]
     if _interpreted(cases):
-        return _reports_in_subprocess(work, jobs, artefacts)
-    return _reports(work, jobs, artefacts)
+        records = _reports_in_subprocess(work, jobs, artefacts)
+    else:
+        records = _reports(work, jobs, artefacts)
+    _mark_kept(work, records)
+    return records if pruned else [r for r in records if r["kept"]]
 
 
 def _reports(work: list, jobs: Optional[int], artefacts: bool = False) -> list[dict]:

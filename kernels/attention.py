@@ -19,6 +19,15 @@ visited (the loop bounds are computed from the block's rows), in both alignments
 with ``off = Lk - Lq`` for bottom-right (flash-attn) and ``0`` for top-left (SDPA); causal
 is ``window_right = 0``. A row that sees no key gets ``o = 0`` and ``lse = +inf``.
 
+Of the visited blocks only the *edge* ones (the causal diagonal, a window's edges, the ragged
+last block) compare elements; the interior ones, where every key is visible from every row
+(their range is computed per program, as in the Triton tutorial's two stages), take a branch
+with no bound check, no window compare and no select, and without features fold the scale and
+the max subtraction into one FMA a score, ``exp2(qk * scale_log2e - m)``. The branch is uniform
+per block, inside one loop: two loops would each keep their own copy of the Q tile and the
+pipelined loads live, and spill the 128-row tiles. Causal query blocks launch heaviest first.
+The same split runs in both backward kernels.
+
 Backward (FA2, algorithm 2): ``delta_i = sum_d dO_id * O_id`` (a small preprocess kernel),
 then, per key block, ``P = exp(S - lse)`` is recomputed and::
 
@@ -44,6 +53,12 @@ Philox (``tl.rand``) from a counter that is a function of ``(seed, offset, b, h,
 (:mod:`fastattn.philox` is its specification), so the backward kernels redraw the very mask
 the forward used without storing it. The LSE is that of the undropped softmax.
 
+Additive masks: a mask value such as ``finfo(float32).min`` makes ``|s|`` about 3e38, next to
+which ``log(row sum)`` is below one ulp of an fp32 LSE, so ``exp(S - lse)`` would give 1, not
+``1 / n``, on a wholly masked row (torch's softmax there is the uniform average). The backward
+of an additive mask therefore recomputes the base-2 row max and ``log2(row sum)`` apart
+(``_attn_bwd_rowstats``, one extra ``Q K^T`` pass) and reads ``P = exp2((s - max) - log2 sum)``.
+
 Mask gradient (``MASK_GRAD``, a float ``attn_mask`` that requires grad): the mask is added
 after the scale and the softcap, so ``d(mask)_ij = dS_ij``; the dK/dV program that owns key
 block ``j`` stores its ``dS`` tiles into a zero-filled fp32 ``(B, Hq, Lq, Lk)`` buffer (each
@@ -52,14 +67,16 @@ element has exactly one writer: no atomics), which autograd then sums to the mas
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from ._aot import select_compiled
 from ._interpreter import ensure_interpreter_fixes
 
-__all__ = ["attention_fwd", "attention_bwd", "supports", "block_d", "kernel_configs", "keep_config"]
+__all__ = ["attention_fwd", "attention_bwd", "supports", "block_d", "kernel_configs", "select_compiled", "seq_bucket"]
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -93,87 +110,54 @@ def _arch() -> int:
 
 def _smem_bytes(kernel: str, bm: int, bn: int, bd: int, stages: int, elem: int) -> int:
     """Shared memory a config needs, estimated like Triton's tutorial ``keep()`` (tiles ``tl.dot`` stages
-    through shared memory, streamed ones per stage); fp32 backward more: tf32x3 stages hi/lo halves."""
+    through shared memory, streamed ones per stage); fp32 backward more: tf32x3 stages hi/lo halves.
+    Only :func:`supports` uses it (whether any tile can fit this GPU at all); which tiles run is
+    decided by the compiler's own report (:func:`fastattn.kernels._aot.select_compiled`)."""
     if kernel == "fwd":  # Q resident; K and V streamed
         return (bm * bd + stages * 2 * bn * bd) * elem
-    if kernel == "bwd_dkdv":  # K, V resident; Q and dO streamed, double-buffered even at 1 stage (measured)
+    if kernel == "bwd_dkdv":  # K, V resident; Q and dO streamed
         return (2 * bn * bd + max(stages, 2) * 2 * bm * bd + bm * bn) * elem * (2 if elem == 4 else 1)
     # bwd_dq: Q, dO resident; K and V streamed (+ the dS tile)
     return (2 * bm * bd + stages * 2 * bn * bd + bm * bn) * elem * (3 if elem == 4 else 2) // 2
 
 
-# Most fp32 accumulator elements a thread may own (forward O and dQ tiles; dK + dV) before ptxas
-# spills, measured by the ahead-of-time compile of every candidate for sm_80 and sm_90; fp32
-# inputs far fewer (tf32x3 keeps a high and a low tf32 copy of every operand in registers).
-_ACC_PER_THREAD = {("fwd", 2): 64, ("bwd_dq", 2): 64, ("bwd_dkdv", 2): 64, ("fwd", 4): 16, ("bwd_dq", 4): 16,
-                   ("bwd_dkdv", 4): 32}
-
-
-def keep_config(kernel: str, cfg: dict, arch: int, bd: int, elem: int, features: bool = False) -> bool:
-    """Whether config ``cfg`` (BLOCK_M, BLOCK_N, num_warps, num_stages) is worth running for
-    ``kernel`` on compute capability ``arch`` with tile width ``bd`` and element size ``elem``.
-
-    Limits: the arch's shared memory per block (estimated as Triton's tutorial does); the fp32
-    accumulators per thread (``BLOCK_M x BLOCK_D`` for the forward and dQ, ``2 x BLOCK_N x BLOCK_D``
-    for dK + dV) within :data:`_ACC_PER_THREAD`, 3/4 of it when ``features`` (window, softcap,
-    ALiBi, mask) add per-element work; dK/dV: at most 8 elements per thread of each P/dP/dS tile.
-    tests/test_triton_aot.py compiles every kept config and checks that none spills.
-    """
-    bm, bn, warps = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"]
-    if not fits_smem(kernel, cfg, arch, bd, elem):
-        return False
-    threads = 32 * warps
-    if kernel == "bwd_dkdv" and bm * bn // threads > 8:
-        return False
-    acc = 2 * bn * bd if kernel == "bwd_dkdv" else bm * bd
-    return acc // threads <= _ACC_PER_THREAD[kernel, elem] * (3 if features else 4) // 4
-
-
 def fits_smem(kernel: str, cfg: dict, arch: int, bd: int, elem: int) -> bool:
-    """Whether ``cfg``'s tiles fit the shared memory of one block on compute capability ``arch``."""
+    """Whether ``cfg``'s tiles fit the shared memory of one block on compute capability ``arch``,
+    by the estimate of :func:`_smem_bytes`."""
     need = _smem_bytes(kernel, cfg["BLOCK_M"], cfg["BLOCK_N"], bd, cfg["num_stages"], elem)
     return need <= SMEM_LIMIT.get(arch, 99 * 1024)
 
 
-def pruned_configs(kernel: str, arch: int, bd: int, elem: int, features: bool) -> list[dict]:
-    """The configs the autotuner tries for one specialisation: the candidates :func:`keep_config`
-    keeps, else the smallest candidate that fits shared memory (the register estimate is
-    conservative; tests/test_triton_aot.py compiles these very configs, fallbacks included, and
-    checks that none spills). Empty when nothing fits shared memory."""
-    kept = [c for c in _CANDIDATES[kernel] if keep_config(kernel, c, arch, bd, elem, features)]
-    if kept:
-        return kept
-    fits = [c for c in _CANDIDATES[kernel] if fits_smem(kernel, c, arch, bd, elem)]
-    return [min(fits, key=lambda c: c["BLOCK_M"] * c["BLOCK_N"])] if fits else []
-
-
 def spills_unavoidably(kernel: str, bd: int, elem: int, features: bool) -> bool:
-    """Specialisations where every candidate spills registers, as measured by the ahead-of-time
-    check: the fp32 backward at head dim 128 with features (tf32x3 keeps a high and a low copy of
-    every operand tile, and the dK + dV accumulators alone take 64 registers a thread).
-    :func:`supports` declines them so that another backend serves them."""
+    """Specialisations that :func:`supports` declines (so another backend serves them) because
+    every candidate spills registers in them: the fp32 backward at head dim 128 with features
+    (tf32x3 keeps a high and a low copy of every operand tile next to the dK + dV accumulators)."""
     return elem == 4 and bd > 64 and features and kernel != "fwd"
 
 
-# Candidates, few on purpose (each is compiled per arch by the ahead-of-time check): large tiles
-# for small head dims, small ones with 8 warps for 256; keep_config picks per arch/tile/dtype.
-# The forward's 16 x 32 tile with 8 warps serves fp32 head dim 128 with features (window,
-# softcap, ALiBi, mask, dropout), the heaviest forward register footprint.
+# Candidates: the tiles fast Triton attention kernels use (Triton's fused-attention tutorial,
+# FlashAttention-2), plus small tiles that serve the register-heavy specialisations (fp32's
+# tf32x3 operands, head dim 256, every feature at once). On a GPU the autotuner compiles each for
+# the exact specialisation launched and keeps those the compiler reports within shared memory
+# and free of spills (select_compiled), then times the survivors; tests/test_triton_aot.py
+# compiles them all for sm_80 and sm_90 ahead of time. Every backward tile streams its operands
+# with num_stages >= 2 (cp.async double buffering: Q/dO in dK/dV, K/V in dQ).
 _CANDIDATES = {
     "fwd": [
         dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 1),
-                             (16, 32, 8, 1)]
+        for bm, bn, w, s in [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 2), (64, 64, 4, 3), (32, 32, 4, 2),
+                             (16, 32, 4, 2)]
     ],
     # 8-warp dK/dV tiles carry maxnreg=255: left alone, ptxas caps them at 128 registers (two
-    # blocks a multiprocessor) and spills, as the ahead-of-time check measured.
+    # blocks a multiprocessor) and spills.
     "bwd_dkdv": [
         dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, **({"maxnreg": 255} if w == 8 else {}))
-        for bm, bn, w, s in [(32, 128, 8, 2), (32, 64, 4, 2), (16, 64, 8, 1), (16, 32, 8, 1), (16, 32, 4, 1)]
+        for bm, bn, w, s in [(64, 128, 8, 2), (32, 128, 4, 5), (64, 64, 4, 3), (32, 64, 4, 2), (16, 64, 4, 2),
+                             (16, 32, 4, 2), (16, 32, 8, 2)]
     ],
     "bwd_dq": [
         dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(128, 32, 8, 2), (64, 32, 4, 2), (32, 16, 4, 1), (16, 32, 4, 1)]
+        for bm, bn, w, s in [(128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3), (32, 32, 4, 2), (16, 32, 4, 2)]
     ],
 }
 
@@ -208,19 +192,41 @@ def _as_dict(cfg: triton.Config) -> dict:
     return d if cfg.maxnreg is None else dict(d, maxnreg=cfg.maxnreg)
 
 
+def _compile_report(jit_fn, cfg: triton.Config, nargs: dict, kwargs: dict):
+    """(shared memory bytes, spill bytes) of ``cfg`` compiled for the launch at hand (the very
+    binary the autotuner would then run: Triton caches it), or None if it cannot be had."""
+    try:
+        compiled = jit_fn.warmup(*nargs.values(), grid=(1,), **kwargs, **cfg.all_kwargs())
+        compiled._init_handles()
+        return int(compiled.metadata.shared), int(compiled.n_spills)
+    except Exception:  # noqa: BLE001  (no report: the config stays, the autotuner's launch decides)
+        return None
+
+
 def _prune(kernel: str):
     def prune(configs, nargs, **kwargs):
-        flag = lambda name: kwargs.get(name, nargs.get(name))
-        features = bool(flag("WINDOW") or flag("SOFTCAP") or flag("ALIBI") or flag("MASK_MODE") or flag("DROPOUT"))
-        allowed = pruned_configs(kernel, _arch(), flag("BLOCK_D"), nargs["Q"].element_size(), features)
-        return [c for c in configs if _as_dict(c) in allowed] or configs  # (the interpreter's one config)
+        if INTERPRET or len(configs) == 1:
+            return configs
+        jit_fn = _JIT[kernel]()
+        reports = [_compile_report(jit_fn, c, nargs, kwargs) for c in configs]
+        return select_compiled(configs, reports, SMEM_LIMIT.get(_arch(), 99 * 1024))
 
     return prune
 
 
-# Autotuning keys: head dim and causal (plus the dtypes, which Triton's autotuner always adds)
-# and the feature flags, which change the code and so the best (and the register-safe) tile.
-_TUNE_KEY = ["HEAD_DIM", "CAUSAL", "WINDOW", "SOFTCAP", "ALIBI", "MASK_MODE", "VARLEN", "DROPOUT"]
+# Autotuning keys: head dim, causal and its alignment (plus the dtypes, which Triton's autotuner
+# always adds), the feature flags, which change the code and so the best (and the register-safe)
+# tile, and a sequence-length bucket (an argument of its own, unused by the kernels' math).
+_TUNE_KEY = ["HEAD_DIM", "CAUSAL", "BOTTOM_RIGHT", "WINDOW", "SOFTCAP", "ALIBI", "MASK_MODE", "VARLEN", "DROPOUT",
+             "seq_bucket"]
+
+
+def seq_bucket(seqlen_q: int, seqlen_k: int) -> int:
+    """The sequence-length bucket of the autotuning key: the next power of two of the longer
+    sequence, clamped to [128, 16384]. The best tile depends on the length (how many blocks fill
+    the GPU, how much of the work is the causal diagonal) but not on its exact value, so a new
+    length within a bucket does not retune."""
+    return min(16384, max(128, triton.next_power_of_2(max(int(seqlen_q), int(seqlen_k), 1))))
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -235,10 +241,14 @@ def _tanh(x):
 @triton.jit
 def _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right,
             qk_scale, softcap, slope, MaskBlk, stride_mm, stride_mn,
-            CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+            EDGE: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
             ALIBI: tl.constexpr, MASK_MODE: tl.constexpr):
     """Base-2 scores ``log2(e) * s`` of a (rows x cols) tile of raw ``q.k`` products, -inf where
-    hidden. Also returns ``tanh`` of the softcapped scores (for the backward's chain rule)."""
+    hidden. Also returns ``tanh`` of the softcapped scores (for the backward's chain rule).
+
+    ``EDGE``: the tile may hold keys past ``seqlen_k`` or outside the causal diagonal / window, so
+    every element is compared; interior tiles (every key visible from every row) skip that work
+    and only pay for the features (softcap, ALiBi, a mask) they use."""
     if SOFTCAP:
         # qk_scale is scale / softcap here; softcap is softcap * log2(e).
         t = _tanh(qk * qk_scale)
@@ -252,24 +262,39 @@ def _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right,
         s = s - slope * tl.abs(dist).to(tl.float32)
     # Rows past seqlen_q need no mask: the forward never stores them and the backward gives them
     # lse = +inf (so P = 0). Fewer predicates per element = fewer registers.
-    visible = cols[None, :] < seqlen_k
-    if CAUSAL or WINDOW:
-        rel = cols[None, :] - rows[:, None]  # j - i, compared with the window around the diagonal
-        visible = visible & (rel <= off + window_right) & (rel >= off - window_left)
+    if EDGE:
+        if CAUSAL or WINDOW:
+            # Key j is visible from row i iff i + off - window_left <= j <= i + off + window_right
+            # and j < seqlen_k: per-row bounds (BLOCK_M operations), then one compare an element
+            # for each side the tile can cross.
+            visible = cols[None, :] <= tl.minimum(rows + (off + window_right), seqlen_k - 1)[:, None]
+            if WINDOW:
+                visible = visible & (cols[None, :] >= (rows + (off - window_left))[:, None])
+        else:
+            visible = cols[None, :] < seqlen_k
+        load_ok = visible & (rows[:, None] < seqlen_q)
+    else:
+        # Interior tile: the mask (when there is one) is still read only for real rows (the
+        # predicate broadcasts along the keys: one compare a row, not one an element).
+        load_ok = rows[:, None] < seqlen_q
     if MASK_MODE == 1:
         m = tl.load(MaskBlk + rows[:, None] * stride_mm + cols[None, :] * stride_mn,
-                    mask=visible & (rows[:, None] < seqlen_q), other=0).to(tl.int1)
-        visible = visible & m
+                    mask=load_ok, other=0).to(tl.int1)
+        if EDGE:
+            visible = visible & m
+        else:
+            visible = m
     if MASK_MODE == 2:
         m = tl.load(MaskBlk + rows[:, None] * stride_mm + cols[None, :] * stride_mn,
-                    mask=visible & (rows[:, None] < seqlen_q), other=0.0).to(tl.float32)
+                    mask=load_ok, other=0.0).to(tl.float32)
         # A finite mask value is a number, as torch adds it: log2(e) * finfo(float32).min
         # overflows to -inf, which would hide the key, so the product saturates at +-FLT_MAX
         # instead (a row of such scores is a row of equal logits: torch's uniform average).
         mt = m * 1.4426950408889634
         sat = tl.where(m < 0, -3.4028234663852886e38, 3.4028234663852886e38)
         s = s + tl.where((tl.abs(mt) == float("inf")) & (tl.abs(m) != float("inf")), sat, mt)
-    s = tl.where(visible, s, float("-inf"))
+    if EDGE or MASK_MODE == 1:
+        s = tl.where(visible, s, float("-inf"))
     return s, t
 
 
@@ -298,6 +323,101 @@ def _seq_bounds(CuSeqQ, CuSeqK, off_b, seqlen_q, seqlen_k, VARLEN: tl.constexpr)
 # --------------------------------------------------------------------------- forward
 
 
+@triton.jit
+def _fwd_loop(acc, l_i, m_i, q_ptrs, q_ok, flip_q, k_base, v_base, lo, hi, full_lo, full_hi, rows, offs_n, offs_d,
+              seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope, mask_base, stride_kn, stride_kd,
+              stride_vn, stride_vd, stride_mm, stride_mn, dropout_p, seed, rng_offset, off_b, off_h, num_heads, max_q,
+              max_k, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+              ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The online-softmax update over key blocks ``lo, lo + BLOCK_N, ... < hi``.
+
+    Blocks in ``[full_lo, full_hi)`` are interior: no element compare, no select, and without
+    features the scale and the max subtraction fold into one FMA per score,
+    ``qk * scale_log2e - m``. The others (the causal diagonal, a window's edges, the ragged last
+    block) take the masked branch. One loop with a uniform branch rather than one loop per kind:
+    the tile, its pipelined loads and the accumulators are shared, so registers are too."""
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(q_ptrs, mask=q_ok, other=0.0)
+    if flip_q:  # q.k * scale == (-q).k * |scale| exactly: the loop may then assume scale > 0
+        q = -q
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        n64 = tl.cast(start_n, tl.int64)
+        # Keys past the end load as 0 (one predicate per key, not per score); their scores are
+        # hidden by the masked branch.
+        kv_ok = cols < seqlen_k
+        if HEAD_DIM == BLOCK_D:
+            k = tl.load(k_base + n64 * stride_kn + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                        mask=kv_ok[None, :], other=0.0)
+        else:
+            k = tl.load(k_base + n64 * stride_kn + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                        mask=kv_ok[None, :] & d_ok[:, None], other=0.0)
+        qk = tl.dot(q, k, input_precision=DOT_PRECISION)
+        if (start_n >= full_lo) & (start_n < full_hi):
+            if SOFTCAP or ALIBI or MASK_MODE != 0:
+                s, _ = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap,
+                               slope, mask_base, stride_mm, stride_mn, False, CAUSAL, WINDOW, SOFTCAP, ALIBI,
+                               MASK_MODE)
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                if MASK_MODE != 0:
+                    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+                else:  # softcap and ALiBi alone hide nothing: no -inf to guard
+                    m_sub = m_new
+                p = tl.math.exp2(s - m_sub[:, None])
+            else:
+                # qk_scale > 0 (the kernel flips q for a negative scale), so max(qk) * scale is the
+                # max of the scores, and qk * scale - m is one FMA per score.
+                m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+                m_sub = m_new
+                p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
+        else:
+            s, _ = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap,
+                           slope, mask_base, stride_mm, stride_mn, True, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            # A row that has seen only hidden keys has max -inf: subtract 0 instead, so exp2 gives 0, not NaN.
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_sub[:, None])
+        alpha = tl.math.exp2(m_i - m_sub)
+        l_i = l_i * alpha + tl.sum(p, 1)  # the softmax normaliser sums every probability, dropped or not
+        if DROPOUT:
+            keep = _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols)
+            p = tl.where(keep, p, 0.0)
+        if HEAD_DIM == BLOCK_D:
+            v = tl.load(v_base + n64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                        mask=kv_ok[:, None], other=0.0)
+        else:
+            v = tl.load(v_base + n64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                        mask=kv_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _key_ranges(start_m, seqlen_k, off, window_left, window_right, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
+    """Key blocks of the row block at ``start_m``: ``[lo, hi)`` are visited (the rest are hidden
+    by the causal mask or the window and skipped), ``[full_lo, full_hi)`` are interior (every key
+    visible from every row of the block, no ragged end); every bound but ``hi`` is a multiple of
+    ``BLOCK_N``. Visited blocks outside the interior take the masked path."""
+    lo = 0
+    hi = seqlen_k
+    full_lo = 0
+    full_hi = (seqlen_k // BLOCK_N) * BLOCK_N
+    if CAUSAL or WINDOW:
+        hi = tl.minimum(seqlen_k, start_m + BLOCK_M + off + window_right)
+        lo = (tl.maximum(0, start_m + off - window_left) // BLOCK_N) * BLOCK_N
+        full_lo = lo
+        # Key j is visible from every row i of the block iff j <= start_m + off + window_right
+        # (the first row's right edge) and j >= start_m + BLOCK_M - 1 + off - window_left.
+        full_hi = tl.minimum(full_hi, (tl.maximum(0, start_m + off + window_right + 1) // BLOCK_N) * BLOCK_N)
+        if WINDOW:
+            first = tl.maximum(0, start_m + BLOCK_M - 1 + off - window_left)
+            full_lo = tl.maximum(lo, ((first + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
+    return lo, hi, full_lo, full_hi
+
+
 @triton.autotune(configs=_configs("fwd"), key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune("fwd")})
 @triton.jit
 def _attn_fwd(
@@ -310,14 +430,18 @@ def _attn_fwd(
     stride_ab, stride_ah,
     stride_mb, stride_mh, stride_mm, stride_mn,
     seqlen_q, seqlen_k, kv_group, sm_scale, softcap, window_left, window_right,
-    dropout_p, seed, rng_offset, num_heads,
+    dropout_p, seed, rng_offset, num_heads, seq_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    if CAUSAL:
+        # Heaviest row blocks (the last ones see the most keys) first: the light ones fill the tail.
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        pid_m = tl.program_id(0)
     off_h = tl.program_id(1).to(tl.int64)
     off_b = tl.program_id(2).to(tl.int64)
     off_hk = off_h // kv_group  # GQA: query head h reads kv head h // group, no repeated K/V
@@ -344,15 +468,19 @@ def _attn_fwd(
     q_base = Q + bq * stride_qb + off_h * stride_qh + (start_q + start_m) * stride_qm
     k_base = K + bq * stride_kb + off_hk * stride_kh + start_k * stride_kn
     v_base = V + bq * stride_vb + off_hk * stride_vh + start_k * stride_vn
-    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=(rows[:, None] < seqlen_q) & d_ok[None, :], other=0.0)
+    q_ptrs = q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q_ok = (rows[:, None] < seqlen_q) & d_ok[None, :]
 
+    flip_q = False
     if SOFTCAP:
         qk_scale = sm_scale / softcap
         cap = softcap * 1.4426950408889634
     else:
         qk_scale = sm_scale * 1.4426950408889634  # exp -> exp2
         cap = softcap
+        if sm_scale < 0:
+            flip_q = True
+            qk_scale = -qk_scale
     slope = 0.0
     if ALIBI:
         slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * 1.4426950408889634
@@ -364,35 +492,16 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    # Key range this row block can see: blocks wholly above the causal diagonal or outside the
-    # window are skipped, not masked.
-    lo = 0
-    hi = seqlen_k
-    if CAUSAL or WINDOW:
-        hi = tl.minimum(seqlen_k, start_m + BLOCK_M + off + window_right)
-        lo = tl.maximum(0, start_m + off - window_left)
-        lo = (lo // BLOCK_N) * BLOCK_N
-    for start_n in range(lo, hi, BLOCK_N):
-        cols = start_n + offs_n
-        kv_ok = cols < seqlen_k
-        k = tl.load(k_base + tl.cast(start_n, tl.int64) * stride_kn + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                    mask=kv_ok[None, :] & d_ok[:, None], other=0.0)
-        qk = tl.dot(q, k, input_precision=DOT_PRECISION)
-        s, _ = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
-                       mask_base, stride_mm, stride_mn, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row that has seen only hidden keys has max -inf: subtract 0 instead, so exp2 gives 0, not NaN.
-        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_sub[:, None])
-        alpha = tl.math.exp2(m_i - m_sub)
-        l_i = l_i * alpha + tl.sum(p, 1)  # the softmax normaliser sums every probability, dropped or not
-        if DROPOUT:
-            keep = _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols)
-            p = tl.where(keep, p, 0.0)
-        v = tl.load(v_base + tl.cast(start_n, tl.int64) * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=kv_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+    # Key blocks wholly above the causal diagonal or outside the window are skipped, not masked;
+    # of the rest, only the edge blocks (window edges, the diagonal, the ragged last block)
+    # compare elements.
+    lo, hi, full_lo, full_hi = _key_ranges(start_m, seqlen_k, off, window_left, window_right, BLOCK_M, BLOCK_N,
+                                           CAUSAL, WINDOW)
+    acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q_ptrs, q_ok, flip_q, k_base, v_base, lo, hi, full_lo, full_hi, rows,
+                              offs_n, offs_d, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
+                              mask_base, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, dropout_p,
+                              seed, rng_offset, off_b, off_h, num_heads, max_q, max_k, CAUSAL, WINDOW, SOFTCAP, ALIBI,
+                              MASK_MODE, DROPOUT, DOT_PRECISION, HEAD_DIM, BLOCK_D, BLOCK_N)
 
     empty = l_i == 0.0
     acc = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -435,11 +544,209 @@ def _attn_bwd_delta(
              delta, mask=start_m + offs_m < seqlen_q)
 
 
+@triton.jit
+def _attn_bwd_rowstats(
+    Q, K, Alibi, Mask, Hi, Lo,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_lb, stride_lh, stride_lm,
+    stride_ab, stride_ah,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    seqlen_q, seqlen_k, kv_group, sm_scale, softcap, window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Base-2 row statistics of the scores under an additive mask, for the backward:
+    ``Hi_i = max_j s_ij`` and ``Lo_i = log2 sum_j exp2(s_ij - Hi_i)`` (``+inf`` and 0 for a row that
+    sees no key), so that ``P = exp2((s - Hi) - Lo)``.
+
+    The forward's single fp32 LSE cannot serve such rows: a mask value like ``finfo.min`` makes
+    ``|s|`` about 3e38, next to which ``log2(row sum)`` is below one ulp, and the backward would
+    read every key of a wholly masked row with probability 1 instead of ``1 / n``. Kept apart,
+    ``s - Hi`` is exact (0 for the row's maximal keys) and ``Lo`` keeps the normaliser."""
+    pid_m = tl.program_id(0)
+    off_h = tl.program_id(1).to(tl.int64)
+    off_b = tl.program_id(2).to(tl.int64)
+    off_hk = off_h // kv_group
+    start_m = pid_m * BLOCK_M
+    off = 0
+    if BOTTOM_RIGHT:
+        off = seqlen_k - seqlen_q
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    rows = start_m + offs_m
+    q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + tl.cast(start_m, tl.int64) * stride_qm
+                + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=(rows[:, None] < seqlen_q) & d_ok[None, :], other=0.0)
+    k_base = K + off_b * stride_kb + off_hk * stride_kh
+    if SOFTCAP:
+        qk_scale = sm_scale / softcap
+        cap = softcap * 1.4426950408889634
+    else:
+        qk_scale = sm_scale * 1.4426950408889634
+        cap = softcap
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * 1.4426950408889634
+    mask_base = Mask + off_b * stride_mb + off_h * stride_mh
+    # Named, not "_": Triton's compiler types every loop-carried name, and "_" is reassigned below.
+    lo, hi, _full_lo, _full_hi = _key_ranges(start_m, seqlen_k, off, window_left, window_right, BLOCK_M, BLOCK_N,
+                                             CAUSAL, WINDOW)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        k = tl.load(k_base + tl.cast(start_n, tl.int64) * stride_kn + offs_n[None, :] * stride_kn
+                    + offs_d[:, None] * stride_kd, mask=(cols < seqlen_k)[None, :] & d_ok[:, None], other=0.0)
+        qk = tl.dot(q, k, input_precision=DOT_PRECISION)
+        s, _edge = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
+                       mask_base, stride_mm, stride_mn, True, CAUSAL, WINDOW, SOFTCAP, ALIBI, 2)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l_i = l_i * tl.math.exp2(m_i - m_sub) + tl.sum(tl.math.exp2(s - m_sub[:, None]), 1)
+        m_i = m_new
+    empty = l_i == 0.0
+    out = off_b * stride_lb + off_h * stride_lh + tl.cast(start_m, tl.int64) * stride_lm + offs_m * stride_lm
+    tl.store(Hi + out, tl.where(empty, float("inf"), m_i), mask=rows < seqlen_q)
+    tl.store(Lo + out, tl.where(empty, 0.0, tl.math.log2(tl.where(empty, 1.0, l_i))), mask=rows < seqlen_q)
+
+
+def rowstats_tile(bd: int, elem: int) -> tuple:
+    """(BLOCK_M, BLOCK_N, num_warps) of the row-statistics pass, by the width of its Q tile in
+    bytes: 64 x 64 on 4 warps up to 128; on 8 warps up to 256 (128 16-bit columns: on 4 warps,
+    with every feature on, ptxas reported 536 spilled bytes on sm_80); wider, 32 x 32 for 16-bit
+    and 16 x 32 for fp32, whose tf32x3 dot keeps three products live (32 x 32 spilled 492-1244
+    bytes at head dim 128, on 4 warps and on 8)."""
+    if INTERPRET:
+        return 64, 32, 4
+    width = bd * elem
+    if width <= 128:
+        return 64, 64, 4
+    if width <= 256:
+        return 64, 64, 8
+    return (16, 32, 4) if elem == 4 else (32, 32, 4)
+
+
+@triton.jit
+def _dkdv_loop(dk, dv, k, v, q_base, do_base, l_base, lo_base, d_base, dq_base, dmask_base, lo, hi, full_lo, full_hi,
+               offs_m,
+               offs_d, cols, seqlen_q, seqlen_k, off, window_left, window_right, sm_scale, qk_scale, cap, slope,
+               mask_base, stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_dqm, stride_dqd,
+               stride_mm, stride_mn, stride_gm, stride_gn,
+               dropout_p, seed, rng_offset, off_b, off_h, num_heads, max_q, max_k,
+               CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+               ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+               ATOMIC_DQ: tl.constexpr, MASK_GRAD: tl.constexpr,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """dK/dV (and atomic dQ) contributions of query blocks ``lo, lo + BLOCK_M, ... < hi`` to one
+    resident key block. Blocks in ``[full_lo, full_hi)`` are interior: no element compare or
+    select, and without features ``P = exp2(qk * scale_log2e - lse_log2)`` is one FMA a score;
+    the others (the diagonal, a window's edges, ragged rows or keys) take the masked branch."""
+    d_ok = offs_d < HEAD_DIM
+    for start_m in range(lo, hi, BLOCK_M):
+        rows = start_m + offs_m
+        row_off = tl.cast(start_m, tl.int64)
+        # Rows past the end load as 0 and read lse = +inf (P = 0): one predicate a row.
+        r_ok = rows < seqlen_q
+        if HEAD_DIM == BLOCK_D:
+            q_ok = r_ok[:, None]
+        else:
+            q_ok = r_ok[:, None] & d_ok[None, :]
+        q = tl.load(q_base + row_off * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                    mask=q_ok, other=0.0)
+        lse = tl.load(l_base + row_off * stride_lm + offs_m * stride_lm, mask=r_ok, other=float("inf"))
+        if MASK_MODE == 2:
+            # LSE holds the base-2 row max here and LseLo log2 of the row sum (see _attn_bwd_rowstats).
+            lse2 = lse
+            lse_lo = tl.load(lo_base + row_off * stride_lm + offs_m * stride_lm, mask=r_ok, other=0.0)
+        else:
+            lse2 = lse * 1.4426950408889634  # one multiply a row, not one a score
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        if (start_m >= full_lo) & (start_m < full_hi):
+            if SOFTCAP or ALIBI or MASK_MODE != 0:
+                s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap,
+                               slope, mask_base, stride_mm, stride_mn, False, CAUSAL, WINDOW, SOFTCAP, ALIBI,
+                               MASK_MODE)
+                if MASK_MODE == 2:
+                    p = tl.math.exp2((s - lse2[:, None]) - lse_lo[:, None])
+                else:
+                    p = tl.math.exp2(s - lse2[:, None])
+            else:
+                t = qk
+                p = tl.math.exp2(qk * qk_scale - lse2[:, None])
+        else:
+            s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
+                           mask_base, stride_mm, stride_mn, True, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
+            if MASK_MODE == 2:
+                p = tl.math.exp2((s - lse2[:, None]) - lse_lo[:, None])
+            else:
+                p = tl.math.exp2(s - lse2[:, None])
+        do = tl.load(do_base + row_off * stride_dom + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
+                     mask=q_ok, other=0.0)
+        delta = tl.load(d_base + row_off * stride_lm + offs_m * stride_lm, mask=r_ok, other=0.0)
+        if DROPOUT:
+            # O = (P * Z) V with Z = keep / (1 - p): dV = (P * Z)^T dO and dP = Z * (dO V^T);
+            # delta = rowsum(dO * O) is still rowsum(P * dP), so dS below is unchanged.
+            keep = _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols)
+            rp = 1.0 / (1.0 - dropout_p)
+            dv += tl.dot(tl.trans(tl.where(keep, p * rp, 0.0).to(do.dtype)), do, input_precision=DOT_PRECISION)
+        else:
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        if DROPOUT:
+            dp = tl.where(keep, dp * rp, 0.0)
+        ds = p * (dp - delta[:, None])
+        if MASK_GRAD:
+            # The additive mask enters after scaling and softcap: its gradient is dS itself.
+            # Each (b, h, i, j) has exactly one owner program (its key block), so plain stores.
+            tl.store(dmask_base + rows[:, None] * stride_gm + cols[None, :] * stride_gn, ds,
+                     mask=(rows[:, None] < seqlen_q) & (cols[None, :] < seqlen_k))
+        if SOFTCAP:
+            ds = ds * (1.0 - t * t)  # d(c * tanh(x / c))/dx = 1 - tanh^2
+        ds = ds.to(q.dtype)
+        dk += tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION)
+        if ATOMIC_DQ:
+            dq = tl.dot(ds, k, input_precision=DOT_PRECISION) * sm_scale
+            tl.atomic_add(dq_base + row_off * stride_dqm + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+                          dq, mask=q_ok, sem="relaxed")
+    return dk, dv
+
+
+@triton.jit
+def _query_ranges(start_n, seqlen_q, seqlen_k, off, window_left, window_right, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
+    """Query blocks that see the key block at ``start_n``: ``[lo, hi)`` are visited,
+    ``[full_lo, full_hi)`` are interior (every row sees every key of the block, no ragged rows or
+    keys); every bound but ``hi`` is a multiple of ``BLOCK_M``."""
+    lo = 0
+    hi = seqlen_q
+    full_lo = 0
+    full_hi = (seqlen_q // BLOCK_M) * BLOCK_M
+    if CAUSAL or WINDOW:
+        # Rows that see key j: j - off - window_right <= i <= j - off + window_left.
+        lo = (tl.maximum(0, start_n - off - window_right) // BLOCK_M) * BLOCK_M
+        hi = tl.minimum(seqlen_q, start_n + BLOCK_N - off + window_left)
+        # Every row i of [m0, m0 + BLOCK_M) sees every key of the block iff
+        # m0 >= start_n + BLOCK_N - 1 - off - window_right and m0 + BLOCK_M <= start_n - off + window_left + 1.
+        first = tl.maximum(0, start_n + BLOCK_N - 1 - off - window_right)
+        full_lo = tl.maximum(lo, ((first + BLOCK_M - 1) // BLOCK_M) * BLOCK_M)
+        if WINDOW:
+            full_hi = tl.minimum(full_hi, (tl.maximum(0, start_n - off + window_left + 1) // BLOCK_M) * BLOCK_M)
+    if start_n + BLOCK_N > seqlen_k:  # ragged keys: every block of this program takes the masked path
+        full_lo = lo
+        full_hi = lo
+    return lo, hi, full_lo, full_hi
+
+
 @triton.autotune(configs=_configs("bwd_dkdv"), key=_TUNE_KEY + ["ATOMIC_DQ", "MASK_GRAD"],
                  prune_configs_by={"early_config_prune": _prune("bwd_dkdv")}, reset_to_zero=["DQAcc"])
 @triton.jit
 def _attn_bwd_dkdv(
-    Q, K, V, DOut, LSE, Delta, DK, DV, DQAcc, CuSeqQ, CuSeqK, Alibi, Mask, DMask,
+    Q, K, V, DOut, LSE, LseLo, Delta, DK, DV, DQAcc, CuSeqQ, CuSeqK, Alibi, Mask, DMask,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -452,7 +759,7 @@ def _attn_bwd_dkdv(
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_gb, stride_gh, stride_gm, stride_gn,
     seqlen_q, seqlen_k, kv_group, sm_scale, softcap, window_left, window_right,
-    dropout_p, seed, rng_offset, num_heads,
+    dropout_p, seed, rng_offset, num_heads, seq_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
@@ -460,6 +767,8 @@ def _attn_bwd_dkdv(
     ATOMIC_DQ: tl.constexpr, MASK_GRAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # Causal: the first key blocks are seen by the most query rows, so the natural order already
+    # launches the heaviest programs first.
     pid_n = tl.program_id(0)
     off_hk = tl.program_id(1).to(tl.int64)
     off_b = tl.program_id(2).to(tl.int64)
@@ -495,13 +804,8 @@ def _attn_bwd_dkdv(
         qk_scale = sm_scale * 1.4426950408889634  # exp -> exp2
         cap = softcap
 
-    # Query rows that can see this key block: j - off - window_right <= i <= j - off + window_left.
-    lo = 0
-    hi = seqlen_q
-    if CAUSAL or WINDOW:
-        lo = tl.maximum(0, start_n - off - window_right)
-        lo = (lo // BLOCK_M) * BLOCK_M
-        hi = tl.minimum(seqlen_q, start_n + BLOCK_N - off + window_left)
+    lo, hi, full_lo, full_hi = _query_ranges(start_n, seqlen_q, seqlen_k, off, window_left, window_right,
+                                             BLOCK_M, BLOCK_N, CAUSAL, WINDOW)
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -510,54 +814,22 @@ def _attn_bwd_dkdv(
         q_base = Q + bq * stride_qb + off_h * stride_qh + start_q * stride_qm
         do_base = DOut + bq * stride_dob + off_h * stride_doh + start_q * stride_dom
         l_base = LSE + bq * stride_lb + off_h * stride_lh + start_q * stride_lm
+        lo_base = LseLo + bq * stride_lb + off_h * stride_lh + start_q * stride_lm
         d_base = Delta + bq * stride_lb + off_h * stride_lh + start_q * stride_lm
         dq_base = DQAcc + bq * stride_dqb + off_h * stride_dqh + start_q * stride_dqm
+        dmask_base = DMask + off_b * stride_gb + off_h * stride_gh
         slope = 0.0
         if ALIBI:
             slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * 1.4426950408889634
         mask_base = Mask
         if MASK_MODE != 0:
             mask_base = Mask + off_b * stride_mb + off_h * stride_mh
-        for start_m in range(lo, hi, BLOCK_M):
-            rows = start_m + offs_m
-            q_ok = (rows[:, None] < seqlen_q) & d_ok[None, :]
-            row_off = tl.cast(start_m, tl.int64)
-            q = tl.load(q_base + row_off * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                        mask=q_ok, other=0.0)
-            do = tl.load(do_base + row_off * stride_dom + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
-                         mask=q_ok, other=0.0)
-            # Rows past the end read lse = +inf, so their P is exactly 0.
-            lse = tl.load(l_base + row_off * stride_lm + offs_m * stride_lm, mask=rows < seqlen_q, other=float("inf"))
-            delta = tl.load(d_base + row_off * stride_lm + offs_m * stride_lm, mask=rows < seqlen_q, other=0.0)
-            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-            s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
-                           mask_base, stride_mm, stride_mn, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
-            p = tl.math.exp2(s - lse[:, None] * 1.4426950408889634)
-            if DROPOUT:
-                # O = (P * Z) V with Z = keep / (1 - p): dV = (P * Z)^T dO and dP = Z * (dO V^T);
-                # delta = rowsum(dO * O) is still rowsum(P * dP), so dS below is unchanged.
-                keep = _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols)
-                rp = 1.0 / (1.0 - dropout_p)
-                dv += tl.dot(tl.trans(tl.where(keep, p * rp, 0.0).to(do.dtype)), do, input_precision=DOT_PRECISION)
-            else:
-                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
-            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-            if DROPOUT:
-                dp = tl.where(keep, dp * rp, 0.0)
-            ds = p * (dp - delta[:, None])
-            if MASK_GRAD:
-                # The additive mask enters after scaling and softcap: its gradient is dS itself.
-                # Each (b, h, i, j) has exactly one owner program (its key block), so plain stores.
-                tl.store(DMask + off_b * stride_gb + off_h * stride_gh + rows[:, None] * stride_gm
-                         + cols[None, :] * stride_gn, ds, mask=(rows[:, None] < seqlen_q) & (cols[None, :] < seqlen_k))
-            if SOFTCAP:
-                ds = ds * (1.0 - t * t)  # d(c * tanh(x / c))/dx = 1 - tanh^2
-            ds = ds.to(q.dtype)
-            dk += tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION)
-            if ATOMIC_DQ:
-                dq = tl.dot(ds, k, input_precision=DOT_PRECISION) * sm_scale
-                tl.atomic_add(dq_base + row_off * stride_dqm + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
-                              dq, mask=q_ok, sem="relaxed")
+        dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, l_base, lo_base, d_base, dq_base, dmask_base, lo, hi, full_lo,
+                            full_hi, offs_m, offs_d, cols, seqlen_q, seqlen_k, off, window_left, window_right, sm_scale,
+                            qk_scale, cap, slope, mask_base, stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                            stride_dqm, stride_dqd, stride_mm, stride_mn, stride_gm, stride_gn, dropout_p, seed,
+                            rng_offset, off_b, off_h, num_heads, max_q, max_k, CAUSAL, WINDOW, SOFTCAP, ALIBI,
+                            MASK_MODE, DROPOUT, DOT_PRECISION, ATOMIC_DQ, MASK_GRAD, HEAD_DIM, BLOCK_D, BLOCK_M)
 
     dk_base = DK + bq * stride_dkb + off_hk * stride_dkh + (start_k + start_n) * stride_dkn
     dv_base = DV + bq * stride_dvb + off_hk * stride_dvh + (start_k + start_n) * stride_dvn
@@ -567,10 +839,62 @@ def _attn_bwd_dkdv(
              mask=kv_ok)
 
 
+@triton.jit
+def _dq_loop(dq, q, do, lse2, lse_lo, delta, k_base, v_base, lo, hi, full_lo, full_hi, rows, offs_n, offs_d, seqlen_q,
+             seqlen_k, off, window_left, window_right, qk_scale, cap, slope, mask_base, stride_kn, stride_kd,
+             stride_vn, stride_vd, stride_mm, stride_mn, dropout_p, seed, rng_offset, off_b, off_h, num_heads, max_q,
+             max_k, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+             ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dQ contributions of key blocks ``lo, lo + BLOCK_N, ... < hi`` to one resident query block;
+    ``[full_lo, full_hi)`` interior, as in :func:`_fwd_loop`."""
+    d_ok = offs_d < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        col_off = tl.cast(start_n, tl.int64)
+        if HEAD_DIM == BLOCK_D:
+            kv_ok = (cols < seqlen_k)[:, None]  # one predicate a key
+        else:
+            kv_ok = (cols < seqlen_k)[:, None] & d_ok[None, :]
+        k = tl.load(k_base + col_off * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                    mask=kv_ok, other=0.0)
+        v = tl.load(v_base + col_off * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                    mask=kv_ok, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        if (start_n >= full_lo) & (start_n < full_hi):
+            if SOFTCAP or ALIBI or MASK_MODE != 0:
+                s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap,
+                               slope, mask_base, stride_mm, stride_mn, False, CAUSAL, WINDOW, SOFTCAP, ALIBI,
+                               MASK_MODE)
+                if MASK_MODE == 2:
+                    p = tl.math.exp2((s - lse2[:, None]) - lse_lo[:, None])
+                else:
+                    p = tl.math.exp2(s - lse2[:, None])
+            else:
+                t = qk
+                p = tl.math.exp2(qk * qk_scale - lse2[:, None])  # one FMA a score
+        else:
+            s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
+                           mask_base, stride_mm, stride_mn, True, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
+            if MASK_MODE == 2:
+                p = tl.math.exp2((s - lse2[:, None]) - lse_lo[:, None])
+            else:
+                p = tl.math.exp2(s - lse2[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        if DROPOUT:
+            keep = _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols)
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * (1.0 - t * t)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    return dq
+
+
 @triton.autotune(configs=_configs("bwd_dq"), key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune("bwd_dq")})
 @triton.jit
 def _attn_bwd_dq(
-    Q, K, V, DOut, LSE, Delta, DQ, CuSeqQ, CuSeqK, Alibi, Mask,
+    Q, K, V, DOut, LSE, LseLo, Delta, DQ, CuSeqQ, CuSeqK, Alibi, Mask,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -580,7 +904,7 @@ def _attn_bwd_dq(
     stride_ab, stride_ah,
     stride_mb, stride_mh, stride_mm, stride_mn,
     seqlen_q, seqlen_k, kv_group, sm_scale, softcap, window_left, window_right,
-    dropout_p, seed, rng_offset, num_heads,
+    dropout_p, seed, rng_offset, num_heads, seq_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
@@ -588,7 +912,10 @@ def _attn_bwd_dq(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ of one query block, by its own pass over key blocks: no atomics, a fixed summation order."""
-    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest (last) row blocks first
+    else:
+        pid_m = tl.program_id(0)
     off_h = tl.program_id(1).to(tl.int64)
     off_b = tl.program_id(2).to(tl.int64)
     off_hk = off_h // kv_group
@@ -618,9 +945,16 @@ def _attn_bwd_dq(
     do = tl.load(DOut + bq * stride_dob + off_h * stride_doh + row0 * stride_dom
                  + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=q_ok, other=0.0)
     l_base = bq * stride_lb + off_h * stride_lh + row0 * stride_lm
+    # Rows past the end read lse = +inf, so their P is exactly 0 in every block, interior or not.
     lse = tl.load(LSE + l_base + offs_m * stride_lm, mask=rows < seqlen_q, other=float("inf"))
     delta = tl.load(Delta + l_base + offs_m * stride_lm, mask=rows < seqlen_q, other=0.0)
-    lse2 = lse * 1.4426950408889634
+    if MASK_MODE == 2:
+        # LSE holds the base-2 row max here and LseLo log2 of the row sum (see _attn_bwd_rowstats).
+        lse2 = lse
+        lse_lo = tl.load(LseLo + l_base + offs_m * stride_lm, mask=rows < seqlen_q, other=0.0)
+    else:
+        lse2 = lse * 1.4426950408889634
+        lse_lo = lse2
 
     k_base = K + bq * stride_kb + off_hk * stride_kh + start_k * stride_kn
     v_base = V + bq * stride_vb + off_hk * stride_vh + start_k * stride_vn
@@ -637,33 +971,14 @@ def _attn_bwd_dq(
     if MASK_MODE != 0:
         mask_base = Mask + off_b * stride_mb + off_h * stride_mh
 
-    lo = 0
-    hi = seqlen_k
-    if CAUSAL or WINDOW:
-        hi = tl.minimum(seqlen_k, start_m + BLOCK_M + off + window_right)
-        lo = tl.maximum(0, start_m + off - window_left)
-        lo = (lo // BLOCK_N) * BLOCK_N
+    lo, hi, full_lo, full_hi = _key_ranges(start_m, seqlen_k, off, window_left, window_right, BLOCK_M, BLOCK_N,
+                                           CAUSAL, WINDOW)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range(lo, hi, BLOCK_N):
-        cols = start_n + offs_n
-        kv_ok = (cols[:, None] < seqlen_k) & d_ok[None, :]
-        col_off = tl.cast(start_n, tl.int64)
-        k = tl.load(k_base + col_off * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                    mask=kv_ok, other=0.0)
-        v = tl.load(v_base + col_off * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=kv_ok, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
-                       mask_base, stride_mm, stride_mn, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
-        p = tl.math.exp2(s - lse2[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        if DROPOUT:
-            keep = _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols)
-            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
-        ds = p * (dp - delta[:, None])
-        if SOFTCAP:
-            ds = ds * (1.0 - t * t)
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    dq = _dq_loop(dq, q, do, lse2, lse_lo, delta, k_base, v_base, lo, hi, full_lo, full_hi, rows, offs_n, offs_d, seqlen_q,
+                  seqlen_k, off, window_left, window_right, qk_scale, cap, slope, mask_base, stride_kn, stride_kd,
+                  stride_vn, stride_vd, stride_mm, stride_mn, dropout_p, seed, rng_offset, off_b, off_h, num_heads,
+                  max_q, max_k, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE, DROPOUT, DOT_PRECISION, HEAD_DIM, BLOCK_D,
+                  BLOCK_N)
 
     tl.store(DQ + bq * stride_dqb + off_h * stride_dqh + row0 * stride_dqm
              + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
@@ -673,6 +988,8 @@ def _attn_bwd_dq(
 # --------------------------------------------------------------------------- launchers
 
 
+# The jitted kernels behind each autotuner, looked up at prune time (they are defined after _prune).
+_JIT = {"fwd": lambda: _attn_fwd.fn, "bwd_dkdv": lambda: _attn_bwd_dkdv.fn, "bwd_dq": lambda: _attn_bwd_dq.fn}
 _KERNELS = {"fwd": ("fwd",), "bwd": ("bwd_dkdv", "bwd_dq")}
 
 
@@ -697,7 +1014,7 @@ def supports(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, c
         features = attn_mask is not None or alibi_slopes is not None or (args is not None and (
             args.has_window or args.softcap > 0 or args.dropout_p > 0))
         for kernel in _KERNELS[direction]:
-            if not pruned_configs(kernel, arch, bd, elem, features):
+            if not any(fits_smem(kernel, c, arch, bd, elem) for c in _CANDIDATES[kernel]):
                 return f"no {kernel} tile for head dim {d} in {q.dtype} fits sm_{arch}'s shared memory"
             if spills_unavoidably(kernel, bd, elem, features):
                 return (f"the {kernel} kernel spills registers at head dim {d} in {q.dtype} with window, softcap, "
@@ -749,7 +1066,8 @@ def _common(q, k, args, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k):
     cu_k = cu_seqlens_k if varlen else q
     dropout = args.dropout_p > 0
     scalars = (lq, lk, q.shape[1] // k.shape[1], float(args.scale), float(args.softcap), wl, wr,
-               float(args.dropout_p), int(args.seed) if dropout else 0, int(args.offset) if dropout else 0, heads)
+               float(args.dropout_p), int(args.seed) if dropout else 0, int(args.offset) if dropout else 0, heads,
+               seq_bucket(lq, lk))
     flags = dict(
         HEAD_DIM=q.shape[-1], BLOCK_D=block_d(q.shape[-1]), CAUSAL=bool(args.causal),
         BOTTOM_RIGHT=bool(args.bottom_right), WINDOW=window, SOFTCAP=args.softcap > 0, ALIBI=has_alibi,
@@ -826,6 +1144,19 @@ def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes
         HEAD_DIM=hd, BLOCK_D=bd, BLOCK_M=bm,
     )
     lse = lse if lse.stride() == delta.stride() else lse.contiguous()  # the kernels share LSE/Delta strides
+    lse_lo = lse  # read only under an additive mask
+    if flags["MASK_MODE"] == 2:
+        # The backward reads P = exp2((s - max) - log2(sum)) from exact base-2 row statistics:
+        # one extra Q K^T pass, only for additive masks (see _attn_bwd_rowstats).
+        lse, lse_lo = torch.empty_like(delta), torch.empty_like(delta)
+        rbm, rbn, rwarps = rowstats_tile(bd, q.element_size())
+        mask_t, alibi_t = ptrs[3], ptrs[2]
+        _attn_bwd_rowstats[(triton.cdiv(q.shape[2], rbm), hq, q.shape[0])](
+            q, k, alibi_t, mask_t, lse, lse_lo, *q.stride(), *k.stride(), *delta.stride(), *extra_strides,
+            *scalars[:7], HEAD_DIM=hd, BLOCK_D=bd, CAUSAL=flags["CAUSAL"], BOTTOM_RIGHT=flags["BOTTOM_RIGHT"],
+            WINDOW=flags["WINDOW"], SOFTCAP=flags["SOFTCAP"], ALIBI=flags["ALIBI"],
+            DOT_PRECISION=flags["DOT_PRECISION"], BLOCK_M=rbm, BLOCK_N=rbn, num_warps=rwarps, num_stages=2,
+        )
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
@@ -834,7 +1165,7 @@ def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else dq
     grid = lambda meta: (triton.cdiv(lk, meta["BLOCK_N"]), hk, batch)
     _attn_bwd_dkdv[grid](
-        q, k, v, dout, lse, delta, dk, dv, dq_acc, *ptrs, dmask if mask_grad else q,
+        q, k, v, dout, lse, lse_lo, delta, dk, dv, dq_acc, *ptrs, dmask if mask_grad else q,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse.stride(),
         *dk.stride(), *dv.stride(), *dq_acc.stride(), *extra_strides,
         *(dmask.stride() if mask_grad else (0, 0, 0, 0)),
@@ -845,7 +1176,7 @@ def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes
     else:
         grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), hq, batch)
         _attn_bwd_dq[grid](
-            q, k, v, dout, lse, delta, dq, *ptrs,
+            q, k, v, dout, lse, lse_lo, delta, dq, *ptrs,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse.stride(), *dq.stride(),
             *extra_strides, *scalars, **flags,
         )
@@ -874,66 +1205,99 @@ _AOT_VARIANTS = {
     "plain-deterministic": (dict(ATOMIC_DQ=False), ("fp16",), (64, 128)),
     "bool-mask": (dict(MASK_MODE=1), ("fp16",), (128,)),
 }
-_FEATURE_FLAGS = ("WINDOW", "SOFTCAP", "ALIBI", "MASK_MODE", "DROPOUT")  # as _prune counts them
+_FEATURE_FLAGS = ("WINDOW", "SOFTCAP", "ALIBI", "MASK_MODE", "DROPOUT")  # as supports() counts them
+# The specialisations compiled by default (tests/test_triton_aot.py outside the slow set): every
+# variant, kernel and head-dim tile at least once, chosen once and for all (the first of each
+# variant's (dtype, tile) list, the causal launch at every tile in fp16, and fp32 at 64); the slow
+# test and ``info --kernels`` compile them all.
+_AOT_STRATIFIED = {("causal", "fp16", bd) for bd in _AOT_BLOCK_D} | {("causal", "fp32", 64)} | {
+    (variant, dtypes[0], tiles[0]) for variant, (_, dtypes, tiles) in _AOT_VARIANTS.items()}
 
 
 def aot_variant_has_features(variant: str) -> bool:
-    """Whether the AOT variant ``variant`` turns on a feature that changes pruning (see :func:`keep_config`)."""
+    """Whether the AOT variant ``variant`` turns on a feature (window, softcap, ALiBi, mask, dropout)."""
     return variant in _AOT_VARIANTS and any(_AOT_VARIANTS[variant][0].get(f) for f in _FEATURE_FLAGS)
 
 
-def aot_cases(all_candidates: bool = False) -> list:
-    """Every (kernel, config, head-dim tile, dtype) the autotuner can run, for kernels/_aot.py.
+def aot_specialisations(stratified: bool = False) -> list:
+    """Every (variant, dtype name, head-dim tile) the AOT check compiles (``stratified``: the
+    default subset); fp32 above 128 and the fp32 backward that :func:`spills_unavoidably` are
+    left out because :func:`supports` declines them."""
+    out = []
+    for variant, (_, dtypes, tiles) in _AOT_VARIANTS.items():
+        for dname in dtypes:
+            for bd in tiles:
+                if _AOT_DTYPES[dname] == 4 and bd > 128:
+                    continue
+                if stratified and (variant, dname, bd) not in _AOT_STRATIFIED:
+                    continue
+                out.append((variant, dname, bd))
+    return out
 
-    Each case carries the archs whose pruning keeps it (all archs with ``all_candidates``).
+
+def aot_cases(stratified: bool = False) -> list:
+    """Every (kernel, candidate config, specialisation) the autotuner can compile, for
+    kernels/_aot.py: each candidate of :data:`_CANDIDATES` in each specialisation of
+    :func:`aot_specialisations`, for every arch, grouped by specialisation (the compiler's report,
+    not a rule, says which survive: :func:`select_compiled`), plus the fixed-tile delta and
+    row-statistics passes.
+
     Specialised as the common launch is: unit head-dim strides, 16-byte aligned pointers
     and strides; feature flags per :data:`_AOT_VARIANTS`.
     """
-    from ._aot import ARCHS, AotCase, signature_for
+    from ._aot import AotCase, signature_for
 
     fns = {"fwd": _attn_fwd.fn, "bwd_dkdv": _attn_bwd_dkdv.fn, "bwd_dq": _attn_bwd_dq.fn}
+    pointer_types = {"LSE": "*fp32", "LseLo": "*fp32", "Delta": "*fp32", "DQAcc": "*fp32", "CuSeqQ": "*i32",
+                     "CuSeqK": "*i32", "Alibi": "*fp32", "DMask": "*fp32", "Hi": "*fp32", "Lo": "*fp32"}
     cases = []
-    for variant, (on, dtypes, tiles) in _AOT_VARIANTS.items():
+
+    def divisible(fn, const):
+        return tuple(n for n in fn.arg_names if n not in const and (n[0].isupper() or n.startswith("stride")))
+
+    for variant, dname, bd in aot_specialisations(stratified):
+        on = _AOT_VARIANTS[variant][0]
+        elem = _AOT_DTYPES[dname]
         features = aot_variant_has_features(variant)
-        for dname in dtypes:
-            elem = _AOT_DTYPES[dname]
-            for bd in tiles:
-                if elem == 4 and bd > 128:
-                    continue
-                flags = dict(HEAD_DIM=bd, BLOCK_D=bd, CAUSAL=False, BOTTOM_RIGHT=False, WINDOW=False, SOFTCAP=False,
-                             ALIBI=False, MASK_MODE=0, VARLEN=False, DROPOUT=False,
-                             DOT_PRECISION="tf32x3" if dname == "fp32" else "tf32")
-                flags.update((name, value) for name, value in on.items() if name not in ("ATOMIC_DQ", "MASK_GRAD"))
-                for kernel, fn in fns.items():
-                    if spills_unavoidably(kernel, bd, elem, features):
-                        continue  # supports() declines it
-                    for cfg in _CANDIDATES[kernel]:
-                        archs = tuple(ARCHS) if all_candidates else tuple(
-                            a for a in ARCHS if cfg in pruned_configs(kernel, a, bd, elem, features))
-                        if not archs:
-                            continue
-                        const = dict(flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
-                        if kernel == "bwd_dkdv":
-                            const["ATOMIC_DQ"] = on.get("ATOMIC_DQ", True)
-                            const["MASK_GRAD"] = on.get("MASK_GRAD", False)
-                        # Triton's launcher turns an int argument equal to 1 into a constant: unit strides
-                        # (not the mask's, which broadcasts with stride 0 or runs along keys).
-                        const.update({n: 1 for n in fn.arg_names if n.startswith("stride") and n.endswith("d")})
-                        sig = signature_for(fn, {"LSE": "*fp32", "Delta": "*fp32", "DQAcc": "*fp32",
-                                                 "CuSeqQ": "*i32", "CuSeqK": "*i32", "Alibi": "*fp32",
-                                                 "Mask": "*i1" if on.get("MASK_MODE") == 1 else f"*{dname}",
-                                                 "DMask": "*fp32"}, f"*{dname}",
-                                            floats=("sm_scale", "softcap", "dropout_p"),
-                                            int64s=("seed", "rng_offset"), constexprs=const)
-                        divisible = tuple(n for n in fn.arg_names if n not in const and (
-                            n[0].isupper() or n.startswith("stride")))
-                        cases.append(AotCase(
-                            kernel=f"attention_{kernel}", fn=fn, signature=sig, constexprs=const,
-                            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], maxnreg=cfg.get("maxnreg"),
-                            config=dict(variant=variant, dtype=dname, BLOCK_D=bd, BLOCK_M=cfg["BLOCK_M"],
-                                        BLOCK_N=cfg["BLOCK_N"]),
-                            divisible_by_16=divisible, archs=archs,
-                        ))
+        flags = dict(HEAD_DIM=bd, BLOCK_D=bd, CAUSAL=False, BOTTOM_RIGHT=False, WINDOW=False, SOFTCAP=False,
+                     ALIBI=False, MASK_MODE=0, VARLEN=False, DROPOUT=False,
+                     DOT_PRECISION="tf32x3" if dname == "fp32" else "tf32")
+        flags.update((name, value) for name, value in on.items() if name not in ("ATOMIC_DQ", "MASK_GRAD"))
+        mask_type = "*i1" if on.get("MASK_MODE") == 1 else f"*{dname}"
+        for kernel, fn in fns.items():
+            if spills_unavoidably(kernel, bd, elem, features):
+                continue  # supports() declines it
+            for cfg in _CANDIDATES[kernel]:
+                const = dict(flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
+                if kernel == "bwd_dkdv":
+                    const["ATOMIC_DQ"] = on.get("ATOMIC_DQ", True)
+                    const["MASK_GRAD"] = on.get("MASK_GRAD", False)
+                # Triton's launcher turns an int argument equal to 1 into a constant: unit strides
+                # (not the mask's, which broadcasts with stride 0 or runs along keys).
+                const.update({n: 1 for n in fn.arg_names if n.startswith("stride") and n.endswith("d")})
+                sig = signature_for(fn, dict(pointer_types, Mask=mask_type), f"*{dname}",
+                                    floats=("sm_scale", "softcap", "dropout_p"), int64s=("seed", "rng_offset"),
+                                    constexprs=const)
+                cases.append(AotCase(
+                    kernel=f"attention_{kernel}", fn=fn, signature=sig, constexprs=const,
+                    num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], maxnreg=cfg.get("maxnreg"),
+                    config=dict(variant=variant, dtype=dname, BLOCK_D=bd, BLOCK_M=cfg["BLOCK_M"],
+                                BLOCK_N=cfg["BLOCK_N"]),
+                    divisible_by_16=divisible(fn, const), group=(kernel, variant, dname, bd),
+                ))
+        if on.get("MASK_MODE") == 2:  # the row-statistics pass of the additive-mask backward
+            fn = _attn_bwd_rowstats
+            bm, bn, warps = rowstats_tile(bd, elem)
+            const = {k: v for k, v in flags.items() if k in fn.arg_names}
+            const.update(BLOCK_M=bm, BLOCK_N=bn, stride_qd=1, stride_kd=1)
+            cases.append(AotCase(
+                kernel="attention_bwd_rowstats", fn=fn, signature=signature_for(
+                    fn, dict(pointer_types, Mask=mask_type), f"*{dname}", floats=("sm_scale", "softcap"),
+                    constexprs=const),
+                constexprs=const, num_warps=warps, num_stages=2,
+                config=dict(variant=variant, dtype=dname, BLOCK_D=bd, BLOCK_M=bm, BLOCK_N=bn),
+                divisible_by_16=divisible(fn, const),
+            ))
     for dname in _AOT_DTYPES:  # the delta preprocess: one launch shape per head-dim tile
         for bd in _AOT_BLOCK_D:
             fn = _attn_bwd_delta
@@ -943,7 +1307,26 @@ def aot_cases(all_candidates: bool = False) -> list:
                     fn, {"Delta": "*fp32"}, f"*{dname}", constexprs=const),
                 constexprs=const, num_warps=4, num_stages=1,
                 config=dict(variant="delta", dtype=dname, BLOCK_D=bd, BLOCK_M=delta_block_m(bd)),
-                divisible_by_16=tuple(n for n in fn.arg_names if n not in const and (
-                    n[0].isupper() or n.startswith("stride"))), archs=tuple(ARCHS),
+                divisible_by_16=divisible(fn, const),
             ))
     return cases
+
+
+def kept_in_reports(records: list, arch: str, smem_limit: Optional[int] = None) -> dict:
+    """What :func:`select_compiled` keeps, per specialisation, from ahead-of-time records of
+    :func:`aot_cases` on ``arch`` ("sm_80"): ``{(kernel, variant, dtype, BLOCK_D): [config, ...]}``
+    (``smem_limit``: another arch's shared memory per block, e.g. sm_86's against sm_80 code)."""
+    from ._aot import shared_memory_limit
+
+    limit = smem_limit if smem_limit is not None else shared_memory_limit(int(arch[3:]))
+    groups: dict = {}
+    for r in records:
+        c = r["config"]
+        if r["arch"] != arch or c.get("variant") == "delta" or r["kernel"] == "attention_bwd_rowstats":
+            continue
+        key = (r["kernel"], c["variant"], c["dtype"], c["BLOCK_D"])
+        report = None if r["error"] else (r["shared_memory_bytes"], r["spill_bytes"])
+        groups.setdefault(key, ([], []))
+        groups[key][0].append(c)
+        groups[key][1].append(report)
+    return {key: select_compiled(cfgs, reports, limit) for key, (cfgs, reports) in groups.items()}

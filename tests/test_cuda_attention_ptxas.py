@@ -12,13 +12,13 @@ import pytest
 from fastattn import _ptxas, kernel_report
 
 THREADS = 128
-BLOCK_M = 64
-BLOCK_N = {64: 64, 128: 64, 256: 16}  # kernel_traits.cuh
+BLOCK_M = {64: 128, 128: 128, 256: 64}  # kernel_traits.cuh
+BLOCK_N = {64: 64, 128: 32, 256: 32}
 
 
 def smem_bytes(head_dim: int) -> int:
-    """Q once, K and V double-buffered, 2-byte elements (AttnFwdTraits::kSmemBytes)."""
-    return (BLOCK_M + 4 * BLOCK_N[head_dim]) * head_dim * 2
+    """One tile each of Q, K and V, 2-byte elements (AttnFwdTraits::kSmemBytes)."""
+    return (BLOCK_M[head_dim] + 2 * BLOCK_N[head_dim]) * head_dim * 2
 
 
 @pytest.fixture(scope="module")

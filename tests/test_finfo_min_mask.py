@@ -212,12 +212,43 @@ def test_triton_attention_forward(dtype):
     _check_sdpa("triton", dtype, shape=(2, 1, 9, 20, 16), backward=False)
 
 
-@pytest.mark.xfail(strict=True, reason="the Triton backward reads P from the fp32 LSE, which cannot hold "
-                                       "log(row sum) next to finfo.min: rows wholly at finfo.min get the "
-                                       "gradient of a hidden row")
-def test_triton_attention_backward():
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=["fp32", "bf16"])
+def test_triton_attention_backward(dtype):
+    """The backward reads P from exact base-2 row statistics (max and log2 of the sum kept apart)
+    under an additive mask: rows wholly at finfo.min get the gradient of the uniform average."""
     _needs("triton")
-    _check_sdpa("triton", F32, shape=(2, 1, 9, 20, 16))
+    _check_sdpa("triton", dtype, shape=(2, 1, 9, 20, 16))
+
+
+def test_triton_attention_backward_across_blocks():
+    """The same with rows and keys spanning several blocks of every kernel (interior, diagonal
+    and ragged blocks), GQA, causal and the deterministic dQ pass."""
+    _needs("triton")
+    import math
+
+    from fastattn.kernels import attention as kernels
+    from fastattn.ops.attention_args import AttentionArgs
+
+    b, hq, hk, lq, lk, d = 2, 2, 1, 70, 150, 16
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(b, h, n, d, generator=gen) for h, n in ((hq, lq), (hk, lk), (hk, lk)))
+    mask = _mask(b, lq, lk, F32, 6)
+    dout = torch.randn(b, hq, lq, d, generator=gen)
+    for causal, deterministic in ((False, False), (True, True)):
+        args = AttentionArgs(scale=1 / math.sqrt(d), causal=causal, bottom_right=True, deterministic=deterministic)
+        out, lse = kernels.attention_fwd(q, k, v, args, attn_mask=mask)
+        dq, dk, dv = kernels.attention_bwd(dout, q, k, v, out, lse, args, attn_mask=mask)
+        q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+        kr, vr = (t.repeat_interleave(hq // hk, dim=1) for t in (k64, v64))
+        scores = q64 @ kr.transpose(-1, -2) * args.scale + mask.double()
+        if causal:
+            hidden = torch.ones(lq, lk, dtype=torch.bool).triu(lk - lq + 1)
+            scores = scores.masked_fill(hidden, float("-inf"))
+        want = torch.softmax(scores, dim=-1) @ vr
+        grads = torch.autograd.grad(want, (q64, k64, v64), dout.double())
+        _close(out, want.detach(), F32, f"out causal={causal}")
+        for name, g, w in zip("qkv", (dq, dk, dv), grads):
+            _close(g, w, F32, f"d{name} causal={causal}")
 
 
 # ----------------------------------------------------------------------------- scaled_masked_softmax
