@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from fastattn.ops.attention_args import AttentionArgs
+from fastattn.attention_args import AttentionArgs
 
 __all__ = [
     "attention",
@@ -270,7 +270,7 @@ def attention(
             With ``cu_seqlens_q``/``cu_seqlens_k`` (int, ``(n + 1,)``): ``B == 1`` and the
             sequence dim packs ``n`` sequences; each is attended independently.
         args: scale, causal/window (aligned by ``args.bottom_right``), softcap, dropout_p;
-            see :class:`fastattn.ops.attention_args.AttentionArgs`.
+            see :class:`fastattn.attention_args.AttentionArgs`.
         attn_mask: bool (True = takes part) or float (added), broadcastable to
             ``(B, Hq, Lq, Lk)``; not with varlen.
         alibi_slopes: ``(Hq,)`` or ``(B, Hq)``; adds ``-slope * |i + Lk - Lq - j|``.

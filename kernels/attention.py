@@ -1052,7 +1052,7 @@ def _alibi_args(alibi_slopes, q):
 
 def _common(q, k, args, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k):
     """Scalars, feature flags and the grid extent shared by every kernel of one call."""
-    from fastattn.ops.attention_args import problem_extent
+    from fastattn.attention_args import problem_extent
 
     varlen = cu_seqlens_q is not None
     # lq/lk also lay out the dropout counters, so they come from the one shared definition.
@@ -1087,7 +1087,7 @@ def attention_fwd(q, k, v, args, *, attn_mask=None, alibi_slopes=None, cu_seqlen
         q: ``(B, Hq, Lq, D)``; k, v: ``(B, Hk, Lk, D)``, ``Hq % Hk == 0``; any strides.
             Varlen: ``B == 1`` and ``cu_seqlens_q``/``cu_seqlens_k`` int32 ``(n + 1,)`` pack
             ``n`` sequences along L.
-        args: :class:`fastattn.ops.attention_args.AttentionArgs` (scale, causal, alignment,
+        args: :class:`fastattn.attention_args.AttentionArgs` (scale, causal, alignment,
             window, softcap; ``dropout_p`` must be 0).
         attn_mask: bool (True = takes part) or float (added), broadcastable to ``(B, Hq, Lq, Lk)``.
         alibi_slopes: fp32 ``(Hq,)`` or ``(B, Hq)``.
@@ -1096,7 +1096,7 @@ def attention_fwd(q, k, v, args, *, attn_mask=None, alibi_slopes=None, cu_seqlen
         ``out`` ``(B, Hq, Lq, D)`` in q's dtype and dim order, ``lse`` fp32 ``(B, Hq, Lq)``
         (natural log; ``+inf`` where a row sees no key).
     """
-    from fastattn.ops.attention_args import empty_like_layout
+    from fastattn.attention_args import empty_like_layout
 
     ensure_interpreter_fixes()
     batch, lq, lk, ptrs, extra_strides, scalars, flags = _common(q, k, args, attn_mask, alibi_slopes,

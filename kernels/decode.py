@@ -77,9 +77,10 @@ def decode_config(rows: int, bd: int, bdv: int, elem: int) -> dict:
     more, so the fp32 accumulator, and in fp32 the FMA dot's operands, fit the registers).
     ``BLOCK_N`` keeps a stage of K and V tiles within 32 KB of shared memory (two stages fit
     every arch's 99 KB); 8 warps for the widest tiles. ``maxnreg`` (``None``: ptxas's choice)
-    is 255 for heads of at most 16 and for 16 rows of 32-wide heads, where ptxas otherwise caps
-    some specialisations at an occupancy step (72 to 168 registers) and spills; elsewhere it
-    would only raise registers. The ahead-of-time check,
+    is 255 for heads of at most 16 and for tiles of up to 512 elements (1024 in 16-bit: 16 rows
+    of 64-wide heads, 32 of 32-wide), where ptxas otherwise caps some specialisations at an occupancy step
+    (72 to 168 registers) and spills (32 bytes at 128 registers for 32 x 32 on sm_90 with the
+    paged-cache addressing); elsewhere it would only raise registers. The ahead-of-time check,
     tests/test_triton_aot_decode_softmax.py, shows that none of these tiles spills.
     """
     wide = max(bd, bdv)
@@ -92,7 +93,7 @@ def decode_config(rows: int, bd: int, bdv: int, elem: int) -> dict:
     warps = 4 if bm * wide <= (4096 if elem == 2 else 1024) else 8
     if elem == 4 and bm * wide >= 4096:
         bn = min(bn, 32 if wide <= 64 else 16)
-    maxnreg = 255 if wide == 16 or bm * wide <= 512 else None
+    maxnreg = 255 if wide == 16 or bm * wide <= (1024 if elem == 2 else 512) else None
     return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=2, maxnreg=maxnreg)
 
 
@@ -365,7 +366,7 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, args, *, alibi
         k_new, v_new: ``None`` or ``(B, Lnew, Hk, D | Dv)``: written into the caches in place at
             logical rows ``cache_seqlens[b] .. + Lnew`` first.
         cache_seqlens: int32 ``(B,)`` tokens already in each cache (``+ Lnew`` within its capacity).
-        args: :class:`fastattn.ops.attention_args.AttentionArgs` (scale, causal, window, softcap;
+        args: :class:`fastattn.attention_args.AttentionArgs` (scale, causal, window, softcap;
             bottom-right alignment, no dropout).
         alibi_slopes: ``(B, Hq)`` (any strides, e.g. a broadcast ``(Hq,)``) or ``None``; read in fp32.
         num_splits: ``0`` = :func:`choose_num_splits`; else exactly that many key ranges

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from fastattn import reference
-from fastattn.ops.attention_args import AttentionArgs
+from fastattn.attention_args import AttentionArgs
 
 cpu = pytest.importorskip("fastattn.backends.cpu_attention", reason="fastattn._C (native CPU kernels) not built")
 _C = cpu._C
@@ -34,15 +34,10 @@ if not ISAS:
 
 
 @pytest.fixture(autouse=True)
-def _poison_uninitialised_memory():
-    """torch.empty* fills floats with NaN while deterministic algorithms are on."""
-    prev = torch.are_deterministic_algorithms_enabled()
-    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
+def _poison_uninitialised_memory(poisoned):
+    """Every test of this module (and of the modules importing this fixture) runs with
+    NaN-filled allocations: conftest's ``poisoned``."""
     yield
-    torch.use_deterministic_algorithms(prev)
-    torch.utils.deterministic.fill_uninitialized_memory = prev_fill
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import fastattn
-from fastattn.ops.attention_args import AttentionArgs, dropout_keep_mask
+from fastattn.attention_args import AttentionArgs, dropout_keep_mask
 from test_cpu_attention import (  # noqa: F401  (the poisoning fixture is autouse)
     BF16, F16, F32, ISAS, _assert_close, _core_kwargs, _poison_uninitialised_memory, _qkv, _randn, _reference,
     cpu, use_isa,

@@ -26,7 +26,7 @@ import torch
 
 import fastattn
 from fastattn import dispatch, reference
-from fastattn.ops.attention_args import AttentionArgs
+from fastattn.attention_args import AttentionArgs
 
 cpu = pytest.importorskip("fastattn.backends.cpu_attention", reason="fastattn._C (native CPU kernels) not built")
 from fastattn.backends import cpu_kvcache  # noqa: E402  (needs the native kernels above)
@@ -44,16 +44,10 @@ _BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16:
 
 
 @pytest.fixture(autouse=True)
-def poison():
-    """Fresh seed; every ``torch.empty`` (the backend's outputs included) filled with NaN."""
-    torch.manual_seed(0)
-    prev = torch.are_deterministic_algorithms_enabled()
-    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
+def poison(poisoned):
+    """Fresh seed; every ``torch.empty`` (the backend's outputs included) filled with NaN
+    (conftest's ``poisoned``)."""
     yield
-    torch.use_deterministic_algorithms(prev)
-    torch.utils.deterministic.fill_uninitialized_memory = prev_fill
 
 
 

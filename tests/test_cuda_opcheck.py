@@ -39,7 +39,7 @@ def test_opcheck_softmax_ops():
 
 
 def test_opcheck_kvcache_op():
-    from fastattn.ops.attention_args import AttentionArgs
+    from fastattn.attention_args import AttentionArgs
     from dataclasses import astuple
 
     q, kc, vc = _r(2, 1, 4, 32), _r(2, 40, 2, 32), _r(2, 40, 2, 32)

@@ -10,7 +10,7 @@ import torch
 
 import fastattn
 from fastattn import dispatch
-from fastattn.ops.attention_args import AttentionArgs
+from fastattn.attention_args import AttentionArgs
 
 CPU = torch.device("cpu")
 

@@ -227,7 +227,7 @@ def test_triton_attention_backward_across_blocks():
     import math
 
     from fastattn.kernels import attention as kernels
-    from fastattn.ops.attention_args import AttentionArgs
+    from fastattn.attention_args import AttentionArgs
 
     b, hq, hk, lq, lk, d = 2, 2, 1, 70, 150, 16
     gen = torch.Generator().manual_seed(5)

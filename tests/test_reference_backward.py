@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastattn import reference
-from fastattn.ops.attention_args import AttentionArgs
+from fastattn.attention_args import AttentionArgs
 
 CASES = {
     "plain": dict(),

@@ -135,7 +135,7 @@ def test_backward_that_would_spill_is_declined(monkeypatch):
     """fp32 head dim 128 with a feature: the forward is served, the backward declined (so dispatch
     falls back for training) on a GPU; the interpreter has no registers to spill."""
     import torch
-    from fastattn.ops.attention_args import AttentionArgs
+    from fastattn.attention_args import AttentionArgs
 
     monkeypatch.setattr(attention, "INTERPRET", False)
     monkeypatch.setattr(attention, "_arch", lambda: 90)

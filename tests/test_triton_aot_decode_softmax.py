@@ -115,7 +115,7 @@ def test_decode_launch_uses_the_aot_config(monkeypatch):
     is checked on the launch arguments)."""
     import torch
 
-    from fastattn.ops.attention_args import AttentionArgs
+    from fastattn.attention_args import AttentionArgs
 
     launches = []
 

@@ -21,7 +21,7 @@ import torch
 
 import fastattn
 from fastattn import reference
-from fastattn.ops.attention_args import AttentionArgs
+from fastattn.attention_args import AttentionArgs
 
 kernels = pytest.importorskip("fastattn.kernels.attention")
 
@@ -35,15 +35,10 @@ FLOOR = {"out": 1e-5, "lse": 1e-5, "grad": 1e-4}
 
 
 @pytest.fixture(autouse=True)
-def _poison_uninitialised_memory():
-    """torch.empty* fills floats with NaN while deterministic algorithms are on."""
-    prev = torch.are_deterministic_algorithms_enabled()
-    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
+def _poison_uninitialised_memory(poisoned):
+    """Every test of this module (and of the modules importing this fixture) runs with
+    NaN-filled allocations: conftest's ``poisoned``."""
     yield
-    torch.use_deterministic_algorithms(prev)
-    torch.utils.deterministic.fill_uninitialized_memory = prev_fill
 
 
 def _randn(*shape, dtype, seed):

@@ -30,7 +30,7 @@ import torch
 import fastattn
 from fastattn import reference
 from fastattn.kernels import decode as decode_kernels
-from fastattn.ops.attention_args import AttentionArgs
+from fastattn.attention_args import AttentionArgs
 
 # Helpers (and the autouse poisoning fixtures, which pytest registers for this module because
 # they are module attributes here) of the single-feature test files.

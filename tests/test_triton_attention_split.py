@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from fastattn.ops.attention_args import AttentionArgs
+from fastattn.attention_args import AttentionArgs
 from test_triton_attention import (  # noqa: F401  (the poisoning fixture is autouse)
     BF16, F16, F32, INTERPRETED, _assert_close, _check_fwd_bwd, _poison_uninitialised_memory, _qkv, _randn,
     _reference, kernels,

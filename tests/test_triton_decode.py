@@ -22,7 +22,7 @@ import torch
 import fastattn
 from fastattn import dispatch, reference
 from fastattn.kernels import decode as kernels
-from fastattn.ops.attention_args import AttentionArgs
+from fastattn.attention_args import AttentionArgs
 from triton_bf16_rounding import rounded_bf16_casts
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -17,7 +17,7 @@ import torch
 
 import fastattn
 from fastattn import reference
-from fastattn.ops.attention_args import AttentionArgs, draw_dropout_seed, dropout_keep_mask
+from fastattn.attention_args import AttentionArgs, draw_dropout_seed, dropout_keep_mask
 from test_triton_attention import (  # noqa: F401  (the poisoning fixture is autouse)
     BF16, DEVICE, F16, F32, _assert_close, _poison_uninitialised_memory, _qkv, _randn, _reference, kernels,
 )

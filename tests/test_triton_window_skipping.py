@@ -15,7 +15,7 @@ import torch
 
 import fastattn
 from fastattn import reference
-from fastattn.ops.attention_args import AttentionArgs
+from fastattn.attention_args import AttentionArgs
 from test_triton_attention import (  # noqa: F401  (the poisoning fixture is autouse)
     BF16, DEVICE, F16, F32, _assert_close, _poison_uninitialised_memory, _qkv, _randn, _reference, kernels,
 )

@@ -4,7 +4,7 @@
 // attention_avx2.cpp).
 //
 // Tensors arrive as raw pointers with element strides; every logical tensor is 4-D
-// (batch, heads, seq, dim) as in fastattn.ops.attention_args. With varlen
+// (batch, heads, seq, dim) as in fastattn.attention_args. With varlen
 // (cu_seqlens_q != nullptr) batch is 1 and seq packs num_seqs sequences.
 // No validation happens here: the public Python op validated everything.
 #pragma once

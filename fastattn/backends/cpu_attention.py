@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from fastattn import _C
-from fastattn.ops.attention_args import empty_like_layout, problem_extent
+from fastattn.attention_args import empty_like_layout, problem_extent
 
 from fastattn._dtype_codes import DTYPE_CODES as _DTYPE_CODES  # csrc/common/dtype.h
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from fastattn import reference
-from fastattn.ops.attention_args import dropout_keep_mask, empty_like_layout
+from fastattn.attention_args import dropout_keep_mask, empty_like_layout
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -62,7 +62,7 @@ def _checks() -> list[Check]:
     import fastattn
     from fastattn import philox
     from fastattn import reference as R
-    from fastattn.ops.attention_args import draw_dropout_seed
+    from fastattn.attention_args import draw_dropout_seed
 
     def sdpa_inputs(b, h, hk, lq, lk, d):
         return lambda dt, g, dev: {"q": _rand(g, (b, h, lq, d), dt, dev), "k": _rand(g, (b, hk, lk, d), dt, dev),

@@ -3,7 +3,7 @@ in :mod:`fastattn.functional.kvcache`).
 
 Each is a thin view in front of one core op (:mod:`fastattn.ops.attention`,
 :mod:`fastattn.ops.kvcache`): validate once (:mod:`fastattn.validation`),
-build :class:`~fastattn.ops.attention_args.AttentionArgs`, pick a backend
+build :class:`~fastattn.attention_args.AttentionArgs`, pick a backend
 (:mod:`fastattn.dispatch`), reshape by views (never copies of q/k/v), call.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import Tensor
 from fastattn import dispatch, reference
 from fastattn import validation as check
 from fastattn.ops.attention import attention as _core_attention
-from fastattn.ops.attention_args import AttentionArgs, draw_dropout_seed
+from fastattn.attention_args import AttentionArgs, draw_dropout_seed
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _FWD, _FWD_BWD = ("attention_fwd",), ("attention_fwd", "attention_bwd")
@@ -36,7 +36,7 @@ def _dropout_probs(q, k, args, alibi_slopes, cu_q=None, cu_k=None, sink=None) ->
     :mod:`fastattn.philox`). Materialises ``O(Lq * Lk)``: meant for tests, as in flash-attn."""
     if args.dropout_p == 0:
         return None
-    from fastattn.ops.attention_args import dropout_keep_mask
+    from fastattn.attention_args import dropout_keep_mask
 
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     probs = reference.attention_probabilities(

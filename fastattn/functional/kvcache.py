@@ -23,7 +23,7 @@ from torch import Tensor
 from fastattn import dispatch
 from fastattn import validation as check
 from fastattn.functional.attention import _flash_options, _slopes
-from fastattn.ops.attention_args import AttentionArgs
+from fastattn.attention_args import AttentionArgs
 from fastattn.ops.kvcache import attention_kvcache as _core_kvcache
 from fastattn.ops.kvcache_index import check_index_values, gather_visible
 

@@ -288,7 +288,7 @@ def _masked_attention_with_sink(query, key, value, mask, dropout, scaling, softc
     which takes the mask (bool, True = attend, or additive), softcap and the sink logits at once.
     Returns ``(B, Lq, Hq, D)``."""
     from fastattn.functional.attention import _run_core
-    from fastattn.ops.attention_args import AttentionArgs, draw_dropout_seed
+    from fastattn.attention_args import AttentionArgs, draw_dropout_seed
 
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
     seed, offset = draw_dropout_seed(dropout)

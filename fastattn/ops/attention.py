@@ -17,7 +17,7 @@ from torch import Tensor
 from fastattn import dispatch
 from fastattn import validation as check
 from fastattn.ops.sink import apply_sink, sink_grad
-from fastattn.ops.attention_args import (AttentionArgs, empty_like_layout, empty_like_strides, layout_strides,
+from fastattn.attention_args import (AttentionArgs, empty_like_layout, empty_like_strides, layout_strides,
                                          with_strides)
 
 _ARG_NAMES = [f.name for f in fields(AttentionArgs)]

@@ -15,7 +15,7 @@ from torch import Tensor
 from fastattn import dispatch
 from fastattn import validation as check
 from fastattn.ops.attention import _args
-from fastattn.ops.attention_args import AttentionArgs, with_strides
+from fastattn.attention_args import AttentionArgs, with_strides
 from fastattn.ops.kvcache_index import check_index_values, gather_visible
 from fastattn.ops.sink import apply_sink
 
