@@ -1,37 +1,8 @@
-// CPU attention kernels compiled for one instruction set:
+// CPU attention kernels compiled for one instruction set (see isa_unit.h):
 // AVX-512 with AVX512-BF16 (VDPBF16PS for bf16 inputs): Zen 4+, Cooper Lake, Sapphire Rapids+.
-// The target comes from the pragma below, not from compiler flags, so the module loads
-// on any x86-64 CPU; attention.cpp calls this copy only when the CPU has the features.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-
-#include <immintrin.h>
-#include <omp.h>
-
-#include <cmath>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-
-#include "attention.h"
-#include "simd_math.h"
-
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,bmi,bmi2"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,bmi,bmi2")
-#endif
-
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive in intrinsics headers
+#define FA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,bmi,bmi2"
+#define FA_IMPL "attention_impl.h"
 #define FA_ISA avx512bf16
 #define FA_VEC_BITS 512
 #define FA_DPBF16 1
-#include "attention_impl.h"
-
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-
-#endif  // x86-64
+#include "isa_unit.h"
