@@ -145,6 +145,16 @@ def implementations(op: str) -> dict[str, Impl]:
     return {b: impl for (o, b), impl in _IMPLS.items() if o == op}
 
 
+def implementation(op: str, backend: str) -> Impl:
+    """``backend``'s implementation of ``op`` (one dictionary lookup: the custom ops call this
+    on every call, with the name :func:`select` returned)."""
+    _load_backends()
+    try:
+        return _IMPLS[(op, backend)]
+    except KeyError:
+        raise KeyError(f"backend {backend!r} has no implementation of {op!r}") from None
+
+
 def check_backend_name(backend: str) -> str:
     """Validate a ``backend=`` argument; returns it, or raises ``ValueError``."""
     if not isinstance(backend, str):

@@ -42,7 +42,7 @@ def _attention_fwd(
         check.cu_seqlens_values("cu_seqlens_k", cu_seqlens_k, k.shape[2], max_seqlen_k, "max_seqlen_k")
     args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
                  max_seqlen_q, max_seqlen_k, deterministic, num_splits)
-    impl = dispatch.implementations("attention_fwd")[backend]
+    impl = dispatch.implementation("attention_fwd", backend)
     out, lse = impl.fn(q, k, v, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
                        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
     if learnable_sink is not None:  # exact for every backend (fastattn.ops.sink)
@@ -68,7 +68,7 @@ def _attention_bwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
                  max_seqlen_q, max_seqlen_k, deterministic, num_splits)
-    impl = dispatch.implementations("attention_bwd")[backend]
+    impl = dispatch.implementation("attention_bwd", backend)
     grads = impl.fn(dout, q, k, v, out, lse, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
                     cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
     return tuple(with_strides(g, empty_like_strides(x)) for g, x in zip(grads, (q, k, v)))
@@ -90,7 +90,7 @@ def _attention_bwd_mask_grad(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     args = _args(scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, seed, offset,
                  max_seqlen_q, max_seqlen_k, deterministic, num_splits)
-    impl = dispatch.implementations("attention_bwd_mask_grad")[backend]
+    impl = dispatch.implementation("attention_bwd_mask_grad", backend)
     dq, dk, dv, dmask = impl.fn(dout, q, k, v, out, lse, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
                                 cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
     return (*(with_strides(g, empty_like_strides(x)) for g, x in zip((dq, dk, dv), (q, k, v))),

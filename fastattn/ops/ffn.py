@@ -9,7 +9,7 @@ from fastattn import dispatch
 
 
 def _impl(op: str, backend: str):
-    return dispatch.implementations(op)[backend].fn
+    return dispatch.implementation(op, backend).fn
 
 
 # ---------------------------------------------------------------- gated activations

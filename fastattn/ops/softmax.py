@@ -11,7 +11,7 @@ from fastattn import dispatch
 
 @torch.library.custom_op("fastattn::scaled_masked_softmax_fwd", mutates_args=())
 def _softmax_fwd(scores: Tensor, mask: Optional[Tensor], scale: float, causal: bool, backend: str) -> Tensor:
-    return dispatch.implementations("softmax_fwd")[backend].fn(scores, mask, scale, causal)
+    return dispatch.implementation("softmax_fwd", backend).fn(scores, mask, scale, causal)
 
 
 @_softmax_fwd.register_fake
@@ -21,7 +21,7 @@ def _(scores, mask, scale, causal, backend):
 
 @torch.library.custom_op("fastattn::scaled_masked_softmax_bwd", mutates_args=())
 def _softmax_bwd(dprobs: Tensor, probs: Tensor, scale: float, backend: str) -> Tensor:
-    return dispatch.implementations("softmax_bwd")[backend].fn(dprobs, probs, scale)
+    return dispatch.implementation("softmax_bwd", backend).fn(dprobs, probs, scale)
 
 
 @_softmax_bwd.register_fake
