@@ -29,6 +29,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import pkgutil
@@ -156,15 +157,29 @@ def _mark_kept(work: list, records: list) -> None:
             records[i]["kept"] = i in chosen
 
 
-def discover_cases() -> list[AotCase]:
-    """Every ``aot_cases()`` of this package's kernel modules (each case knows its origin)."""
+def _case_identity(case: AotCase) -> tuple:
+    return case.kernel, tuple(sorted(case.config.items())), case.num_warps, case.num_stages
+
+
+def discover_cases(stratified: bool = False) -> list[AotCase]:
+    """Every ``aot_cases()`` of this package's kernel modules (each case knows its origin).
+
+    ``stratified``: where a module offers a subset (``aot_cases(stratified=True)``: every kernel,
+    variant and head-dim tile at least once, chosen deterministically), only those cases. This
+    is what the default test run compiles; the full set (minutes more on two cores, cold) is for
+    ``info --kernels``, ``benchmarks/static_analysis.py`` and the slow tests."""
     cases = []
     for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__package__}.{info.name}")
-        if hasattr(module, "aot_cases"):
-            cases.extend(replace(c, origin=(info.name, i)) for i, c in enumerate(module.aot_cases()))
+        if not hasattr(module, "aot_cases"):
+            continue
+        found = [replace(c, origin=(info.name, i)) for i, c in enumerate(module.aot_cases())]
+        if stratified and "stratified" in inspect.signature(module.aot_cases).parameters:
+            keep = {_case_identity(c) for c in module.aot_cases(stratified=True)}
+            found = [c for c in found if _case_identity(c) in keep]
+        cases.extend(found)
     return cases
 
 

@@ -20,13 +20,8 @@ ARCHS = (80, 90)
 
 
 def _compile(stratified):
-    cases = [c for c in aot.discover_cases() if c.kernel.startswith("attention_")]
+    cases = [c for c in aot.discover_cases(stratified=stratified) if c.kernel.startswith("attention_")]
     assert cases, "kernels/attention.py declares no AOT cases"
-    if stratified:
-        # discover_cases() holds the full list (its cases know their origin): keep the subset.
-        keys = {(c.kernel, tuple(sorted(c.config.items())), c.num_warps, c.num_stages)
-                for c in attention.aot_cases(stratified=True)}
-        cases = [c for c in cases if (c.kernel, tuple(sorted(c.config.items())), c.num_warps, c.num_stages) in keys]
     return aot.kernel_reports(ARCHS, cases=cases, pruned=True)
 
 
