@@ -99,12 +99,7 @@ def measure(shape, dtype: torch.dtype, direction: str, threads: int, reps: int =
             fn = make_call(impl, direction, inputs, activation)
             fn()  # warm-up: first-call allocations and thread pools outside the timer
             calls.append((impl, fn, [], []))
-        for _ in range(reps):
-            for _, fn, wall, cpu in calls:
-                c0, t0 = time.process_time(), time.perf_counter()
-                fn()
-                wall.append(time.perf_counter() - t0)
-                cpu.append(time.process_time() - c0)
+        _time_in_turns(calls, reps)
         rows = []
         for impl, _, wall, cpu in calls:
             s = sorted(wall)
@@ -121,6 +116,18 @@ def measure(shape, dtype: torch.dtype, direction: str, threads: int, reps: int =
         return rows
     finally:
         torch.set_num_threads(prev)
+
+
+def _time_in_turns(calls: list, reps: int) -> None:
+    """Time each ``(impl, fn, wall, cpu)`` of ``calls`` ``reps`` times, one call of each in turn
+    (a change in machine load hits every implementation alike), appending wall and process CPU
+    seconds to its lists."""
+    for _ in range(reps):
+        for _, fn, wall, cpu in calls:
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
 
 
 def measure_bias_gelu(shape, dtype: torch.dtype, direction: str, threads: int, reps: int = 5,
@@ -148,12 +155,7 @@ def measure_bias_gelu(shape, dtype: torch.dtype, direction: str, threads: int, r
                         return f()
             fn()
             calls.append((impl, fn, [], []))
-        for _ in range(reps):
-            for _, fn, wall, cpu in calls:
-                c0, t0 = time.process_time(), time.perf_counter()
-                fn()
-                wall.append(time.perf_counter() - t0)
-                cpu.append(time.process_time() - c0)
+        _time_in_turns(calls, reps)
         rows = [dict(impl=impl, op="bias_gelu", shape="x".join(map(str, shape)), dtype=str(dtype).replace("torch.", ""),
                      direction=direction, approximate=approximate, threads=threads,
                      median_s=statistics.median(wall), cpu_median_s=statistics.median(cpu),
