@@ -347,27 +347,81 @@ def test_ignored_and_absent_kwargs_leave_the_result_unchanged():
     _check(out, _ref_eager(q, k, v, causal=True, scale=0.3))
 
 
-def test_continuous_batching_is_refused_clearly():
-    """transformers' continuous batching admits only 'sdpa', 'paged|eager' and flash-attention
-    names and prepares its batches by the name, so "fastattn" cannot be served there: transformers
-    refuses it before any step runs, and a paged cache that reaches the attention function
-    anyway (with that machinery's own arguments) raises the documented reason, never a result."""
+def _continuous_batching(model, prompts, max_new_tokens=6):
+    """Greedy tokens of transformers' continuous batching (paged cache, packed batches, requests
+    joining and leaving) for ``prompts``: ``{request id: tokens}``."""
     from transformers import GenerationConfig
-    from transformers.generation.continuous_batching.cache import PagedAttentionCache
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-    model = _with_impl(hf.make_model("llama", seed=12), "fastattn")
-    gen = GenerationConfig(max_new_tokens=2, do_sample=False, eos_token_id=-1, pad_token_id=0)
-    with pytest.raises(ValueError, match="not supported for continuous batching"):
-        model.generate_batch(inputs=[[3, 4, 5], [6, 7]], generation_config=gen)
-    assert model.config._attn_implementation == "fastattn"  # left as it was
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    # Small pages and few requests per step, so that sequences span several pages and the
+    # scheduler admits requests while others are decoding.
+    config = ContinuousBatchingConfig(page_size=16, num_blocks=32, max_batch_tokens=64, max_requests_per_batch=3)
+    with torch.no_grad():
+        out = model.generate_batch(inputs=prompts, generation_config=gen, continuous_batching_config=config)
+    assert model.config._attn_implementation in ("fastattn", "sdpa", "paged|eager")
+    return {rid: list(result.generated_tokens) for rid, result in out.items()}
 
-    q, k, v = _qkv(b=1, lq=5, lk=5, grad=False)
-    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
-    paged = object.__new__(PagedAttentionCache)  # the type is what matters; nothing of it is read
-    with pytest.raises(NotImplementedError, match=r"continuous batching.*attn_implementation='sdpa'"):
-        fa_hf.attention_forward(_Layer(), q, k, v, None, cache=paged, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-                                max_length_q=3, max_length_k=3, read_index=[torch.arange(5)],
-                                write_index=[torch.arange(5)], logits_indices=torch.tensor([1, 4]))
+
+def _prompts(seed, lengths):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, hf.VOCAB, (n,), generator=gen).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma2"])
+def test_continuous_batching_matches_sdpa(calls, family):
+    """transformers' continuous batching (generate_batch: paged cache, prefill and decoding
+    packed into one row, requests scheduled in and out) on "fastattn" gives the greedy tokens of
+    the same model on "sdpa", every attention call going to fastattn's varlen kernel (GQA; Mistral
+    with a sliding window shorter than the sequences; Gemma 2 with softcapping and sliding layers,
+    which transformers' sdpa does not softcap, so it is compared with "paged|eager")."""
+    base = hf.make_model(family, seed=21)
+    prompts = _prompts(5, (19, 3, 34, 7, 12))  # more requests than one batch, pages of 16 crossed
+    peer = "paged|eager" if family == "gemma2" else "sdpa"
+    want = _continuous_batching(_with_impl(base, peer), prompts)
+    fast = _with_impl(base, "fastattn")
+    got = _continuous_batching(fast, prompts)
+    assert fast.config._attn_implementation == "fastattn"  # kept, not switched by transformers
+    assert len(got) == len(prompts) and all(len(t) == 6 for t in got.values())
+    assert got == want
+    assert _served(calls) == ["flash_attn_varlen_func"]
+    assert all(c["causal"] for c in calls["flash_attn_varlen_func"])
+
+
+def test_continuous_batching_with_sinks_matches_eager(calls):
+    """gpt-oss (attention sinks, sliding and full layers) under continuous batching: fastattn's
+    varlen kernel with learnable_sink gives paged|eager's greedy tokens."""
+    config = transformers.GptOssConfig(vocab_size=hf.VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
+                                       num_experts_per_tok=2, sliding_window=4)
+    torch.manual_seed(3)
+    eager = AutoModelForCausalLM.from_config(config, attn_implementation="paged|eager").eval()
+    with torch.no_grad():
+        for p in eager.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        for layer in eager.model.layers:
+            layer.self_attn.sinks.copy_(torch.randn_like(layer.self_attn.sinks) * 2)
+    prompts = _prompts(6, (9, 21, 4))
+    want = _continuous_batching(eager, prompts)
+    got = _continuous_batching(_with_impl(eager, "fastattn"), prompts)
+    assert got == want
+    assert calls["flash_attn_varlen_func"] and all(
+        c["learnable_sink"] is not None for c in calls["flash_attn_varlen_func"])
+
+
+def test_block_table_decoding_is_refused_by_name():
+    """transformers' block-table decode path (only enabled for flash-attention 2/3 on CUDA) hands
+    the attention function the paged caches and a block table instead of gathered keys: fastattn
+    does not serve that form through this integration, and says so by name."""
+    q, k, v = _qkv(b=1, lq=2, lk=2, grad=False)
+    cu = torch.tensor([0, 1, 2], dtype=torch.int32)
+    pages = torch.randn(4, 16, 2, 16)
+    with pytest.raises(NotImplementedError, match="block_table"):
+        fa_hf.attention_forward(_Layer(), q, k, v, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=1,
+                                max_length_k=1, block_table=torch.zeros(2, 4, dtype=torch.int32))
+    with pytest.raises(NotImplementedError, match="k_cache"):
+        fa_hf.attention_forward(_Layer(), q, k, v, None, k_cache=pages, v_cache=pages,
+                                block_table=torch.zeros(2, 4, dtype=torch.int32))
 
 
 @pytest.mark.parametrize("window", [None, 3], ids=["full", "window"])

@@ -31,12 +31,14 @@ Never a silent wrong answer:
   it, and an unknown one raises ``TypeError`` naming it; only the arguments listed in
   :data:`IGNORED_KWARGS`, which provably leave the result unchanged, are ignored;
 * continuous batching (``generate_batch``, ``ContinuousBatchingManager``, the
-  ``PagedAttentionCache``) is not served, and refused by name: transformers admits only
-  ``"sdpa"``, ``"paged|eager"`` and flash-attention implementations there (it raises for
-  ``"fastattn"`` itself) and prepares every batch by the name (mask or not, cache reads, block
-  table); a paged cache that still reaches :func:`attention_forward` raises
-  :data:`CONTINUOUS_BATCHING_REFUSAL`. :func:`fastattn.flash_attn_with_kvcache` with
-  ``block_table`` serves paged caches to code that calls it directly.
+  ``PagedAttentionCache``) is served: transformers switches a model to ``"sdpa"``,
+  ``"paged|eager"`` or a flash-attention name before it starts and refuses any other name;
+  :func:`register` wraps that switch so that a model on a fastattn name keeps it. transformers
+  then builds no mask for it (only ``"sdpa"`` and ``"paged|eager"`` get one) and hands each
+  layer the batch's packed sequences (``cu_seq_lens_q/k``, the keys gathered from the pages by
+  the cache's own ``update``), which :func:`fastattn.flash_attn_varlen_func` serves. The
+  block-table decode path (``block_table``, ``k_cache``, ``v_cache``), which transformers only
+  enables for flash-attention 2/3 on CUDA, is refused by name.
 
 Which fastattn op serves a call:
 
@@ -67,11 +69,13 @@ from transformers.utils import logging
 import fastattn
 
 try:
-    from transformers.generation.continuous_batching.cache import PagedAttentionCache as _PagedAttentionCache
-except ImportError:  # older or newer layouts of transformers
-    _PagedAttentionCache = None
+    from transformers.generation.continuous_batching.continuous_api import (
+        ContinuousBatchingManager as _ContinuousBatchingManager,
+    )
+except ImportError:  # a transformers without continuous batching
+    _ContinuousBatchingManager = None
 
-__all__ = ["ATTN_IMPLEMENTATION", "CONTINUOUS_BATCHING_REFUSAL", "IGNORED_KWARGS", "IMPLEMENTED_KWARGS", "UNSUPPORTED_KWARGS", "attention_forward",
+__all__ = ["ATTN_IMPLEMENTATION", "IGNORED_KWARGS", "IMPLEMENTED_KWARGS", "UNSUPPORTED_KWARGS", "attention_forward",
            "attention_mask", "register", "unsupported_reason"]
 
 ATTN_IMPLEMENTATION = "fastattn"
@@ -84,7 +88,6 @@ IMPLEMENTED_KWARGS = frozenset({
     "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",  # packed sequences (varlen)
     "s_aux",  # attention sinks (gpt-oss): fastattn's learnable_sink
     "output_attentions",  # honoured by a warning: weights are never materialised (as transformers' sdpa)
-    "cache",  # inspected: paged (continuous-batching) caches are refused, see CONTINUOUS_BATCHING_REFUSAL
 })
 """Keyword arguments :func:`attention_forward` acts on."""
 
@@ -100,6 +103,10 @@ IGNORED_KWARGS = frozenset({
     "encoder_hidden_states",
     # flash-attn's choice of a reproducible backward: no value changes beyond rounding.
     "deterministic",
+    # Continuous batching's bookkeeping: the paged cache and the indices its update() has already
+    # used to write the new keys and gather each sequence's keys (the key/value passed in are the
+    # result), and which rows produce logits and how they are sampled (after attention).
+    "cache", "read_index", "write_index", "logits_indices", "logits_processor_args",
 })
 """Keyword arguments transformers forwards to the attention function that leave its result
 unchanged (ignored). Any other argument with a value other than ``None`` raises."""
@@ -108,7 +115,9 @@ UNSUPPORTED_KWARGS = {
     "sinks": "attention sinks: per-head logits that join every softmax denominator",
     "indices": "sparse attention over selected key indices (DeepSeek sparse attention)",
     "block_indices": "block-sparse attention over selected key blocks",
-    "block_table": "a paged KV cache",
+    "block_table": "a paged KV cache read through a block table (transformers' decode fast path)",
+    "k_cache": "a paged KV cache read through a block table (transformers' decode fast path)",
+    "v_cache": "a paged KV cache read through a block table (transformers' decode fast path)",
     "cache_seqlens": "a paged KV cache",
     "head_mask": "a per-head multiplier of the attention probabilities",
     "use_top_left_mask": "top-left causal alignment for unequal query and key lengths",
@@ -132,27 +141,6 @@ def _check_kwargs(kwargs: dict) -> None:
             f"attn_implementation='{ATTN_IMPLEMENTATION}' got the attention argument {name!r}, which it does not "
             f"know: rather than risk ignoring something that changes the result, it refuses. It implements "
             f"{sorted(IMPLEMENTED_KWARGS)} and ignores {sorted(IGNORED_KWARGS)}")
-
-
-CONTINUOUS_BATCHING_REFUSAL = (
-    "attn_implementation='fastattn' does not serve transformers' continuous batching (generate_batch, "
-    "ContinuousBatchingManager, PagedAttentionCache): transformers admits only 'sdpa', 'paged|eager' and "
-    "flash-attention implementations there (a name containing 'flash' must load as the flash-attn package or "
-    "a Hub kernel) and prepares each batch by those names (whether it builds a mask, how it reads the cache, "
-    "whether it uses a block table), so a third name cannot be served without patching transformers. Use "
-    "attn_implementation='sdpa' for continuous batching; fastattn.flash_attn_with_kvcache(..., block_table=...) "
-    "decodes a paged cache directly.")
-"""Why continuous batching is refused (raised by :func:`attention_forward` if a paged cache
-ever reaches it; transformers itself refuses ``"fastattn"`` in ``generate_batch`` first)."""
-
-
-def _is_paged_cache(cache) -> bool:
-    """Whether ``cache`` is transformers' continuous-batching ``PagedAttentionCache``."""
-    if cache is None:
-        return False
-    if _PagedAttentionCache is None:  # a transformers without continuous batching: match by name
-        return type(cache).__name__ == "PagedAttentionCache"
-    return isinstance(cache, _PagedAttentionCache)
 
 
 def attention_mask(*args, **kwargs) -> Optional[torch.Tensor]:
@@ -200,13 +188,9 @@ def attention_forward(
         ``(attn_output (B, Lq, Hq, D), None)``: attention weights are never materialised.
 
     Raises:
-        NotImplementedError: for an argument of :data:`UNSUPPORTED_KWARGS` (e.g. ``s_aux``) or a
-            paged cache. TypeError: for an unknown argument.
+        NotImplementedError: for an argument of :data:`UNSUPPORTED_KWARGS` (e.g. ``sinks``).
+        TypeError: for an unknown argument.
     """
-    # First: a continuous-batching call also brings that machinery's own arguments (read_index,
-    # write_index, logits_indices, ...), which would otherwise be refused as unknown, less clearly.
-    if _is_paged_cache(kwargs.get("cache")):
-        raise NotImplementedError(CONTINUOUS_BATCHING_REFUSAL)
     _check_kwargs(kwargs)
     if kwargs.get("output_attentions", False):
         logger.warning_once("attn_implementation='fastattn' never materialises attention weights: "
@@ -216,7 +200,14 @@ def attention_forward(
     # transformers' SDPA rule: the causal flag only stands in for a missing mask, and one
     # query token (decoding) sees every cached key.
     causal = bool(q_len > 1 and attention_mask is None and causal)
-    if causal and kv_len > q_len:
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    packed = attention_mask is None and (cu_q is not None or cu_k is not None)
+    if packed:
+        # Packed sequences (padding-free training, continuous batching): each sequence's queries
+        # are its last tokens, bottom-right aligned, so decoding steps (one query per sequence,
+        # every key of it) are causal too.
+        causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    elif causal and kv_len > q_len:
         # Prefill into an empty static cache: the keys past Lq are unused slots (top-left causal).
         key, value = key[:, :, :q_len], value[:, :, :q_len]
         kv_len = q_len
@@ -235,8 +226,7 @@ def attention_forward(
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
     sink = kwargs.get("s_aux")  # gpt-oss's per-head sink logits (H,)
 
-    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
-    if mask is None and (cu_q is not None or cu_k is not None):
+    if packed:
         return _packed_attention(query, key, value, cu_q, cu_k, kwargs, dropout, scaling, causal,
                                  sliding_window, softcap, sink), None
     if mask is None and q_len == 1 and not needs_grad and dropout == 0.0:
@@ -375,16 +365,46 @@ def _refuse_unsupported_models(get_correct_attn_implementation):
     return wrapper
 
 
+def _keep_fastattn_in_continuous_batching(switch_to_cb_friendly_attn):
+    """Wrap ``ContinuousBatchingManager.switch_to_cb_friendly_attn``, which moves a model to an
+    implementation continuous batching knows (``"sdpa"``, ``"paged|eager"`` or flash attention)
+    and raises for any other name, so that a model on one of fastattn's names
+    (``wrapper._fastattn_names``) keeps it: fastattn serves the packed batches transformers then
+    prepares (no mask, ``cu_seq_lens_q/k``) with its varlen kernel. Other names are left to
+    transformers."""
+
+    def wrapper(self, model, auto_switch_to_flash: bool = True) -> None:
+        if model.config._attn_implementation in wrapper._fastattn_names:
+            return None  # nothing to switch; _original_attn_impl stays unset, so nothing is restored either
+        return switch_to_cb_friendly_attn(self, model, auto_switch_to_flash)
+
+    wrapper.__wrapped__ = switch_to_cb_friendly_attn
+    wrapper.__doc__ = switch_to_cb_friendly_attn.__doc__
+    wrapper._fastattn_names = set()
+    return wrapper
+
+
+def _install(owner, attribute: str, make_wrapper, name: str) -> None:
+    """Wrap ``owner.attribute`` with ``make_wrapper`` once (a reloaded module extends the wrapper
+    already installed) and add ``name`` to the fastattn names it acts on."""
+    current = getattr(owner, attribute)
+    if not hasattr(current, "_fastattn_names"):
+        current = make_wrapper(current)
+        setattr(owner, attribute, current)
+    current._fastattn_names.add(name)
+
+
 def register(name: str = ATTN_IMPLEMENTATION) -> str:
     """Register the attention and mask functions under ``name`` (done on import for
-    ``"fastattn"``; idempotent), and refuse ``name`` for model classes whose attention does not
-    route through ``AttentionInterface`` (:func:`unsupported_reason`). Returns ``name``."""
+    ``"fastattn"``; idempotent), refuse ``name`` for model classes whose attention does not
+    route through ``AttentionInterface`` (:func:`unsupported_reason`), and let continuous
+    batching run on it. Returns ``name``."""
     AttentionInterface.register(name, attention_forward)
     AttentionMaskInterface.register(name, attention_mask)
-    current = PreTrainedModel.get_correct_attn_implementation
-    if not hasattr(current, "_fastattn_names"):
-        current = PreTrainedModel.get_correct_attn_implementation = _refuse_unsupported_models(current)
-    current._fastattn_names.add(name)
+    _install(PreTrainedModel, "get_correct_attn_implementation", _refuse_unsupported_models, name)
+    if _ContinuousBatchingManager is not None:
+        _install(_ContinuousBatchingManager, "switch_to_cb_friendly_attn", _keep_fastattn_in_continuous_batching,
+                 name)
     return name
 
 
