@@ -172,8 +172,9 @@ def test_strided_inputs_taken_without_copy():
 
 
 def test_backward_is_served():
-    """Gradients flow through backend="cuda" (Triton or reference backward, fed by this forward's
-    out and lse) and meet the error-ratio rule against the float64 reference's gradients."""
+    """Gradients flow through backend="cuda" (the CUDA C++ backward, fed by this forward's out and
+    lse: tests/test_cuda_attention_backward.py covers it) and meet the error-ratio rule against
+    the float64 reference's gradients."""
     q, k, v = (torch.randn(1, 2, 17, 64, device=DEVICE).to(torch.float16).requires_grad_() for _ in range(3))
     out = fastattn.scaled_dot_product_attention(q, k, v, is_causal=True, backend="cuda")
     dout = torch.randn_like(out)

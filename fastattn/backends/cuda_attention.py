@@ -11,11 +11,16 @@ softcapping; ALiBi (float32 slopes, ``(H,)`` or ``(B, H)``); GQA/MQA; any sequen
 rows). Not covered (``supports`` says why and dispatch picks another backend): attention
 masks, dropout, varlen (``cu_seqlens``), other head dims and dtypes.
 
-The backward (``attention_bwd``) has no CUDA C++ kernel: it runs the Triton backward when
-the Triton backend is available for the tensors' device (a GPU, or CPU tensors under
-``TRITON_INTERPRET=1``), else the reference backward (:mod:`fastattn.backends.reference`).
-Both take the forward's ``out`` and ``lse``, which this forward computes exactly as they
-expect (natural-log LSE, ``+inf`` for rows that see no key).
+The backward (``attention_bwd``) is CUDA C++ too (FlashAttention-2's scheme,
+``csrc/cuda/attention/flash_bwd*.cuh``): a ``rowsum(dout * out)`` preprocess, a dK/dV kernel
+over key blocks that recomputes P and dS from the forward's LSE (dK/dV of a GQA group summed
+in the kernel), and dQ either accumulated with fp32 atomics or, with ``deterministic=True``,
+by a separate pass with no atomics. It covers every call the forward covers whose head dim
+is at most 128 (the kernels run at 64 or 128 with the rest zero-filled). A call it declines
+(:func:`backward_unsupported` names why: head dims over 128) runs the Triton backward when
+Triton runs on the tensors' device, else the reference backward; both take the forward's
+``out`` and ``lse`` as this forward computes them (natural-log LSE, ``+inf`` for rows that see
+no key).
 """
 from __future__ import annotations
 
@@ -97,25 +102,74 @@ def attention_fwd(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_
     return out, lse
 
 
-def _backward_backend(device: torch.device) -> str:
-    """The backend whose backward serves ``backend="cuda"`` calls on ``device``."""
+MAX_BWD_HEAD_DIM = 128
+
+
+def backward_unsupported(q) -> Optional[str]:
+    """``None`` if the CUDA C++ backward computes the gradients of a call :func:`supports`
+    accepted, else why it hands them to another backend's backward (:func:`attention_bwd`)."""
+    mod = _cuda._MODULES.get("_cuda" if q.device.type == "cuda" else "_cuda_sim")
+    if mod is not None and not hasattr(mod, "attention_bwd"):
+        return "this build of the CUDA C++ kernels has no attention backward"
+    if q.shape[-1] > MAX_BWD_HEAD_DIM:
+        return f"head dims over {MAX_BWD_HEAD_DIM} (the CUDA C++ backward's largest tile)"
+    return None
+
+
+def _fallback_backend(device: torch.device) -> str:
+    """The backend whose backward serves the calls :func:`backward_unsupported` declines."""
     triton = dispatch.implementations("attention_bwd").get("triton")
     if triton is not None and dispatch.unavailable_reason("triton", device) is None:
         return "triton"
     return "reference"
 
 
+def _rows_16b(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a contiguous copy when its rows are not 16-byte aligned (cp.async reads them)."""
+    if t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and not any(s % 8 for s in t.stride()[:3]):
+        return t
+    return t.contiguous()
+
+
+def _tensor(t: torch.Tensor) -> tuple[int, tuple[int, int, int]]:
+    return t.data_ptr(), tuple(t.stride()[:3])
+
+
 def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
-    """The Triton backward when Triton runs on this device and supports the call, else the reference's."""
-    impls = dispatch.implementations("attention_bwd")
-    name = _backward_backend(q.device)
-    impl = impls[name]
-    if impl.supports is not None and impl.supports(q, k, v, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-                                                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                                                   args=args) is not None:
-        impl = impls["reference"]
-    return impl.fn(dout, q, k, v, out, lse, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
+    """``(dq, dk, dv)`` shaped and laid out like ``q``, ``k``, ``v`` (``(B, H, L, D)``), from the
+    forward's ``out`` and ``lse``; GQA/MQA dk/dv summed over each key/value head's query heads.
+    Calls :func:`backward_unsupported` declines run another backend's backward."""
+    if backward_unsupported(q) is not None:
+        impls = dispatch.implementations("attention_bwd")
+        impl = impls[_fallback_backend(q.device)]
+        if impl.supports is not None and impl.supports(q, k, v, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
+                                                       cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                                                       args=args) is not None:
+            impl = impls["reference"]
+        return impl.fn(dout, q, k, v, out, lse, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
+                       cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
+    batch, heads, seqlen_q, head_dim = q.shape
+    heads_k, seqlen_k = k.shape[1], k.shape[2]
+    dout = _rows_16b(dout.to(q.dtype))
+    lse = lse.to(torch.float32).contiguous()
+    dq, dk, dv = (torch.empty_like(x) for x in (q, k, v))
+    mod = _cuda._module(q.device)
+    spec = dict(
+        dtype=DTYPE_CODES[q.dtype], q=_tensor(q), k=_tensor(k), v=_tensor(v), out=_tensor(out), dout=_tensor(dout),
+        dq=_tensor(dq), dk=_tensor(dk), dv=_tensor(dv), lse=lse.data_ptr(), batch=batch, heads=heads,
+        heads_k=heads_k, seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, scale=float(args.scale),
+        causal=bool(args.causal), bottom_right=bool(args.bottom_right),
+        window_left=_window_bound(args.window_left, seqlen_q, seqlen_k),
+        window_right=_window_bound(args.window_right, seqlen_q, seqlen_k), softcap=float(args.softcap),
+        alibi_slopes=0 if alibi_slopes is None else alibi_slopes.data_ptr(),
+        alibi_batch_stride=0 if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes.stride(0),
+        deterministic=bool(args.deterministic), stream=_cuda._stream(q.device))
+    # Scratch of the kernels (lse in log2 units, rowsum(dout * out), the fp32 dq accumulator):
+    # every element is written by the preprocess before it is read.
+    workspace = torch.empty(mod.attention_bwd_workspace_floats(spec), dtype=torch.float32, device=q.device)
+    spec["workspace"] = workspace.data_ptr()
+    mod.attention_bwd(spec)
+    return dq, dk, dv
 
 
-OPS = {"attention_fwd": (attention_fwd, supports), "attention_bwd": (attention_bwd, supports, _backward_backend)}
+OPS = {"attention_fwd": (attention_fwd, supports), "attention_bwd": (attention_bwd, supports)}

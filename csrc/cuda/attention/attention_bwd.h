@@ -1,0 +1,77 @@
+// Host launcher of the tensor-core FlashAttention-2 backward (flash_bwd*.cuh).
+//
+// Given the forward's inputs q (B, Hq, Lq, D), k/v (B, Hk, Lk, D), its output out and
+// natural-log lse (B, Hq, Lq) float32 contiguous (+inf for a row that saw no key), and dout
+// like out, writes dq like q and dk/dv like k/v (GQA/MQA: dk/dv summed over the Hq / Hk
+// query heads that read each key/value head, inside the kernel, no expanded copies). The
+// masks, softcap and ALiBi are the forward's (attention.h): same fields, same meaning.
+// Tensors are taken by (batch, head, seq) element strides with the head dim contiguous;
+// q/k/v/dout rows 16-byte aligned (cp.async), dq/dk/dv rows 4-byte aligned.
+//
+// Three or four launches (FlashAttention-2's scheme): a preprocess (delta = rowsum(dout *
+// out), lse in log2 units, the dq accumulator zeroed); the dK/dV kernel over key blocks,
+// which recomputes P and dS from lse and, unless deterministic, adds dS K into the fp32 dq
+// accumulator with atomics; then either the dq conversion (accumulator * scale to dq's type)
+// or, deterministic, a dq kernel over query blocks that recomputes dS and needs no atomics.
+// `workspace` holds attention_bwd_workspace_floats(p) floats (contents irrelevant).
+#pragma once
+
+#include <cstdint>
+
+namespace fastattn::cuda {
+
+struct AttnBwdParams {
+  int dtype = 1;  // csrc/common/dtype.h code: 1 fp16, 2 bf16
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* out = nullptr;
+  const void* dout = nullptr;
+  const float* lse = nullptr;  // (B, Hq, Lq) contiguous
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  float* workspace = nullptr;
+  int64_t q_strides[3] = {0, 0, 0};  // batch, head, seq (elements)
+  int64_t k_strides[3] = {0, 0, 0};
+  int64_t v_strides[3] = {0, 0, 0};
+  int64_t o_strides[3] = {0, 0, 0};
+  int64_t do_strides[3] = {0, 0, 0};
+  int64_t dq_strides[3] = {0, 0, 0};
+  int64_t dk_strides[3] = {0, 0, 0};
+  int64_t dv_strides[3] = {0, 0, 0};
+  int64_t batch = 0, heads = 0, heads_k = 0, seqlen_q = 0, seqlen_k = 0, head_dim = 0;
+  float scale = 1.0f;
+  bool causal = false;
+  bool bottom_right = false;
+  int window_left = -1;  // as AttnFwdParams; causal forces window_right = 0 in the launcher
+  int window_right = -1;
+  float softcap = 0.0f;
+  const float* alibi_slopes = nullptr;
+  int64_t alibi_batch_stride = 0;
+  bool deterministic = false;
+
+  // Set by the launcher (read by the kernels at each use, so they hold no register).
+  float scale_log2 = 0.0f;
+  int diag_offset = 0;
+  float softcap_inner = 0.0f;
+  float softcap_outer = 0.0f;
+  float alibi_scale = 0.0f;
+  int64_t seqlen_q_pad = 0;         // Lq rounded up to the query block (workspace rows)
+  float* lse_log2 = nullptr;        // workspace: (B, Hq, seqlen_q_pad) lse * log2(e), +inf padding
+  float* delta = nullptr;           // workspace: (B, Hq, seqlen_q_pad) rowsum(dout * out), 0 padding
+  float* dq_accum = nullptr;        // workspace: (B, Hq, seqlen_q_pad, kernel head dim), or null
+  int64_t kernel_head_dim = 0;      // the next of 64 and 128
+};
+
+// Whether a (dtype, head dim) pair has compiled backward kernels (fp16/bf16, head dim a
+// multiple of 8 up to 128).
+bool attention_bwd_supported(int dtype, int64_t head_dim);
+
+// The float32 workspace the launch needs (p's sizes, head_dim and deterministic set).
+int64_t attention_bwd_workspace_floats(const AttnBwdParams& p);
+
+// Runs the backward for p (throws std::invalid_argument for an unsupported call).
+void attention_bwd(const AttnBwdParams& p, void* stream);
+
+}  // namespace fastattn::cuda

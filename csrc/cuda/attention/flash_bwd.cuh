@@ -1,0 +1,341 @@
+// FlashAttention-2 backward on tensor cores (mma.sync m16n8k16): the dK/dV kernel and the
+// launcher of the whole backward (flash_bwd_common.cuh has the math and the small kernels,
+// flash_bwd_dq.cuh the deterministic dQ pass, bwd_kernel_traits.cuh the tiles).
+//
+// dK/dV kernel: a CTA owns 64 keys of one (batch, key/value head); K and V stay in shared
+// memory. It walks the query blocks that can see those keys, for every query head of the
+// key/value head's group in turn (GQA/MQA: the group's gradients sum in the same registers,
+// no expanded copies and no atomics on dK/dV). Each warp owns 16 keys. Per query block:
+//   S^T = K Q^T, dP^T = V dO^T                      (16 keys x 64 queries, in registers)
+//   P^T = exp2(S^T * scale_log2 - lse_log2)          (recomputed from the saved lse)
+//   dS^T = P^T * (dP^T - delta) [* softcap factor]
+//   dV += P^T dO, dK += dS^T Q                       (P^T, dS^T C fragments repacked as A)
+//   dQ += dS K  (fp32 atomics into the accumulator)  (dS^T through shared memory)
+// Visiting query blocks in order puts those that need a mask (the causal diagonal, a window
+// edge, the ragged ends) where they fall; every other block runs unmasked.
+//
+// Pipeline: Q is double-buffered (it is read by the first and the last MMAs of a step), so
+// block i + 1's Q (and its lse and delta) is copied during all of step i; dO has one buffer,
+// refilled after the barrier that follows dV and dP (during dK and dQ). Two barriers a step:
+// the first publishes the landed copies and retires the previous step's dS^T and Q buffer,
+// the second retires dO and publishes dS^T.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "../common/cp_async.cuh"
+#include "../common/ldmatrix.cuh"
+#include "../common/mma.cuh"
+#include "../common/platform.cuh"
+#include "../common/dispatch.h"
+#include "attention_bwd.h"
+#include "bwd_kernel_traits.cuh"
+#include "flash_bwd_common.cuh"
+#include "flash_bwd_dq.cuh"
+#include "smem_tiles.cuh"
+
+namespace fastattn::cuda::attn {
+
+// P^T and dS^T of one warp's 16 keys (rows) x BM queries (columns) in place of S^T and dP^T.
+// Masked: the tile crosses a mask bound or the end of the keys, so each element is checked.
+template <bool Masked, int BM>
+__device__ __forceinline__ void dkdv_probs(const AttnBwdParams& p, float (&s)[BM / 8][4], float (&dp)[BM / 8][4],
+                                           const float* s_lse, const float* s_delta, int key_lo, int m0, int t4,
+                                           float alibi_a) {
+  const int Lk = static_cast<int>(p.seqlen_k);
+  const int rel0 = m0 + 2 * t4 + (Lk - static_cast<int>(p.seqlen_q)) - key_lo;  // i + Lk - Lq - j, first element
+#pragma unroll
+  for (int j = 0; j < BM / 8; ++j) {
+    const int c = j * 8 + 2 * t4;
+    const float lse2[2] = {s_lse[c], s_lse[c + 1]}, delta[2] = {s_delta[c], s_delta[c + 1]};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = key_lo + 8 * (e >> 1), query = m0 + c + (e & 1);
+      bool visible = true;
+      if constexpr (Masked) {
+        visible = key < Lk && (p.window_right < 0 || key <= query + p.diag_offset + p.window_right) &&
+                  (p.window_left < 0 || key >= query + p.diag_offset - p.window_left);
+      }
+      float dcap;
+      const float pr = recompute_prob(p, s[j][e], alibi_a, rel0 + j * 8 + (e & 1) - 8 * (e >> 1), visible,
+                                      lse2[e & 1], &dcap);
+      s[j][e] = pr;
+      dp[j][e] = pr * (dp[j][e] - delta[e & 1]) * dcap;
+    }
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_kernel(const AttnBwdParams p) {
+  using Tr = AttnBwdTraits<D>;
+  constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, NT = Tr::kThreads, SM = Tr::kSubM;
+  FA_DYNAMIC_SHARED(T, smem);
+  T* sK = smem;                // [BN][D]
+  T* sV = sK + BN * D;         // [BN][D]
+  T* sQ = sV + BN * D;         // [2][BM][D]
+  T* sdO = sQ + 2 * BM * D;    // [BM][D]
+  T* sdS = sdO + BM * D;       // [BN][BM]: dS^T, keys by rows
+  float* s_stats = reinterpret_cast<float*>(sdS + BN * BM);  // [2][lse_log2 BM, delta BM]
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int n0 = static_cast<int>(blockIdx.x) * BN;
+  const int hk = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const int group = static_cast<int>(p.heads / p.heads_k);
+  const int Lq = static_cast<int>(p.seqlen_q), Lk = static_cast<int>(p.seqlen_k);
+  const int off = p.diag_offset;
+  const int d = static_cast<int>(p.head_dim);
+
+  // Query rows [q_begin, q_end) that see at least one of keys [n0, n0 + BN): key j is visible
+  // to query i iff i + off - left <= j <= i + off + right.
+  const int last_key = (n0 + BN < Lk ? n0 + BN : Lk) - 1;
+  int q_begin = 0, q_end = Lq;
+  if (p.window_right >= 0) {
+    const int first = n0 - off - p.window_right;
+    q_begin = first > 0 ? first : 0;
+  }
+  if (p.window_left >= 0) {
+    const int last = last_key - off + p.window_left + 1;
+    q_end = last < Lq ? last : Lq;
+  }
+  const int m_first = q_begin / BM;
+  const int n_blocks = q_end > q_begin ? (q_end + BM - 1) / BM - m_first : 0;
+  const int n_steps = n_blocks * group;  // (query head of the group, query block), head-major
+
+  const TileCopy<T, BN, D, NT> kv_copy(tid, d);
+  const TileCopy<T, BM, D, NT> q_copy(tid, d);
+  const T* k = static_cast<const T*>(p.k) + b * p.k_strides[0] + hk * p.k_strides[1];
+  const T* v = static_cast<const T*>(p.v) + b * p.v_strides[0] + hk * p.v_strides[1];
+  kv_copy.copy_checked(sK, k, p.k_strides[2], n0, Lk - n0);
+  kv_copy.copy_checked(sV, v, p.v_strides[2], n0, Lk - n0);
+
+  // Step `step`'s query head and first row.
+  auto step_head = [&](int step) { return hk * group + step / n_blocks; };
+  auto step_row = [&](int step) { return (m_first + step % n_blocks) * BM; };
+  // Q, lse and delta of a step into Q buffer `buf`: lse and delta are padded to whole query
+  // blocks (+inf and 0), so the 16-byte copies of the first warp never leave them.
+  auto copy_q = [&](int step, int buf) {
+    const int h = step_head(step), m0 = step_row(step);
+    const T* q = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
+    q_copy.copy_checked(sQ + buf * BM * D, q, p.q_strides[2], m0, Lq - m0);
+    constexpr int kChunks = BM / 4;  // 16-byte chunks of one statistic
+    if (tid < 2 * kChunks) {
+      const int which = tid / kChunks, chunk = tid % kChunks;
+      const float* src = (which == 0 ? p.lse_log2 : p.delta) + (static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q_pad;
+      cp_async<16>(s_stats + buf * 2 * BM + which * BM + chunk * 4, src + m0 + chunk * 4);
+    }
+  };
+  auto copy_do = [&](int step) {
+    const int h = step_head(step), m0 = step_row(step);
+    const T* dout = static_cast<const T*>(p.dout) + b * p.do_strides[0] + h * p.do_strides[1];
+    q_copy.copy_checked(sdO, dout, p.do_strides[2], m0, Lq - m0);
+  };
+  if (n_steps > 0) {
+    copy_q(0, 0);
+    copy_do(0);
+  }
+  cp_async_commit();
+
+  // ldmatrix lanes: A operands (K, V rows = this warp's keys; rows lane % 16, chunk bit
+  // lane / 16); B operands read as stored (Q, dO for S^T and dP^T; rows lane % 8 + 8 (lane /
+  // 16), chunk bit (lane / 8) % 2) and transposed (dO, Q, K for dV, dK, dQ; rows lane % 16,
+  // chunk bit lane / 16); dS^T read transposed as dS's A operand (the second pattern, rows of BM: ds_lane).
+  const LaneSwizzle<D> a_lane(lane & 15, lane >> 4, lane);
+  const LaneSwizzle<D> b_lane((lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1, lane);
+  const LaneSwizzle<D> t_lane(lane & 15, lane >> 4, lane);
+  // dS^T's lane offset for this warp's 16 queries (chunks 2 warp, 2 warp + 1), computed once:
+  // LaneSwizzle's table indexed by the warp would be a local-memory array.
+  const int ds_row = (lane & 7) + ((lane >> 4) << 3);
+  const int ds_lane = ds_row * BM + (((2 * warp + ((lane >> 3) & 1)) ^ (ds_row & 7)) << 3);
+
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[j][e] = dv[j][e] = 0.0f;
+  const int key_lo = n0 + warp * 16 + g;  // this lane's key rows: key_lo and key_lo + 8
+
+#pragma unroll 1
+  for (int step = 0; step < n_steps; ++step) {
+    const int buf = step & 1;
+    const int h = step_head(step), m0 = step_row(step);
+    cp_async_wait<0>();  // Q, lse, delta and dO of this step
+    __syncthreads();     // ...landed for every thread; every warp is done with the last step's dS^T and Q buffer
+    if (step + 1 < n_steps) copy_q(step + 1, buf ^ 1);
+    cp_async_commit();
+    const T* sQb = sQ + buf * BM * D;
+    const float* s_lse = s_stats + buf * 2 * BM;
+
+    const float alibi_a = alibi_factor(p, b, h);
+    // The query block in sub-blocks of SM columns (fewer live score registers at D = 128).
+#pragma unroll 1
+    for (int sub = 0; sub < BM / SM; ++sub) {
+      const int ms = m0 + sub * SM;
+      const T* sQs = sQb + sub * SM * D;
+      const T* sdOs = sdO + sub * SM * D;
+      const float* s_lse_s = s_lse + sub * SM;
+
+      // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys.
+      float s[SM / 8][4], dpt[SM / 8][4];
+#pragma unroll
+      for (int j = 0; j < SM / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][e] = dpt[j][e] = 0.0f;
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) {
+        uint32_t ka[4], va[4];
+        ldmatrix_x4(ka, sK + a_lane.at(ks, warp * 16));
+        ldmatrix_x4(va, sV + a_lane.at(ks, warp * 16));
+#pragma unroll
+        for (int j = 0; j < SM / 8; j += 2) {
+          uint32_t qb[4], ob[4];
+          ldmatrix_x4(qb, sQs + b_lane.at(ks, j * 8));
+          ldmatrix_x4(ob, sdOs + b_lane.at(ks, j * 8));
+          const uint32_t q0[2] = {qb[0], qb[1]}, q1[2] = {qb[2], qb[3]};
+          const uint32_t o0[2] = {ob[0], ob[1]}, o1[2] = {ob[2], ob[3]};
+          mma_m16n8k16<T>(s[j], ka, q0);
+          mma_m16n8k16<T>(s[j + 1], ka, q1);
+          mma_m16n8k16<T>(dpt[j], va, o0);
+          mma_m16n8k16<T>(dpt[j + 1], va, o1);
+        }
+      }
+
+      // P^T and dS^T; only tiles crossing a bound check each element.
+      const bool need_mask = n0 + BN > Lk ||
+                             (p.window_right >= 0 && n0 + BN - 1 > ms + off + p.window_right) ||
+                             (p.window_left >= 0 && n0 < ms + SM - 1 + off - p.window_left);
+      if (need_mask)
+        dkdv_probs<true, SM>(p, s, dpt, s_lse_s, s_lse_s + BM, key_lo, ms, t4, alibi_a);
+      else
+        dkdv_probs<false, SM>(p, s, dpt, s_lse_s, s_lse_s + BM, key_lo, ms, t4, alibi_a);
+
+      // Rounded to T and repacked as A fragments (C fragments of n-tiles 2kk, 2kk + 1 = k-step kk).
+      uint32_t pa[SM / 16][4], da[SM / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < SM / 16; ++kk) {
+        pa[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+        pa[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+        pa[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        pa[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        da[kk][0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
+        da[kk][1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
+        da[kk][2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+        da[kk][3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+      }
+
+      // dV += P^T dO and dK += dS^T Q.
+#pragma unroll
+      for (int kk = 0; kk < SM / 16; ++kk)
+#pragma unroll
+        for (int j = 0; j < D / 8; j += 2) {
+          uint32_t ob[4], qb[4];
+          ldmatrix_x4_trans(ob, sdOs + t_lane.at(j / 2, kk * 16));
+          ldmatrix_x4_trans(qb, sQs + t_lane.at(j / 2, kk * 16));
+          const uint32_t o0[2] = {ob[0], ob[1]}, o1[2] = {ob[2], ob[3]};
+          const uint32_t q0[2] = {qb[0], qb[1]}, q1[2] = {qb[2], qb[3]};
+          mma_m16n8k16<T>(dv[j], pa[kk], o0);
+          mma_m16n8k16<T>(dv[j + 1], pa[kk], o1);
+          mma_m16n8k16<T>(dk[j], da[kk], q0);
+          mma_m16n8k16<T>(dk[j + 1], da[kk], q1);
+        }
+
+      // dS^T into shared memory for dQ (the packed A fragments are dS^T's rows, 2 queries a word).
+      if (p.dq_accum != nullptr) {
+#pragma unroll
+        for (int kk = 0; kk < SM / 16; ++kk)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const int row = warp * 16 + g + 8 * (r & 1), col = sub * SM + kk * 16 + 8 * (r >> 1) + 2 * t4;
+            *reinterpret_cast<uint32_t*>(sdS + swz<BM>(row, col)) = da[kk][r];
+          }
+      }
+    }
+    __syncthreads();  // every warp is done with dO (refilled next) and dS^T is complete
+    if (step + 1 < n_steps) copy_do(step + 1);
+    cp_async_commit();
+
+    // dQ += dS K for this warp's 16 query rows, 64 columns at a time, added to the fp32
+    // accumulator (padded to whole blocks and to D columns: no bounds to check).
+    if (p.dq_accum != nullptr) {
+      float* acc_row = p.dq_accum + ((static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q_pad + m0 + warp * 16 + g) * D;
+#pragma unroll
+      for (int c0 = 0; c0 < D; c0 += 64) {
+        float acc[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+          uint32_t a[4];
+          ldmatrix_x4_trans(a, sdS + ds_lane + kk * 16 * BM);
+#pragma unroll
+          for (int j = 0; j < 8; j += 2) {
+            uint32_t kb[4];
+            ldmatrix_x4_trans(kb, sK + t_lane.at((c0 + j * 8) / 16, kk * 16));
+            const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
+            mma_m16n8k16<T>(acc[j], a, b0);
+            mma_m16n8k16<T>(acc[j + 1], a, b1);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) atomicAdd(acc_row + (e >> 1) * 8 * D + c0 + j * 8 + 2 * t4 + (e & 1), acc[j][e]);
+      }
+    }
+  }
+  cp_async_wait<0>();  // nothing may be in flight when the block exits (K/V when no step ran)
+
+  // dK (times scale) and dV, 2 elements a store; rows past the keys and columns past the head dim skipped.
+  T* dkp = static_cast<T*>(p.dk) + b * p.dk_strides[0] + hk * p.dk_strides[1];
+  T* dvp = static_cast<T*>(p.dv) + b * p.dv_strides[0] + hk * p.dv_strides[1];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int key = key_lo + 8 * half;
+    if (key >= Lk) continue;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      const int col = j * 8 + 2 * t4;
+      if (col >= d) continue;
+      *reinterpret_cast<uint32_t*>(dkp + key * p.dk_strides[2] + col) =
+          pack2<T>(dk[j][2 * half] * p.scale, dk[j][2 * half + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(dvp + key * p.dv_strides[2] + col) = pack2<T>(dv[j][2 * half], dv[j][2 * half + 1]);
+    }
+  }
+}
+
+// The backward's launches for one (type, kernel head dim); p's derived fields and workspace
+// pointers set by attention_bwd (attention_bwd.cu).
+template <typename T, int D>
+void run_flash_bwd(const AttnBwdParams& p, void* stream_ptr) {
+  using Tr = AttnBwdTraits<D>;
+  const auto stream = static_cast<cudaStream_t>(stream_ptr);
+  const dim3 threads(Tr::kThreads);
+  const unsigned heads = static_cast<unsigned>(p.heads), batch = static_cast<unsigned>(p.batch);
+  if (p.seqlen_q_pad > 0)
+    launch(flash_bwd_preprocess_kernel<T, D>, dim3(ceil_div(p.seqlen_q_pad, Tr::kRowsPerBlock), heads, batch),
+           threads, 0, stream, p);
+  if (p.seqlen_k > 0) {
+    auto kernel = flash_bwd_dkdv_kernel<T, D>;
+    set_max_dynamic_smem(kernel, Tr::kDkdvSmemBytes);
+    launch(kernel, dim3(ceil_div(p.seqlen_k, Tr::kBlockN), static_cast<unsigned>(p.heads_k), batch), threads,
+           Tr::kDkdvSmemBytes, stream, p);
+  }
+  if (p.seqlen_q == 0) return;
+  if (p.deterministic) {
+    auto kernel = flash_bwd_dq_kernel<T, D>;
+    set_max_dynamic_smem(kernel, Tr::kDqSmemBytes);
+    launch(kernel, dim3(ceil_div(p.seqlen_q, Tr::kBlockM), heads, batch), threads, Tr::kDqSmemBytes, stream, p);
+  } else {
+    launch(flash_bwd_convert_dq_kernel<T, D>, dim3(ceil_div(p.seqlen_q, Tr::kRowsPerBlock), heads, batch), threads,
+           0, stream, p);
+  }
+}
+
+}  // namespace fastattn::cuda::attn
+
+// One explicit instantiation per generated .cu file (generate_instantiations.py).
+#define FA_ATTN_BWD_INSTANTIATE(T, D) \
+  template void fastattn::cuda::attn::run_flash_bwd<T, D>(const fastattn::cuda::AttnBwdParams&, void*);
+#define FA_ATTN_BWD_EXTERN(T, D) \
+  extern template void fastattn::cuda::attn::run_flash_bwd<T, D>(const fastattn::cuda::AttnBwdParams&, void*);

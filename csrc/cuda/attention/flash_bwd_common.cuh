@@ -1,0 +1,86 @@
+// Pieces of the attention backward shared by its kernels: the recomputation of one
+// probability and its score gradient, the preprocess and the dq conversion.
+//
+// Math (Dao, "FlashAttention-2", 2023, algorithm 2): with s = q . k the raw score, the forward
+// used z = s (or softcap' * tanh(s / softcap') with softcap' = softcap / scale), plus the ALiBi
+// bias, and p = exp(scale * z - lse). Given dp = dO . v and delta = rowsum(dO * O),
+//   dS = p * (dp - delta)                 (gradient with respect to scale * z)
+//   ds = scale * dS * (1 - tanh^2)        (with respect to s; the tanh factor only with softcap)
+// so dQ = ds K, dK = ds^T Q, dV = P^T dO. The kernels keep dS * (1 - tanh^2) and apply
+// `scale` once to the accumulated dK and dQ.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "../common/convert.cuh"
+#include "../common/fast_math.cuh"
+#include "../common/platform.cuh"
+#include "attention_bwd.h"
+#include "bwd_kernel_traits.cuh"
+
+namespace fastattn::cuda::attn {
+
+constexpr float kBwdLog2e = 1.4426950408889634f;
+
+// p for raw score s (rel = i + Lk - Lq - j for ALiBi, alibi_a = slope * alibi_scale or 0),
+// 0 where the key is not visible; *dcap gets the softcap derivative factor (1 without).
+__device__ __forceinline__ float recompute_prob(const AttnBwdParams& p, float s, float alibi_a, int rel,
+                                                bool visible, float lse_log2, float* dcap) {
+  *dcap = 1.0f;
+  if (p.softcap_outer > 0.0f) {
+    const float t = tanhf(s * p.softcap_inner);
+    s = p.softcap_outer * t;
+    *dcap = 1.0f - t * t;
+  }
+  if (p.alibi_slopes != nullptr) s += alibi_a * fabsf(static_cast<float>(rel));
+  // exp2(-inf) = 0 also covers lse = +inf (a row that sees no key, or a padding row).
+  return visible ? exp2_approx(s * p.scale_log2 - lse_log2) : 0.0f;
+}
+
+// ALiBi's per-(batch, head) factor: -slope / scale (so that scale * it * |rel| is the bias), 0 without.
+__device__ __forceinline__ float alibi_factor(const AttnBwdParams& p, int b, int h) {
+  return p.alibi_slopes != nullptr ? p.alibi_slopes[b * p.alibi_batch_stride + h] * p.alibi_scale : 0.0f;
+}
+
+// Grid (seqlen_q_pad / kRowsPerBlock, Hq, B), one warp a row: delta = rowsum(dO * O) over the
+// head dim, lse in log2 units; padding rows (>= Lq) get delta 0 and lse +inf, so that every
+// probability the kernels recompute for them is 0. Zeroes the row of the dq accumulator.
+template <typename T, int D>
+__global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_preprocess_kernel(const AttnBwdParams p) {
+  constexpr int kRows = AttnBwdTraits<D>::kRowsPerBlock;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + warp;
+  const int64_t h = blockIdx.y, b = blockIdx.z;
+  const int64_t srow = (b * p.heads + h) * p.seqlen_q_pad + row;
+  float delta = 0.0f, lse2 = INFINITY;
+  if (row < p.seqlen_q) {
+    const T* o = static_cast<const T*>(p.out) + b * p.o_strides[0] + h * p.o_strides[1] + row * p.o_strides[2];
+    const T* dout = static_cast<const T*>(p.dout) + b * p.do_strides[0] + h * p.do_strides[1] + row * p.do_strides[2];
+    for (int c = lane; c < p.head_dim; c += 32) delta += to_float(o[c]) * to_float(dout[c]);
+#pragma unroll
+    for (int m = 16; m > 0; m >>= 1) delta += __shfl_xor_sync(0xffffffffu, delta, m);
+    lse2 = p.lse[(b * p.heads + h) * p.seqlen_q + row] * kBwdLog2e;
+  }
+  if (lane == 0) {
+    p.lse_log2[srow] = lse2;
+    p.delta[srow] = delta;
+  }
+  if (p.dq_accum != nullptr)
+    for (int c = lane; c < D; c += 32) p.dq_accum[srow * D + c] = 0.0f;
+}
+
+// Grid (ceil(Lq / kRowsPerBlock), Hq, B), one warp a row: dq = accumulator * scale in dq's type.
+template <typename T, int D>
+__global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_convert_dq_kernel(const AttnBwdParams p) {
+  constexpr int kRows = AttnBwdTraits<D>::kRowsPerBlock;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + warp;
+  if (row >= p.seqlen_q) return;
+  const int64_t h = blockIdx.y, b = blockIdx.z;
+  const float* acc = p.dq_accum + ((b * p.heads + h) * p.seqlen_q_pad + row) * D;
+  T* dq = static_cast<T*>(p.dq) + b * p.dq_strides[0] + h * p.dq_strides[1] + row * p.dq_strides[2];
+  for (int c = lane; c < p.head_dim; c += 32) dq[c] = from_float<T>(acc[c] * p.scale);
+}
+
+}  // namespace fastattn::cuda::attn
