@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from fastattn import kernel_report, sass_report
+from fastattn.buildcheck import kernel_report, sass_report
 
 HEAD_DIMS = (64, 128)
 _VARIANTS = {"plain-deterministic": "non-causal", "causal": "causal"}
@@ -166,7 +166,7 @@ def _tutorial_module(path: str):
 def tutorial_cases(path: str) -> list:
     """AOT cases of the tutorial's forward (causal and not, at :data:`TUTORIAL_FWD_TILES`) and
     backward (its fixed launch) at head dims 64 and 128, fp16, sequence length 8192."""
-    from fastattn.kernels._aot import AotCase, signature_for
+    from fastattn.kernels._configs import AotCase, signature_for
 
     mod = _tutorial_module(path)
     cases = []
@@ -214,9 +214,9 @@ def _attention_cases() -> list:
 
 
 def _records(cases: list, archs: list) -> list:
-    from fastattn.kernels import _aot
+    from fastattn.buildcheck import triton_aot
 
-    records = _aot.kernel_reports(archs, cases=cases, artefacts=True)
+    records = triton_aot.kernel_reports(archs, cases=cases, artefacts=True)
     sass_report.analyse(records)
     return records
 

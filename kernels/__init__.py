@@ -2,9 +2,10 @@
 ``kernels`` package): ``import fastattn.kernels.attention``.
 
 Besides the kernel modules: ``_interpreter`` corrects the Triton interpreter's bf16
-``tl.dot`` (``ensure_interpreter_fixes()``, called by every launcher) and ``_aot`` compiles
-each module's ``aot_cases()`` for sm_80..sm_90 with no GPU (``kernel_reports(archs)``).
-Importing this package imports nothing else."""
+``tl.dot`` (``ensure_interpreter_fixes()``, called by every launcher); ``_configs`` holds the
+arch limits, the compiler-report rule that picks candidate configs, and the case description
+of each module's ``aot_cases()`` (compiled for sm_80..sm_90 with no GPU by
+:mod:`fastattn.buildcheck.triton_aot`). Importing this package imports nothing else."""
 
 if __name__ == "kernels":
     # This directory was found as a *top-level* ``kernels`` module: the repository root is on

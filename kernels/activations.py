@@ -321,7 +321,7 @@ def aot_cases():
     """Every kernel x activation for bf16 and fp32 at the full 4096-element tile
     (the register-heaviest one :func:`_tile` picks), plus the extreme tile shapes
     (``4096 x 1`` for ``n == 1``, ``64 x 64``) of the gated kernels in bf16."""
-    from ._aot import AotCase, signature_for
+    from ._configs import AotCase, signature_for
 
     kernels = [
         ("gated_act_fwd", _gated_act_fwd_kernel, GATED_ACTIVATIONS, ("Gate", "Up", "Out")),

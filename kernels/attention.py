@@ -73,7 +73,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import select_compiled
+from ._configs import select_compiled
 from ._interpreter import ensure_interpreter_fixes
 
 __all__ = ["attention_fwd", "attention_bwd", "supports", "block_d", "kernel_configs", "select_compiled", "seq_bucket"]
@@ -112,7 +112,7 @@ def _smem_bytes(kernel: str, bm: int, bn: int, bd: int, stages: int, elem: int) 
     """Shared memory a config needs, estimated like Triton's tutorial ``keep()`` (tiles ``tl.dot`` stages
     through shared memory, streamed ones per stage); fp32 backward more: tf32x3 stages hi/lo halves.
     Only :func:`supports` uses it (whether any tile can fit this GPU at all); which tiles run is
-    decided by the compiler's own report (:func:`fastattn.kernels._aot.select_compiled`)."""
+    decided by the compiler's own report (:func:`fastattn.kernels._configs.select_compiled`)."""
     if kernel == "fwd":  # Q resident; K and V streamed
         return (bm * bd + stages * 2 * bn * bd) * elem
     if kernel == "bwd_dkdv":  # K, V resident; Q and dO streamed
@@ -1237,7 +1237,7 @@ def aot_specialisations(stratified: bool = False) -> list:
 
 def aot_cases(stratified: bool = False) -> list:
     """Every (kernel, candidate config, specialisation) the autotuner can compile, for
-    kernels/_aot.py: each candidate of :data:`_CANDIDATES` in each specialisation of
+    fastattn/buildcheck/triton_aot.py: each candidate of :data:`_CANDIDATES` in each specialisation of
     :func:`aot_specialisations`, for every arch, grouped by specialisation (the compiler's report,
     not a rule, says which survive: :func:`select_compiled`), plus the fixed-tile delta and
     row-statistics passes.
@@ -1245,7 +1245,7 @@ def aot_cases(stratified: bool = False) -> list:
     Specialised as the common launch is: unit head-dim strides, 16-byte aligned pointers
     and strides; feature flags per :data:`_AOT_VARIANTS`.
     """
-    from ._aot import AotCase, signature_for
+    from ._configs import AotCase, signature_for
 
     fns = {"fwd": _attn_fwd.fn, "bwd_dkdv": _attn_bwd_dkdv.fn, "bwd_dq": _attn_bwd_dq.fn}
     pointer_types = {"LSE": "*fp32", "LseLo": "*fp32", "Delta": "*fp32", "DQAcc": "*fp32", "CuSeqQ": "*i32",
@@ -1316,7 +1316,7 @@ def kept_in_reports(records: list, arch: str, smem_limit: Optional[int] = None) 
     """What :func:`select_compiled` keeps, per specialisation, from ahead-of-time records of
     :func:`aot_cases` on ``arch`` ("sm_80"): ``{(kernel, variant, dtype, BLOCK_D): [config, ...]}``
     (``smem_limit``: another arch's shared memory per block, e.g. sm_86's against sm_80 code)."""
-    from ._aot import shared_memory_limit
+    from ._configs import shared_memory_limit
 
     limit = smem_limit if smem_limit is not None else shared_memory_limit(int(arch[3:]))
     groups: dict = {}

@@ -477,7 +477,7 @@ def _aot_split_case(dname: str, elem: int, bd: int, bdv: int, bm: int, split: bo
     """The split (``split``) or direct kernel at the tile :func:`decode_config` picks for ``bm``
     rows, with ``features`` = (WINDOW, SOFTCAP, ALIBI), as :func:`kvcache_fwd` launches it;
     ``page_size > 0``: reading a paged cache through the block table."""
-    from ._aot import AotCase, signature_for
+    from ._configs import AotCase, signature_for
 
     window, softcap, alibi = features
     cfg = decode_config(bm, bd, bdv, elem)
@@ -508,7 +508,7 @@ def _aot_block_ms(bd: int, bdv: int, elem: int) -> list:
 
 
 def aot_cases() -> list:
-    """Split-kernel tiles for kernels/_aot.py, as :func:`kvcache_fwd` launches them:
+    """Split-kernel tiles for fastattn/buildcheck/triton_aot.py, as :func:`kvcache_fwd` launches them:
 
     - every tile :func:`decode_config` can pick (``BLOCK_M`` 16..64 x ``BLOCK_D`` 16..256,
       ``Dv == D``, with its ``maxnreg``) in fp16 and fp32, split and direct, with every feature
@@ -522,7 +522,7 @@ def aot_cases() -> list:
       fp16 output, and at ``BLOCK_DV`` 128 with fp32 and bf16 outputs.
 
     Unit head-dim strides and 16-divisible pointers/strides, as Triton's launcher specialises them."""
-    from ._aot import AotCase, signature_for
+    from ._configs import AotCase, signature_for
 
     cases = []
     for dname, elem in _AOT_DTYPES.items():

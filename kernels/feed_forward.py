@@ -50,13 +50,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import shared_memory_limit
+from ._configs import shared_memory_limit
 from .activations import GATED_ACTIVATIONS, _act, _act_and_grad
 
 # Candidate (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per arch family (80: sm_80,
 # sm_86, sm_89, pruned further by their shared memory; 90: sm_90) and operand width in
 # bytes. Each was compiled ahead of time for its archs and kept only if ptxas reports no
-# spill (aot_cases; see the table in the module docstring of _aot). Big tiles serve
+# spill (aot_cases; see fastattn.buildcheck.triton_aot). Big tiles serve
 # prefill, BLOCK_M 16/32 decode-sized M. sm_80's mma.sync holds its operands in registers,
 # so two 128 x 64 fp32 accumulators already need 8 warps there, while sm_90's wgmma reads
 # them from shared memory and takes 128 x 128. fp32 operands take small tiles: exact fp32
@@ -344,7 +344,7 @@ def aot_cases():
     """Every candidate the autotuner may keep, per arch: bf16 and fp32 operands (fp32's
     ``ieee`` dots and doubled tiles make a different kernel) with each activation's
     epilogue. A case lists the archs that keep it."""
-    from ._aot import ARCHS, AotCase, signature_for
+    from ._configs import ARCHS, AotCase, signature_for
 
     sizes = {n: "i32" for n in ("M", "N", "K", "K_OUT", "M_BUCKET")}  # upper-case, yet not pointers
     kernels = [

@@ -260,7 +260,7 @@ _AOT_EXTRA_TILES = (512, 2048, MAX_ROW_BLOCK, "loop")
 
 def _aot_fwd_case(dname: str, block: int, warps: int, loop: bool, mask_mode: int, causal: bool):
     """The forward kernel as :func:`softmax_fwd` launches it for this tile and these flags."""
-    from ._aot import AotCase, signature_for
+    from ._configs import AotCase, signature_for
 
     fn = _softmax_fwd_kernel
     const = dict(MASK_MODE=mask_mode, CAUSAL=causal, LOOP=loop, BLOCK_N=block, stride_xn=1, stride_yn=1)
@@ -279,12 +279,12 @@ def _aot_fwd_case(dname: str, block: int, warps: int, loop: bool, mask_mode: int
 
 def aot_cases() -> list:
     """Every ``BLOCK_N``/``num_warps`` :func:`row_config` can pick (tiles 1..16384 and the
-    looped kernel), forward and backward, in fp16 and fp32, for kernels/_aot.py. The forward
+    looped kernel), forward and backward, in fp16 and fp32, for buildcheck/triton_aot.py. The forward
     is specialised at every tile with its heaviest flags (a bool mask and causal), plus a
     float mask at the 4096 and 16384 tiles and the looped kernel; and, in fp16 at the
     representative tiles of ``_AOT_EXTRA_TILES``, with no mask, a bool mask without causal and
     a float mask with causal. Unit column strides, as Triton's launcher specialises a stride of 1."""
-    from ._aot import AotCase, signature_for
+    from ._configs import AotCase, signature_for
 
     tiles = [(1 << p, min(16, max(1, (1 << p) // 512)), False) for p in range(15)] + \
             [(LOOP_BLOCK, LOOP_WARPS, True)]

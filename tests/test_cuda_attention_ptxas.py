@@ -2,14 +2,15 @@
 (dtype, head dim, causal) instantiation compiles with nvcc for sm_80, sm_86, sm_89 and sm_90a
 with no register spills and no local-memory stack, and its shared memory (the launcher's
 dynamic request, from kernel_traits.cuh) plus registers let a 128-thread block fit on each
-arch. Reuses fastattn/_ptxas.py's cached compile of every csrc/cuda source."""
+arch. Reuses fastattn/buildcheck/ptxas.py's cached compile of every csrc/cuda source."""
 from __future__ import annotations
 
 import itertools
 
 import pytest
 
-from fastattn import _ptxas, kernel_report
+from fastattn.buildcheck import kernel_report
+from fastattn.buildcheck import ptxas as _ptxas
 
 THREADS = 128
 BLOCK_M = {64: 128, 128: 128, 256: 64}  # kernel_traits.cuh

@@ -1,12 +1,13 @@
 """Static checks of every CUDA C++ kernel: each csrc/cuda source is
 compiled by nvcc for sm_80, sm_86, sm_89 and sm_90a and ptxas's ``-v`` report parsed
-(fastattn/_ptxas.py): no spills, no local-memory stack, registers and shared memory
+(fastattn/buildcheck/ptxas.py): no spills, no local-memory stack, registers and shared memory
 within each arch's limits, and at least one block resident per SM."""
 from __future__ import annotations
 
 import pytest
 
-from fastattn import _ptxas, kernel_report
+from fastattn.buildcheck import kernel_report
+from fastattn.buildcheck import ptxas as _ptxas
 
 CANNED = """\
 ptxas info    : 0 bytes gmem

@@ -1,6 +1,7 @@
-"""Imports only go downward: no import cycle among fastattn's modules, and the kernel layer
+"""Imports only go downward: no import cycle among fastattn's modules, the kernel layer
 (``kernels/``, installed as ``fastattn.kernels``) never reaches up into the op, functional or
-dispatch layers (docs/architecture.md, "Layers").
+dispatch layers, and the build-verification tools (``fastattn.buildcheck``) are reached from no
+runtime module (docs/architecture.md, "Layers").
 
 The graph is read from the source (``import`` and ``from ... import`` statements anywhere in a
 module, function bodies included: a lazy import is still a dependency), so it does not depend
@@ -9,6 +10,8 @@ on what this machine can import.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import fastattn
@@ -98,9 +101,47 @@ def test_kernels_import_nothing_above_them():
     assert not bad, f"kernel modules importing from the layers above them: {bad}"
 
 
+# Modules that are not on the runtime import path: the command line (``info --kernels`` reports
+# the build checks) and the build-verification tools themselves.
+_NOT_RUNTIME = ("fastattn.buildcheck", "fastattn.cli", "fastattn.__main__")
+
+
+def _reachable(graph: dict[str, set[str]], roots) -> set[str]:
+    seen, todo = set(), list(roots)
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph.get(node, ()))
+    return seen
+
+
+def test_no_runtime_module_reaches_the_build_checks():
+    graph = _graph()
+    runtime = [name for name in graph if not name.startswith(_NOT_RUNTIME)]
+    bad = {name: sorted(_reachable(graph, [name]) & {m for m in graph if m.startswith("fastattn.buildcheck")})
+           for name in runtime}
+    bad = {k: v for k, v in bad.items() if v}
+    assert not bad, f"runtime modules reaching fastattn.buildcheck: {bad}"
+
+
+def test_importing_fastattn_loads_no_build_check():
+    """The same, as the interpreter sees it: the public package and every kernel module import
+    without loading fastattn.buildcheck."""
+    code = ("import sys, pkgutil, importlib, fastattn, fastattn.kernels\n"
+            "for m in pkgutil.iter_modules(fastattn.kernels.__path__):\n"
+            "    importlib.import_module('fastattn.kernels.' + m.name)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('fastattn.buildcheck')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_the_graph_is_read():
     """The reader sees the edges it must (a broken parser would make the two tests above pass)."""
     graph = _graph()
     assert "fastattn.dispatch" in graph["fastattn.functional.attention"]
     assert "fastattn.kernels.attention" in graph["fastattn.backends.triton_attention"]
     assert "fastattn.backends.reference" not in graph["fastattn.dispatch"]  # by name in a table, not imported
+    assert "fastattn.buildcheck.kernel_report" in graph["fastattn.cli.info"]  # a lazy import, still seen
+    assert "fastattn.kernels._configs" in graph["fastattn.buildcheck.triton_aot"]

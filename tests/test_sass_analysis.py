@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fastattn import sass, sass_ceiling, sass_report
+from fastattn.buildcheck import sass, sass_ceiling, sass_report
 
 HERE = Path(__file__).resolve().parent
 
@@ -289,8 +289,8 @@ def test_where_in_the_loop_shows_selects(known):
 def sass_report_run():
     """The ``info --kernels --sass`` report of every kernel (compiled once, cached on disk), over
     the stratified AOT case set (every kernel, variant and head-dim tile at least once)."""
-    from fastattn import kernel_report
-    from fastattn.kernels import _aot
+    from fastattn.buildcheck import kernel_report
+    from fastattn.buildcheck import triton_aot as _aot
 
     real = kernel_report.collect  # the tests patch kernel_report.collect with the wrapper below
     calls = []
@@ -312,7 +312,7 @@ def sass_report_run():
 
 @needs_nvdisasm
 def test_info_kernels_sass_json_has_the_fields_for_every_kept_config(sass_report_run, monkeypatch, capsys):
-    from fastattn import kernel_report
+    from fastattn.buildcheck import kernel_report
     from fastattn.__main__ import main
 
     collect, calls = sass_report_run
@@ -321,14 +321,14 @@ def test_info_kernels_sass_json_has_the_fields_for_every_kept_config(sass_report
     records = json.loads(capsys.readouterr().out)
     assert calls[-1] == {"archs": [80, 90], "sass": True}
     assert status == (1 if collect([80, 90], sass=True).problems() else 0)
-    from fastattn.kernels import _aot
+    from fastattn.buildcheck import triton_aot as _aot
 
     kept = _aot.kernel_reports((80, 90), cases=_aot.discover_cases(stratified=True))  # cached by the report
     triton = [r for r in records if r["backend"] == "triton"]
     assert len(triton) == len(kept)  # one record per kept config and arch
-    from fastattn import _ptxas
+    from fastattn.buildcheck import ptxas
 
-    has_nvcc = _ptxas.nvcc_path() is not None  # CI has it; elsewhere the CUDA C++ half is reported missing
+    has_nvcc = ptxas.nvcc_path() is not None  # CI has it; elsewhere the CUDA C++ half is reported missing
     assert {r["backend"] for r in records} == ({"triton", "cuda"} if has_nvcc else {"triton"})
     with_mma = set()
     for r in records:
@@ -370,7 +370,7 @@ def test_info_kernels_sass_json_has_the_fields_for_every_kept_config(sass_report
 
 @needs_nvdisasm
 def test_info_kernels_sass_text_table_says_static_ceiling(sass_report_run, monkeypatch, capsys):
-    from fastattn import kernel_report
+    from fastattn.buildcheck import kernel_report
     from fastattn.__main__ import main
 
     collect, calls = sass_report_run

@@ -7,13 +7,14 @@ all). What the autotuner may run is decided by the compiler's report for that sp
 these tests assert that every specialisation keeps a survivor, that the tiles fast attention
 kernels use (Triton's tutorial, FlashAttention-2) survive at head dims 64 and 128 in 16-bit, and
 that every backward survivor is pipelined. Compiles run in an interpreter-free subprocess (see
-kernels/_aot.py) and are cached on disk.
+fastattn/buildcheck/triton_aot.py) and are cached on disk.
 """
 from __future__ import annotations
 
 import pytest
 
-aot = pytest.importorskip("fastattn.kernels._aot")
+aot = pytest.importorskip("fastattn.buildcheck.triton_aot")
+configs = pytest.importorskip("fastattn.kernels._configs")
 attention = pytest.importorskip("fastattn.kernels.attention")
 
 ARCHS = (80, 90)
@@ -93,12 +94,12 @@ def test_the_proven_tiles_survive_at_head_dims_64_and_128(records, arch):
 def test_sm86_sm89_keep_a_tile_within_their_shared_memory(records):
     """sm_86/sm_89 compile like sm_80 (same mma path) with 99 KB per block: by the sm_80 compile's
     shared memory, every 16-bit specialisation still keeps a tile there."""
-    kept = attention.kept_in_reports(records, "sm_80", smem_limit=aot.shared_memory_limit(86))
+    kept = attention.kept_in_reports(records, "sm_80", smem_limit=configs.shared_memory_limit(86))
     for key, cfgs in kept.items():
         if key[2] != "fp16":
             continue
         by_cfg = {tuple(sorted(r["config"].items())): r for r in records if r["arch"] == "sm_80" and r["kernel"] == key[0]}
-        assert any(by_cfg[tuple(sorted(c.items()))]["shared_memory_bytes"] <= aot.shared_memory_limit(86)
+        assert any(by_cfg[tuple(sorted(c.items()))]["shared_memory_bytes"] <= configs.shared_memory_limit(86)
                    for c in cfgs), f"{key}: no tile fits sm_86"
 
 
@@ -117,7 +118,7 @@ def test_stratified_subset_covers_every_kernel_variant_and_tile():
 
 
 def test_select_compiled_keeps_what_the_compiler_accepts():
-    sel = aot.select_compiled
+    sel = configs.select_compiled
     a, b, c = "a", "b", "c"
     # (shared bytes, spill bytes) per config
     assert sel([a, b, c], [(1000, 0), (5000, 0), (900, 16)], 4096) == [a]

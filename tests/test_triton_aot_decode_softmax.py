@@ -2,13 +2,14 @@
 every config their launchers can pick (kernels/softmax.py and
 kernels/decode.py ``aot_cases()``) is compiled for sm_80 and sm_90 with no GPU; each must
 compile, fit the arch's shared memory per block, and not spill registers. Compiles run in an
-interpreter-free subprocess (see kernels/_aot.py) and are cached on disk.
+interpreter-free subprocess (see fastattn/buildcheck/triton_aot.py) and are cached on disk.
 """
 from __future__ import annotations
 
 import pytest
 
-aot = pytest.importorskip("fastattn.kernels._aot")
+aot = pytest.importorskip("fastattn.buildcheck.triton_aot")
+configs = pytest.importorskip("fastattn.kernels._configs")
 decode = pytest.importorskip("fastattn.kernels.decode")
 softmax = pytest.importorskip("fastattn.kernels.softmax")
 
@@ -42,9 +43,9 @@ def test_every_config_compiles(records):
 
 def test_configs_fit_shared_memory(records):
     for r in records:
-        assert r["shared_memory_bytes"] <= aot.shared_memory_limit(int(r["arch"][3:])), _name(r)
+        assert r["shared_memory_bytes"] <= configs.shared_memory_limit(int(r["arch"][3:])), _name(r)
         # Every config also fits sm_86/sm_89's 99 KB: the launchers do not prune per arch.
-        assert r["shared_memory_bytes"] <= aot.shared_memory_limit(86), _name(r)
+        assert r["shared_memory_bytes"] <= configs.shared_memory_limit(86), _name(r)
 
 
 def test_configs_do_not_spill(records):

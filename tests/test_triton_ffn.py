@@ -450,9 +450,9 @@ _FFN_KERNELS = ("feed_forward_", "gated_act_", "bias_gelu_")
 
 @pytest.fixture(scope="module")
 def aot_records():
-    """Every feed-forward AOT case compiled for sm_80 and sm_90 (kernels/_aot.py: in an
+    """Every feed-forward AOT case compiled for sm_80 and sm_90 (fastattn/buildcheck/triton_aot.py: in an
     interpreter-free subprocess, cached on disk)."""
-    from fastattn.kernels import _aot
+    from fastattn.buildcheck import triton_aot as _aot
 
     cases = [c for c in _aot.discover_cases() if c.kernel.startswith(_FFN_KERNELS)]
     assert {c.kernel for c in cases} >= {"feed_forward_gate_up_fwd", "feed_forward_gate_up_bwd", "gated_act_fwd",
@@ -465,7 +465,7 @@ def _record_name(r):
 
 
 def test_aot_every_config_compiles_fits_and_does_not_spill(aot_records):
-    from fastattn.kernels import _aot
+    from fastattn.kernels import _configs as _aot
 
     assert not [f"{_record_name(r)}: {r['error']}" for r in aot_records if r["error"]]
     assert {r["arch"] for r in aot_records} == {"sm_80", "sm_90"}

@@ -1,10 +1,10 @@
 """``python -m fastattn info``: versions, devices, compiled extensions, backends.
 
 With ``--kernels``: the static fitness report of every GPU kernel
-(:mod:`fastattn.kernel_report`). ``--json`` prints the same as JSON (with
-``--kernels``: the list of kernel records of :mod:`fastattn.kernel_report`). ``--sass`` (implies
+(:mod:`fastattn.buildcheck.kernel_report`). ``--json`` prints the same as JSON (with
+``--kernels``: the list of kernel records of :mod:`fastattn.buildcheck.kernel_report`). ``--sass`` (implies
 ``--kernels``) adds the main-loop machine-code analysis of every kernel and its static
-ceilings (:mod:`fastattn.sass_report`), as each record's ``sass``.
+ceilings (:mod:`fastattn.buildcheck.sass_report`), as each record's ``sass``.
 """
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def run(args) -> int:
     """Entry point of the ``info`` subcommand."""
     sass = getattr(args, "sass", False)
     if args.kernels or sass:
-        from fastattn import kernel_report
+        from fastattn.buildcheck import kernel_report
 
         report = kernel_report.collect(args.archs, sass=True) if sass else kernel_report.collect(args.archs)
         if args.json:
@@ -158,7 +158,7 @@ def run(args) -> int:
         else:
             print(kernel_report.format_table(report))
             if sass:
-                from fastattn import sass_report
+                from fastattn.buildcheck import sass_report
 
                 print()
                 print(sass_report.format_table(report.records))

@@ -3,9 +3,9 @@
 Two sources, merged into one list of records:
 
 * Triton: every kernel configuration compiled ahead of time for each arch
-  (``fastattn.kernels._aot.kernel_reports(archs)``);
-* CUDA C++: nvcc's ``-Xptxas -v`` report for each kernel and arch (the ptxas report
-  parser; see :data:`_CUDA_SOURCES` for where it is looked up).
+  (:func:`fastattn.buildcheck.triton_aot.kernel_reports`);
+* CUDA C++: nvcc's ``-Xptxas -v`` report for each kernel and arch
+  (:func:`fastattn.buildcheck.ptxas.kernel_reports`).
 
 Each record has the fields ``kernel``, ``backend`` ("triton" or "cuda"), ``config``,
 ``arch``, ``registers`` (per thread), ``shared_memory_bytes`` (per block, static plus
@@ -16,7 +16,7 @@ never replaced by made-up records.
 
 ``python -m fastattn info --kernels`` prints :func:`format_table`; with ``--json`` the
 list of records. With ``--sass`` (``collect(sass=True)``) every record also carries ``sass``:
-the main-loop machine-code analysis and static ceilings of :mod:`fastattn.sass_report`.
+the main-loop machine-code analysis and static ceilings of :mod:`fastattn.buildcheck.sass_report`.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from fastattn.kernels._configs import shared_memory_limit
 from fastattn.text_table import render_table
 
 ARCHS = (80, 90)
@@ -46,10 +47,10 @@ class ArchLimits:
 
 
 ARCH_LIMITS = {
-    80: ArchLimits(64, 32, 65536, 255, 164 * 1024, 163 * 1024, 1024),
-    86: ArchLimits(48, 16, 65536, 255, 100 * 1024, 99 * 1024, 1024),
-    89: ArchLimits(48, 24, 65536, 255, 100 * 1024, 99 * 1024, 1024),
-    90: ArchLimits(64, 32, 65536, 255, 228 * 1024, 227 * 1024, 1024),
+    80: ArchLimits(64, 32, 65536, 255, 164 * 1024, shared_memory_limit(80), 1024),
+    86: ArchLimits(48, 16, 65536, 255, 100 * 1024, shared_memory_limit(86), 1024),
+    89: ArchLimits(48, 24, 65536, 255, 100 * 1024, shared_memory_limit(89), 1024),
+    90: ArchLimits(64, 32, 65536, 255, 228 * 1024, shared_memory_limit(90), 1024),
 }
 
 _REG_ALLOC_UNIT = 256  # registers are allocated per warp in units of 256
@@ -153,12 +154,8 @@ def _normalise(record: dict, backend: str) -> dict:
 
 
 # Where each source lives, first found wins: (module, function taking archs -> list[dict]).
-_TRITON_SOURCES = (("fastattn.kernels._aot", "kernel_reports"),)
-_CUDA_SOURCES = (
-    ("fastattn._ptxas", "kernel_reports"),
-    ("fastattn.ptxas_report", "kernel_reports"),
-    ("fastattn.tools.ptxas_report", "kernel_reports"),
-)
+_TRITON_SOURCES = (("fastattn.buildcheck.triton_aot", "kernel_reports"),)
+_CUDA_SOURCES = (("fastattn.buildcheck.ptxas", "kernel_reports"),)
 
 
 def _load(sources) -> tuple[Optional[Callable], str]:
@@ -183,7 +180,7 @@ def collect(archs=ARCHS, backends=("triton", "cuda"), sass: bool = False) -> Ker
     """Compile/parse every kernel for ``archs`` and merge the records (see the module docstring).
 
     ``sass``: also disassemble every compiled kernel and attach its main-loop analysis
-    (:func:`fastattn.sass_report.analyse`) as each record's ``sass``."""
+    (:func:`fastattn.buildcheck.sass_report.analyse`) as each record's ``sass``."""
     report = KernelReport()
     archs = tuple(arch_number(a) for a in archs)
     for backend, sources in (("triton", _TRITON_SOURCES), ("cuda", _CUDA_SOURCES)):
@@ -204,7 +201,7 @@ def collect(archs=ARCHS, backends=("triton", "cuda"), sass: bool = False) -> Ker
             continue
         report.records.extend(_normalise(r, backend) for r in records)
     if sass:
-        from fastattn import sass_report
+        from fastattn.buildcheck import sass_report
 
         sass_report.analyse(report.records)
     return report

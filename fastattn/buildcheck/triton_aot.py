@@ -1,7 +1,8 @@
 """Ahead-of-time compilation of Triton kernel configs for NVIDIA archs, with no GPU.
 
-Each kernel module of this package may define ``aot_cases() -> list[AotCase]``: one case
-per (kernel, config, specialisation) that its autotuner can pick. :func:`kernel_reports`
+Each kernel module of :mod:`fastattn.kernels` may define ``aot_cases() -> list[AotCase]``
+(:class:`fastattn.kernels._configs.AotCase`): one case per (kernel, config, specialisation)
+that its autotuner can pick. :func:`kernel_reports`
 compiles every case for each requested compute capability with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`` (Triton needs no
 device for that), reads the shared memory from the compiled metadata, and the registers
@@ -12,7 +13,7 @@ estimates the occupancy from the arch's per-SM limits. Results are cached on dis
 case and the Triton version, because a compile takes seconds; next to each record the
 cache keeps the compiled cubin and the Triton IR (gzipped), which
 ``kernel_reports(..., artefacts=True)`` hands out for machine-code analysis
-(:mod:`fastattn.sass`).
+(:mod:`fastattn.buildcheck.sass`).
 
 Records: ``kernel``, ``backend`` ("triton"), ``config``, ``arch``
 ("sm_80"), ``registers``, ``shared_memory_bytes``, ``spill_bytes``, ``occupancy``
@@ -27,118 +28,23 @@ code applies on the GPU too; :func:`kernel_reports` returns the kept ones unless
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib
 import inspect
 import json
+import multiprocessing
 import os
 import pkgutil
 import re
 import subprocess
 import sys
 import tempfile
-import multiprocessing
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
-ARCHS = (80, 86, 89, 90)
-"""Compute capabilities the package targets."""
-
-# Per-SM and per-block limits (CUDA C Programming Guide, "Technical Specifications per
-# Compute Capability"); shared memory per block is the opt-in maximum.
-_LIMITS = {
-    #     smem/block    smem/SM       warps/SM blocks/SM regs/SM
-    80: (163 * 1024, 164 * 1024, 64, 32, 65536),
-    86: (99 * 1024, 100 * 1024, 48, 16, 65536),
-    89: (99 * 1024, 100 * 1024, 48, 24, 65536),
-    90: (227 * 1024, 228 * 1024, 64, 32, 65536),
-}
-_RESERVED_SMEM_PER_BLOCK = 1024  # the driver reserves 1 KB of shared memory per resident block
-
-
-def shared_memory_limit(arch: int) -> int:
-    """Bytes of shared memory one block may use on compute capability ``arch``."""
-    return _LIMITS[arch][0]
-
-
-@dataclass(frozen=True)
-class AotCase:
-    """One kernel specialisation to compile ahead of time.
-
-    ``fn`` is the ``@triton.jit`` function (not its autotuner); ``signature`` maps every
-    non-constexpr argument name to a Triton type string (``"*fp16"``, ``"i32"``,
-    ``"fp32"``); ``constexprs`` gives every ``tl.constexpr`` argument (and may pin runtime
-    arguments, e.g. a stride of 1, as Triton's launcher specialises them); ``divisible_by_16``
-    names the arguments assumed multiples of 16 (pointers and most strides in practice).
-    ``archs`` restricts the case to the archs whose autotuner keeps it (None: all).
-    """
-
-    kernel: str
-    fn: Any
-    signature: dict
-    constexprs: dict
-    num_warps: int = 4
-    num_stages: int = 2
-    config: dict = field(default_factory=dict)
-    divisible_by_16: tuple = ()
-    archs: Optional[tuple] = None
-    origin: Optional[tuple] = None  # (module, index in its aot_cases()), set by discover_cases
-    maxnreg: Optional[int] = None  # ptxas's register cap per thread, as the launch config sets it
-    # Cases sharing a group are one specialisation's candidate configs: the autotuner runs those
-    # the compiler accepts for it (see select_compiled); None: the case always launches.
-    group: Optional[tuple] = None
-
-    def key(self) -> str:
-        # cache_key hashes the kernel *and* the @triton.jit helpers it calls (src alone would not).
-        src = getattr(self.fn, "cache_key", None) or getattr(self.fn, "src", "") or ""
-        body = json.dumps([self.kernel, src, sorted(self.signature.items()), sorted((k, repr(v)) for k, v in
-                           self.constexprs.items()), self.num_warps, self.num_stages, sorted(self.divisible_by_16)]
-                          + ([self.maxnreg] if self.maxnreg is not None else []))
-        return hashlib.sha256(body.encode()).hexdigest()[:24]
-
-
-def signature_for(fn, pointer_types: dict, default_pointer: str, floats: Iterable[str] = (),
-                  constexprs: Optional[dict] = None, int64s: Iterable[str] = ()) -> dict:
-    """A signature for ``fn``: names starting with an upper-case letter are pointers (type from
-    ``pointer_types`` or ``default_pointer``), names in ``floats`` are fp32, in ``int64s`` i64,
-    the rest i32; ``constexprs`` are marked ``"constexpr"``."""
-    constexprs = constexprs or {}
-    sig = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name[0].isupper():
-            sig[name] = pointer_types.get(name, default_pointer)
-        elif name in floats:
-            sig[name] = "fp32"
-        elif name in int64s:
-            sig[name] = "i64"
-        else:
-            sig[name] = "i32"
-    return sig
-
-
-def select_compiled(configs: list, reports: list, smem_limit: int) -> list:
-    """The candidates worth running, from what the compiler reports for each (``reports[i]`` is
-    ``(shared_memory_bytes, spill_bytes)`` of ``configs[i]`` compiled for one exact
-    specialisation, or None when that report could not be had).
-
-    Kept: those within the arch's shared memory per block that spill no register. When every
-    candidate spills, those that fit with the fewest spilled bytes (a slow kernel beats no
-    kernel, and the report flags it); a candidate without a report is kept (its launch tells).
-    Never empty: when nothing fits, all are returned and the launch raises the compiler's error.
-    """
-    known = [(c, r) for c, r in zip(configs, reports) if r is not None]
-    unknown = [c for c, r in zip(configs, reports) if r is None]
-    fits = [(c, r) for c, r in known if r[0] <= smem_limit]
-    clean = [c for c, r in fits if r[1] == 0]
-    if clean or unknown:
-        return clean + unknown
-    if fits:
-        least = min(r[1] for _, r in fits)
-        return [c for c, r in fits if r[1] == least]
-    return list(configs)
+import fastattn.kernels
+from fastattn.buildcheck.kernel_report import ARCH_LIMITS
+from fastattn.kernels._configs import AotCase, select_compiled, shared_memory_limit
 
 
 def _mark_kept(work: list, records: list) -> None:
@@ -162,17 +68,17 @@ def _case_identity(case: AotCase) -> tuple:
 
 
 def discover_cases(stratified: bool = False) -> list[AotCase]:
-    """Every ``aot_cases()`` of this package's kernel modules (each case knows its origin).
+    """Every ``aot_cases()`` of the kernel modules of :mod:`fastattn.kernels` (each case knows its origin).
 
     ``stratified``: where a module offers a subset (``aot_cases(stratified=True)``: every kernel,
     variant and head-dim tile at least once, chosen deterministically), only those cases. This
     is what the default test run compiles; the full set (minutes more on two cores, cold) is for
     ``info --kernels``, ``benchmarks/static_analysis.py`` and the slow tests."""
     cases = []
-    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+    for info in pkgutil.iter_modules(fastattn.kernels.__path__):
         if info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"{__package__}.{info.name}")
+        module = importlib.import_module(f"fastattn.kernels.{info.name}")
         if not hasattr(module, "aot_cases"):
             continue
         found = [replace(c, origin=(info.name, i)) for i, c in enumerate(module.aot_cases())]
@@ -203,12 +109,12 @@ def _ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
 
 def occupancy(arch: int, registers: int, shared_bytes: int, num_warps: int) -> float:
     """Resident warps per SM over the arch's maximum, from registers, shared memory and warps."""
-    _, smem_sm, max_warps, max_blocks, regs_sm = _LIMITS[arch]
+    lim = ARCH_LIMITS[arch]
     regs_per_warp = -(-max(registers, 1) * 32 // 256) * 256  # allocated per warp in units of 256
-    by_regs = regs_sm // (regs_per_warp * num_warps)
-    by_smem = smem_sm // (shared_bytes + _RESERVED_SMEM_PER_BLOCK) if shared_bytes else max_blocks
-    blocks = min(by_regs, by_smem, max_warps // num_warps, max_blocks)
-    return round(blocks * num_warps / max_warps, 4)
+    by_regs = lim.registers // (regs_per_warp * num_warps)
+    by_smem = lim.smem_per_sm // (shared_bytes + lim.smem_reserved_per_block) if shared_bytes else lim.max_blocks
+    blocks = min(by_regs, by_smem, lim.max_warps // num_warps, lim.max_blocks)
+    return round(blocks * num_warps / lim.max_warps, 4)
 
 
 def _compile_one(case: AotCase, arch: int, artefacts: Optional[Path] = None) -> dict:
@@ -337,7 +243,7 @@ def _main() -> None:
 
 def kernel_reports(archs: Iterable[int | str] = (80, 90), cases: Optional[list[AotCase]] = None,
                    jobs: Optional[int] = None, artefacts: bool = False, pruned: bool = False) -> list[dict]:
-    """Compile every AOT case (default: all of this package's) for each arch and report it.
+    """Compile every AOT case (default: all of :func:`discover_cases`) for each arch and report it.
 
     ``archs``: compute capabilities (80, "sm_90", ...). Returns one record per (case, arch)
     the case is kept for, in a stable order: candidates of one specialisation (a ``group``) that

@@ -1,16 +1,16 @@
 """Main-loop machine-code analysis of every kernel record (``info --kernels --sass``).
 
-:func:`analyse` takes the kernel records of :mod:`fastattn.kernel_report` that carry their
+:func:`analyse` takes the kernel records of :mod:`fastattn.buildcheck.kernel_report` that carry their
 compiled artefacts (``cubin``; Triton: ``ttir``; CUDA C++: ``mangled``), disassembles each
-cubin (:mod:`fastattn.sass`), and attaches to every record a ``sass`` dict:
+cubin (:mod:`fastattn.buildcheck.sass`), and attaches to every record a ``sass`` dict:
 
 * ``arch``: the throughput table used ("sm_80", "sm_90a", ...); ``loops``: loops found in the
-  kernel; ``main_loops``: one *view* per main loop and path (see :func:`fastattn.sass.analyse_function`),
-  each with the per-warp, per-iteration counts (:data:`fastattn.sass.CATEGORIES`, ``instructions``,
+  kernel; ``main_loops``: one *view* per main loop and path (see :func:`fastattn.buildcheck.sass.analyse_function`),
+  each with the per-warp, per-iteration counts (:data:`fastattn.buildcheck.sass.CATEGORIES`, ``instructions``,
   ``ex2``, ``mma_flops``, ``shared_bytes``, ``global_load_bytes``, ``local_bytes``), ``useful_flops``
   (the tile's FLOPs per iteration: from Triton's IR, or the CUDA C++ tile traits), the derived
   figures (``non_mma_per_4096_flops``, ``shared_bytes_per_mma_flop``, ``redundancy``) and the
-  static ceilings (:mod:`fastattn.sass_ceiling`); ``label``/``masked`` tell a causal kernel's
+  static ceilings (:mod:`fastattn.buildcheck.sass_ceiling`); ``label``/``masked`` tell a causal kernel's
   masked and unmasked loops (or paths) apart;
 * ``static_ceiling``: the ceiling of the steady-state view (the first view that is not the
   masked variant of another: a causal kernel's unmasked loop or path; else the first main
@@ -32,7 +32,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from fastattn import sass, sass_ceiling
+from fastattn.buildcheck import sass, sass_ceiling
 
 VIEW_FIELDS = ("loop", "path", "label", "masked", "start", "end", *sass.CATEGORIES, "instructions", "ex2",
                "mma_flops", "mma_flops_by_kind", "unknown_mma", "shared_bytes", "global_load_bytes", "local_bytes",
@@ -192,9 +192,9 @@ def analyse(records: list, jobs: Optional[int] = None) -> None:
     tiles_error = None
     if heads:
         try:
-            from fastattn import _ptxas
+            from fastattn.buildcheck import ptxas
 
-            tiles = _ptxas.attention_tiles(heads)
+            tiles = ptxas.attention_tiles(heads)
         except Exception as exc:  # noqa: BLE001  (redundancy unknown, the counts still stand)
             tiles_error = f"{type(exc).__name__}: {exc}"
     for r in records:

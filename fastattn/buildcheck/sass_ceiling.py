@@ -1,6 +1,6 @@
 """Static throughput ceilings of a kernel's main loop, from per-SM throughputs of each arch.
 
-Given the per-warp, per-iteration counts of a main loop (:func:`fastattn.sass.count`), the
+Given the per-warp, per-iteration counts of a main loop (:func:`fastattn.buildcheck.sass.count`), the
 warps of a CTA and the useful FLOPs of one iteration, each bound below is the fraction of the
 arch's dense tensor-core peak that the loop could reach if only that resource limited it and
 everything else overlapped perfectly (enough resident warps, no latency, no bank conflicts,
@@ -101,7 +101,7 @@ def derived(counts: dict, num_warps: int, useful_flops: Optional[float]) -> dict
 def ceilings(counts: dict, arch, num_warps: int, useful_flops: Optional[float]) -> dict:
     """The static-ceiling fractions of tensor-core peak for one main-loop view on ``arch``.
 
-    ``counts``: per-warp, per-iteration counts (:func:`fastattn.sass.count`); ``num_warps``:
+    ``counts``: per-warp, per-iteration counts (:func:`fastattn.buildcheck.sass.count`); ``num_warps``:
     warps per CTA; ``useful_flops``: the tile's FLOPs per iteration (None: every MMA FLOP
     counted as useful). Returns :data:`BOUNDS` and ``static_ceiling`` (their minimum), each in
     [0, 1], or None for every field when the view has no known MMA work. The peak is that of

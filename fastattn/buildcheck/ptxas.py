@@ -5,13 +5,13 @@ needed) and ptxas's report is parsed into one record per (kernel instantiation, 
 ``kernel``, ``config`` (the template arguments), ``arch``, ``registers``,
 ``shared_memory_bytes`` (static plus the most dynamic shared memory its launcher asks
 for), ``spill_bytes`` (spill stores plus loads), ``stack_bytes``, ``threads_per_block``.
-:mod:`fastattn.kernel_report` merges these with the Triton records for
+:mod:`fastattn.buildcheck.kernel_report` merges these with the Triton records for
 ``python -m fastattn info --kernels``.
 
 Needs the source tree (an editable install or a checkout) and ``nvcc``. Results are
 cached per source hash, arch and nvcc version under ``$XDG_CACHE_HOME/fastattn/ptxas``,
 with the cubins (``kernel_reports(..., artefacts=True)`` hands out their paths for
-machine-code analysis, :mod:`fastattn.sass`).
+machine-code analysis, :mod:`fastattn.buildcheck.sass`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from typing import Iterable, Optional
 ARCHS = ("80", "86", "89", "90a")
 """The archs the CUDA C++ kernels ship for (csrc/CMakeLists.txt's default)."""
 
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
 
 # Launch facts ptxas cannot see: the largest block and dynamic shared memory each launcher
 # uses (csrc/cuda/*/*.cu). Keys are kernel names without namespace or template arguments.
@@ -212,7 +212,7 @@ def _arch_name(arch) -> str:
 
 
 def kernel_reports(archs: Iterable = ARCHS, artefacts: bool = False) -> list[dict]:
-    """Records for :mod:`fastattn.kernel_report` (one per kernel instantiation and arch).
+    """Records for :mod:`fastattn.buildcheck.kernel_report` (one per kernel instantiation and arch).
 
     With ``artefacts``, each record also has ``cubin`` (the path of the cached cubin holding
     the kernel) and ``mangled`` (its symbol there)."""

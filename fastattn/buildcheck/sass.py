@@ -14,7 +14,7 @@ longest and its shortest path; straight-line bodies have one path.
 
 :func:`ttir_dot_loops` reads the useful FLOPs per iteration from Triton's IR (the ``tt.dot``
 shapes of each innermost loop), so that MMA work repeated across warps shows as a redundancy
-factor. The throughput ceilings derived from these counts are in :mod:`fastattn.sass_ceiling`.
+factor. The throughput ceilings derived from these counts are in :mod:`fastattn.buildcheck.sass_ceiling`.
 
 Counts are static: a path's instructions counted once per iteration, predicated-off work
 included (it still takes an issue slot), callees of ``CALL`` (slow paths) not included.
