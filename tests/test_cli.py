@@ -12,8 +12,7 @@ import pytest
 import torch
 
 import fastattn
-from fastattn import dispatch, testing
-from fastattn.buildcheck import kernel_report
+from fastattn import dispatch, kernel_report, testing
 from fastattn.cli import impls, main, measure, peaks, schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,7 +161,7 @@ def test_theoretical_occupancy_hand_values():
 def one_case_report():
     """The real report, with the Triton AOT source restricted to its first case (a compile
     takes seconds); the CUDA source as it is (cached on disk by source hash)."""
-    aot = pytest.importorskip("fastattn.buildcheck.triton_aot")
+    aot = pytest.importorskip("fastattn.kernels._aot")
     cases = aot.discover_cases()
     if not cases:
         pytest.skip("the Triton AOT source declares no cases yet")
@@ -357,30 +356,28 @@ def test_verify_fails_on_nan():
     assert err > tol
 
 
-def test_delegated_directions_are_named_in_reports(capsys):
-    """The cuda backend's attention backward runs another backend's kernel: verify, info and
-    bench's record of what ran name that backend for the backward, never cuda."""
+def test_cuda_backward_is_named_cuda_in_reports(capsys):
+    """The cuda backend's attention backward is its own CUDA C++ kernel: verify, info and bench's
+    record of what ran name cuda for both directions and no delegation."""
     why = dispatch.unavailable_reason("cuda", torch.device("cpu"))
     if why is not None:
         pytest.skip(f"cuda backend (simulated build) unavailable: {why}")
-    by = dispatch.runs_on("attention_bwd", "cuda", "cpu")
-    assert by in ("triton", "reference")
+    assert dispatch.runs_on("attention_bwd", "cuda", "cpu") == "cuda"
     assert dispatch.runs_on("attention_fwd", "cuda", "cpu") == "cuda"
-    assert dispatch.runs_on("attention_bwd", "reference", "cpu") == "reference"
 
     rc = main(["verify", "--backends", "cuda", "--families", "sdpa", "--dtypes", "float16"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert f"fwd+bwd by {by}" in out and "fwd+bwd " not in out.replace(f"fwd+bwd by {by}", "")
+    assert "fwd+bwd" in out and "fwd+bwd by" not in out
 
     assert main(["info", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["backends"]["delegated"]["cpu"]["cuda"] == {"attention_bwd": by}
+    assert "cuda" not in json.loads(capsys.readouterr().out)["backends"]["delegated"].get("cpu", {})
 
     runner = impls.FastattnRunner("cuda")
     q, k, v = (testing.randn(1, 2, 17, 64, dtype=torch.float16, seed=s, requires_grad=True) for s in range(3))
     with impls.record_selection(runner):
         fastattn.scaled_dot_product_attention(q, k, v, is_causal=True, backend="cuda").sum().backward()
-    assert runner.last_selected == f"cuda+{by} (attention_bwd delegated by cuda)"
+    assert runner.last_selected == "cuda"
 
 
 def test_verify_entry_point_exit_status():
