@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import fastattn
-from fastattn import dispatch, kernel_report, testing
+from fastattn import dispatch, testing
+from fastattn.buildcheck import kernel_report
 from fastattn.cli import impls, main, measure, peaks, schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -161,7 +162,7 @@ def test_theoretical_occupancy_hand_values():
 def one_case_report():
     """The real report, with the Triton AOT source restricted to its first case (a compile
     takes seconds); the CUDA source as it is (cached on disk by source hash)."""
-    aot = pytest.importorskip("fastattn.kernels._aot")
+    aot = pytest.importorskip("fastattn.buildcheck.triton_aot")
     cases = aot.discover_cases()
     if not cases:
         pytest.skip("the Triton AOT source declares no cases yet")
