@@ -1,10 +1,10 @@
-"""Helpers shared by every benchmark in this directory.
+"""Helpers of the pytest-benchmark files in this directory (``pytest benchmarks/ --benchmark-only``).
 
-The FLOP/byte formulas, timers, device peaks and the environment record live in the
-package (``fastattn.cli.measure``, ``fastattn.cli.peaks``, ``fastattn.cli.environment``)
-because ``python -m fastattn bench`` ships in the wheel and this directory does not; they
-are re-exported here so that a benchmark file imports everything from one place and the
-numbers of ``pytest benchmarks/`` and of the command are computed the same way.
+The cases, implementations, FLOP/byte formulas, timers and the environment record are the
+harness's (the ``fastattn_bench`` package here, which ``python -m fastattn bench`` runs too), so
+that the numbers of ``pytest benchmarks/`` and of the command are computed the same way; this
+module adds what pytest-benchmark needs: the device, throughput units, a case's pytest id, and
+:func:`run_case`.
 
 Conventions (flash-attn's): causal attention counts half the score matrix; the backward
 pass is 2.5x the forward's FLOPs. Times are seconds; throughput is TFLOP/s or GB/s.
@@ -12,30 +12,15 @@ pass is 2.5x the forward's FLOPs. Times are seconds; throughput is TFLOP/s or GB
 from __future__ import annotations
 
 import itertools
-import json
-from pathlib import Path
-from typing import Any
 
 import torch
 
-from fastattn.cli.environment import command_line, cpu_model, environment, git_commit  # noqa: F401
-from fastattn.cli.measure import (  # noqa: F401
-    BWD_FACTOR,
-    DIRECTIONS,
-    Timing,
-    attention_flops,
-    feed_forward_flops,
-    gated_activation_bytes,
-    kvcache_bytes,
-    kvcache_flops,
-    rotation_count,
-    summarize,
-    tensor_bytes,
-    time_call,
-    time_cpu,
-    time_cuda,
-)
-from fastattn.cli.peaks import Peak, device_peak, measured_peak, table_peak  # noqa: F401
+from fastattn_bench import impls
+from fastattn_bench.measure import rotation_count, tensor_bytes
+
+# The script benchmarks (bench_cpu_ffn, bench_cpu_generate, bench_cpu_crossover) take these from here.
+from fastattn_bench.environment import environment  # noqa: F401
+from fastattn_bench.measure import feed_forward_flops  # noqa: F401
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 """Where the pytest-benchmark files run: the GPU when there is one, else the CPU."""
@@ -57,14 +42,8 @@ def sync(device: torch.device = DEVICE) -> None:
         torch.cuda.synchronize()
 
 
-def write_json(path: str | Path, rows: list[dict], device: torch.device | str = DEVICE, **extra: Any) -> None:
-    """Write ``rows`` with the full environment record (see :func:`environment`) as JSON."""
-    record = {"environment": environment(device), **extra, "rows": rows}
-    Path(path).write_text(json.dumps(record, indent=2, default=str) + "\n")
-
-
 def case_id(case) -> str:
-    """A pytest id for a :mod:`fastattn.cli.cases` case."""
+    """A pytest id for a :mod:`fastattn_bench.cases` case."""
     return case.name.replace(" ", "-").replace("/", "_")
 
 
@@ -76,8 +55,6 @@ def _input_sets(case):
 
 def _call(runner, case, sets):
     """A no-argument callable running ``case.direction`` on the next input set each call."""
-    from fastattn.cli import impls
-
     sets = [runner.adapt(case, s) for s in sets]
     keys = impls.GRAD_KEYS[case.family]
     counter = itertools.count()

@@ -4,7 +4,7 @@
     FASTATTN_BENCH_PRESET=quick pytest benchmarks/ --benchmark-only    # or default / full, as the CLI
     pytest benchmarks/ --benchmark-only --benchmark-autosave; ...; --benchmark-compare
 
-Cases (:mod:`fastattn.cli.cases`) and implementations (:mod:`fastattn.cli.impls`: every
+Cases (:mod:`fastattn_bench.cases`) and implementations (:mod:`fastattn_bench.impls`: every
 fastattn backend available on the device, never the Triton interpreter or the simulated
 CUDA build, and the torch SDPA backends and other peers importable here) are the CLI's,
 so both report the same work; each benchmark's ``extra_info`` holds its FLOPs/bytes and
@@ -19,7 +19,7 @@ import pytest
 
 from _common import DEVICE, case_id, run_case
 
-from fastattn.cli import cases, impls
+from fastattn_bench import cases, impls
 
 PRESET = os.environ.get("FASTATTN_BENCH_PRESET", "small")
 CASES = [c for c in cases.preset(PRESET, DEVICE.type) if c.family in ("attention", "kvcache")]

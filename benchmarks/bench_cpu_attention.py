@@ -12,9 +12,9 @@ Two ways to run it:
   spread and the ratio to each torch path. ``FASTATTN_CPU_ISA=avx2`` (or ``avx512``) runs
   the native kernels' lower instruction-set paths on a CPU that has more. ``python -m
   fastattn bench --device cpu`` times the same cases (it builds them with
-  :class:`fastattn.cli.cases.AttentionCase`).
+  :class:`fastattn_bench.cases.AttentionCase`).
 
-FLOPs follow flash-attn's count (``fastattn.cli.measure.attention_flops``): causal halves
+FLOPs follow flash-attn's count (``fastattn_bench.measure.attention_flops``): causal halves
 the score matrix, backward is 2.5x the forward. Peak memory is measured in a fresh
 subprocess per (implementation, seqlen) as the growth of the peak resident set size (Linux
 VmHWM, reset just before the call) over the resident size with the inputs allocated, which
@@ -35,10 +35,10 @@ from typing import Iterable, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import attention_flops, environment  # noqa: E402
-
-from fastattn.cli import impls  # noqa: E402
-from fastattn.cli.cases import AttentionCase  # noqa: E402
+from fastattn_bench import impls  # noqa: E402
+from fastattn_bench.cases import AttentionCase  # noqa: E402
+from fastattn_bench.environment import environment  # noqa: E402
+from fastattn_bench.measure import attention_flops  # noqa: E402
 
 IMPLS = ("fastattn:cpu", "sdpa_flash", "sdpa_math")
 PEERS = ("sdpa_flash", "sdpa_math")
@@ -158,8 +158,8 @@ def format_row(r: dict) -> str:
 
 _MEMORY_CHILD = r"""
 import sys, torch
-from fastattn.cli.cases import AttentionCase
 sys.path.insert(0, {bench_dir!r})
+from fastattn_bench.cases import AttentionCase
 from bench_cpu_attention import _runner, _callable
 
 def status_kib(field):

@@ -10,7 +10,7 @@ Liger-Kernel's ``LigerSiLUMulFunction``. The gated MLP ``feed_forward`` is repor
 TFLOP/s (``6 tokens dim hidden`` forward, twice that backward) against three torch
 matmuls with the torch activation in between.
 
-Implementations are the CLI's (:mod:`fastattn.cli.impls`): every fastattn backend
+Implementations are the harness's (:mod:`fastattn_bench.impls`): every fastattn backend
 available on the device (the Triton rows only with a GPU: the interpreter is never timed;
 on a CPU the native ``cpu`` kernels and ``auto``), then the peers. Inputs rotate
 between calls so that caches do not flatter.
@@ -23,7 +23,7 @@ import pytest
 
 from _common import DEVICE, case_id, run_case
 
-from fastattn.cli import cases, impls
+from fastattn_bench import cases, impls
 
 PRESET = os.environ.get("FASTATTN_BENCH_PRESET", "quick")
 FAMILIES = ("activation", "feed_forward")

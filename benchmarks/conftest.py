@@ -2,7 +2,7 @@
 
 Benchmark files are named ``bench_<op>.py`` (not ``test_*.py``, so the test suite never
 runs them); this hook collects them when pytest is pointed at this directory. The Triton
-interpreter and the simulated CUDA build are never timed: :func:`fastattn.cli.impls.fastattn_backends`
+interpreter and the simulated CUDA build are never timed: :func:`fastattn_bench.impls.fastattn_backends`
 leaves them out whatever ``TRITON_INTERPRET`` says.
 """
 import pytest

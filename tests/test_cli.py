@@ -14,7 +14,11 @@ import torch
 import fastattn
 from fastattn import dispatch, testing
 from fastattn.buildcheck import kernel_report
-from fastattn.cli import impls, main, measure, peaks, schema
+from fastattn.cli import main
+from fastattn.cli.bench import load_harness
+
+load_harness()  # benchmarks/fastattn_bench of this checkout, importable as fastattn_bench from here on
+from fastattn_bench import impls, measure, peaks, schema  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -302,6 +306,20 @@ def test_bench_sizes_option(tmp_path):
     rows = json.loads(path.read_text())["rows"]
     assert {r["impl"] for r in rows} == {"fastattn:auto", "sdpa_math"}
     assert rows[0]["shape"]["seqlen"] == 16 and rows[0]["direction"] == "bwd" and rows[0]["shape"]["causal"]
+
+
+def test_bench_without_the_harness_says_what_to_do(monkeypatch, tmp_path, capsys):
+    """A fastattn without its source checkout (a wheel install) has no benchmark harness: bench
+    exits with 2 and says where it looked and what to do, before parsing any bench option."""
+    from fastattn.cli import bench as bench_cli
+
+    monkeypatch.delitem(sys.modules, "fastattn_bench")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "fastattn_bench"))])
+    missing = tmp_path / "benchmarks" / "fastattn_bench"
+    monkeypatch.setattr(bench_cli, "_candidates", lambda: [missing])
+    assert main(["bench", "--quick", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "source checkout" in err and "root" in err
 
 
 # --------------------------------------------------------------------------- verify

@@ -7,6 +7,8 @@ Subcommands:
 * ``bench``: microbenchmarks of every fastattn backend on the device against every peer
   importable in this process (torch SDPA by backend, flash-attn, xformers, Liger-Kernel,
   FlexAttention): table, ``--json`` with the full environment, ``--markdown``, ``--plot``.
+  The harness is ``benchmarks/fastattn_bench`` of a source checkout (:mod:`fastattn.cli.bench`
+  finds it), not part of the installed package.
 * ``verify``: every backend available here against the float64 reference, forward and
   backward, with a pass/fail table; exit status 1 on any failure.
 """
@@ -32,5 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # bench's options belong to the harness, which is loaded only when bench runs: the words
+    # after ``bench`` pass through unparsed; any other command takes no unknown word.
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return int(args.func(args, rest) or 0)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return int(args.func(args) or 0)

@@ -1,8 +1,7 @@
 """What a benchmark measures: FLOP and byte counts, and timing.
 
-One implementation shared by ``python -m fastattn bench`` and the pytest-benchmark
-files in ``benchmarks/`` (which re-export it from ``benchmarks/_common.py``): the
-command ships in the wheel, the benchmark directory does not.
+One implementation shared by ``python -m fastattn bench`` and the benchmark files in
+``benchmarks/``.
 
 FLOP conventions are flash-attn's, so that numbers compare with its published ones:
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from fastattn.cli import measure
+from . import measure
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
@@ -67,7 +67,7 @@ class AttentionCase(_Case):
         return {"q": q, "k": k, "v": v, "dout": dout}
 
     def flops(self) -> float:
-        """FLOPs of this case (flash-attn's count, :func:`fastattn.cli.measure.attention_flops`)."""
+        """FLOPs of this case (flash-attn's count, :func:`.measure.attention_flops`)."""
         return measure.attention_flops(self.batch, self.heads, self.seqlen, self.seqlen, self.head_dim,
                                        self.causal, self.direction)
 
