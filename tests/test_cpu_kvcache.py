@@ -435,10 +435,10 @@ def test_auto_picks_cpu_for_cpu_tensors(monkeypatch, dtype):
     from fastattn.backends import cpu_decode_crossover
 
     monkeypatch.setattr(cpu_decode_crossover, "prefer_torch", lambda *a: False)
-    picked = _selected(monkeypatch)
+    calls = _spy_native(monkeypatch)
     q, kc, vc, lens = _kv_inputs(dtype)
     out = fastattn.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, causal=True)
-    assert picked == ["cpu"]
+    assert calls == ["decode"]
     ref = reference.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, causal=True, upcast=True)
     lowp = reference.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, causal=True)
     assert_matches(out, ref, lowp, "out", dtype)

@@ -36,7 +36,14 @@ def prefer_torch(dtype: torch.dtype, group: int, keys: int) -> bool:
     """Whether torch's flash CPU kernel decoded faster than fastattn's native one in the measured
     case nearest to this one: the same dtype, the nearest query heads per kv head, then the
     nearest cache length (log scale). No measurement: fastattn's kernel."""
-    name = str(dtype).replace("torch.", "")
+    return _prefer_torch(str(dtype), group, keys)
+
+
+@functools.lru_cache(maxsize=4096)
+def _prefer_torch(dtype: str, group: int, keys: int) -> bool:
+    # Cached: a model's decoding asks again for every layer of every step (the key count grows
+    # by one a step, so the cache holds a few thousand answers at most).
+    name = dtype.replace("torch.", "")
     rows = [e for e in _table() if e["dtype"] == name]
     if not rows:
         return False

@@ -36,6 +36,7 @@ from typing import Optional
 
 import torch
 
+from fastattn._dtype_codes import DTYPE_CODES
 from fastattn.backends import cpu_attention
 
 PACK_BUDGET_BYTES = 16 << 20
@@ -71,14 +72,18 @@ def supports(q, k_cache, v_cache, k_new=None, v_new=None, cache_seqlens=None, *,
                                   alibi_slopes=alibi_slopes, args=args)
 
 
-def _append(k_cache, v_cache, k_new, v_new, lens: torch.Tensor) -> None:
-    """Write ``k_new``/``v_new`` ``(B, Lnew, Hk, D)`` into the caches at rows
-    ``lens[b] .. lens[b] + Lnew`` of each batch element, in place, one indexed copy each."""
-    batch, new = k_new.shape[:2]
-    rows = lens.to(torch.int64)[:, None] + torch.arange(new, dtype=torch.int64)  # (B, Lnew)
-    bidx = torch.arange(batch, dtype=torch.int64)[:, None].expand(batch, new)
-    k_cache.index_put_((bidx, rows), k_new)
-    v_cache.index_put_((bidx, rows), v_new)
+def _append(k_cache, v_cache, k_new, v_new, lens: list[int]) -> None:
+    """Write ``k_new``/``v_new`` ``(B, Lnew, Hk, D)`` into the caches at rows ``lens[b] .. lens[b]
+    + Lnew`` of each batch element, in place: one slice copy each when every sequence holds as
+    many tokens (a uniform batch), else one per sequence."""
+    new = k_new.shape[1]
+    if all(n == lens[0] for n in lens):
+        k_cache[:, lens[0]:lens[0] + new] = k_new
+        v_cache[:, lens[0]:lens[0] + new] = v_new
+        return
+    for b, n in enumerate(lens):
+        k_cache[b, n:n + new] = k_new[b]
+        v_cache[b, n:n + new] = v_new[b]
 
 
 def _runs(counts: list[int]):
@@ -128,17 +133,37 @@ def _decodes(q, k_cache, v_cache) -> bool:
     return q.shape[1] <= DECODE_MAX_QUERY_ROWS and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
 
 
-def _decode_spec(q, k_cache, v_cache, cache_seqlens, new, alibi_slopes, args, out, lse, keep: list) -> dict:
-    """The decoding kernel's call for the whole batch, on ``(B, H, L, D)`` strided views of
-    ``q``, the caches and ``out`` (no copy), each batch element over its first
-    ``cache_seqlens[b] + new`` keys, writing ``out`` and ``lse`` in place. ``keep`` holds the
-    tensors the spec points into until the call returns."""
-    spec = cpu_attention._spec(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2), None,
-                               alibi_slopes, None, None, args, keep)
-    kv_lens = cache_seqlens.to(torch.int64) + new
-    keep.append(kv_lens)
-    spec.update(out=cpu_attention._t(out.transpose(1, 2)), lse=cpu_attention._t(lse), kv_lens=kv_lens.data_ptr())
-    return spec
+def decode_into(q, k_cache, v_cache, kv_lens, out, lse, *, scale: float, causal: bool, window_left: int = -1,
+                window_right: int = -1, softcap: float = 0.0, alibi_slopes=None) -> None:
+    """One call of the decoding kernel (``csrc/cpu/decode_impl.h``) for the whole batch: ``q``
+    ``(B, Lq, Hq, D)`` (``Lq <=`` :data:`DECODE_MAX_QUERY_ROWS`) against the first ``kv_lens[b]``
+    rows of ``k_cache``/``v_cache`` ``(B, Lcache, Hk, D | Dv)``, every tensor read in place by its
+    strides (the caches' last dim contiguous), causal and windows aligned bottom-right; writes
+    ``out`` ``(B, Lq, Hq, Dv)`` (q's dtype) and ``lse`` fp32 ``(B, Hq, Lq)``. ``kv_lens``:
+    contiguous int64 ``(B,)``; ``alibi_slopes``: fp32 ``(Hq,)`` or ``(B, Hq)`` or ``None``.
+
+    The kernel's spec is built here from sizes and strides alone (no view, no temporary): a
+    decoding step of a small model does a few microseconds of work, so its call costs count."""
+    batch, seqlen_q, heads, head_dim = q.shape
+    _, seqlen_k, heads_k, _ = k_cache.shape
+    qs, ks, vs, os_, ls = q.stride(), k_cache.stride(), v_cache.stride(), out.stride(), lse.stride()
+    # (ptr, stride_b, stride_h, stride_l, stride_d): the kernel's (B, H, L, D) order.
+    spec = dict(
+        dtype=DTYPE_CODES[q.dtype], batch=batch, heads_q=heads, heads_k=heads_k, seqlen_q=seqlen_q,
+        seqlen_k=seqlen_k, head_dim=head_dim, head_dim_v=v_cache.shape[3],
+        q=(q.data_ptr(), qs[0], qs[2], qs[1], qs[3]), k=(k_cache.data_ptr(), ks[0], ks[2], ks[1], ks[3]),
+        v=(v_cache.data_ptr(), vs[0], vs[2], vs[1], vs[3]), out=(out.data_ptr(), os_[0], os_[2], os_[1], os_[3]),
+        lse=(lse.data_ptr(), ls[0], ls[1], ls[2], 0), kv_lens=kv_lens.data_ptr(),
+        scale=scale, softcap=softcap, causal=causal, bottom_right=True, window_left=window_left,
+        window_right=window_right, num_threads=torch.get_num_threads(),
+    )
+    if alibi_slopes is not None:
+        if alibi_slopes.dim() == 1:  # (Hq,): the same slopes for every sequence
+            spec["alibi"] = (alibi_slopes.data_ptr(), 0, alibi_slopes.stride(0), 0, 0)
+        else:
+            sb = alibi_slopes.stride(0) if alibi_slopes.shape[0] > 1 else 0
+            spec["alibi"] = (alibi_slopes.data_ptr(), sb, alibi_slopes.stride(1), 0, 0)
+    cpu_attention._C.cpu_decode_fwd(spec)
 
 
 def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slopes, args):
@@ -150,23 +175,24 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slope
     q's dtype and ``lse`` fp32 ``(B, Hq, Lq)`` (+inf and output 0 for rows that see no key).
     """
     batch, seqlen_q, heads, _ = q.shape
+    lens = cache_seqlens.tolist()  # CPU tensor: no device sync involved
     new = 0
     if k_new is not None and k_new.shape[1] > 0:
         new = k_new.shape[1]
-        _append(k_cache, v_cache, k_new, v_new, cache_seqlens)
+        _append(k_cache, v_cache, k_new, v_new, lens)
     out = torch.empty(batch, seqlen_q, heads, v_cache.shape[-1], dtype=q.dtype)
     lse = torch.empty(batch, heads, seqlen_q, dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
     if _decodes(q, k_cache, v_cache):
-        keep: list = []
-        cpu_attention._C.cpu_decode_fwd(_decode_spec(q, k_cache, v_cache, cache_seqlens, new, alibi_slopes, args,
-                                                     out, lse, keep))
+        decode_into(q, k_cache, v_cache, cache_seqlens.to(torch.int64) + new, out, lse, scale=float(args.scale),
+                    causal=bool(args.causal), window_left=int(args.window_left), window_right=int(args.window_right),
+                    softcap=float(args.softcap), alibi_slopes=alibi_slopes)
         return out, lse
     heads_k = k_cache.shape[2]
     group = heads // heads_k
     dims = -(-k_cache.shape[-1] // 16) * 16 + -(-v_cache.shape[-1] // 16) * 16
-    counts = [n + new for n in cache_seqlens.tolist()]  # CPU tensor: no device sync involved
+    counts = [n + new for n in lens]
     for b0, b1, n in _runs(counts):
         j0 = _first_visible_key(n, seqlen_q, args)
         if n - j0 <= 0:  # no key at all: flash-attn's empty-row convention
@@ -190,5 +216,31 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slope
             cpu_attention._C.cpu_attention_fwd(spec)
     return out, lse
 
+
+def eager_decode(q, k_cache, v_cache, k_new, v_new, lens: list[int], *, scale: float, causal: bool,
+                 softcap: float):
+    """The native part of a plain eager decoding step (the short route of
+    :mod:`fastattn.functional.kvcache_eager`, which validated every argument): ``k_new``/``v_new``
+    ``(B, Lnew, Hk, D)`` or ``None`` appended at rows ``lens[b] ..`` (a list of ``B`` ints), then
+    the decoding kernel over each sequence's ``lens[b] + Lnew`` keys, no window or ALiBi.
+    Returns ``(out (B, Lq, Hq, Dv), lse fp32 (B, Hq, Lq))``, or ``None``, having done nothing,
+    when the query has more rows than the decoding kernel takes."""
+    batch, seqlen_q, heads, _ = q.shape
+    if seqlen_q > DECODE_MAX_QUERY_ROWS:
+        return None
+    new = 0 if k_new is None else k_new.shape[1]
+    if new:
+        _append(k_cache, v_cache, k_new, v_new, lens)
+    out = torch.empty((batch, seqlen_q, heads, v_cache.shape[3]), dtype=q.dtype)
+    lse = torch.empty((batch, heads, seqlen_q), dtype=torch.float32)
+    kv_lens = torch.tensor([n + new for n in lens], dtype=torch.int64)
+    decode_into(q, k_cache, v_cache, kv_lens, out, lse, scale=scale, causal=causal,
+                window_right=0 if causal else -1, softcap=softcap)
+    return out, lse
+
+
+# Dispatch holds kvcache_fwd; the short route finds the eager step through it (a stand-in
+# registered in its place has none, and its calls take the full path).
+kvcache_fwd.eager_decode = eager_decode
 
 OPS = {"kvcache_fwd": (kvcache_fwd, supports)}

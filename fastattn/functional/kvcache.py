@@ -25,6 +25,7 @@ from fastattn import validation as check
 from fastattn.functional.attention import _flash_options, _slopes
 from fastattn.attention_args import AttentionArgs
 from fastattn.ops.kvcache import attention_kvcache as _core_kvcache
+from fastattn.functional.kvcache_eager import decode_step
 from fastattn.ops.kvcache_index import check_index_values, gather_visible
 
 def rotary(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, interleaved: bool) -> Tensor:
@@ -107,6 +108,14 @@ def flash_attn_with_kvcache(
     Returns:
         ``out`` ``(batch, seqlen_q, heads, head_dim_v)``, or ``(out, softmax_lse)``. No backward.
     """
+    if (rotary_cos is None and rotary_sin is None and cache_batch_idx is None and cache_leftpad is None
+            and block_table is None and alibi_slopes is None and learnable_sink is None):
+        # A plain eager decoding step on the CPU takes the short route when cheap tests prove
+        # its arguments valid (else None, and the checks below run and raise).
+        result = decode_step(q, k_cache, v_cache, k, v, cache_seqlens, softmax_scale, causal, window_size, softcap,
+                             num_splits, return_softmax_lse, backend)
+        if result is not None:
+            return result
     check.tensor("q", q, ndim=4)
     check.tensor("k_cache", k_cache, ndim=4)
     check.tensor("v_cache", v_cache, ndim=4)
