@@ -45,15 +45,8 @@ from test_triton_attention import (  # noqa: E402  (tests/ is on sys.path, as fo
     _randn,
     kernels,
 )
-from test_triton_decode import (  # noqa: E402
-    _bits,
-    _poisoned_cache,
-    _reference as _kvcache_reference,
-    assert_lse,
-    assert_matches,
-    poison as _poison_kvcache,  # noqa: F401  (autouse: NaN torch.empty, seed 0, GPU-like bf16 casts)
-    run_case,
-)
+from decode_cases import bits, check, poisoned_cache, reference_kvcache  # noqa: E402
+from decode_cases import run_case as run_kvcache_case  # noqa: E402
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 DTYPES = [F16, BF16, F32]
@@ -245,7 +238,7 @@ def test_varlen_public_api_matches_per_sequence_flash_attn():
 
 # --------------------------------------------------------------------------- 3. KV cache + GQA + window
 
-# run_case options (tests/test_triton_decode.py): per-batch cache lengths with an empty cache,
+# run_kvcache_case options (tests/decode_cases.py): per-batch cache lengths with an empty cache,
 # a cache shorter than the window and one far longer, appended tokens, several query rows.
 KVCACHE = {
     "gqa4-w32-causal-append3": dict(batch=3, heads=8, heads_k=2, head_dim=40, seqlen_q=3, new=3, cache_len=256,
@@ -266,13 +259,13 @@ KVCACHE = {
 def test_kvcache_gqa_window(dtype, option):
     """The public op vs the float64 reference: output, LSE, and the in-place append (bit for bit;
     cache rows past each valid length are NaN and must be neither read nor written)."""
-    run_case(dtype, **KVCACHE[option])
+    run_kvcache_case("triton", dtype, **KVCACHE[option])
 
 
 def _kvcache_inputs(dtype, batch, seqlen_q, heads, heads_k, head_dim, cache_len, lens, new):
     q = torch.randn(batch, seqlen_q, heads, head_dim, device=DEVICE).to(dtype)
-    kc = _poisoned_cache(batch, cache_len, heads_k, head_dim, lens, new, dtype, "contiguous")
-    vc = _poisoned_cache(batch, cache_len, heads_k, head_dim, lens, new, dtype, "contiguous")
+    kc = poisoned_cache(batch, cache_len, heads_k, head_dim, lens, new, dtype, "contiguous")
+    vc = poisoned_cache(batch, cache_len, heads_k, head_dim, lens, new, dtype, "contiguous")
     k_new = torch.randn(batch, new, heads_k, head_dim, device=DEVICE).to(dtype)
     v_new = torch.randn(batch, new, heads_k, head_dim, device=DEVICE).to(dtype)
     return q, kc, vc, k_new, v_new, torch.tensor(lens, dtype=torch.int32, device=DEVICE)
@@ -291,18 +284,16 @@ def test_kvcache_append_then_attend_equals_concatenated_cache(dtype):
     kc_cat, vc_cat = kc.clone(), vc.clone()
     for b, n in enumerate(lens):
         kc_cat[b, n : n + new], vc_cat[b, n : n + new] = k_new[b], v_new[b]
-    ref = [_kvcache_reference(q, kc, vc, k_new, v_new, ct, dict(opts, cache_seqlens=seqlens))
+    ref = [reference_kvcache(q, kc, vc, k_new, v_new, ct, dict(opts, cache_seqlens=seqlens))
            for ct in (torch.float64, dtype)]
 
     out, lse = fastattn.flash_attn_with_kvcache(q, kc, vc, k_new, v_new, cache_seqlens=seqlens, backend="triton",
                                                 **opts)
     out_cat, lse_cat = fastattn.flash_attn_with_kvcache(q, kc_cat, vc_cat, cache_seqlens=seqlens + new,
                                                         backend="triton", **opts)
-    assert torch.equal(_bits(kc), _bits(kc_cat)) and torch.equal(_bits(vc), _bits(vc_cat))
+    assert torch.equal(bits(kc), bits(kc_cat)) and torch.equal(bits(vc), bits(vc_cat))
     assert torch.equal(out, out_cat) and torch.equal(lse, lse_cat)
-    (o64, l64), (olp, llp) = ref
-    assert_matches(out, o64, olp, "out")
-    assert_lse(lse, l64, llp.float(), dtype)
+    check(out, lse, *ref)
 
 
 class _GridSpy:
@@ -328,7 +319,7 @@ def test_kvcache_split_equals_unsplit(dtype, name, splits, monkeypatch):
     split count forced through the public op as tests/test_triton_decode.py does. LSEs and fp32
     outputs to fp32 rounding (partials and merge are fp32); fp16/bf16 outputs to one epsilon of
     the output's scale (see below). Both runs are also checked against the float64 reference
-    (and their appends bit for bit) by run_case."""
+    (and their appends bit for bit) by run_kvcache_case."""
     spy = _GridSpy(decode_kernels._decode_split_kernel)
     monkeypatch.setattr(decode_kernels, "_decode_split_kernel", spy)
     case = dict(batch=2, heads=4, heads_k=2, head_dim=64, seqlen_q=2, new=2, cache_len=450, lens=(440, 201),
@@ -337,7 +328,7 @@ def test_kvcache_split_equals_unsplit(dtype, name, splits, monkeypatch):
     for n in (1, splits):
         monkeypatch.setattr(decode_kernels, "choose_num_splits", lambda *a, n=n: n)
         torch.manual_seed(11)  # the same inputs for both runs
-        results.append(run_case(dtype, **case))
+        results.append(run_kvcache_case("triton", dtype, **case))
     used = [grid[0] for grid in spy.grids]
     assert used[0] == 1 and used[1] > 2, f"split counts launched: {used}"
     (o1, l1), (o2, l2) = results
@@ -491,9 +482,10 @@ def test_kvcache_cross_product_slow(dtype, heads, window):
     """Head layouts x windows x dtypes; softcap / ALiBi (H,) / ALiBi (B, H) / none cycle."""
     i = DTYPES.index(dtype) + SLOW_HEADS.index(heads) + [(0, 0), (16, 0), (100, 0), (33, 7)].index(window)
     extra = ["plain", "softcap", "alibi-h", "alibi-bh"][i % 4]
-    run_case(dtype, batch=3, heads=heads[0], heads_k=heads[1], head_dim=48, seqlen_q=3, new=2, cache_len=400,
-             lens=(0, 150, 398), causal=window[1] == 0, window=window, softcap=5.0 if extra == "softcap" else 0.0,
-             alibi={"alibi-h": "per_head", "alibi-bh": "per_batch"}.get(extra))
+    run_kvcache_case("triton", dtype, batch=3, heads=heads[0], heads_k=heads[1], head_dim=48, seqlen_q=3, new=2,
+                     cache_len=400, lens=(0, 150, 398), causal=window[1] == 0, window=window,
+                     softcap=5.0 if extra == "softcap" else 0.0,
+                     alibi={"alibi-h": "per_head", "alibi-bh": "per_batch"}.get(extra))
 
 
 @pytest.mark.slow
