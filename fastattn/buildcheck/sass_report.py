@@ -26,13 +26,13 @@ from __future__ import annotations
 import concurrent.futures
 import gzip
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
 from typing import Optional
 
 from fastattn.buildcheck import sass, sass_ceiling
+from fastattn.buildcheck._cache import cache_dir, read_json, write_json
 
 VIEW_FIELDS = ("loop", "path", "label", "masked", "start", "end", *sass.CATEGORIES, "instructions", "ex2",
                "mma_flops", "mma_flops_by_kind", "unknown_mma", "shared_bytes", "global_load_bytes", "local_bytes",
@@ -46,11 +46,6 @@ SASS_FIELDS = ("arch", "tool", "loops", "main_loops", "static_ceiling", "masked_
 ARTEFACT_KEYS = ("cubin", "ttir", "mangled")
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("FASTATTN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fastattn")
-    return Path(root) / "sass"
-
-
 def _analyser_hash() -> str:
     h = hashlib.sha256()
     h.update(Path(sass.__file__).read_bytes())
@@ -62,20 +57,12 @@ def analyse_cubin(path: str, tool: Optional[str] = None) -> dict:
     ``path``, cached by the cubin's content and this analyzer's source."""
     data = Path(path).read_bytes()
     key = hashlib.sha256(data).hexdigest()[:24] + "-" + _analyser_hash()
-    cache = _cache_dir() / f"{key}.json"
-    if cache.is_file():
-        try:
-            return json.loads(cache.read_text())
-        except (OSError, ValueError):
-            pass
+    cache = cache_dir("sass") / f"{key}.json"
+    cached = read_json(cache)
+    if cached is not None:
+        return cached
     result = {name: sass.analyse_function(ins) for name, ins in sass.disassemble(data, tool).items()}
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(cache)
-    except OSError:
-        pass
+    write_json(cache, result)
     return result
 
 

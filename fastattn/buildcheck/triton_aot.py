@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import fastattn.kernels
+from fastattn.buildcheck._cache import cache_dir, read_json, write_json
 from fastattn.buildcheck.kernel_report import ARCH_LIMITS
 from fastattn.kernels._configs import AotCase, select_compiled, shared_memory_limit
 
@@ -172,15 +173,10 @@ def _cached(case: AotCase, arch: int, artefacts: bool) -> bool:
     return not artefacts or all(Path(p).exists() for p in artefact_paths(case, arch).values())
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("FASTATTN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fastattn")
-    return Path(root) / "aot"
-
-
 def _cache_path(case: AotCase, arch: int) -> Path:
     import triton
 
-    return _cache_dir() / f"{case.key()}-sm{arch}-triton{triton.__version__}.json"
+    return cache_dir("aot") / f"{case.key()}-sm{arch}-triton{triton.__version__}.json"
 
 
 _POOL_WORK: list = []  # (case, arch) pairs handed to forked workers by index (JIT functions don't pickle)
@@ -194,23 +190,14 @@ def _compile_index(i: int) -> dict:
 def _compile_cached(job, artefacts: bool = False) -> dict:
     case, arch = job
     path = _cache_path(case, arch)
-    if _cached(case, arch, artefacts):
-        try:
-            record = json.loads(path.read_text())
-            return dict(record, **artefact_paths(case, arch)) if artefacts else record
-        except (OSError, ValueError):
-            pass
+    record = read_json(path) if _cached(case, arch, artefacts) else None
+    if record is not None:
+        return dict(record, **artefact_paths(case, arch)) if artefacts else record
     # The artefacts are written on every compile (cheap next to the compile), so that a later
     # machine-code analysis finds them.
     record = _compile_one(case, arch, artefacts=path.with_suffix(""))
     if record["error"] is None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(record))
-            tmp.replace(path)
-        except OSError:
-            pass
+        write_json(path, record)
     return dict(record, **artefact_paths(case, arch)) if artefacts else record
 
 
