@@ -32,7 +32,8 @@ def tsan_build():
 
 def test_tsan_clean(tsan_build):
     sim_runner.assert_runs_clean(*tsan_build, "tsan", "ThreadSanitizer", "kernel_split_kv_decode",
-                                 "two_blocks_run_concurrently", "attention_fwd_fp16_noncausal")
+                                 "two_blocks_run_concurrently", "attention_fwd_fp16_noncausal",
+                                 "attention_bwd_fp16_causal_bottom_right", "attention_bwd_bf16_noncausal_deterministic")
 
 
 def test_tsan_reports_planted_missing_syncthreads(tsan_build):

@@ -21,10 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 FLASH = "cuda/attention/flash_fwd.cuh"
+FLASH_BWD = "cuda/attention/flash_bwd.cuh"
+FLASH_BWD_DQ = "cuda/attention/flash_bwd_dq.cuh"
 DECODE = "cuda/decode/split_kv.cuh"
 SOFTMAX = "cuda/softmax/scaled_masked_softmax.cuh"
 
 FLASH_KERNEL = r"flash_fwd_kernel<__half, 64, false>"
+DKDV_KERNEL = r"flash_bwd_dkdv_kernel<__half, 64>"
+DQ_KERNEL = r"flash_bwd_dq_kernel<__half, 64>"
 NOT_WAITED = r"was not waited for before the last __syncthreads\(\)"
 NOT_SEPARATED = r"not separated by a barrier"
 NO_BARRIER_SINCE_WAIT = r"no __syncthreads\(\) since its cp_async_wait"
@@ -87,6 +91,28 @@ _LIST = [
         "planted_attention", (), "plain",
         expect=(FLASH_KERNEL, r"ldmatrix row address 0x[0-9a-f]+ \(matrix \d\) is not 16-byte aligned"),
         why="a Q row address 8 bytes past a 16-byte boundary"),
+    Bug("attn_bwd_missing_wait", FLASH_BWD,
+        "    cp_async_wait<0>();  // Q, lse, delta and dO of this step\n",
+        "    /* planted: cp_async_wait<0>() missing */\n",
+        "planted_attention_bwd", (), "plain",
+        expect=(DKDV_KERNEL, NOT_WAITED),
+        why="the step's Q and dO tiles are read while their cp.async groups are still in flight"),
+    Bug("attn_bwd_no_barrier_before_do_refill", FLASH_BWD,
+        "    __syncthreads();  // every warp is done with dO (refilled next) and dS^T is complete\n",
+        "    /* planted: no barrier between dV/dS^T and the dO refill */\n",
+        "planted_attention_bwd", (), "plain",
+        expect=(DKDV_KERNEL,),
+        any_of=(NOT_SEPARATED, NOT_WAITED, NO_BARRIER_SINCE_WAIT),
+        why="the next dO tile is copied over the one slower warps still read for dV and dP, and dQ "
+            "reads other warps' dS^T rows before they are all written"),
+    Bug("attn_bwd_dq_no_barrier_after_wait", FLASH_BWD_DQ,
+        "    __syncthreads();     // ...landed for every thread; every warp is done with block t - 1's stage\n",
+        "    /* planted: no __syncthreads() after the wait */\n",
+        "planted_attention_bwd", (), "plain",
+        expect=(DQ_KERNEL,),
+        any_of=(NO_BARRIER_SINCE_WAIT, NOT_SEPARATED, NOT_WAITED),
+        why="the deterministic dq pass reads K/V rows other threads copied before any barrier, and "
+            "refills the stage a slower warp still reads"),
     Bug("decode_static_smem_unwritten", DECODE,
         "    if (d < Dv) partial_o[warp][d] = acc[c];\n",
         "    if (d < Dv && warp < n) partial_o[warp][d] = acc[c];  /* planted: idle warps skip */\n",

@@ -66,6 +66,24 @@ __device__ __forceinline__ void dkdv_probs(const AttnBwdParams& p, float (&s)[BM
   }
 }
 
+// First query row that sees a key >= n0 (key j is visible to query i iff i + off - left <= j
+// <= i + off + right): 0 without a right bound.
+__device__ __forceinline__ int dkdv_query_begin(const AttnBwdParams& p, int n0) {
+  if (p.window_right < 0) return 0;
+  const int first = n0 - p.diag_offset - p.window_right;
+  return first > 0 ? first : 0;
+}
+
+// One past the last query row that sees a key of [n0, n0 + BN): Lq without a left bound.
+template <int BN>
+__device__ __forceinline__ int dkdv_query_end(const AttnBwdParams& p, int n0) {
+  const int Lq = static_cast<int>(p.seqlen_q), Lk = static_cast<int>(p.seqlen_k);
+  if (p.window_left < 0) return Lq;
+  const int last_key = (n0 + BN < Lk ? n0 + BN : Lk) - 1;
+  const int last = last_key - p.diag_offset + p.window_left + 1;
+  return last < Lq ? last : Lq;
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_kernel(const AttnBwdParams p) {
   using Tr = AttnBwdTraits<D>;
@@ -87,37 +105,22 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_ker
   const int off = p.diag_offset;
   const int d = static_cast<int>(p.head_dim);
 
-  // Query rows [q_begin, q_end) that see at least one of keys [n0, n0 + BN): key j is visible
-  // to query i iff i + off - left <= j <= i + off + right.
-  const int last_key = (n0 + BN < Lk ? n0 + BN : Lk) - 1;
-  int q_begin = 0, q_end = Lq;
-  if (p.window_right >= 0) {
-    const int first = n0 - off - p.window_right;
-    q_begin = first > 0 ? first : 0;
-  }
-  if (p.window_left >= 0) {
-    const int last = last_key - off + p.window_left + 1;
-    q_end = last < Lq ? last : Lq;
-  }
+  // Query rows [q_begin, q_end) that see at least one of keys [n0, n0 + BN).
+  const int q_begin = dkdv_query_begin(p, n0);
+  const int q_end = dkdv_query_end<BN>(p, n0);
   const int m_first = q_begin / BM;
   const int n_blocks = q_end > q_begin ? (q_end + BM - 1) / BM - m_first : 0;
   const int n_steps = n_blocks * group;  // (query head of the group, query block), head-major
 
   const TileCopy<T, BN, D, NT> kv_copy(tid, d);
-  const TileCopy<T, BM, D, NT> q_copy(tid, d);
   const T* k = static_cast<const T*>(p.k) + b * p.k_strides[0] + hk * p.k_strides[1];
   const T* v = static_cast<const T*>(p.v) + b * p.v_strides[0] + hk * p.v_strides[1];
   kv_copy.copy_checked(sK, k, p.k_strides[2], n0, Lk - n0);
   kv_copy.copy_checked(sV, v, p.v_strides[2], n0, Lk - n0);
 
-  // Step `step`'s query head and first row.
-  auto step_head = [&](int step) { return hk * group + step / n_blocks; };
-  auto step_row = [&](int step) { return (m_first + step % n_blocks) * BM; };
-  // Q, lse and delta of a step into Q buffer `buf`: lse and delta are padded to whole query
-  // blocks (+inf and 0), so the 16-byte copies of the first warp never leave them.
-  auto copy_q = [&](int step, int buf) {
-    const int h = step_head(step), m0 = step_row(step);
+  auto copy_q = [&](int h, int m0, int buf) {
     const T* q = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
+    const TileCopy<T, BM, D, NT> q_copy(tid, static_cast<int>(p.head_dim));
     q_copy.copy_checked(sQ + buf * BM * D, q, p.q_strides[2], m0, Lq - m0);
     constexpr int kChunks = BM / 4;  // 16-byte chunks of one statistic
     if (tid < 2 * kChunks) {
@@ -126,14 +129,17 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_ker
       cp_async<16>(s_stats + buf * 2 * BM + which * BM + chunk * 4, src + m0 + chunk * 4);
     }
   };
-  auto copy_do = [&](int step) {
-    const int h = step_head(step), m0 = step_row(step);
+  auto copy_do = [&](int h, int m0) {
     const T* dout = static_cast<const T*>(p.dout) + b * p.do_strides[0] + h * p.do_strides[1];
+    const TileCopy<T, BM, D, NT> q_copy(tid, static_cast<int>(p.head_dim));
     q_copy.copy_checked(sdO, dout, p.do_strides[2], m0, Lq - m0);
   };
+  // Steps run over (query head of the group, query block), head-major: counters rather than
+  // a division by n_blocks each step.
+  int h = hk * group, m0 = m_first * BM;
   if (n_steps > 0) {
-    copy_q(0, 0);
-    copy_do(0);
+    copy_q(h, m0, 0);
+    copy_do(h, m0);
   }
   cp_async_commit();
 
@@ -159,10 +165,13 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_ker
 #pragma unroll 1
   for (int step = 0; step < n_steps; ++step) {
     const int buf = step & 1;
-    const int h = step_head(step), m0 = step_row(step);
+    // The next step's head and first row.
+    // (Recomputed from the parameters: a register held across the loop would spill at D = 128.)
+    const bool block_wraps = m0 + BM >= dkdv_query_end<BN>(p, n0);
+    const int next_h = block_wraps ? h + 1 : h, next_m0 = block_wraps ? m_first * BM : m0 + BM;
     cp_async_wait<0>();  // Q, lse, delta and dO of this step
     __syncthreads();     // ...landed for every thread; every warp is done with the last step's dS^T and Q buffer
-    if (step + 1 < n_steps) copy_q(step + 1, buf ^ 1);
+    if (step + 1 < n_steps) copy_q(next_h, next_m0, buf ^ 1);
     cp_async_commit();
     const T* sQb = sQ + buf * BM * D;
     const float* s_lse = s_stats + buf * 2 * BM;
@@ -252,24 +261,24 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_ker
       }
     }
     __syncthreads();  // every warp is done with dO (refilled next) and dS^T is complete
-    if (step + 1 < n_steps) copy_do(step + 1);
+    if (step + 1 < n_steps) copy_do(next_h, next_m0);
     cp_async_commit();
 
-    // dQ += dS K for this warp's 16 query rows, 64 columns at a time, added to the fp32
+    // dQ += dS K for this warp's 16 query rows, 32 columns at a time (fewer live registers), added to the fp32
     // accumulator (padded to whole blocks and to D columns: no bounds to check).
     if (p.dq_accum != nullptr) {
       float* acc_row = p.dq_accum + ((static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q_pad + m0 + warp * 16 + g) * D;
 #pragma unroll
-      for (int c0 = 0; c0 < D; c0 += 64) {
-        float acc[8][4];
+      for (int c0 = 0; c0 < D; c0 += 32) {
+        float acc[4][4];
 #pragma unroll
-        for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+        for (int j = 0; j < 4; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
           uint32_t a[4];
           ldmatrix_x4_trans(a, sdS + ds_lane + kk * 16 * BM);
 #pragma unroll
-          for (int j = 0; j < 8; j += 2) {
+          for (int j = 0; j < 4; j += 2) {
             uint32_t kb[4];
             ldmatrix_x4_trans(kb, sK + t_lane.at((c0 + j * 8) / 16, kk * 16));
             const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
@@ -278,11 +287,13 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_ker
           }
         }
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
+        for (int j = 0; j < 4; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) atomicAdd(acc_row + (e >> 1) * 8 * D + c0 + j * 8 + 2 * t4 + (e & 1), acc[j][e]);
       }
     }
+    h = next_h;
+    m0 = next_m0;
   }
   cp_async_wait<0>();  // nothing may be in flight when the block exits (K/V when no step ran)
 
