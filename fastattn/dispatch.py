@@ -57,8 +57,10 @@ OP_SIGNATURES = {
     "gated_act_bwd": "fn(dout, gate, up, activation) -> (dgate, dup)",
     "bias_gelu_fwd": "fn(x, bias, approximate) -> out",
     "bias_gelu_bwd": "fn(dout, x, bias, approximate) -> dx",
-    "feed_forward_fwd": "fn(x, w_gate, w_up, w_down, activation) -> (out, hidden)",
-    "feed_forward_bwd": "fn(dout, x, w_gate, w_up, w_down, hidden, activation) -> (dx, dw_gate, dw_up, dw_down)",
+    # residuals "none" | "hidden" | "gate_up": what the forward keeps for the backward, and
+    # what res_a/res_b hold (fastattn.ops.ffn.RESIDUALS).
+    "feed_forward_fwd": "fn(x, w_gate, w_up, w_down, activation, residuals) -> (out, res_a, res_b)",
+    "feed_forward_bwd": "fn(dout, x, w_gate, w_up, w_down, res_a, res_b, activation, residuals) -> (dx, dw_gate, dw_up, dw_down)",
 }
 
 

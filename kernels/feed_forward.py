@@ -311,20 +311,29 @@ def gate_up_bwd(dout2, x2, w_gate, w_up, w_down, activation: str):
     return dg, du
 
 
-def feed_forward_fwd(x, w_gate, w_up, w_down, activation: str):
+def feed_forward_fwd(x, w_gate, w_up, w_down, activation: str, residuals: str = "hidden"):
     """The gated MLP forward: ``x`` ``(..., K)``, ``w_gate``/``w_up`` ``(N, K)``,
-    ``w_down`` ``(K_out, N)``, one dtype. Returns ``(out (..., K_out), hidden (..., N))``,
-    ``hidden = act(x @ w_gate.T) * (x @ w_up.T)`` being what the backward needs."""
+    ``w_down`` ``(K_out, N)``, one dtype. Returns ``(out (..., K_out), res_a, res_b)``: for
+    ``residuals="hidden"`` ``res_a = hidden = act(x @ w_gate.T) * (x @ w_up.T)`` ``(..., N)``,
+    what the backward needs; for ``"none"`` (no backward follows) both are empty. ``G`` and
+    ``U`` never leave the registers, so ``"gate_up"`` is not this kernel's (ValueError)."""
+    if residuals not in ("hidden", "none"):
+        raise ValueError(f"residuals must be 'hidden' or 'none' for the Triton feed-forward, got {residuals!r}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])  # a view unless the leading dims don't chain
     h = gate_up_fwd(x2, w_gate, w_up, activation)
-    out = torch.matmul(h, w_down.t())
-    return out.reshape(*lead, w_down.shape[0]), h.reshape(*lead, w_gate.shape[0])
+    out = torch.matmul(h, w_down.t()).reshape(*lead, w_down.shape[0])
+    if residuals == "none":  # two distinct empty tensors: a custom op's outputs may not alias
+        return out, x.new_empty(0), x.new_empty(0)
+    return out, h.reshape(*lead, w_gate.shape[0]), x.new_empty(0)
 
 
-def feed_forward_bwd(dout, x, w_gate, w_up, w_down, hidden, activation: str):
-    """The gated MLP backward: returns ``(dx, dw_gate, dw_up, dw_down)`` in the shapes
-    and dtype of ``x`` and the weights. ``G``/``U`` are recomputed, not read."""
+def feed_forward_bwd(dout, x, w_gate, w_up, w_down, hidden, unused, activation: str, residuals: str = "hidden"):
+    """The gated MLP backward from the ``"hidden"`` residuals (``hidden``; ``unused`` is the
+    empty second residual): returns ``(dx, dw_gate, dw_up, dw_down)`` in the shapes and dtype
+    of ``x`` and the weights. ``G``/``U`` are recomputed, not read."""
+    if residuals != "hidden":
+        raise ValueError(f"the Triton feed-forward backward takes residuals='hidden', got {residuals!r}")
     x2 = x.reshape(-1, x.shape[-1])
     d2 = dout.reshape(-1, dout.shape[-1])
     h2 = hidden.reshape(-1, hidden.shape[-1])

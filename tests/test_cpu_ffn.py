@@ -50,9 +50,10 @@ def poison_empty(monkeypatch, request):
 def small_blocks(monkeypatch):
     """Blocks of a few rows and columns, so that every ragged block edge is exercised."""
     monkeypatch.setattr(cpu_ffn, "_FWD_SCRATCH_BYTES", 1)
-    monkeypatch.setattr(cpu_ffn, "_BWD_SCRATCH_BYTES", 1)
     monkeypatch.setattr(cpu_ffn, "_MIN_ROWS", 7)
+    monkeypatch.setattr(cpu_ffn, "_BWD_BLOCKS", 7)
     monkeypatch.setattr(cpu_ffn, "_MIN_COLS", 48)
+    monkeypatch.setattr(cpu_ffn, "_COL_ALIGN", 16)
 
 
 @pytest.fixture(params=[1, 2], ids=["thr1", "thr2"])
@@ -200,16 +201,19 @@ def _check_feed_forward(M, K, N, dtype, activation, layout="pair", K_out=None, l
     else:
         fn = lambda x_, g_, u_, d_: fastattn.feed_forward(x_, (g_, u_), d_, activation, backend="cpu")
         out, grads = _run(fn, (x, w_gate, w_up, w_down), dout)
-    # The core op's own outputs: the hidden activations the backward is given.
-    out2, hidden = cpu_ffn.feed_forward_fwd(x, w_gate, w_up, w_down, activation)
-    assert hidden.is_contiguous() and out.is_contiguous()
+    # The core op's own outputs: the pre-activations the backward is given, and none at all
+    # without a gradient (the same output).
+    out2, gate, up = cpu_ffn.feed_forward_fwd(x, w_gate, w_up, w_down, activation, "gate_up")
+    out3, *nothing = cpu_ffn.feed_forward_fwd(x, w_gate, w_up, w_down, activation, "none")
+    assert gate.is_contiguous() and up.is_contiguous() and out.is_contiguous()
+    assert [t.numel() for t in nothing] == [0, 0]
     torch.testing.assert_close(out2, out)  # the same kernels (a cloned layout may pick another BLAS path)
+    torch.testing.assert_close(out3, out)
     ref = lambda x_, g_, u_, d_: reference.feed_forward(x_, (g_, u_), d_, activation)
     (r64, g64), (rlp, glp) = _ref_and_grads(ref, (x, w_gate, w_up, w_down), dout, dtype)
     x64 = x.double()
-    h64 = reference.gated_activation(x64 @ w_gate.double().t(), x64 @ w_up.double().t(), activation)
-    hlp = reference.gated_activation(x @ w_gate.t(), x @ w_up.t(), activation)
-    assert_matches(hidden, h64, hlp, "hidden")
+    assert_matches(gate, x64 @ w_gate.double().t(), x @ w_gate.t(), "gate")
+    assert_matches(up, x64 @ w_up.double().t(), x @ w_up.t(), "up")
     assert out.dtype == dtype
     assert_matches(out, r64, rlp, "out")
     for name, g, r, rl in zip(("dx", "dw_gate", "dw_up", "dw_down"), grads, g64, glp):
@@ -286,6 +290,58 @@ def test_feed_forward_empty_and_degenerate():
     assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
 
 
+def _gemm_flops(monkeypatch) -> list[int]:
+    """Patch ``torch.mm`` and ``Tensor.addmm_`` to record the FLOPs of every GEMM they run."""
+    flops: list[int] = []
+    real_mm, real_addmm_ = torch.mm, torch.Tensor.addmm_
+
+    def mm(a, b, **kw):
+        flops.append(2 * a.shape[0] * a.shape[1] * b.shape[1])
+        return real_mm(a, b, **kw)
+
+    def addmm_(self, a, b, **kw):
+        flops.append(2 * a.shape[0] * a.shape[1] * b.shape[1])
+        return real_addmm_(self, a, b, **kw)
+
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(torch.Tensor, "addmm_", addmm_)
+    return flops
+
+
+def test_backward_recomputes_no_gemm(monkeypatch, small_blocks):
+    """Training keeps G and U: the forward runs the 3 GEMMs of the unfused MLP (2 M N K FLOPs
+    each, K_out = K) and the backward its 6 (dH, dw_down, two for dx, dw_gate, dw_up), blocks
+    and all; recomputing G and U would add 4 M N K. Autograd keeps G and U (2 M N elements)
+    besides x and the weights, where the unfused MLP keeps G, silu(G), U and H."""
+    M, K, N = 40, 24, 300
+    x, dout = _rand(M, K).requires_grad_(), _rand(M, K)
+    ws = [w.requires_grad_() for w in _weights(N, K, K, torch.float32, "pair")]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        flops = _gemm_flops(monkeypatch)
+        out = fastattn.feed_forward(x, ws[:2], ws[2], backend="cpu")
+        assert sum(flops) == 3 * 2 * M * N * K
+        flops.clear()
+        torch.autograd.grad(out, [x, *ws], dout)
+        assert sum(flops) == 6 * 2 * M * N * K
+    inputs = {t.data_ptr() for t in (x, *ws)}
+    kept = sum(t.numel() for t in saved if t.data_ptr() not in inputs)
+    assert kept == 2 * M * N
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_retained_graph_runs_backward_twice(dtype, small_blocks):
+    """The backward reads the kept pre-activations and never overwrites them: a graph kept with
+    retain_graph=True gives the same gradients on a second backward (as the unfused MLP's)."""
+    x, dout = _rand(3, 17, 40, dtype=dtype).requires_grad_(), _rand(3, 17, 40, dtype=dtype)
+    ws = [w.requires_grad_() for w in _weights(200, 40, 40, dtype, "pair")]
+    out = fastattn.feed_forward(x, ws[:2], ws[2], "geglu", backend="cpu")
+    first = torch.autograd.grad(out, [x, *ws], dout, retain_graph=True)
+    second = torch.autograd.grad(out, [x, *ws], dout)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_thread_count_does_not_change_results(dtype):
     """1 and 2 threads give the same outputs and gradients (the native kernels are elementwise;
@@ -317,13 +373,35 @@ def test_opcheck(dtype, monkeypatch):
     x = _rand(2, 5, 24, dtype=dtype).requires_grad_()
     wg, wu = (_rand(40, 24, dtype=dtype, scale=0.2).requires_grad_() for _ in range(2))
     wd = _rand(16, 40, dtype=dtype, scale=0.2).requires_grad_()
-    torch.library.opcheck(ops.feed_forward_fwd, (x, wg, wu, wd, "geglu", "cpu"))
-    out, hidden = ops.feed_forward_fwd(x, wg, wu, wd, "geglu", "cpu")
+    torch.library.opcheck(ops.feed_forward_fwd, (x, wg, wu, wd, "geglu", "gate_up", "cpu"))
+    torch.library.opcheck(ops.feed_forward_fwd, tuple(t.detach() if isinstance(t, torch.Tensor) else t
+                                                      for t in (x, wg, wu, wd, "geglu", "none", "cpu")))
+    out, gate, up = ops.feed_forward_fwd(x, wg, wu, wd, "geglu", "gate_up", "cpu")
+    assert not gate.requires_grad and not up.requires_grad  # residuals, not differentiable outputs
     torch.library.opcheck(ops.feed_forward_bwd, (_rand(2, 5, 16, dtype=dtype), x.detach(), wg.detach(),
-                                                 wu.detach(), wd.detach(), hidden.detach(), "geglu", "cpu"))
+                                                 wu.detach(), wd.detach(), gate, up, "geglu", "gate_up", "cpu"))
     b = _rand(24, dtype=dtype).requires_grad_()
     torch.library.opcheck(ops.bias_gelu_fwd, (x, b, "tanh", "cpu"))
     torch.library.opcheck(ops.bias_gelu_bwd, (_rand(2, 5, 24, dtype=dtype), x.detach(), b.detach(), "none", "cpu"))
+
+
+@pytest.mark.parametrize("residuals", ["hidden", "gate_up"])
+def test_reference_backend_serves_each_residuals(residuals):
+    """The core-op contract on the reference backend, which serves every residual choice (the
+    oracle of each backend's own): float64 outputs and gradients equal autograd's, and
+    ``"none"`` keeps nothing."""
+    ops = torch.ops.fastattn
+    x, dout = _rand(6, 24).double(), _rand(6, 16).double()
+    w = [t.double() for t in _weights(40, 24, 16, torch.float32, "pair")]
+    out, res_a, res_b = ops.feed_forward_fwd(x, *w, "geglu_tanh", residuals, "reference")
+    grads = ops.feed_forward_bwd(dout, x, *w, res_a, res_b, "geglu_tanh", residuals, "reference")
+    leaves = [t.clone().requires_grad_() for t in (x, *w)]
+    ref = reference.feed_forward(leaves[0], leaves[1:3], leaves[3], "geglu_tanh")
+    torch.testing.assert_close(out, ref.detach(), rtol=1e-12, atol=1e-12)
+    for g, r in zip(grads, torch.autograd.grad(ref, leaves, dout)):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+    _, *nothing = ops.feed_forward_fwd(x, *w, "geglu_tanh", "none", "reference")
+    assert [t.numel() for t in nothing] == [0, 0]
 
 
 def test_compile_fullgraph_dynamic():

@@ -216,7 +216,8 @@ def test_opcheck_feed_forward_fwd():
     x = _rand(gen, 3, 12).requires_grad_(True)
     w_gate, w_up = _rand(gen, 20, 12).requires_grad_(True), _rand(gen, 20, 12).requires_grad_(True)
     w_down = _rand(gen, 10, 20).requires_grad_(True)
-    _opcheck(torch.ops.fastattn.feed_forward_fwd.default, (x, w_gate, w_up, w_down, "swiglu", "reference"))
+    for residuals in ("hidden", "gate_up"):
+        _opcheck(torch.ops.fastattn.feed_forward_fwd.default, (x, w_gate, w_up, w_down, "swiglu", residuals, "reference"))
 
 
 def _bwd_case(name):
@@ -236,9 +237,9 @@ def _bwd_case(name):
         return torch.ops.fastattn.bias_gelu_bwd.default, (_rand(gen, 3, 16), _rand(gen, 3, 16), _rand(gen, 16), "none",
                                                           "reference")
     x, w_gate, w_up, w_down = _rand(gen, 3, 12), _rand(gen, 20, 12), _rand(gen, 20, 12), _rand(gen, 10, 20)
-    _, hidden = torch.ops.fastattn.feed_forward_fwd(x, w_gate, w_up, w_down, "swiglu", "reference")
-    return torch.ops.fastattn.feed_forward_bwd.default, (_rand(gen, 3, 10), x, w_gate, w_up, w_down, hidden, "swiglu",
-                                                         "reference")
+    _, gate, up = torch.ops.fastattn.feed_forward_fwd(x, w_gate, w_up, w_down, "swiglu", "gate_up", "reference")
+    return torch.ops.fastattn.feed_forward_bwd.default, (_rand(gen, 3, 10), x, w_gate, w_up, w_down, gate, up, "swiglu",
+                                                         "gate_up", "reference")
 
 
 BWD_OPS = ["attention_bwd", "scaled_masked_softmax_bwd", "gated_act_bwd", "bias_gelu_bwd", "feed_forward_bwd"]

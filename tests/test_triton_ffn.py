@@ -181,9 +181,10 @@ def _check_feed_forward(M, K, N, dtype, activation, layout="pair", K_out=None, l
     K_out = K if K_out is None else K_out
     x = _rand(*(lead or (M,)), K, dtype=dtype)
     w_gate, w_up, w_down = _weights(N, K, K_out, dtype, layout)
-    out, hidden = ff_k.feed_forward_fwd(x, w_gate, w_up, w_down, activation)
+    out, hidden, unused = ff_k.feed_forward_fwd(x, w_gate, w_up, w_down, activation, "hidden")
+    assert unused.numel() == 0
     dout = _rand(*out.shape, dtype=dtype)
-    grads = ff_k.feed_forward_bwd(dout, x, w_gate, w_up, w_down, hidden, activation)
+    grads = ff_k.feed_forward_bwd(dout, x, w_gate, w_up, w_down, hidden, unused, activation, "hidden")
     fn = lambda x_, g_, u_, d_: reference.feed_forward(x_, (g_, u_), d_, activation)
     (r64, g64), (rlp, glp) = _ref_and_grads(fn, (x, w_gate, w_up, w_down), dout, dtype)
     h64 = reference.gated_activation(x.double() @ w_gate.double().t(), x.double() @ w_up.double().t(), activation)
@@ -221,7 +222,7 @@ def test_feed_forward_weight_layouts(layout, dtype):
 def test_feed_forward_strided_x():
     x = _rand(3, 11, 80)[:, 2:9, 5:69]  # (3, 7, 64): rows don't chain, inner stride 1
     w_gate, w_up, w_down = _weights(50, 64, 64, torch.float32, "pair")
-    out, hidden = ff_k.feed_forward_fwd(x, w_gate, w_up, w_down, "swiglu")
+    out, hidden, _ = ff_k.feed_forward_fwd(x, w_gate, w_up, w_down, "swiglu", "hidden")
     ref = reference.feed_forward(x.double(), (w_gate.double(), w_up.double()), w_down.double(), "swiglu")
     testing.assert_close(out, ref, ref, "out")
     assert hidden.shape == (3, 7, 50)
@@ -323,9 +324,10 @@ def test_feed_forward_forward_never_allocates_preactivations():
     M, K, N = 64, 32, 512
     x = _rand(M, K)
     w_gate, w_up, w_down = _weights(N, K, K, torch.float32, "fused")
-    ff_k.feed_forward_fwd(x, w_gate, w_up, w_down, "swiglu")  # warm-up outside the measurement
+    ff_k.feed_forward_fwd(x, w_gate, w_up, w_down, "swiglu", "hidden")  # warm-up outside the measurement
     hidden_bytes, out_bytes = M * N * 4, M * K * 4
-    peak, (out, hidden) = _peak_allocated_bytes(lambda: ff_k.feed_forward_fwd(x, w_gate, w_up, w_down, "swiglu"))
+    peak, (out, hidden, _) = _peak_allocated_bytes(
+        lambda: ff_k.feed_forward_fwd(x, w_gate, w_up, w_down, "swiglu", "hidden"))
     assert peak <= hidden_bytes + out_bytes + 4096, f"forward peaked at {peak} bytes"
     # Unfused, G, U and silu(G) are live at once: the same measurement must see them.
     unfused, _ = _peak_allocated_bytes(lambda: (F.silu(x @ w_gate.t()) * (x @ w_up.t())) @ w_down.t())
@@ -423,12 +425,16 @@ def test_custom_ops_opcheck():
         (ops.gated_act_bwd, (d, g, u, "geglu", "triton")),
         (ops.bias_gelu_fwd, (x, b, "tanh", "triton")),
         (ops.bias_gelu_bwd, (d, x, b, "none", "triton")),
-        (ops.feed_forward_fwd, (xw, wg, wu, wd, "swiglu", "triton")),
-        (ops.feed_forward_bwd, (_rand(5, 16), xw, wg, wu, wd, _rand(5, 20), "swiglu", "triton")),
+        (ops.feed_forward_fwd, (xw, wg, wu, wd, "swiglu", "hidden", "triton")),
+        (ops.feed_forward_fwd, (xw, wg, wu, wd, "swiglu", "none", "triton")),
+        (ops.feed_forward_bwd, (_rand(5, 16), xw, wg, wu, wd, _rand(5, 20), _rand(0), "swiglu", "hidden",
+                                "triton")),
     ]
     for op, args in cases:
-        grad_args = tuple(a.detach().requires_grad_() if isinstance(a, torch.Tensor) and op in (
-            ops.gated_act_fwd, ops.bias_gelu_fwd, ops.feed_forward_fwd) else a for a in args)
+        # Forward ops are checked with inputs that require grad (their autograd registration),
+        # except residuals="none", which promises no backward.
+        grad = op in (ops.gated_act_fwd, ops.bias_gelu_fwd, ops.feed_forward_fwd) and "none" not in args
+        grad_args = tuple(a.detach().requires_grad_() if isinstance(a, torch.Tensor) and grad else a for a in args)
         torch.library.opcheck(op, grad_args)
 
 

@@ -4,27 +4,28 @@ bias-GELU is one native kernel each way (``csrc/cpu/activations.cpp``): ``gelu(x
 and ``dout * gelu'(x + bias)`` in one pass over ``x``, the sum formed in float32.
 
 The gated MLP ``out = (act(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T`` runs its GEMMs
-through torch's BLAS (``torch.mm``/``addmm_`` into preallocated buffers) and the gated
-activation through the fused native kernel, which reads the two GEMM outputs once and
-writes ``act(G) * U`` over ``G`` in place: ``act(G)`` is never materialised, and ``G`` and
-``U`` never both for the whole batch, where eager PyTorch holds ``G``, ``U``, ``act(G)``
-and ``H`` at once (``3 tokens hidden`` elements at its peak without autograd, 4 saved for
-the backward with it).
+through torch's BLAS (``torch.mm``/``addmm_`` into preallocated buffers and their slices) and
+the gated activation through the fused native kernels, which read the GEMM outputs once.
+Its core ops keep ``residuals="gate_up"`` for the backward (``fastattn.ops.ffn.RESIDUALS``):
 
-Forward: ``G = x @ w_gate.T`` straight into the ``hidden`` output; then, by blocks of
-token rows, ``U = x_rows @ w_up.T`` into a scratch buffer and ``hidden_rows = act(G_rows) *
-U`` in place; then ``out = hidden @ w_down.T``. Memory beyond the outputs: the scratch,
-one block of ``U``. Blocks are whole GEMMs of at least 1024 rows, used only when ``U``
-would exceed the scratch budget (32 MiB): large GEMMs are what the BLAS runs fastest.
+Forward, no gradient (``"none"``): ``G = x @ w_gate.T`` straight into one buffer; then, by
+blocks of token rows, ``U = x_rows @ w_up.T`` into a scratch and ``H_rows = act(G_rows) * U``
+written over ``G`` in place; then ``out = H @ w_down.T``. ``G`` and ``U`` are never both held
+whole, where eager PyTorch holds ``G``, ``U``, ``act(G)`` and ``H`` at once.
 
-Backward: ``dw_down = dO.T @ H``; ``G`` and ``U`` recomputed (only ``x`` and ``H`` are
-saved); by blocks of hidden columns (8 MiB of ``dH`` at most), ``dH = dO @ w_down[:, block]`` into a
-scratch and the fused kernel turning ``G``, ``U`` into ``dG = dH * U * act'(G)`` and ``dU =
-dH * act(G)`` in place; then ``dx = dG @ w_gate + dU @ w_up``, ``dw_gate = dG.T @ x``,
-``dw_up = dU.T @ x`` as whole GEMMs. Memory beyond the gradients: ``2 tokens hidden``
-elements and one block of ``dH``. The recompute is the price of saving only ``x`` and
-``H``: 8 GEMMs of ``tokens x dim x hidden`` in the backward where eager PyTorch, which
-keeps ``G``, ``U``, ``act(G)`` and ``H``, runs 6.
+Forward, gradient needed (``"gate_up"``): ``G`` and ``U`` whole (kept for the backward), then
+by blocks of rows ``H_rows`` into a scratch and ``out_rows = H_rows @ w_down.T``. Kept: ``2
+tokens hidden`` elements, where eager PyTorch keeps 4 (``G``, ``act(G)``, ``U``, ``H``).
+Forward blocks are whole GEMMs of at least 1024 rows, used only when the scratch would exceed
+32 MiB: large GEMMs are what the BLAS runs fastest.
+
+Backward: by blocks of about a third of the hidden columns, ``H = act(G) * U`` into scratch
+``b`` and ``dw_down[:, blk] = dO.T @ H``; ``dH = dO @ w_down[:, blk]`` into scratch ``a``; the
+fused kernel turning ``dH``, ``G``, ``U`` into ``dG = dH * U * act'(G)`` over ``a`` and ``dU =
+dH * act(G)`` over ``b``; then ``dw_gate[blk] = dG.T @ x``, ``dw_up[blk] = dU.T @ x`` and ``dx
++= dG @ w_gate[blk] + dU @ w_up[blk]``. The six GEMMs of the unfused MLP's backward and no
+recompute; ``G`` and ``U`` are read, never written (a retained graph can run its backward
+again). Memory beyond the gradients: the two scratch blocks, two thirds of ``G`` together.
 
 Covered: CPU tensors of fp32, fp16, bf16 (GEMMs in torch's kernels for that dtype, the
 activation in float32). Arguments were validated by the public op; only layout plumbing
@@ -42,19 +43,24 @@ from fastattn._dtype_codes import ACTIVATION_CODES, DTYPE_CODES
 from fastattn.backends.cpu_native import rows_view
 
 _FWD_SCRATCH_BYTES = 32 << 20
-"""Byte budget of the forward's scratch (``U``): the pass is split into row blocks only
-when ``U`` would exceed it, so batches up to a few thousand tokens run as whole GEMMs (the
+"""Byte budget of the forward's scratch (``U`` without a gradient, ``H`` with one): the pass
+is split into row blocks only when it would exceed it, so batches up to a few thousand tokens run as whole GEMMs (the
 speed of the forward is the speed of its GEMMs), larger ones hold a bounded scratch."""
-_BWD_SCRATCH_BYTES = 8 << 20
-"""Byte budget of the backward's scratch (``dH``), which holds ``G`` and ``U`` whole
-besides: ``dH`` is one GEMM of eight there, so its blocks cost little speed."""
+_BWD_BLOCKS = 3
+"""The backward works on about this many blocks of hidden columns, one at a time, so that
+its two scratch buffers hold two thirds of ``G``'s size together, not twice it; a block's
+six GEMMs ran within 2% of the whole-width ones (2048 x 1024 x 2816 fp32 and 512 x 2048 x
+5632 bf16, 1 thread), six blocks 3-4% slower."""
 _MIN_ROWS = 1024
 """Fewest token rows per forward block. Smaller GEMMs lose BLAS efficiency, the more so
 with several threads (measured with 2 threads: 4 GEMMs of 512 rows took 1.35x the time of
 one of 2048 in fp32, 2 of 1024 rows 1.05x)."""
-_MIN_COLS = 1024
-"""Fewest hidden columns per block of ``dH`` in the backward (narrower GEMMs lose BLAS
-efficiency)."""
+_MIN_COLS = 512
+"""Fewest hidden columns per block in the backward (narrower GEMMs lose BLAS efficiency)."""
+_COL_ALIGN = 64
+"""Backward blocks are whole multiples of this many hidden columns: a block edge off the
+64-column grid (a misaligned start in every row of ``G``, ``U`` and the weights) made the
+six GEMMs about 12% slower (fp32, 2048 x 1024 x 2816: blocks of 939 columns against 1408)."""
 
 
 def _supports(*args) -> Optional[str]:
@@ -113,13 +119,20 @@ def bias_gelu_bwd(dout: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, appro
 
 
 def _block(total: int, bytes_per_item: int, budget: int, minimum: int) -> int:
-    """Items (rows or columns) per block: ``total`` when its buffer fits ``budget`` bytes,
-    else equal blocks of at least ``minimum`` items that fit it where ``minimum`` allows."""
+    """Items (rows) per block: ``total`` when its buffer fits ``budget`` bytes, else equal
+    blocks of at least ``minimum`` items that fit it where ``minimum`` allows."""
     per = max(minimum, budget // max(bytes_per_item, 1), 1)
     if per >= total:
         return max(total, 1)
     blocks = -(-total // per)
     return -(-total // blocks)
+
+
+def _columns_per_block(hidden: int) -> int:
+    """Hidden columns per backward block: ``hidden / _BWD_BLOCKS`` rounded up to a multiple of
+    ``_COL_ALIGN``, at least ``_MIN_COLS``, at most ``hidden``."""
+    per = max(_MIN_COLS, -(-hidden // _BWD_BLOCKS))
+    return max(1, min(hidden, -(-per // _COL_ALIGN) * _COL_ALIGN))
 
 
 def _gated_fwd(g: torch.Tensor, u: torch.Tensor, out: torch.Tensor, activation: str) -> None:
@@ -130,85 +143,120 @@ def _gated_fwd(g: torch.Tensor, u: torch.Tensor, out: torch.Tensor, activation: 
 
 
 def feed_forward_fwd(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
-                     activation: str) -> tuple[torch.Tensor, torch.Tensor]:
+                     activation: str, residuals: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gated MLP forward: ``x`` ``(..., K)``, ``w_gate``/``w_up`` ``(N, K)``, ``w_down``
     ``(K_out, N)``, one dtype, any strides; ``activation`` "swiglu" | "geglu" | "geglu_tanh".
 
-    Returns contiguous ``(out (..., K_out), hidden (..., N))`` with ``hidden = act(x @
-    w_gate.T) * (x @ w_up.T)``, which the backward takes instead of the pre-activations.
+    Returns contiguous ``(out (..., K_out), res_a, res_b)``. ``residuals="gate_up"`` (a
+    gradient will be taken): ``res_a = G = x @ w_gate.T`` and ``res_b = U = x @ w_up.T``, each
+    ``(..., N)``, for the backward; ``"none"``: both empty, and ``G``/``U`` never held whole.
     """
+    if residuals not in ("none", "gate_up"):
+        raise ValueError(f"residuals must be 'none' or 'gate_up' for the cpu feed-forward, got {residuals!r}")
     lead, K, N, K_out = x.shape[:-1], x.shape[-1], w_gate.shape[0], w_down.shape[0]
     with torch.no_grad():
         M = math.prod(lead)  # reshape(-1, K) is ambiguous when K == 0
         x2 = x.reshape(M, K)
-        hidden = torch.empty((M, N), dtype=x.dtype, device=x.device)
         out = torch.empty((M, K_out), dtype=x.dtype, device=x.device)
+        if residuals == "none":
+            _forward_in_place(x2, w_gate, w_up, w_down, activation, out)
+            # Two distinct empty tensors: a custom op's outputs may not alias one another.
+            return out.view(*lead, K_out), x.new_empty(0), x.new_empty(0)
+        g = torch.empty((M, N), dtype=x.dtype, device=x.device)
+        u = torch.empty((M, N), dtype=x.dtype, device=x.device)
         if M and N:
-            # G straight into the hidden output, where the fused kernel overwrites it in place
-            # with H = act(G) * U, U computed block by block into a small scratch.
-            torch.mm(x2, w_gate.t(), out=hidden)
+            torch.mm(x2, w_gate.t(), out=g)
+            torch.mm(x2, w_up.t(), out=u)
+            # H by blocks of rows into a scratch, each block's down projection straight after.
             rows = _block(M, N * x.element_size(), _FWD_SCRATCH_BYTES, _MIN_ROWS)
             scratch = torch.empty((rows, N), dtype=x.dtype, device=x.device)
             for r0 in range(0, M, rows):
                 r1 = min(M, r0 + rows)
-                u = scratch[: r1 - r0]
-                torch.mm(x2[r0:r1], w_up.t(), out=u)
-                _gated_fwd(hidden[r0:r1], u, hidden[r0:r1], activation)
-            torch.mm(hidden, w_down.t(), out=out)
+                h = scratch[: r1 - r0]
+                _gated_fwd(g[r0:r1], u[r0:r1], h, activation)
+                torch.mm(h, w_down.t(), out=out[r0:r1])
         elif M:
             out.zero_()  # hidden size 0: an empty sum
-    return out.view(*lead, K_out), hidden.view(*lead, N)
+    return out.view(*lead, K_out), g.view(*lead, N), u.view(*lead, N)
+
+
+def _forward_in_place(x2, w_gate, w_up, w_down, activation: str, out: torch.Tensor) -> None:
+    """``out = H @ w_down.T`` with ``H`` written over ``G``: inference, nothing kept."""
+    (M, K), N = x2.shape, w_gate.shape[0]
+    if not (M and N):
+        out.zero_()  # hidden size 0: an empty sum
+        return
+    # G straight into the buffer where the fused kernel overwrites it in place with
+    # H = act(G) * U, U computed block by block into a small scratch.
+    hidden = torch.empty((M, N), dtype=x2.dtype, device=x2.device)
+    torch.mm(x2, w_gate.t(), out=hidden)
+    rows = _block(M, N * x2.element_size(), _FWD_SCRATCH_BYTES, _MIN_ROWS)
+    scratch = torch.empty((rows, N), dtype=x2.dtype, device=x2.device)
+    for r0 in range(0, M, rows):
+        r1 = min(M, r0 + rows)
+        u = scratch[: r1 - r0]
+        torch.mm(x2[r0:r1], w_up.t(), out=u)
+        _gated_fwd(hidden[r0:r1], u, hidden[r0:r1], activation)
+    del scratch
+    torch.mm(hidden, w_down.t(), out=out)
 
 
 def feed_forward_bwd(dout: torch.Tensor, x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
-                     w_down: torch.Tensor, hidden: torch.Tensor,
-                     activation: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The gated MLP backward for ``dout`` ``(..., K_out)``: returns contiguous ``(dx, dw_gate,
-    dw_up, dw_down)`` in the shapes and dtype of ``x`` and the weights. The pre-activations
-    are recomputed from ``x`` block by block (``hidden`` gives ``dw_down``)."""
+                     w_down: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation: str,
+                     residuals: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gated MLP backward for ``dout`` ``(..., K_out)`` from the ``"gate_up"`` residuals
+    ``gate`` = ``G`` and ``up`` = ``U`` (read, never written: a second backward of a retained
+    graph sees them intact). Returns contiguous ``(dx, dw_gate, dw_up, dw_down)`` in the shapes
+    and dtype of ``x`` and the weights; no GEMM is recomputed."""
+    if residuals != "gate_up":
+        raise ValueError(f"the cpu feed-forward backward takes residuals='gate_up', got {residuals!r}")
     K, N = x.shape[-1], w_gate.shape[0]
     dtype, device = x.dtype, x.device
     with torch.no_grad():
         M = math.prod(x.shape[:-1])
         x2 = x.reshape(M, K)
         d2 = dout.reshape(M, dout.shape[-1])
-        h2 = hidden.reshape(M, N)
+        g2, u2 = gate.reshape(M, N), up.reshape(M, N)
         dx = torch.empty((M, K), dtype=dtype, device=device)
         dw_gate = torch.empty(w_gate.shape, dtype=dtype, device=device)
         dw_up = torch.empty(w_up.shape, dtype=dtype, device=device)
         dw_down = torch.empty(w_down.shape, dtype=dtype, device=device)
         if M == 0 or N == 0:
-            for t in (dw_gate, dw_up, dx):
+            for t in (dx, dw_gate, dw_up, dw_down):
                 t.zero_()
-            torch.mm(d2.t(), h2, out=dw_down)
             return dx.view(x.shape), dw_gate, dw_up, dw_down
-        # G and U recomputed whole (two large GEMMs); dH by column blocks into a scratch, each
-        # block turned into dG/dU in place in G's and U's columns (the kernel reads a tile
-        # before writing it).
-        g = torch.empty((M, N), dtype=dtype, device=device)
-        u = torch.empty((M, N), dtype=dtype, device=device)
-        torch.mm(x2, w_gate.t(), out=g)
-        torch.mm(x2, w_up.t(), out=u)
-        cols = _block(N, M * x.element_size(), _BWD_SCRATCH_BYTES, _MIN_COLS)
-        scratch = torch.empty(M * cols, dtype=dtype, device=device)
+        # By blocks of hidden columns, every GEMM of the block straight after its elementwise
+        # pass, so that nothing of hidden size is allocated whole: scratch a holds dH, then dG;
+        # scratch b holds H, then dU. The sums over hidden (dx) accumulate block by block.
+        cols = _columns_per_block(N)
+        scratch_a = torch.empty(M * cols, dtype=dtype, device=device)
+        scratch_b = torch.empty(M * cols, dtype=dtype, device=device)
+        threads = torch.get_num_threads()
         for n0 in range(0, N, cols):
             n1 = min(N, n0 + cols)
-            dh = scratch[: M * (n1 - n0)].view(M, n1 - n0)
-            torch.mm(d2, w_down[:, n0:n1], out=dh)
-            gp, up = (t.data_ptr() + n0 * t.element_size() for t in (g, u))  # column n0, row stride N
-            _C.gated_act_bwd(dh.data_ptr(), gp, up, gp, up, M, n1 - n0, n1 - n0, N, N, N, N, DTYPE_CODES[dtype],
-                             ACTIVATION_CODES[activation], torch.get_num_threads())
-        del scratch, dh
-        # Ordered so that dG and dU are released before the last weight gradients are written
-        # (the output buffers' pages become resident only as they are written).
-        torch.mm(g, w_gate, out=dx)
-        dx.addmm_(u, w_up)
-        torch.mm(g.t(), x2, out=dw_gate)
-        del g
-        torch.mm(u.t(), x2, out=dw_up)
-        del u
-        torch.mm(d2.t(), h2, out=dw_down)
+            a = scratch_a[: M * (n1 - n0)].view(M, n1 - n0)
+            b = scratch_b[: M * (n1 - n0)].view(M, n1 - n0)
+            g, u = g2[:, n0:n1], u2[:, n0:n1]
+            _gated_fwd(g, u, b, activation)  # H
+            torch.mm(d2.t(), b, out=dw_down[:, n0:n1])
+            torch.mm(d2, w_down[:, n0:n1], out=a)  # dH
+            # dG over dH and dU over H, in place (the kernel reads a tile before writing it).
+            _C.gated_act_bwd(a.data_ptr(), g.data_ptr(), u.data_ptr(), a.data_ptr(), b.data_ptr(), M, n1 - n0,
+                             n1 - n0, N, N, n1 - n0, n1 - n0, DTYPE_CODES[dtype], ACTIVATION_CODES[activation],
+                             threads)
+            torch.mm(a.t(), x2, out=dw_gate[n0:n1])
+            torch.mm(b.t(), x2, out=dw_up[n0:n1])
+            if n0 == 0:
+                torch.mm(a, w_gate[n0:n1], out=dx)
+            else:
+                dx.addmm_(a, w_gate[n0:n1])
+            dx.addmm_(b, w_up[n0:n1])
     return dx.view(x.shape), dw_gate, dw_up, dw_down
+
+
+feed_forward_fwd.residuals = "gate_up"
+"""What this backend keeps for the backward (:data:`fastattn.ops.ffn.RESIDUALS`): ``G`` and
+``U``, so that the backward runs the six GEMMs of the unfused MLP and no recompute."""
 
 
 OPS = {op: (globals()[op], _supports) for op in ("bias_gelu_fwd", "bias_gelu_bwd", "feed_forward_fwd",

@@ -114,14 +114,32 @@ def bias_gelu_bwd(dout, x, bias, approximate):
     return reference.bias_gelu_backward(dout.to(ct), x.to(ct), bias.to(ct), approximate).to(x.dtype)
 
 
-def feed_forward_fwd(x, w_gate, w_up, w_down, activation):
+def feed_forward_fwd(x, w_gate, w_up, w_down, activation, residuals):
+    """The gated MLP in the compute dtype; the residuals of ``fastattn.ops.ffn.RESIDUALS`` (any
+    of them: the reference serves each, the oracle of every backend's own choice)."""
     ct = _compute_dtype(x.dtype)
-    hidden = reference.gated_activation(x.to(ct) @ w_gate.to(ct).t(), x.to(ct) @ w_up.to(ct).t(), activation)
-    return (hidden @ w_down.to(ct).t()).to(x.dtype), hidden.to(x.dtype)
+    xc = x.to(ct)
+    gate, up = xc @ w_gate.to(ct).t(), xc @ w_up.to(ct).t()
+    hidden = reference.gated_activation(gate, up, activation)
+    out = (hidden @ w_down.to(ct).t()).to(x.dtype)
+    if residuals == "gate_up":
+        return out, gate.to(x.dtype), up.to(x.dtype)
+    if residuals == "hidden":
+        return out, hidden.to(x.dtype), x.new_empty(0)
+    return out, x.new_empty(0), x.new_empty(0)  # distinct: a custom op's outputs may not alias
 
 
-def feed_forward_bwd(dout, x, w_gate, w_up, w_down, hidden, activation):
-    # Recomputes the pre-activations from x (they were never stored).
+def feed_forward_bwd(dout, x, w_gate, w_up, w_down, res_a, res_b, activation, residuals):
+    if residuals == "gate_up":  # the saved pre-activations (rounded to x's dtype, as a kernel saves them)
+        def grads(d, x_, wg, wu, wd):
+            rows_x, rows_d = x_.reshape(-1, x_.shape[-1]), d.reshape(-1, d.shape[-1])
+            ct = rows_x.dtype
+            gate, up = res_a.to(ct).reshape(rows_x.shape[0], -1), res_b.to(ct).reshape(rows_x.shape[0], -1)
+            dgate, dup = reference.gated_activation_backward(rows_d @ wd, gate, up, activation)
+            dx = (dgate @ wg + dup @ wu).reshape(x_.shape)
+            return dx, dgate.t() @ rows_x, dup.t() @ rows_x, rows_d.t() @ reference.gated_activation(gate, up, activation)
+        return _computed(grads, dout, x, w_gate, w_up, w_down)
+    # "hidden": the pre-activations recomputed from x.
     return _computed(lambda d, *ts: reference.feed_forward_backward(d, *ts, activation), dout, x, w_gate, w_up, w_down)
 
 
