@@ -38,30 +38,44 @@
 namespace fastattn::cuda::attn {
 
 // P^T and dS^T of one warp's 16 keys (rows) x BM queries (columns) in place of S^T and dP^T.
-// Masked: the tile crosses a mask bound or the end of the keys, so each element is checked.
-template <bool Masked, int BM>
+// Masked: the tile crosses a mask bound or the end of the keys, so each element is checked;
+// Softcap: the elements take the tanh (prob_and_grad). One instantiation per combination, so
+// the element loop has no branch.
+template <bool Masked, bool Softcap, int BM>
 __device__ __forceinline__ void dkdv_probs(const AttnBwdParams& p, float (&s)[BM / 8][4], float (&dp)[BM / 8][4],
                                            const float* s_lse, const float* s_delta, int key_lo, int m0, int t4,
                                            float alibi_a) {
   const int Lk = static_cast<int>(p.seqlen_k);
   const int rel0 = m0 + 2 * t4 + (Lk - static_cast<int>(p.seqlen_q)) - key_lo;  // i + Lk - Lq - j, first element
+  if (!Softcap && p.alibi_slopes != nullptr) {
+    // ALiBi without softcap: the bias added in a pass of its own (one uniform branch).
+#pragma unroll
+    for (int j = 0; j < BM / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[j][e] += alibi_a * fabsf(static_cast<float>(rel0 + j * 8 + (e & 1) - 8 * (e >> 1)));
+  }
+  // Masked: per key row, the visible query columns [lo, hi] relative to this lane's first column
+  // (query i sees key j iff j - off - right <= i <= j - off + left), empty past the keys, so
+  // each element compares a compile-time column offset with two bounds.
+  int lo[2] = {0, 0}, hi[2] = {0, 0};
+  if constexpr (Masked) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int key = key_lo + 8 * half, base = key - p.diag_offset - (m0 + 2 * t4);
+      lo[half] = p.window_right >= 0 ? base - p.window_right : -BM;
+      hi[half] = key >= Lk ? -BM : (p.window_left >= 0 ? base + p.window_left : BM);
+    }
+  }
 #pragma unroll
   for (int j = 0; j < BM / 8; ++j) {
     const int c = j * 8 + 2 * t4;
     const float lse2[2] = {s_lse[c], s_lse[c + 1]}, delta[2] = {s_delta[c], s_delta[c + 1]};
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int key = key_lo + 8 * (e >> 1), query = m0 + c + (e & 1);
-      bool visible = true;
-      if constexpr (Masked) {
-        visible = key < Lk && (p.window_right < 0 || key <= query + p.diag_offset + p.window_right) &&
-                  (p.window_left < 0 || key >= query + p.diag_offset - p.window_left);
-      }
-      float dcap;
-      const float pr = recompute_prob(p, s[j][e], alibi_a, rel0 + j * 8 + (e & 1) - 8 * (e >> 1), visible,
-                                      lse2[e & 1], &dcap);
-      s[j][e] = pr;
-      dp[j][e] = pr * (dp[j][e] - delta[e & 1]) * dcap;
+      const int col = j * 8 + (e & 1);
+      const bool visible = !Masked || (col >= lo[e >> 1] && col <= hi[e >> 1]);
+      prob_and_grad<Softcap>(p, s[j][e], dp[j][e], lse2[e & 1], delta[e & 1], visible, alibi_a,
+                             rel0 + col - 8 * (e >> 1));
     }
   }
 }
@@ -214,10 +228,18 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_ker
       const bool need_mask = n0 + BN > Lk ||
                              (p.window_right >= 0 && n0 + BN - 1 > ms + off + p.window_right) ||
                              (p.window_left >= 0 && n0 < ms + SM - 1 + off - p.window_left);
-      if (need_mask)
-        dkdv_probs<true, SM>(p, s, dpt, s_lse_s, s_lse_s + BM, key_lo, ms, t4, alibi_a);
-      else
-        dkdv_probs<false, SM>(p, s, dpt, s_lse_s, s_lse_s + BM, key_lo, ms, t4, alibi_a);
+      const bool capped = p.softcap_outer > 0.0f;
+      if (need_mask) {
+        if (capped)
+          dkdv_probs<true, true, SM>(p, s, dpt, s_lse_s, s_lse_s + BM, key_lo, ms, t4, alibi_a);
+        else
+          dkdv_probs<true, false, SM>(p, s, dpt, s_lse_s, s_lse_s + BM, key_lo, ms, t4, alibi_a);
+      } else {
+        if (capped)
+          dkdv_probs<false, true, SM>(p, s, dpt, s_lse_s, s_lse_s + BM, key_lo, ms, t4, alibi_a);
+        else
+          dkdv_probs<false, false, SM>(p, s, dpt, s_lse_s, s_lse_s + BM, key_lo, ms, t4, alibi_a);
+      }
 
       // Rounded to T and repacked as A fragments (C fragments of n-tiles 2kk, 2kk + 1 = k-step kk).
       uint32_t pa[SM / 16][4], da[SM / 16][4];

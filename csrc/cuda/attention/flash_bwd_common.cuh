@@ -23,19 +23,23 @@ namespace fastattn::cuda::attn {
 
 constexpr float kBwdLog2e = 1.4426950408889634f;
 
-// p for raw score s (rel = i + Lk - Lq - j for ALiBi, alibi_a = slope * alibi_scale or 0),
-// 0 where the key is not visible; *dcap gets the softcap derivative factor (1 without).
-__device__ __forceinline__ float recompute_prob(const AttnBwdParams& p, float s, float alibi_a, int rel,
-                                                bool visible, float lse_log2, float* dcap) {
-  *dcap = 1.0f;
-  if (p.softcap_outer > 0.0f) {
+// One element's probability and score gradient, in place: s (the raw score, with the ALiBi bias
+// already added unless Softcap) becomes p, dp becomes dS (times the softcap factor). Softcap:
+// the tanh, its derivative and the bias (alibi_a * |rel|, alibi_a 0 without ALiBi) are applied
+// here, since the derivative needs the capped score before the bias. Not visible: p = 0.
+// exp2(-inf) = 0 also covers lse = +inf (a row that sees no key, or a padding row).
+template <bool Softcap>
+__device__ __forceinline__ void prob_and_grad(const AttnBwdParams& p, float& s, float& dp, float lse_log2, float delta,
+                                              bool visible, float alibi_a, int rel) {
+  float z = s, dcap = 1.0f;
+  if constexpr (Softcap) {
     const float t = tanhf(s * p.softcap_inner);
-    s = p.softcap_outer * t;
-    *dcap = 1.0f - t * t;
+    z = p.softcap_outer * t + alibi_a * fabsf(static_cast<float>(rel));
+    dcap = 1.0f - t * t;
   }
-  if (p.alibi_slopes != nullptr) s += alibi_a * fabsf(static_cast<float>(rel));
-  // exp2(-inf) = 0 also covers lse = +inf (a row that sees no key, or a padding row).
-  return visible ? exp2_approx(s * p.scale_log2 - lse_log2) : 0.0f;
+  const float pr = visible ? exp2_approx(z * p.scale_log2 - lse_log2) : 0.0f;
+  s = pr;
+  dp = Softcap ? pr * (dp - delta) * dcap : pr * (dp - delta);
 }
 
 // ALiBi's per-(batch, head) factor: -slope / scale (so that scale * it * |rel| is the bias), 0 without.

@@ -21,27 +21,40 @@
 
 namespace fastattn::cuda::attn {
 
-// P and dS of one warp's 16 query rows x BN keys in place of S and dP (rows = queries).
-template <bool Masked, int BN>
+// P and dS of one warp's 16 query rows x BN keys in place of S and dP (rows = queries); Masked
+// and Softcap as dkdv_probs (flash_bwd.cuh).
+template <bool Masked, bool Softcap, int BN>
 __device__ __forceinline__ void dq_probs(const AttnBwdParams& p, float (&s)[BN / 8][4], float (&dp)[BN / 8][4],
                                          const float (&lse2)[2], const float (&delta)[2], int row_lo, int n0, int t4,
                                          float alibi_a) {
   const int Lk = static_cast<int>(p.seqlen_k);
   const int rel0 = row_lo + (Lk - static_cast<int>(p.seqlen_q)) - (n0 + 2 * t4);
+  if (!Softcap && p.alibi_slopes != nullptr) {
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[j][e] += alibi_a * fabsf(static_cast<float>(rel0 + 8 * (e >> 1) - j * 8 - (e & 1)));
+  }
+  // Masked: per query row, the visible key columns [lo, hi) relative to this lane's first
+  // column (as the forward): each element compares a compile-time offset with two bounds.
+  int lo[2] = {0, 0}, hi[2] = {0, 0};
+  if constexpr (Masked) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = row_lo + 8 * half, col0 = n0 + 2 * t4;
+      const int right_end = row + p.diag_offset + p.window_right + 1;
+      hi[half] = (p.window_right >= 0 && right_end < Lk ? right_end : Lk) - col0;
+      lo[half] = p.window_left >= 0 ? row + p.diag_offset - p.window_left - col0 : -1;
+    }
+  }
 #pragma unroll
   for (int j = 0; j < BN / 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int query = row_lo + 8 * (e >> 1), key = n0 + j * 8 + 2 * t4 + (e & 1);
-      bool visible = true;
-      if constexpr (Masked) {
-        visible = key < Lk && (p.window_right < 0 || key <= query + p.diag_offset + p.window_right) &&
-                  (p.window_left < 0 || key >= query + p.diag_offset - p.window_left);
-      }
-      float dcap;
-      const float pr = recompute_prob(p, s[j][e], alibi_a, rel0 + 8 * (e >> 1) - j * 8 - (e & 1), visible,
-                                      lse2[e >> 1], &dcap);
-      dp[j][e] = pr * (dp[j][e] - delta[e >> 1]) * dcap;
+      const int col = j * 8 + (e & 1);
+      const bool visible = !Masked || (col >= lo[e >> 1] && col < hi[e >> 1]);
+      prob_and_grad<Softcap>(p, s[j][e], dp[j][e], lse2[e >> 1], delta[e >> 1], visible, alibi_a,
+                             rel0 + 8 * (e >> 1) - col);
     }
 }
 
@@ -147,10 +160,18 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dq_kerne
     const bool need_mask = n0 + BN > Lk ||
                            (p.window_right >= 0 && n0 + BN - 1 > m0 + off + p.window_right) ||
                            (p.window_left >= 0 && n0 < m0 + BM - 1 + off - p.window_left);
-    if (need_mask)
-      dq_probs<true, BN>(p, s, dp, lse2, delta, row_lo, n0, t4, alibi_a);
-    else
-      dq_probs<false, BN>(p, s, dp, lse2, delta, row_lo, n0, t4, alibi_a);
+    const bool capped = p.softcap_outer > 0.0f;
+    if (need_mask) {
+      if (capped)
+        dq_probs<true, true, BN>(p, s, dp, lse2, delta, row_lo, n0, t4, alibi_a);
+      else
+        dq_probs<true, false, BN>(p, s, dp, lse2, delta, row_lo, n0, t4, alibi_a);
+    } else {
+      if (capped)
+        dq_probs<false, true, BN>(p, s, dp, lse2, delta, row_lo, n0, t4, alibi_a);
+      else
+        dq_probs<false, false, BN>(p, s, dp, lse2, delta, row_lo, n0, t4, alibi_a);
+    }
 
     // dQ += dS K: dS's C fragments (keys 16 kk ..) are the A fragment of k-step kk.
 #pragma unroll
