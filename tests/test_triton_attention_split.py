@@ -106,12 +106,19 @@ def test_block_ranges_cover_exactly_the_visible_blocks():
                     assert m0 + bm <= lq and start_n + bn <= lk and block.all(), where
 
 
-def _kinds(lq, lk, args, bm, bn):
-    """Which kinds of forward blocks a shape hits with a (bm x bn) tile: interior, edge."""
+def _bounds(lq, lk, args):
+    """``(offset, window, window_left, window_right)`` as the launchers pass them to the range
+    helpers: the bottom-right offset, whether any window applies, each side (FAR: unbounded)."""
     off = lk - lq if args.bottom_right else 0
     window = args.window_left >= 0 or (args.window_right >= 0 and not args.causal)
     wl = args.window_left if args.window_left >= 0 else FAR
     wr = 0 if args.causal else (args.window_right if args.window_right >= 0 else FAR)
+    return off, window, wl, wr
+
+
+def _kinds(lq, lk, args, bm, bn):
+    """Which kinds of forward blocks a shape hits with a (bm x bn) tile: interior, edge."""
+    off, window, wl, wr = _bounds(lq, lk, args)
     kinds = set()
     for start_m in range(0, lq, bm):
         lo, hi, full_lo, full_hi = _key_ranges(start_m, lk, off, wl, wr, bm, bn, args.causal, window)
@@ -121,10 +128,8 @@ def _kinds(lq, lk, args, bm, bn):
 
 
 def _dkdv_kinds(lq, lk, args, bm, bn):
-    off = lk - lq if args.bottom_right else 0
-    window = args.window_left >= 0 or (args.window_right >= 0 and not args.causal)
-    wl = args.window_left if args.window_left >= 0 else FAR
-    wr = 0 if args.causal else (args.window_right if args.window_right >= 0 else FAR)
+    """Which kinds of dK/dV blocks a shape hits with a (bm x bn) tile: interior, edge."""
+    off, window, wl, wr = _bounds(lq, lk, args)
     kinds = set()
     for start_n in range(0, lk, bn):
         lo, hi, full_lo, full_hi = _query_ranges(start_n, lq, lk, off, wl, wr, bm, bn, args.causal, window)

@@ -11,7 +11,7 @@ import torch
 import fastattn
 from fastattn import dispatch
 from fastattn.kernels import softmax as kernels
-from test_softmax import DEVICE, DTYPE_IDS, DTYPES, check_softmax, make_mask
+from test_softmax import DEVICE, DTYPE_IDS, DTYPES, check_fully_masked_rows, check_softmax, make_mask
 from triton_bf16_rounding import rounded_bf16_casts
 
 pytestmark = [pytest.mark.requires_backend("triton"), pytest.mark.usefixtures("poisoned")]
@@ -61,12 +61,7 @@ def test_softmax_longer_than_one_tile(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_looped_kernel_fully_masked_rows_are_zero(dtype, variant):
-    scores = torch.randn(2, 2, 4, 33, device=DEVICE).to(dtype)
-    mask = torch.zeros(2, 1, 4, 33, dtype=torch.bool, device=DEVICE)
-    mask[1] = True  # every row of batch 1
-    mask[0, :, 2] = True  # one row of batch 0
-    y = check_softmax("triton", scores, mask, 1.0, False, dtype)
-    assert (y[1] == 0).all() and (y[0, :, 2] == 0).all()
+    check_fully_masked_rows("triton", dtype)
 
 
 def test_looped_kernel_nan_propagates_and_masked_positions_are_not_read(variant):
