@@ -211,6 +211,23 @@ def _gpu_attention(head_dims, seqlens, directions, dtypes, causals=(False, True)
     return cases
 
 
+def _cpu_representatives(heads, seqlen, kv, activation, ffn):
+    """One case of each kind a CPU user meets, at one size: attention forward full and causal
+    (fp32, and causal bf16) with ``heads`` heads of 64 at ``seqlen``, GQA 8:2, forward+backward at
+    half the length; decoding 4 x 8 heads over a ``kv = (cache length, head dim)`` cache; SwiGLU
+    on ``activation = (tokens, width)``; the gated MLP at ``ffn = (tokens, dim, hidden)``."""
+    return [
+        AttentionCase(1, heads, heads, seqlen, 64, False, "float32", "fwd"),
+        AttentionCase(1, heads, heads, seqlen, 64, True, "float32", "fwd"),
+        AttentionCase(1, heads, heads, seqlen, 64, True, "bfloat16", "fwd"),
+        AttentionCase(1, 8, 2, seqlen, 64, True, "float32", "fwd"),
+        AttentionCase(1, heads, heads, seqlen // 2, 64, True, "float32", "fwd+bwd"),
+        KVCacheCase(4, 8, 8, kv[0], kv[1], "float32"),
+        ActivationCase(*activation, "swiglu", "float32"),
+        FeedForwardCase(*ffn, "float32"),
+    ]
+
+
 def preset(name: str, device_type: str) -> list:
     """The cases of preset ``name`` ("quick", "default", "full"; "tiny" for tests, "small" for
     ``pytest benchmarks/`` on a CPU) on ``device_type``."""
@@ -225,16 +242,7 @@ def preset(name: str, device_type: str) -> list:
             FeedForwardCase(32, 64, 128, "float32"),
         ]
     if name == "small" and device_type == "cpu":  # pytest-benchmark's default grid on a CPU: about a minute
-        return [
-            AttentionCase(1, 4, 4, 512, 64, False, "float32", "fwd"),
-            AttentionCase(1, 4, 4, 512, 64, True, "float32", "fwd"),
-            AttentionCase(1, 4, 4, 512, 64, True, "bfloat16", "fwd"),
-            AttentionCase(1, 8, 2, 512, 64, True, "float32", "fwd"),
-            AttentionCase(1, 4, 4, 256, 64, True, "float32", "fwd+bwd"),
-            KVCacheCase(4, 8, 8, 1024, 64, "float32"),
-            ActivationCase(1024, 2048, "swiglu", "float32"),
-            FeedForwardCase(128, 512, 1408, "float32"),
-        ]
+        return _cpu_representatives(heads=4, seqlen=512, kv=(1024, 64), activation=(1024, 2048), ffn=(128, 512, 1408))
     if name == "small":
         name = "quick"
     if device_type == "cuda":
@@ -259,16 +267,8 @@ def preset(name: str, device_type: str) -> list:
         return attn + dec + ffn
     # CPU
     if name == "quick":
-        return [
-            AttentionCase(1, 8, 8, 1024, 64, False, "float32", "fwd"),
-            AttentionCase(1, 8, 8, 1024, 64, True, "float32", "fwd"),
-            AttentionCase(1, 8, 8, 1024, 64, True, "bfloat16", "fwd"),
-            AttentionCase(1, 8, 2, 1024, 64, True, "float32", "fwd"),
-            AttentionCase(1, 8, 8, 512, 64, True, "float32", "fwd+bwd"),
-            KVCacheCase(4, 8, 8, 2048, 128, "float32"),
-            ActivationCase(2048, 4096, "swiglu", "float32"),
-            FeedForwardCase(256, 1024, 2816, "float32"),
-        ]
+        return _cpu_representatives(heads=8, seqlen=1024, kv=(2048, 128), activation=(2048, 4096),
+                                    ffn=(256, 1024, 2816))
     if name == "default":
         attn = [AttentionCase(1, 8, 8, L, d, c, dt, "fwd") for dt in ("float32", "bfloat16")
                 for d in (64, 128) for L in (512, 1024, 2048) for c in (False, True)]
