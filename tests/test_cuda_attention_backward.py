@@ -110,10 +110,14 @@ def test_reports_name_cuda():
     assert dispatch.runs_on("attention_bwd", "cuda", DEVICE) == "cuda"
 
 
-def test_declined_head_dims_fall_back_with_a_reason():
+def test_declined_head_dims_fall_back_with_a_reason(bwd_calls):
+    """Head dims over 128: the forward is CUDA C++, the gradients come from the fallback backward
+    (Triton where it runs, else the reference), still by the error-ratio rule."""
     q = torch.empty(1, 2, 8, 256, dtype=torch.float16, device=DEVICE)
     assert "head dims over 128" in cuda_attention.backward_unsupported(q)
     assert cuda_attention.backward_unsupported(q[..., :128]) is None
+    _flash_case(torch.float16, 17, 20, 136, True)
+    assert bwd_calls == []
 
 
 # The cross-product: both dtypes, kernel head dims 64 and 128 and padded ones, several query and
