@@ -50,16 +50,27 @@ def supports(*tensors_and_activation) -> Optional[str]:
     *tensors, activation = tensors_and_activation
     if activation not in ACTIVATION_CODES:
         return f"activation {activation!r} (the CPU kernel has {sorted(ACTIVATION_CODES)})"
+    first = tensors[0]
     for t in tensors:
-        if t.device.type != "cpu":
+        if not t.is_cpu:
             return "the native CPU kernels take CPU tensors"
-        if t.dtype not in DTYPE_CODES or t.dtype != tensors[0].dtype:
+        if t.dtype not in DTYPE_CODES or t.dtype != first.dtype:
             return f"dtype {t.dtype} (the CPU kernel takes fp32, fp16 or bf16, all alike)"
-        if t.shape != tensors[0].shape:
+        if t.shape != first.shape:
             return "tensors of different shapes"
-        if rows_view(t) is None:
+        if not t.is_contiguous() and rows_view(t) is None:  # contiguous: rows by construction
             return "a layout that is not rows of contiguous elements with one row stride"
     return None
+
+
+def _rows_strides(*tensors: torch.Tensor) -> tuple[int, int, list[int]]:
+    """``(rows, cols, [row stride of each])`` of same-shaped tensors ``supports`` accepted."""
+    first = tensors[0]
+    cols = first.shape[-1]
+    if all(t.is_contiguous() for t in tensors):  # the common case, read off the shape
+        return first.numel() // cols, cols, [cols] * len(tensors)
+    views = [rows_view(t) for t in tensors]
+    return views[0][0], cols, [v[2] for v in views]
 
 
 def gated_act_fwd(gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
@@ -68,8 +79,7 @@ def gated_act_fwd(gate: torch.Tensor, up: torch.Tensor, activation: str) -> torc
     out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
     if out.numel() == 0:
         return out
-    rows, cols, sg = rows_view(gate)
-    _, _, su = rows_view(up)
+    rows, cols, (sg, su) = _rows_strides(gate, up)
     _C.gated_act_fwd(gate.data_ptr(), up.data_ptr(), out.data_ptr(), rows, cols, sg, su, cols,
                      DTYPE_CODES[gate.dtype], ACTIVATION_CODES[activation])
     return out
@@ -83,13 +93,15 @@ def gated_act_bwd(dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
     dup = torch.empty(up.shape, dtype=up.dtype, device=up.device)
     if dgate.numel() == 0:
         return dgate, dup
-    rows, cols, sd = rows_view(dout)
-    _, _, sg = rows_view(gate)
-    _, _, su = rows_view(up)
+    rows, cols, (sd, sg, su) = _rows_strides(dout, gate, up)
     _C.gated_act_bwd(dout.data_ptr(), gate.data_ptr(), up.data_ptr(), dgate.data_ptr(),
                      dup.data_ptr(), rows, cols, sd, sg, su, cols, cols,
                      DTYPE_CODES[gate.dtype], ACTIVATION_CODES[activation])
     return dgate, dup
 
+
+# auto consults the measured crossover table before running this kernel
+# (fastattn.backends.cpu_activation_crossover).
+gated_act_fwd.torch_crossover = True
 
 OPS = {"gated_act_fwd": (gated_act_fwd, supports), "gated_act_bwd": (gated_act_bwd, supports)}

@@ -5,7 +5,8 @@ from fastattn.functional.attention import (
     scaled_dot_product_attention,
 )
 from fastattn.functional.kvcache import flash_attn_with_kvcache
-from fastattn.functional.ffn import bias_gelu, feed_forward, geglu, swiglu
+from fastattn.functional.activations import geglu, swiglu
+from fastattn.functional.ffn import bias_gelu, feed_forward
 from fastattn.functional.softmax import scaled_masked_softmax
 
 __all__ = [
