@@ -26,6 +26,8 @@ with no bound check, no window compare and no select, and without features fold 
 the max subtraction into one FMA a score, ``exp2(qk * scale_log2e - m)``. The branch is uniform
 per block, inside one loop: two loops would each keep their own copy of the Q tile and the
 pipelined loads live, and spill the 128-row tiles. Causal query blocks launch heaviest first.
+On Hopper (sm_90+) the forward runs the same math with its tiles moved by TMA and the interior
+loop split out (kernels/attention_tma.py); varlen and head dims above 128 stay here.
 The same split runs in both backward kernels.
 
 Backward (FA2, algorithm 2): ``delta_i = sum_d dO_id * O_id`` (a small preprocess kernel),
@@ -75,6 +77,10 @@ import triton.language as tl
 
 from ._configs import select_compiled
 from ._interpreter import ensure_interpreter_fixes
+from .attention_shared import (_CANDIDATES, _INTERPRETER_CONFIG, _TUNE_KEY, INTERPRET, SMEM_LIMIT,  # noqa: F401
+                               _arch, _compile_report, _dropout_keep, _key_ranges, _scores, _tanh, kernel_configs,
+                               seq_bucket)
+from . import attention_tma
 
 __all__ = ["attention_fwd", "attention_bwd", "supports", "block_d", "kernel_configs", "select_compiled", "seq_bucket"]
 
@@ -83,12 +89,7 @@ LN2 = 0.6931471805599453
 # "Unbounded" window side: large enough to never bind, small enough that i + off + w stays in int32.
 _FAR = 1 << 30
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
 # --------------------------------------------------------------------------- capabilities and configs
-
-# Shared memory per block (opt-in maximum), bytes, per compute capability.
-SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 
 
 def block_d(head_dim: int) -> int:
@@ -99,13 +100,6 @@ def block_d(head_dim: int) -> int:
 def delta_block_m(bd: int) -> int:
     """Rows per program of the delta preprocess: two (rows x BLOCK_D) tiles stay within 64 fp32 registers a thread."""
     return max(16, min(64, 4096 // bd))
-
-
-def _arch() -> int:
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
-        return major * 10 + minor
-    return 80
 
 
 def _smem_bytes(kernel: str, bm: int, bn: int, bd: int, stages: int, elem: int) -> int:
@@ -135,49 +129,6 @@ def spills_unavoidably(kernel: str, bd: int, elem: int, features: bool) -> bool:
     return elem == 4 and bd > 64 and features and kernel != "fwd"
 
 
-# Candidates: the tiles fast Triton attention kernels use (Triton's fused-attention tutorial,
-# FlashAttention-2), plus small tiles that serve the register-heavy specialisations (fp32's
-# tf32x3 operands, head dim 256, every feature at once). On a GPU the autotuner compiles each for
-# the exact specialisation launched and keeps those the compiler reports within shared memory
-# and free of spills (select_compiled), then times the survivors; tests/test_triton_aot.py
-# compiles them all for sm_80 and sm_90 ahead of time. Every backward tile streams its operands
-# with num_stages >= 2 (cp.async double buffering: Q/dO in dK/dV, K/V in dQ).
-_CANDIDATES = {
-    "fwd": [
-        dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 2), (64, 64, 4, 3), (32, 32, 4, 2),
-                             (16, 32, 4, 2)]
-    ],
-    # 8-warp dK/dV tiles carry maxnreg=255: left alone, ptxas caps them at 128 registers (two
-    # blocks a multiprocessor) and spills.
-    "bwd_dkdv": [
-        dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, **({"maxnreg": 255} if w == 8 else {}))
-        for bm, bn, w, s in [(64, 128, 8, 2), (32, 128, 4, 5), (64, 64, 4, 3), (32, 64, 4, 2), (16, 64, 4, 2),
-                             (16, 32, 4, 2), (16, 32, 8, 2)]
-    ],
-    "bwd_dq": [
-        dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3), (32, 32, 4, 2), (16, 32, 4, 2)]
-    ],
-}
-
-# Under TRITON_INTERPRET=1 one small config per kernel: the autotuner would run every config
-# on the (slow, numpy-backed) interpreter for each new key, and timings there mean nothing.
-# BLOCK_M != BLOCK_N on purpose, so the causal block-range arithmetic is exercised with unequal tiles.
-_INTERPRETER_CONFIG = {
-    "fwd": dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
-    "bwd_dkdv": dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=1),
-    "bwd_dq": dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
-}
-
-
-def kernel_configs(kernel: str) -> list[dict]:
-    """Every candidate config of ``kernel`` ("fwd", "bwd_dkdv", "bwd_dq") as plain dicts."""
-    if INTERPRET:
-        return [_INTERPRETER_CONFIG[kernel]]
-    return list(_CANDIDATES[kernel])
-
-
 def _configs(kernel: str) -> list[triton.Config]:
     return [
         triton.Config({"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]}, num_warps=c["num_warps"],
@@ -192,17 +143,6 @@ def _as_dict(cfg: triton.Config) -> dict:
     return d if cfg.maxnreg is None else dict(d, maxnreg=cfg.maxnreg)
 
 
-def _compile_report(jit_fn, cfg: triton.Config, nargs: dict, kwargs: dict):
-    """(shared memory bytes, spill bytes) of ``cfg`` compiled for the launch at hand (the very
-    binary the autotuner would then run: Triton caches it), or None if it cannot be had."""
-    try:
-        compiled = jit_fn.warmup(*nargs.values(), grid=(1,), **kwargs, **cfg.all_kwargs())
-        compiled._init_handles()
-        return int(compiled.metadata.shared), int(compiled.n_spills)
-    except Exception:  # noqa: BLE001  (no report: the config stays, the autotuner's launch decides)
-        return None
-
-
 def _prune(kernel: str):
     def prune(configs, nargs, **kwargs):
         if INTERPRET or len(configs) == 1:
@@ -214,98 +154,7 @@ def _prune(kernel: str):
     return prune
 
 
-# Autotuning keys: head dim, causal and its alignment (plus the dtypes, which Triton's autotuner
-# always adds), the feature flags, which change the code and so the best (and the register-safe)
-# tile, and a sequence-length bucket (an argument of its own, unused by the kernels' math).
-_TUNE_KEY = ["HEAD_DIM", "CAUSAL", "BOTTOM_RIGHT", "WINDOW", "SOFTCAP", "ALIBI", "MASK_MODE", "VARLEN", "DROPOUT",
-             "seq_bucket"]
-
-
-def seq_bucket(seqlen_q: int, seqlen_k: int) -> int:
-    """The sequence-length bucket of the autotuning key: the next power of two of the longer
-    sequence, clamped to [128, 16384]. The best tile depends on the length (how many blocks fill
-    the GPU, how much of the work is the causal diagonal) but not on its exact value, so a new
-    length within a bucket does not retune."""
-    return min(16384, max(128, triton.next_power_of_2(max(int(seqlen_q), int(seqlen_k), 1))))
-
-
 # --------------------------------------------------------------------------- device helpers
-
-
-@triton.jit
-def _tanh(x):
-    # tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at +-inf in fp32 and runs in the interpreter.
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
-
-
-@triton.jit
-def _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right,
-            qk_scale, softcap, slope, MaskBlk, stride_mm, stride_mn,
-            EDGE: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-            ALIBI: tl.constexpr, MASK_MODE: tl.constexpr):
-    """Base-2 scores ``log2(e) * s`` of a (rows x cols) tile of raw ``q.k`` products, -inf where
-    hidden. Also returns ``tanh`` of the softcapped scores (for the backward's chain rule).
-
-    ``EDGE``: the tile may hold keys past ``seqlen_k`` or outside the causal diagonal / window, so
-    every element is compared; interior tiles (every key visible from every row) skip that work
-    and only pay for the features (softcap, ALiBi, a mask) they use."""
-    if SOFTCAP:
-        # qk_scale is scale / softcap here; softcap is softcap * log2(e).
-        t = _tanh(qk * qk_scale)
-        s = t * softcap
-    else:
-        t = qk
-        s = qk * qk_scale  # qk_scale = scale * log2(e): exp(x) = exp2(x * log2(e))
-    if ALIBI:
-        # ALiBi always aligns bottom-right; slope already carries the log2(e) factor.
-        dist = (rows[:, None] + (seqlen_k - seqlen_q)) - cols[None, :]
-        s = s - slope * tl.abs(dist).to(tl.float32)
-    # Rows past seqlen_q need no mask: the forward never stores them and the backward gives them
-    # lse = +inf (so P = 0). Fewer predicates per element = fewer registers.
-    if EDGE:
-        if CAUSAL or WINDOW:
-            # Key j is visible from row i iff i + off - window_left <= j <= i + off + window_right
-            # and j < seqlen_k: per-row bounds (BLOCK_M operations), then one compare an element
-            # for each side the tile can cross.
-            visible = cols[None, :] <= tl.minimum(rows + (off + window_right), seqlen_k - 1)[:, None]
-            if WINDOW:
-                visible = visible & (cols[None, :] >= (rows + (off - window_left))[:, None])
-        else:
-            visible = cols[None, :] < seqlen_k
-        load_ok = visible & (rows[:, None] < seqlen_q)
-    else:
-        # Interior tile: the mask (when there is one) is still read only for real rows (the
-        # predicate broadcasts along the keys: one compare a row, not one an element).
-        load_ok = rows[:, None] < seqlen_q
-    if MASK_MODE == 1:
-        m = tl.load(MaskBlk + rows[:, None] * stride_mm + cols[None, :] * stride_mn,
-                    mask=load_ok, other=0).to(tl.int1)
-        if EDGE:
-            visible = visible & m
-        else:
-            visible = m
-    if MASK_MODE == 2:
-        m = tl.load(MaskBlk + rows[:, None] * stride_mm + cols[None, :] * stride_mn,
-                    mask=load_ok, other=0.0).to(tl.float32)
-        # A finite mask value is a number, as torch adds it: log2(e) * finfo(float32).min
-        # overflows to -inf, which would hide the key, so the product saturates at +-FLT_MAX
-        # instead (a row of such scores is a row of equal logits: torch's uniform average).
-        mt = m * 1.4426950408889634
-        sat = tl.where(m < 0, -3.4028234663852886e38, 3.4028234663852886e38)
-        s = s + tl.where((tl.abs(mt) == float("inf")) & (tl.abs(m) != float("inf")), sat, mt)
-    if EDGE or MASK_MODE == 1:
-        s = tl.where(visible, s, float("-inf"))
-    return s, t
-
-
-@triton.jit
-def _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols):
-    """Dropout keep mask of a (rows x cols) tile of batch (varlen: sequence) ``off_b`` and query head
-    ``off_h``: ``tl.rand`` on the counter ``offset + ((b * H + h) * max_q + i) * max_k + j``, in int64
-    (B * H * Lq * Lk passes 2**31). A pure function of its coordinates, so every kernel (and tile
-    shape) redraws the same mask; fastattn/philox.py is the specification."""
-    row_ctr = ((off_b * num_heads + off_h) * max_q + rows) * max_k + rng_offset
-    return tl.rand(seed, row_ctr[:, None] + cols[None, :]) >= dropout_p
 
 
 @triton.jit
@@ -392,30 +241,6 @@ def _fwd_loop(acc, l_i, m_i, q_ptrs, q_ok, flip_q, k_base, v_base, lo, hi, full_
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
-
-
-@triton.jit
-def _key_ranges(start_m, seqlen_k, off, window_left, window_right, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
-    """Key blocks of the row block at ``start_m``: ``[lo, hi)`` are visited (the rest are hidden
-    by the causal mask or the window and skipped), ``[full_lo, full_hi)`` are interior (every key
-    visible from every row of the block, no ragged end); every bound but ``hi`` is a multiple of
-    ``BLOCK_N``. Visited blocks outside the interior take the masked path."""
-    lo = 0
-    hi = seqlen_k
-    full_lo = 0
-    full_hi = (seqlen_k // BLOCK_N) * BLOCK_N
-    if CAUSAL or WINDOW:
-        hi = tl.minimum(seqlen_k, start_m + BLOCK_M + off + window_right)
-        lo = (tl.maximum(0, start_m + off - window_left) // BLOCK_N) * BLOCK_N
-        full_lo = lo
-        # Key j is visible from every row i of the block iff j <= start_m + off + window_right
-        # (the first row's right edge) and j >= start_m + BLOCK_M - 1 + off - window_left.
-        full_hi = tl.minimum(full_hi, (tl.maximum(0, start_m + off + window_right + 1) // BLOCK_N) * BLOCK_N)
-        if WINDOW:
-            first = tl.maximum(0, start_m + BLOCK_M - 1 + off - window_left)
-            full_lo = tl.maximum(lo, ((first + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
-    return lo, hi, full_lo, full_hi
 
 
 @triton.autotune(configs=_configs("fwd"), key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune("fwd")})
@@ -1080,7 +905,8 @@ def _common(q, k, args, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k):
     return batch, lq, lk, (cu_q, cu_k, alibi, mask), alibi_strides + mask_strides, scalars, flags
 
 
-def attention_fwd(q, k, v, args, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None):
+def attention_fwd(q, k, v, args, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None,
+                  path: str = "auto"):
     """Attention forward.
 
     Args:
@@ -1091,6 +917,10 @@ def attention_fwd(q, k, v, args, *, attn_mask=None, alibi_slopes=None, cu_seqlen
             window, softcap; ``dropout_p`` must be 0).
         attn_mask: bool (True = takes part) or float (added), broadcastable to ``(B, Hq, Lq, Lk)``.
         alibi_slopes: fp32 ``(Hq,)`` or ``(B, Hq)``.
+        path: ``"auto"`` (the TMA kernel of :mod:`.attention_tma` where
+            :func:`~.attention_tma.uses_tma` says so: Hopper GPUs; else the pointer kernel),
+            ``"tma"`` or ``"pointer"`` to force one (``"tma"`` raises ``ValueError`` for what it
+            cannot serve; the interpreter runs both).
 
     Returns:
         ``out`` ``(B, Hq, Lq, D)`` in q's dtype and dim order, ``lse`` fp32 ``(B, Hq, Lq)``
@@ -1098,6 +928,8 @@ def attention_fwd(q, k, v, args, *, attn_mask=None, alibi_slopes=None, cu_seqlen
     """
     from fastattn.attention_args import empty_like_layout
 
+    if path not in ("auto", "tma", "pointer"):
+        raise ValueError(f"path must be 'auto', 'tma' or 'pointer', got {path!r}")
     ensure_interpreter_fixes()
     batch, lq, lk, ptrs, extra_strides, scalars, flags = _common(q, k, args, attn_mask, alibi_slopes,
                                                                  cu_seqlens_q, cu_seqlens_k)
@@ -1105,6 +937,15 @@ def attention_fwd(q, k, v, args, *, attn_mask=None, alibi_slopes=None, cu_seqlen
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     if out.numel() == 0 or lk == 0 or batch == 0:  # nothing to launch; rows without keys: 0 and +inf
         return out.zero_(), lse.fill_(float("inf"))
+    if path == "tma":
+        why = attention_tma.unsupported_reason(q, k, v, out, varlen=flags["VARLEN"])
+        if why is not None:
+            raise ValueError(f"attention_fwd(path='tma'): {why}")
+    if path == "tma" or (path == "auto" and attention_tma.uses_tma(
+            q, k, v, out, arch=_arch(), on_gpu=q.is_cuda and not INTERPRET, varlen=flags["VARLEN"])):
+        # Hopper: the same math with Q/K/V/O moved by TMA and the interior loop on its own.
+        attention_tma.launch_fwd_tma(q, k, v, out, lse, ptrs, extra_strides, scalars, flags)
+        return out, lse
     heads = q.shape[1]
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), heads, batch)
     _attn_fwd[grid](
@@ -1243,7 +1084,8 @@ def aot_cases(stratified: bool = False) -> list:
     row-statistics passes.
 
     Specialised as the common launch is: unit head-dim strides, 16-byte aligned pointers
-    and strides; feature flags per :data:`_AOT_VARIANTS`.
+    and strides; feature flags per :data:`_AOT_VARIANTS`. Then the Hopper TMA forward's cases
+    (:func:`_tma_aot_cases`).
     """
     from ._configs import AotCase, signature_for
 
@@ -1308,6 +1150,48 @@ def aot_cases(stratified: bool = False) -> list:
                 constexprs=const, num_warps=4, num_stages=1,
                 config=dict(variant="delta", dtype=dname, BLOCK_D=bd, BLOCK_M=delta_block_m(bd)),
                 divisible_by_16=divisible(fn, const),
+            ))
+    return cases + _tma_aot_cases(stratified)
+
+
+# The default test run compiles the plain causal launch and every feature at once (each forward
+# candidate of both); the slow test and ``info --kernels`` compile every specialisation.
+_AOT_STRATIFIED_TMA = {("causal", "fp16", 64), ("features", "fp16", 128)}
+
+
+def _tma_aot_cases(stratified: bool) -> list:
+    """The TMA forward (:mod:`.attention_tma`) in the specialisations of
+    :func:`aot_specialisations` it serves (not varlen, head dims up to its maximum) with every
+    forward candidate config, for sm_90 only (the only arch that launches it)."""
+    from ._configs import AotCase, signature_for
+
+    fn = attention_tma._attn_fwd_tma.fn
+    cases = []
+    for variant, dname, bd in aot_specialisations():
+        on = _AOT_VARIANTS[variant][0]
+        if (on.get("VARLEN") or bd > attention_tma.TMA_MAX_HEAD_DIM[_AOT_DTYPES[dname]]
+                or (stratified and (variant, dname, bd) not in _AOT_STRATIFIED_TMA)):
+            continue
+        flags = dict(HEAD_DIM=bd, BLOCK_D=bd, CAUSAL=False, BOTTOM_RIGHT=False, WINDOW=False, SOFTCAP=False,
+                     ALIBI=False, MASK_MODE=0, VARLEN=False, DROPOUT=False,
+                     DOT_PRECISION="tf32x3" if dname == "fp32" else "tf32")
+        flags.update((name, value) for name, value in on.items() if name in flags)
+        mask_type = "*i1" if on.get("MASK_MODE") == 1 else f"*{dname}"
+        for cfg in _CANDIDATES["fwd"]:
+            bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+            const = dict(flags, BLOCK_M=bm, BLOCK_N=bn)
+            sig = signature_for(fn, {"LSE": "*fp32", "Alibi": "*fp32", "Mask": mask_type}, f"*{dname}",
+                                floats=("sm_scale", "softcap", "dropout_p"), int64s=("seed", "rng_offset"),
+                                constexprs=const)
+            for name, rows in (("desc_q", bm), ("desc_o", bm), ("desc_k", bn), ("desc_v", bn)):
+                sig[name] = f"tensordesc<{dname}[1,1,{rows},{bd}]>"
+            cases.append(AotCase(
+                kernel="attention_fwd_tma", fn=fn, signature=sig, constexprs=const,
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], maxnreg=cfg.get("maxnreg"),
+                config=dict(variant=variant, dtype=dname, BLOCK_D=bd, BLOCK_M=bm, BLOCK_N=bn),
+                divisible_by_16=tuple(n for n in fn.arg_names if n not in const and not n.startswith("desc")
+                                      and (n[0].isupper() or n.startswith("stride"))),
+                archs=(90,), group=("fwd_tma", variant, dname, bd),
             ))
     return cases
 

@@ -1,0 +1,198 @@
+"""What the pointer attention kernels (:mod:`.attention`) and the Hopper TMA forward
+(:mod:`.attention_tma`) share: the candidate tiles and the autotuning key, the compiler report
+the autotuners prune by, and the device helpers of the online softmax (scores with every
+feature, dropout's keep mask, the visited/interior key ranges of a row block). The math is
+described in :mod:`.attention`'s docstring. Imports nothing of fastattn."""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["INTERPRET", "SMEM_LIMIT", "kernel_configs", "seq_bucket"]
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Shared memory per block (opt-in maximum), bytes, per compute capability.
+SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+
+
+def _arch() -> int:
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return major * 10 + minor
+    return 80
+
+
+# Candidates: the tiles fast Triton attention kernels use (Triton's fused-attention tutorial,
+# FlashAttention-2), plus small tiles that serve the register-heavy specialisations (fp32's
+# tf32x3 operands, head dim 256, every feature at once). On a GPU the autotuner compiles each for
+# the exact specialisation launched and keeps those the compiler reports within shared memory
+# and free of spills (select_compiled), then times the survivors; tests/test_triton_aot.py
+# compiles them all for sm_80 and sm_90 ahead of time. Every backward tile streams its operands
+# with num_stages >= 2 (cp.async double buffering: Q/dO in dK/dV, K/V in dQ).
+_CANDIDATES = {
+    "fwd": [
+        dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 2), (64, 64, 4, 3), (32, 32, 4, 2),
+                             (16, 32, 4, 2)]
+    ],
+    # 8-warp dK/dV tiles carry maxnreg=255: left alone, ptxas caps them at 128 registers (two
+    # blocks a multiprocessor) and spills.
+    "bwd_dkdv": [
+        dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, **({"maxnreg": 255} if w == 8 else {}))
+        for bm, bn, w, s in [(64, 128, 8, 2), (32, 128, 4, 5), (64, 64, 4, 3), (32, 64, 4, 2), (16, 64, 4, 2),
+                             (16, 32, 4, 2), (16, 32, 8, 2)]
+    ],
+    "bwd_dq": [
+        dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [(128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3), (32, 32, 4, 2), (16, 32, 4, 2)]
+    ],
+}
+
+# Under TRITON_INTERPRET=1 one small config per kernel: the autotuner would run every config
+# on the (slow, numpy-backed) interpreter for each new key, and timings there mean nothing.
+# BLOCK_M != BLOCK_N on purpose, so the causal block-range arithmetic is exercised with unequal tiles.
+_INTERPRETER_CONFIG = {
+    "fwd": dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
+    "bwd_dkdv": dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=1),
+    "bwd_dq": dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
+}
+
+
+def kernel_configs(kernel: str) -> list[dict]:
+    """Every candidate config of ``kernel`` ("fwd", "bwd_dkdv", "bwd_dq") as plain dicts."""
+    if INTERPRET:
+        return [_INTERPRETER_CONFIG[kernel]]
+    return list(_CANDIDATES[kernel])
+
+
+def _compile_report(jit_fn, cfg: triton.Config, nargs: dict, kwargs: dict):
+    """(shared memory bytes, spill bytes) of ``cfg`` compiled for the launch at hand (the very
+    binary the autotuner would then run: Triton caches it), or None if it cannot be had."""
+    try:
+        compiled = jit_fn.warmup(*nargs.values(), grid=(1,), **kwargs, **cfg.all_kwargs())
+        compiled._init_handles()
+        return int(compiled.metadata.shared), int(compiled.n_spills)
+    except Exception:  # noqa: BLE001  (no report: the config stays, the autotuner's launch decides)
+        return None
+
+
+# Autotuning keys: head dim, causal and its alignment (plus the dtypes, which Triton's autotuner
+# always adds), the feature flags, which change the code and so the best (and the register-safe)
+# tile, and a sequence-length bucket (an argument of its own, unused by the kernels' math).
+_TUNE_KEY = ["HEAD_DIM", "CAUSAL", "BOTTOM_RIGHT", "WINDOW", "SOFTCAP", "ALIBI", "MASK_MODE", "VARLEN", "DROPOUT",
+             "seq_bucket"]
+
+
+def seq_bucket(seqlen_q: int, seqlen_k: int) -> int:
+    """The sequence-length bucket of the autotuning key: the next power of two of the longer
+    sequence, clamped to [128, 16384]. The best tile depends on the length (how many blocks fill
+    the GPU, how much of the work is the causal diagonal) but not on its exact value, so a new
+    length within a bucket does not retune."""
+    return min(16384, max(128, triton.next_power_of_2(max(int(seqlen_q), int(seqlen_k), 1))))
+
+
+# --------------------------------------------------------------------------- device helpers
+
+
+@triton.jit
+def _tanh(x):
+    # tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at +-inf in fp32 and runs in the interpreter.
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right,
+            qk_scale, softcap, slope, MaskBlk, stride_mm, stride_mn,
+            EDGE: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+            ALIBI: tl.constexpr, MASK_MODE: tl.constexpr):
+    """Base-2 scores ``log2(e) * s`` of a (rows x cols) tile of raw ``q.k`` products, -inf where
+    hidden. Also returns ``tanh`` of the softcapped scores (for the backward's chain rule).
+
+    ``EDGE``: the tile may hold keys past ``seqlen_k`` or outside the causal diagonal / window, so
+    every element is compared; interior tiles (every key visible from every row) skip that work
+    and only pay for the features (softcap, ALiBi, a mask) they use."""
+    if SOFTCAP:
+        # qk_scale is scale / softcap here; softcap is softcap * log2(e).
+        t = _tanh(qk * qk_scale)
+        s = t * softcap
+    else:
+        t = qk
+        s = qk * qk_scale  # qk_scale = scale * log2(e): exp(x) = exp2(x * log2(e))
+    if ALIBI:
+        # ALiBi always aligns bottom-right; slope already carries the log2(e) factor.
+        dist = (rows[:, None] + (seqlen_k - seqlen_q)) - cols[None, :]
+        s = s - slope * tl.abs(dist).to(tl.float32)
+    # Rows past seqlen_q need no mask: the forward never stores them and the backward gives them
+    # lse = +inf (so P = 0). Fewer predicates per element = fewer registers.
+    if EDGE:
+        if CAUSAL or WINDOW:
+            # Key j is visible from row i iff i + off - window_left <= j <= i + off + window_right
+            # and j < seqlen_k: per-row bounds (BLOCK_M operations), then one compare an element
+            # for each side the tile can cross.
+            visible = cols[None, :] <= tl.minimum(rows + (off + window_right), seqlen_k - 1)[:, None]
+            if WINDOW:
+                visible = visible & (cols[None, :] >= (rows + (off - window_left))[:, None])
+        else:
+            visible = cols[None, :] < seqlen_k
+        load_ok = visible & (rows[:, None] < seqlen_q)
+    else:
+        # Interior tile: the mask (when there is one) is still read only for real rows (the
+        # predicate broadcasts along the keys: one compare a row, not one an element).
+        load_ok = rows[:, None] < seqlen_q
+    if MASK_MODE == 1:
+        m = tl.load(MaskBlk + rows[:, None] * stride_mm + cols[None, :] * stride_mn,
+                    mask=load_ok, other=0).to(tl.int1)
+        if EDGE:
+            visible = visible & m
+        else:
+            visible = m
+    if MASK_MODE == 2:
+        m = tl.load(MaskBlk + rows[:, None] * stride_mm + cols[None, :] * stride_mn,
+                    mask=load_ok, other=0.0).to(tl.float32)
+        # A finite mask value is a number, as torch adds it: log2(e) * finfo(float32).min
+        # overflows to -inf, which would hide the key, so the product saturates at +-FLT_MAX
+        # instead (a row of such scores is a row of equal logits: torch's uniform average).
+        mt = m * 1.4426950408889634
+        sat = tl.where(m < 0, -3.4028234663852886e38, 3.4028234663852886e38)
+        s = s + tl.where((tl.abs(mt) == float("inf")) & (tl.abs(m) != float("inf")), sat, mt)
+    if EDGE or MASK_MODE == 1:
+        s = tl.where(visible, s, float("-inf"))
+    return s, t
+
+
+@triton.jit
+def _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols):
+    """Dropout keep mask of a (rows x cols) tile of batch (varlen: sequence) ``off_b`` and query head
+    ``off_h``: ``tl.rand`` on the counter ``offset + ((b * H + h) * max_q + i) * max_k + j``, in int64
+    (B * H * Lq * Lk passes 2**31). A pure function of its coordinates, so every kernel (and tile
+    shape) redraws the same mask; fastattn/philox.py is the specification."""
+    row_ctr = ((off_b * num_heads + off_h) * max_q + rows) * max_k + rng_offset
+    return tl.rand(seed, row_ctr[:, None] + cols[None, :]) >= dropout_p
+
+
+@triton.jit
+def _key_ranges(start_m, seqlen_k, off, window_left, window_right, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
+    """Key blocks of the row block at ``start_m``: ``[lo, hi)`` are visited (the rest are hidden
+    by the causal mask or the window and skipped), ``[full_lo, full_hi)`` are interior (every key
+    visible from every row of the block, no ragged end); every bound but ``hi`` is a multiple of
+    ``BLOCK_N``. Visited blocks outside the interior take the masked path."""
+    lo = 0
+    hi = seqlen_k
+    full_lo = 0
+    full_hi = (seqlen_k // BLOCK_N) * BLOCK_N
+    if CAUSAL or WINDOW:
+        hi = tl.minimum(seqlen_k, start_m + BLOCK_M + off + window_right)
+        lo = (tl.maximum(0, start_m + off - window_left) // BLOCK_N) * BLOCK_N
+        full_lo = lo
+        # Key j is visible from every row i of the block iff j <= start_m + off + window_right
+        # (the first row's right edge) and j >= start_m + BLOCK_M - 1 + off - window_left.
+        full_hi = tl.minimum(full_hi, (tl.maximum(0, start_m + off + window_right + 1) // BLOCK_N) * BLOCK_N)
+        if WINDOW:
+            first = tl.maximum(0, start_m + BLOCK_M - 1 + off - window_left)
+            full_lo = tl.maximum(lo, ((first + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
+    return lo, hi, full_lo, full_hi
