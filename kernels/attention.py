@@ -27,7 +27,7 @@ the max subtraction into one FMA a score, ``exp2(qk * scale_log2e - m)``. The br
 per block, inside one loop: two loops would each keep their own copy of the Q tile and the
 pipelined loads live, and spill the 128-row tiles. Causal query blocks launch heaviest first.
 On Hopper (sm_90+) the forward runs the same math with its tiles moved by TMA and the interior
-loop split out (kernels/attention_tma.py); varlen and head dims above 128 stay here.
+loop split out (kernels/attention_tma.py); varlen and head dims above 128 (fp32: above 64) stay here.
 The same split runs in both backward kernels.
 
 Backward (FA2, algorithm 2): ``delta_i = sum_d dO_id * O_id`` (a small preprocess kernel),
