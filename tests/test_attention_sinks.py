@@ -10,7 +10,7 @@ import torch
 
 import fastattn
 from fastattn import reference
-from test_triton_attention import _assert_close
+from attention_cases import assert_close as _assert_close
 
 BACKENDS = ["reference", "cpu", "triton"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

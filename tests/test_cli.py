@@ -314,7 +314,8 @@ def test_bench_without_the_harness_says_what_to_do(monkeypatch, tmp_path, capsys
     from fastattn.cli import bench as bench_cli
 
     monkeypatch.delitem(sys.modules, "fastattn_bench")
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "fastattn_bench"))])
+    on_path = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "fastattn_bench"))]
+    monkeypatch.setattr(sys, "path", on_path)
     missing = tmp_path / "benchmarks" / "fastattn_bench"
     monkeypatch.setattr(bench_cli, "_candidates", lambda: [missing])
     assert main(["bench", "--quick", "--device", "cpu"]) == 2

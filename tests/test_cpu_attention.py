@@ -1,9 +1,10 @@
 """Native CPU attention (csrc/cpu/attention*.cpp, backend "cpu") against the float64 reference.
 
-Every check runs the forward and the backward pass. Tolerances: fp32 to 1e-5 relative to
-the output's magnitude; fp16/bf16 by flash-attn's rule, ``max|out - ref64| <= 2 *
-max|ref_lowp - ref64| + floor``, where ``ref_lowp`` is the reference computed in the input
-dtype, for the output, the LSE and dq/dk/dv (one shared ``dout``). Outputs are poisoned
+Every check runs the forward and the backward pass. Tolerances (fastattn.testing's rule): fp32
+to 1e-5 relative to the output's magnitude; fp16/bf16 by flash-attn's rule, ``max|out - ref64|
+<= 2 * max|ref_lowp - ref64|`` plus half an ulp and the 1e-5 relative floor, where ``ref_lowp``
+is the reference computed in the input dtype, for the output, the LSE and dq/dk/dv (one shared
+``dout``). Outputs are poisoned
 with NaN (torch's ``fill_uninitialized_memory`` fills every ``torch.empty``), so an element
 the kernel forgets to write fails.
 
@@ -20,12 +21,13 @@ import torch
 
 from fastattn import reference
 from fastattn.attention_args import AttentionArgs
+from attention_cases import assert_close as _assert_close
+from attention_cases import reference_fwd_bwd as _reference
 
 cpu = pytest.importorskip("fastattn.backends.cpu_attention", reason="fastattn._C (native CPU kernels) not built")
 _C = cpu._C
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
-FLOOR = {"out": 1e-5, "lse": 1e-5, "grad": 1e-4}
 _ORDER = ["avx2", "avx512", "avx512bf16"]
 BEST_ISA = _C.cpu_attention_isa()
 ISAS = _ORDER[: _ORDER.index(BEST_ISA) + 1] if BEST_ISA in _ORDER else []
@@ -62,36 +64,6 @@ def _qkv(b, hq, hk, lq, lk, d, dtype, seed=0, dv=None):
 
 def _args(d, causal=False, bottom_right=False, **kw):
     return AttentionArgs(scale=kw.pop("scale", 1.0 / math.sqrt(d)), causal=causal, bottom_right=bottom_right, **kw)
-
-
-def _reference(q, k, v, args, dout, upcast, **kw):
-    """(out, lse, dq, dk, dv) of the reference, in float64 (upcast) or in q's dtype."""
-    with torch.enable_grad():
-        leaves = [(t.double() if upcast else t).detach().requires_grad_() for t in (q, k, v)]
-        out, lse = reference.attention(*leaves, args, **kw)
-        grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
-    return (out.detach(), lse.detach(), *grads)
-
-
-def _assert_close(name, got, ref64, ref_lowp, kind, dtype):
-    """fp32: 1e-5 relative; fp16/bf16: flash-attn's error-ratio rule against ``ref_lowp``."""
-    assert not torch.isnan(got).any(), f"{name}: NaN (an element was never written?)"
-    got, ref64 = got.detach().double(), ref64.detach().double()
-    finite = torch.isfinite(ref64)
-    assert torch.equal(torch.isfinite(got), finite), f"{name}: inf pattern differs from the reference"
-    assert torch.equal(got[~finite], ref64[~finite]), f"{name}: infinities differ from the reference"
-    if finite.sum() == 0:
-        return
-    err = (got - ref64)[finite].abs().max().item()
-    scale = ref64[finite].abs().max().item()
-    if dtype == F32:
-        bound = 1e-5 * max(1.0, scale)
-    else:
-        # The result is stored in ``dtype``: half an ulp at the largest magnitude is unavoidable
-        # even for an exact kernel, whatever error the low-precision reference happened to make.
-        half_ulp = 0.5 * torch.finfo(dtype).eps * scale if kind != "lse" else 0.0
-        bound = 2 * (ref_lowp.double() - ref64)[finite].abs().max().item() + FLOOR[kind] + half_ulp
-    assert err <= bound, f"{name}: max error {err:.3g} > allowed {bound:.3g}"
 
 
 def _core_kwargs(kw):

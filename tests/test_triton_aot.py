@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import pytest
 
+from aot_records import assert_every_record_compiled
+from aot_records import name as _name
+
 aot = pytest.importorskip("fastattn.buildcheck.triton_aot")
 configs = pytest.importorskip("fastattn.kernels._configs")
 attention = pytest.importorskip("fastattn.kernels.attention")
@@ -31,14 +34,8 @@ def records():
     return _compile(stratified=True)
 
 
-def _name(r):
-    return f"{r['kernel']} {r['arch']} {r['config']}"
-
-
 def _check_records(records):
-    failed = [f"{_name(r)}: {r['error']}" for r in records if r["error"]]
-    assert not failed, "\n".join(failed)
-    assert {r["arch"] for r in records} == {f"sm_{a}" for a in ARCHS}
+    assert_every_record_compiled(records, ARCHS)
     for arch in ARCHS:
         kept = attention.kept_in_reports(records, f"sm_{arch}")
         assert kept, f"sm_{arch}: no specialisation"

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from aot_records import assert_every_record_compiled
+from aot_records import name as _name
+
 aot = pytest.importorskip("fastattn.buildcheck.triton_aot")
 configs = pytest.importorskip("fastattn.kernels._configs")
 decode = pytest.importorskip("fastattn.kernels.decode")
@@ -31,14 +34,8 @@ def records():
             zip(records, work)]
 
 
-def _name(r):
-    return f"{r['kernel']} {r['arch']} {r['config']}"
-
-
 def test_every_config_compiles(records):
-    failed = [f"{_name(r)}: {r['error']}" for r in records if r["error"]]
-    assert not failed, "\n".join(failed)
-    assert {r["arch"] for r in records} == {f"sm_{a}" for a in ARCHS}
+    assert_every_record_compiled(records, ARCHS)
 
 
 def test_configs_fit_shared_memory(records):

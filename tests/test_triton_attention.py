@@ -3,10 +3,10 @@
 Runs on CUDA tensors when a GPU is present, else on CPU tensors under the Triton
 interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before triton is imported).
 
-Tolerances: fp32 to 1e-5 relative to the output's magnitude; fp16/bf16 by flash-attn's
-rule, ``max|out - ref64| <= 2 * max|ref_lowp - ref64| + floor``, where ``ref_lowp`` is the
-reference computed in the input dtype, for the output, the LSE and dq/dk/dv (one shared
-``dout``). Every output buffer the kernels allocate is poisoned with NaN (torch's
+Tolerances (fastattn.testing's rule): fp32 to 1e-5 relative to the output's magnitude;
+fp16/bf16 by flash-attn's rule, ``max|out - ref64| <= 2 * max|ref_lowp - ref64|`` plus half an
+ulp and the 1e-5 relative floor, where ``ref_lowp`` is the reference computed in the input
+dtype, for the output, the LSE and dq/dk/dv (one shared ``dout``). Every output buffer the kernels allocate is poisoned with NaN (torch's
 ``fill_uninitialized_memory``), so an element a kernel forgets to write fails the test.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ import torch
 import fastattn
 from fastattn import reference
 from fastattn.attention_args import AttentionArgs
+from attention_cases import assert_close as _assert_close
+from attention_cases import reference_fwd_bwd as _reference
 
 kernels = pytest.importorskip("fastattn.kernels.attention")
 
@@ -31,7 +33,6 @@ if INTERPRETED and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
-FLOOR = {"out": 1e-5, "lse": 1e-5, "grad": 1e-4}
 
 
 @pytest.fixture(autouse=True)
@@ -49,37 +50,6 @@ def _randn(*shape, dtype, seed):
 def _qkv(b, hq, hk, lq, lk, d, dtype, seed=0):
     return (_randn(b, hq, lq, d, dtype=dtype, seed=seed), _randn(b, hk, lk, d, dtype=dtype, seed=seed + 1),
             _randn(b, hk, lk, d, dtype=dtype, seed=seed + 2))
-
-
-def _reference(q, k, v, args, dout, upcast, **kw):
-    """(out, lse, dq, dk, dv) of the reference, in float64 (upcast) or in q's dtype."""
-    with torch.enable_grad():
-        leaves = [(t.double() if upcast else t).detach().requires_grad_() for t in (q, k, v)]
-        out, lse = reference.attention(*leaves, args, **kw)
-        grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
-    return (out.detach(), lse.detach(), *grads)
-
-
-def _assert_close(name, got, ref64, ref_lowp, kind, dtype=F32, fp32_scale=None):
-    """Inputs of ``dtype`` fp32: 1e-5 relative (to ``fp32_scale`` when given, else to ``ref64``'s
-    largest magnitude); fp16/bf16: flash-attn's error-ratio rule against the reference computed
-    in the input dtype (``ref_lowp``)."""
-    assert not torch.isnan(got).any(), f"{name}: NaN (an element was never written?)"
-    got, ref64 = got.detach().double(), ref64.detach().double()
-    finite = torch.isfinite(ref64)
-    assert torch.equal(torch.isfinite(got), finite), f"{name}: inf pattern differs from the reference"
-    if finite.sum() == 0:
-        return
-    err = (got - ref64)[finite].abs().max().item()
-    scale = ref64[finite].abs().max().item()
-    if dtype == F32:
-        bound = 1e-5 * max(1.0, scale if fp32_scale is None else fp32_scale)
-    else:
-        # The result is stored in ``dtype``: half an ulp at the largest magnitude is unavoidable
-        # even for an exact kernel, whatever error the low-precision reference happened to make.
-        half_ulp = 0.5 * torch.finfo(dtype).eps * scale if kind != "lse" else 0.0
-        bound = 2 * (ref_lowp.double() - ref64)[finite].abs().max().item() + FLOOR[kind] + half_ulp
-    assert err <= bound, f"{name}: max error {err:.3g} > allowed {bound:.3g}"
 
 
 def _check_fwd_bwd(q, k, v, args, *, deterministic=False, **kw):

@@ -1,12 +1,10 @@
-"""Attention dropout in the Triton kernels (kernels/attention.py) against the float64 reference.
-
-The kernels draw their keep mask from a counter-based Philox stream; fastattn.philox is its
-specification, so the reference is run with that very mask and forward and gradients must
-match it (fp32 to 1e-5, fp16/bf16 by flash-attn's error-ratio rule: see
-tests/test_triton_attention.py, whose helpers and NaN poisoning are reused). The mask the
-forward kernel applied is also read back exactly (``v = I`` makes ``out = P * Z``) to check
-it bit for bit against the specification and its keep rate against ``1 - p``.
-Runs on CUDA tensors with a GPU, else under the Triton interpreter.
+"""Attention dropout in the Triton kernels (kernels/attention.py): what only this backend has. The
+checks every dropout backend shares are in tests/test_dropout.py; here, against the float64
+reference run with fastattn.philox's keep mask (fastattn.testing's rule): ALiBi with a float mask,
+varlen with ALiBi, the deterministic backward; the mask read back exactly (``v = I`` makes
+``out = P * Z``) against its keep rate and its counters; the public API's draws
+(``flash_attn_func``, ``S_dmask``, SDPA). Runs on CUDA tensors with a GPU, else under the Triton
+interpreter.
 """
 from __future__ import annotations
 
@@ -16,59 +14,29 @@ import pytest
 import torch
 
 import fastattn
-from fastattn import reference
+from fastattn import reference, testing
 from fastattn.attention_args import AttentionArgs, draw_dropout_seed, dropout_keep_mask
-from test_triton_attention import (  # noqa: F401  (the poisoning fixture is autouse)
-    BF16, DEVICE, F16, F32, _assert_close, _poison_uninitialised_memory, _qkv, _randn, _reference, kernels,
-)
+from attention_cases import DEVICE, check_with_the_same_mask, dropout_args, qkv
 
+kernels = pytest.importorskip("fastattn.kernels.attention")
+pytestmark = [pytest.mark.requires_backend("triton"), pytest.mark.usefixtures("poisoned")]
+F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 DTYPES, DTYPE_IDS = [F16, BF16, F32], ["fp16", "bf16", "fp32"]
 
 
-def _args(d, p, seed=1234, offset=0, **kw):
-    return AttentionArgs(scale=1.0 / math.sqrt(d), dropout_p=p, seed=seed, offset=offset, **kw)
-
-
-def _check(q, k, v, args, **kw):
-    """Kernel forward + backward vs the reference run with the specification's keep mask."""
-    out, lse = kernels.attention_fwd(q, k, v, args, **kw)
-    dout = _randn(*out.shape, dtype=q.dtype, seed=99)
-    dq, dk, dv = kernels.attention_bwd(dout, q, k, v, out, lse, args, **kw)
-    keep = dropout_keep_mask(q, k, args, kw.get("cu_seqlens_q"), kw.get("cu_seqlens_k"))
-    assert 0 < keep.float().mean() < 1, "the mask must keep some and drop some"
-    ref64 = _reference(q, k, v, args, dout, upcast=True, dropout_mask=keep, **kw)
-    lowp = _reference(q, k, v, args, dout, upcast=False, dropout_mask=keep, **kw)
-    for name, got, r64, rlp, kind in zip(("out", "lse", "dq", "dk", "dv"), (out, lse, dq, dk, dv), ref64, lowp,
-                                         ("out", "lse", "grad", "grad", "grad")):
-        _assert_close(name, got, r64, rlp, kind, q.dtype)
-    return out, dq, dk, dv
-
-
-# (batch, heads_q, heads_k, seqlen_q, seqlen_k, head_dim, dropout_p, options)
-CASES = {
-    "gqa-causal-br": (1, 4, 2, 70, 90, 32, 0.3, dict(causal=True, bottom_right=True)),
-    "full-tl": (2, 2, 2, 65, 33, 64, 0.1, dict()),
-    "gqa-window-softcap": (1, 4, 1, 80, 80, 40, 0.5, dict(window_left=17, window_right=9, softcap=5.0,
-                                                          bottom_right=True)),
-}
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_dropout_forward_backward_match_reference_with_the_same_mask(case, dtype):
-    b, hq, hk, lq, lk, d, p, opts = CASES[case]
-    q, k, v = _qkv(b, hq, hk, lq, lk, d, dtype, seed=len(case))
-    _check(q, k, v, _args(d, p, seed=987654321 + len(case), offset=3, **opts))
+def _randn(*shape, dtype, seed):
+    return testing.randn(*shape, dtype=dtype, seed=seed, device=DEVICE)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_dropout_with_alibi_and_float_mask(dtype):
-    q, k, v = _qkv(2, 2, 2, 40, 70, 32, dtype, seed=5)
+    q, k, v = qkv(2, 2, 2, 40, 70, 32, dtype, seed=5)
     slopes = (torch.rand(2, 2, generator=torch.Generator().manual_seed(1)) * 0.2).to(DEVICE)
     pad = torch.zeros(2, 1, 1, 70, device=DEVICE, dtype=dtype)
     pad[0, ..., 50:] = float("-inf")
     pad[1, ..., :3] = -2.0
-    _check(q, k, v, _args(32, 0.2, seed=2**40 + 17), alibi_slopes=slopes, attn_mask=pad)
+    check_with_the_same_mask("triton", q, k, v, dropout_args(32, 0.2, seed=2**40 + 17), alibi_slopes=slopes,
+                             attn_mask=pad)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -77,17 +45,17 @@ def test_dropout_varlen_causal_alibi(dtype):
     lens_q, lens_k = [5, 67, 1, 40], [9, 67, 30, 33]
     cu_q = torch.tensor([0, *torch.tensor(lens_q).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
     cu_k = torch.tensor([0, *torch.tensor(lens_k).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
-    q, k, v = _qkv(1, 4, 2, sum(lens_q), sum(lens_k), 32, dtype, seed=8)
+    q, k, v = qkv(1, 4, 2, sum(lens_q), sum(lens_k), 32, dtype, seed=8)
     slopes = (torch.rand(4, generator=torch.Generator().manual_seed(2)) * 0.3).to(DEVICE)
-    args = _args(32, 0.25, seed=42, causal=True, bottom_right=True, max_seqlen_q=max(lens_q),
+    args = dropout_args(32, 0.25, seed=42, causal=True, bottom_right=True, max_seqlen_q=max(lens_q),
                  max_seqlen_k=max(lens_k))
-    _check(q, k, v, args, alibi_slopes=slopes, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    check_with_the_same_mask("triton", q, k, v, args, alibi_slopes=slopes, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
 
 
 def test_dropout_deterministic_dq_matches_atomic_and_reference():
-    q, k, v = _qkv(1, 4, 2, 70, 70, 32, F32, seed=3)
-    args = _args(32, 0.3, seed=77, causal=True, deterministic=True)
-    _, dq, dk, dv = _check(q, k, v, args)
+    q, k, v = qkv(1, 4, 2, 70, 70, 32, F32, seed=3)
+    args = dropout_args(32, 0.3, seed=77, causal=True, deterministic=True)
+    _, dq, dk, dv = check_with_the_same_mask("triton", q, k, v, args)
     out, lse = kernels.attention_fwd(q, k, v, args)
     dout = _randn(*out.shape, dtype=F32, seed=99)
     again = kernels.attention_bwd(dout, q, k, v, out, lse, args)
@@ -101,7 +69,7 @@ def _applied_mask(p, seed, offset=0, batch=2, heads=4, seqlen_q=128):
     q = _randn(batch, heads, seqlen_q, 64, dtype=F32, seed=seed % 1000)
     k = _randn(batch, heads, 64, 64, dtype=F32, seed=seed % 1000 + 1)
     v = torch.eye(64, device=DEVICE).expand(batch, heads, 64, 64)
-    args = _args(64, p, seed=seed, offset=offset)
+    args = dropout_args(64, p, seed=seed, offset=offset)
     out, _ = kernels.attention_fwd(q, k, v, args)
     probs = reference.attention_probabilities(q.double(), k.double(), args)
     assert (probs > 1e-30).all()
@@ -183,7 +151,7 @@ def test_flash_api_s_dmask_encodes_the_keep_mask():
 
 
 def test_sdpa_dropout_runs_in_triton_and_matches_reference_backend():
-    q, k, v = _qkv(2, 2, 2, 33, 47, 16, F32, seed=12)
+    q, k, v = qkv(2, 2, 2, 33, 47, 16, F32, seed=12)
     outs = []
     for backend in ("triton", "reference"):
         torch.manual_seed(31)
