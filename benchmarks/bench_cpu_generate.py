@@ -13,7 +13,9 @@ Each timed call is ``model.generate(ids, max_new_tokens=N, do_sample=False)`` wi
 cache (prefill of the prompt, then N - 1 one-token decoding steps); the two models are timed
 in turns, call by call, so that a change in machine load hits both alike. Reported: the
 median wall time, tokens/s (``batch * N`` over it) and the ratio sdpa time / fastattn time
-(> 1: fastattn faster). The generated tokens of both are compared: a benchmark of a model
+(> 1: fastattn faster), and the same ratio of the process's CPU time per call (at one thread
+the steadier figure on a shared machine: it leaves out the time other processes held the
+core). The generated tokens of both are compared: a benchmark of a model
 that answers differently would be meaningless, so a mismatch is printed (not timed away).
 """
 from __future__ import annotations
@@ -63,15 +65,19 @@ def run(dtype: torch.dtype, threads: int, batch: int, prompt: int, new: int, rep
     outputs = {name: generate(m, ids, new) for name, m in models.items()}  # warm-up, and the tokens
     same = torch.equal(outputs["sdpa"], outputs["fastattn"])
     times: dict = {name: [] for name in models}
+    cpu: dict = {name: [] for name in models}
     for _ in range(reps):
         for name, m in models.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             generate(m, ids, new)
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     med = {name: statistics.median(t) for name, t in times.items()}
+    cpu_med = {name: statistics.median(t) for name, t in cpu.items()}
     return dict(dtype=str(dtype).replace("torch.", ""), threads=threads, batch=batch, prompt=prompt, new=new,
                 same_tokens=same, median_s=med, tokens_per_s={n: batch * new / s for n, s in med.items()},
-                ratio=med["sdpa"] / med["fastattn"], times_s=times,
+                ratio=med["sdpa"] / med["fastattn"], times_s=times, cpu_median_s=cpu_med,
+                cpu_ratio=cpu_med["sdpa"] / cpu_med["fastattn"], cpu_times_s=cpu,
                 attn_implementation=fast.config._attn_implementation, patch_report=str(report))
 
 
@@ -94,7 +100,7 @@ def main() -> None:
             print(f"{r['dtype']:9s} thr={threads} b{a.batch} prompt {a.prompt} +{a.new}: "
                   f"sdpa {r['tokens_per_s']['sdpa']:7.1f} tok/s ({r['median_s']['sdpa'] * 1e3:8.1f} ms)  "
                   f"fastattn {r['tokens_per_s']['fastattn']:7.1f} tok/s ({r['median_s']['fastattn'] * 1e3:8.1f} ms)  "
-                  f"x{r['ratio']:.2f}  same tokens: {r['same_tokens']}", flush=True)
+                  f"x{r['ratio']:.3f} (CPU time x{r['cpu_ratio']:.3f})  same tokens: {r['same_tokens']}", flush=True)
     if a.json:
         a.json.write_text(json.dumps(dict(environment=environment(), rows=rows), indent=1, default=str))
 

@@ -24,12 +24,19 @@ def test_table_is_measured_and_well_formed():
     for e in entries:
         assert e["torch_over_fastattn"] == pytest.approx(e["torch_ms"] / e["fastattn_ms"])
         assert e["dtype"] in ("float32", "bfloat16") and e["group"] >= 1 and e["keys"] > 0
+        assert e["batch"] >= 1 and e["heads_k"] >= 1 and e["head_dim"] >= 1 and e["threads"] >= 1
     machine = crossover.table_machine()
-    assert machine["isa"] and machine["threads"] >= 1
-    # The decision follows the measurement nearest to a call.
-    for e in entries:
-        dtype = getattr(torch, e["dtype"])
-        assert crossover.prefer_torch(dtype, e["group"], e["keys"]) == (e["torch_over_fastattn"] < 1)
+    assert machine["isa"] and machine["threads"] and min(machine["threads"]) >= 1
+    # The decision follows the measurement nearest to a call (at the thread count it ran with).
+    threads = torch.get_num_threads()
+    try:
+        for e in entries:
+            torch.set_num_threads(e["threads"])
+            dtype = getattr(torch, e["dtype"])
+            decision = crossover.prefer_torch(dtype, e["group"], e["keys"], e["head_dim"], e["batch"] * e["heads_k"])
+            assert decision == (e["torch_over_fastattn"] < 1), e
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("heads, heads_k", [(8, 8), (8, 2)], ids=["mha", "gqa"])

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "bindings/cpu_registry.h"
 #include "cpu/attention.h"
@@ -21,22 +23,37 @@ namespace {
 using cpu::AttnParams;
 using cpu::AttnTensor;
 
+// The value under `key` in `d`, or nullptr when absent or None (a borrowed reference). `key` is
+// a string literal: its Python str is made once, interned, its hash cached, so a lookup is one
+// probe of the dict. A decoding step of a small model reads some forty keys in a few
+// microseconds of kernel work; building a str per key per call cost as much as the kernel.
+PyObject* item(const py::dict& d, const char* key) {
+  static std::unordered_map<const char*, PyObject*> names;  // by the literal's address; GIL held
+  auto it = names.find(key);
+  if (it == names.end()) it = names.emplace(key, PyUnicode_InternFromString(key)).first;
+  PyObject* v = PyDict_GetItemWithError(d.ptr(), it->second);
+  if (v == nullptr && PyErr_Occurred()) throw py::error_already_set();
+  return v == Py_None ? nullptr : v;
+}
+
 AttnTensor tensor_arg(const py::dict& d, const char* key) {
   AttnTensor t;
-  if (!d.contains(key) || d[key].is_none()) return t;
-  const py::tuple tup = d[key].cast<py::tuple>();
-  if (tup.size() != 5) throw py::value_error(std::string(key) + ": expected (ptr, sb, sh, sl, sd)");
-  t.ptr = reinterpret_cast<const void*>(tup[0].cast<uintptr_t>());
-  t.sb = tup[1].cast<int64_t>();
-  t.sh = tup[2].cast<int64_t>();
-  t.sl = tup[3].cast<int64_t>();
-  t.sd = tup[4].cast<int64_t>();
+  PyObject* v = item(d, key);
+  if (v == nullptr) return t;
+  if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) != 5)
+    throw py::value_error(std::string(key) + ": expected (ptr, sb, sh, sl, sd)");
+  t.ptr = reinterpret_cast<const void*>(py::handle(PyTuple_GET_ITEM(v, 0)).cast<uintptr_t>());
+  t.sb = py::handle(PyTuple_GET_ITEM(v, 1)).cast<int64_t>();
+  t.sh = py::handle(PyTuple_GET_ITEM(v, 2)).cast<int64_t>();
+  t.sl = py::handle(PyTuple_GET_ITEM(v, 3)).cast<int64_t>();
+  t.sd = py::handle(PyTuple_GET_ITEM(v, 4)).cast<int64_t>();
   return t;
 }
 
 template <class T>
 T get(const py::dict& d, const char* key, T fallback) {
-  return d.contains(key) && !d[key].is_none() ? d[key].cast<T>() : fallback;
+  PyObject* v = item(d, key);
+  return v == nullptr ? fallback : py::handle(v).cast<T>();
 }
 
 AttnParams params_from(const py::dict& d) {
@@ -72,7 +89,6 @@ AttnParams params_from(const py::dict& d) {
   p.cu_seqlens_q = reinterpret_cast<const int64_t*>(get<uintptr_t>(d, "cu_seqlens_q", 0));
   p.cu_seqlens_k = reinterpret_cast<const int64_t*>(get<uintptr_t>(d, "cu_seqlens_k", 0));
   p.num_seqs = get<int64_t>(d, "num_seqs", 0);
-  p.kv_lens = reinterpret_cast<const int64_t*>(get<uintptr_t>(d, "kv_lens", 0));
   p.scale = get<float>(d, "scale", 1.0f);
   p.softcap = get<float>(d, "softcap", 0.0f);
   p.dropout_p = get<float>(d, "dropout_p", 0.0f);
@@ -122,14 +138,30 @@ void register_cpu_attention(py::module_& m) {
   m.def(
       "cpu_decode_fwd",
       [](const py::dict& spec) {
-        const AttnParams p = params_from(spec);
-        if (p.kv_lens == nullptr) throw py::value_error("cpu_decode_fwd: spec['kv_lens'] (int64 key counts) is required");
+        AttnParams p = params_from(spec);
+        // The key counts: a list of ints (batch entries, copied here: a decoding step need not
+        // build a tensor for them) or the address of int64 (batch,) values.
+        std::vector<int64_t> lens;
+        PyObject* v = item(spec, "kv_lens");
+        if (v != nullptr && PyList_Check(v)) {
+          if (PyList_GET_SIZE(v) != p.batch)
+            throw py::value_error("cpu_decode_fwd: spec['kv_lens'] must hold one key count per batch element");
+          lens.reserve(p.batch);
+          for (Py_ssize_t b = 0; b < p.batch; ++b) lens.push_back(py::handle(PyList_GET_ITEM(v, b)).cast<int64_t>());
+          p.kv_lens = lens.data();
+        } else if (v != nullptr) {
+          p.kv_lens = reinterpret_cast<const int64_t*>(py::handle(v).cast<uintptr_t>());
+        }
+        if (p.kv_lens == nullptr)
+          throw py::value_error("cpu_decode_fwd: spec['kv_lens'] (key counts: a list, or the address of int64 values) "
+                                "is required");
         py::gil_scoped_release release;
         cpu::decode_fwd(p);
       },
       py::arg("spec"),
       "KV-cache decoding on the CPU: a few query rows against caches read in place, batch "
-      "element b over its first spec['kv_lens'][b] keys. Writes spec['out'] and spec['lse'].");
+      "element b over its first spec['kv_lens'][b] keys (a list of ints, or the address of "
+      "int64 values). Writes spec['out'] and spec['lse'].");
 }
 
 }  // namespace fastattn::bindings

@@ -2,10 +2,12 @@
 
 ``auto`` must never pick a fastattn CPU kernel where torch's own is faster. For KV-cache
 decoding that is decided by a measured table, ``cpu_decode_crossover.json`` next to this file,
-written by ``python benchmarks/bench_cpu_crossover.py --write`` (each entry: the ratio of
-torch's time to fastattn's, measured side by side in one process, on the machine and ISA it
-names). :func:`prefer_torch` looks up the entry nearest to a call (same dtype and query-head
-group, nearest cache length); :func:`torch_decode` is then the call on
+written by ``python benchmarks/bench_cpu_crossover.py --write`` (or extended by ``--merge``;
+each entry: the ratio of torch's median time to fastattn's, measured side by side in one
+process, on the machine and ISA it names, with the thread count, batch, heads and head dim of
+the case). :func:`prefer_torch` looks up the entry nearest to a call (same dtype; nearest thread
+count, query-head group and head dim; then nearest cache length and batch x kv heads);
+:func:`torch_decode` is then the call on
 ``aten._scaled_dot_product_flash_attention_for_cpu``, torch's flash CPU kernel, which also
 returns the LSE.
 
@@ -32,25 +34,40 @@ def _table() -> tuple[dict, ...]:
     return tuple(json.loads(TABLE_PATH.read_text())["entries"])
 
 
-def prefer_torch(dtype: torch.dtype, group: int, keys: int) -> bool:
+def prefer_torch(dtype: torch.dtype, group: int, keys: int, head_dim: int = 128, kv_heads: int = 32) -> bool:
     """Whether torch's flash CPU kernel decoded faster than fastattn's native one in the measured
-    case nearest to this one: the same dtype, the nearest query heads per kv head, then the
-    nearest cache length (log scale). No measurement: fastattn's kernel."""
-    return _prefer_torch(str(dtype), group, keys)
+    case nearest to this one, at ``torch.get_num_threads()`` threads: the same dtype, then the
+    nearest thread count, query heads per kv head (``group``) and head dim, then the nearest cache
+    length ``keys`` and number of ``kv_heads`` (batch times kv heads: the independent pieces of
+    work) together, each on a log scale. No measurement: fastattn's kernel."""
+    return _prefer_torch(str(dtype), torch.get_num_threads(), group, head_dim, kv_heads, keys)
+
+
+def _field(entry: dict, name: str):
+    """An entry's ``name``; entries measured before the table recorded it were all batch 4, 8 kv
+    heads, head dim 128, at the table's thread count."""
+    if name in entry:
+        return entry[name]
+    return {"batch": 4, "heads_k": 8, "head_dim": 128, "threads": 1}[name]
 
 
 @functools.lru_cache(maxsize=4096)
-def _prefer_torch(dtype: str, group: int, keys: int) -> bool:
+def _prefer_torch(dtype: str, threads: int, group: int, head_dim: int, kv_heads: int, keys: int) -> bool:
     # Cached: a model's decoding asks again for every layer of every step (the key count grows
     # by one a step, so the cache holds a few thousand answers at most).
     name = dtype.replace("torch.", "")
     rows = [e for e in _table() if e["dtype"] == name]
     if not rows:
         return False
-    nearest_group = min({e["group"] for e in rows}, key=lambda g: abs(g - group))
-    rows = [e for e in rows if e["group"] == nearest_group]
-    best = min(rows, key=lambda e: abs(math.log(e["keys"] / max(keys, 1))))
-    return best["torch_over_fastattn"] < 1.0  # torch's time is shorter
+    for field, want in (("threads", threads), ("group", group), ("head_dim", head_dim)):
+        nearest = min({_field(e, field) for e in rows}, key=lambda v: abs(math.log(v / max(want, 1))))
+        rows = [e for e in rows if _field(e, field) == nearest]
+
+    def distance(e):
+        units = _field(e, "batch") * _field(e, "heads_k")
+        return abs(math.log(e["keys"] / max(keys, 1))) + abs(math.log(units / max(kv_heads, 1)))
+
+    return min(rows, key=distance)["torch_over_fastattn"] < 1.0  # torch's time is shorter
 
 
 def eligible(q, k_new, args, alibi_slopes, learnable_sink) -> bool:

@@ -139,8 +139,8 @@ def decode_into(q, k_cache, v_cache, kv_lens, out, lse, *, scale: float, causal:
     ``(B, Lq, Hq, D)`` (``Lq <=`` :data:`DECODE_MAX_QUERY_ROWS`) against the first ``kv_lens[b]``
     rows of ``k_cache``/``v_cache`` ``(B, Lcache, Hk, D | Dv)``, every tensor read in place by its
     strides (the caches' last dim contiguous), causal and windows aligned bottom-right; writes
-    ``out`` ``(B, Lq, Hq, Dv)`` (q's dtype) and ``lse`` fp32 ``(B, Hq, Lq)``. ``kv_lens``:
-    contiguous int64 ``(B,)``; ``alibi_slopes``: fp32 ``(Hq,)`` or ``(B, Hq)`` or ``None``.
+    ``out`` ``(B, Lq, Hq, Dv)`` (q's dtype) and ``lse`` fp32 ``(B, Hq, Lq)``. ``kv_lens``: a list
+    of ``B`` ints; ``alibi_slopes``: fp32 ``(Hq,)`` or ``(B, Hq)`` or ``None``.
 
     The kernel's spec is built here from sizes and strides alone (no view, no temporary): a
     decoding step of a small model does a few microseconds of work, so its call costs count."""
@@ -153,7 +153,7 @@ def decode_into(q, k_cache, v_cache, kv_lens, out, lse, *, scale: float, causal:
         seqlen_k=seqlen_k, head_dim=head_dim, head_dim_v=v_cache.shape[3],
         q=(q.data_ptr(), qs[0], qs[2], qs[1], qs[3]), k=(k_cache.data_ptr(), ks[0], ks[2], ks[1], ks[3]),
         v=(v_cache.data_ptr(), vs[0], vs[2], vs[1], vs[3]), out=(out.data_ptr(), os_[0], os_[2], os_[1], os_[3]),
-        lse=(lse.data_ptr(), ls[0], ls[1], ls[2], 0), kv_lens=kv_lens.data_ptr(),
+        lse=(lse.data_ptr(), ls[0], ls[1], ls[2], 0), kv_lens=kv_lens,
         scale=scale, softcap=softcap, causal=causal, bottom_right=True, window_left=window_left,
         window_right=window_right, num_threads=torch.get_num_threads(),
     )
@@ -185,7 +185,7 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slope
     if out.numel() == 0:
         return out, lse
     if _decodes(q, k_cache, v_cache):
-        decode_into(q, k_cache, v_cache, cache_seqlens.to(torch.int64) + new, out, lse, scale=float(args.scale),
+        decode_into(q, k_cache, v_cache, [n + new for n in lens], out, lse, scale=float(args.scale),
                     causal=bool(args.causal), window_left=int(args.window_left), window_right=int(args.window_right),
                     softcap=float(args.softcap), alibi_slopes=alibi_slopes)
         return out, lse
@@ -233,8 +233,7 @@ def eager_decode(q, k_cache, v_cache, k_new, v_new, lens: list[int], *, scale: f
         _append(k_cache, v_cache, k_new, v_new, lens)
     out = torch.empty((batch, seqlen_q, heads, v_cache.shape[3]), dtype=q.dtype)
     lse = torch.empty((batch, heads, seqlen_q), dtype=torch.float32)
-    kv_lens = torch.tensor([n + new for n in lens], dtype=torch.int64)
-    decode_into(q, k_cache, v_cache, kv_lens, out, lse, scale=scale, causal=causal,
+    decode_into(q, k_cache, v_cache, [n + new for n in lens] if new else lens, out, lse, scale=scale, causal=causal,
                 window_right=0 if causal else -1, softcap=softcap)
     return out, lse
 

@@ -239,4 +239,4 @@ def _torch_is_faster(q, k_cache, k_new, lens, args, backend, slopes, sink) -> bo
     if not crossover.eligible(q, k_new, args, slopes, sink):
         return False
     keys = int(lens.max()) + (0 if k_new is None else k_new.shape[1])
-    return crossover.prefer_torch(q.dtype, q.shape[2] // k_cache.shape[2], keys)
+    return crossover.prefer_torch(q.dtype, q.shape[2] // k_cache.shape[2], keys, q.shape[3], q.shape[0] * k_cache.shape[2])

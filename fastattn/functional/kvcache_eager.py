@@ -26,6 +26,7 @@ import torch
 
 from fastattn import dispatch
 from fastattn import validation as check
+from fastattn.backends import cpu_decode_crossover as crossover
 
 _Tensor = torch.Tensor
 _NATIVE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -68,21 +69,22 @@ def decode_step(q, k_cache, v_cache, k, v, cache_seqlens, softmax_scale, causal,
     their defaults), or ``None`` when this route does not take the call (see the module)."""
     if torch.compiler.is_compiling():  # first: Dynamo folds it and traces nothing below
         return None
-    if not (type(q) is _Tensor and type(k_cache) is _Tensor and type(v_cache) is _Tensor
-            and q.is_cpu and k_cache.is_cpu and v_cache.is_cpu):
+    if type(q) is not _Tensor or type(k_cache) is not _Tensor or type(v_cache) is not _Tensor:
         return None
     dtype = q.dtype
-    if dtype not in _NATIVE_DTYPES or k_cache.dtype is not dtype or v_cache.dtype is not dtype:
+    q_shape, k_shape, v_shape = q.shape, k_cache.shape, v_cache.shape
+    if (dtype not in _NATIVE_DTYPES or k_cache.dtype is not dtype or v_cache.dtype is not dtype
+            or len(q_shape) != 4 or len(k_shape) != 4 or len(v_shape) != 4
+            or not (q.is_cpu and k_cache.is_cpu and v_cache.is_cpu)):
         return None
-    if q.dim() != 4 or k_cache.dim() != 4 or v_cache.dim() != 4:
-        return None
-    batch, seqlen_q, heads, head_dim = q.shape
-    batch_c, capacity, heads_k, head_dim_k = k_cache.shape
-    head_dim_v = v_cache.shape[3]
-    if not (batch_c == batch >= 1 and v_cache.shape[:3] == k_cache.shape[:3] and head_dim_k == head_dim
+    batch, seqlen_q, heads, head_dim = q_shape
+    batch_c, capacity, heads_k, head_dim_k = k_shape
+    head_dim_v = v_shape[3]
+    k_strides, v_strides = k_cache.stride(), v_cache.stride()
+    if not (batch_c == batch >= 1 and v_shape[:3] == k_shape[:3] and head_dim_k == head_dim
             and 1 <= head_dim <= _MAX_HEAD_DIM and 1 <= head_dim_v <= _MAX_HEAD_DIM and heads_k >= 1
-            and heads % heads_k == 0 and q.stride(3) == 1 and k_cache.stride(3) == 1 and v_cache.stride(3) == 1
-            and 0 not in k_cache.stride() and 0 not in v_cache.stride()):  # not overlapping: writable
+            and heads % heads_k == 0 and q.stride(3) == 1 and k_strides[3] == 1 and v_strides[3] == 1
+            and 0 not in k_strides and 0 not in v_strides):  # no stride 0: the caches are writable
         return None
     if not ((softmax_scale is None or type(softmax_scale) is float) and (causal is True or causal is False)
             and type(window_size) is tuple and window_size == (-1, -1)
@@ -114,9 +116,7 @@ def decode_step(q, k_cache, v_cache, k, v, cache_seqlens, softmax_scale, causal,
     scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale
     if backend == "auto" and seqlen_q == 1 and softcap == 0 and dtype is not torch.float16:
         # The measured crossover (one query row, no option the table does not measure).
-        from fastattn.backends import cpu_decode_crossover as crossover
-
-        if crossover.prefer_torch(dtype, heads // heads_k, max(lens) + new):
+        if crossover.prefer_torch(dtype, heads // heads_k, max(lens) + new, head_dim, batch * heads_k):
             tensor_lens = torch.tensor(lens, dtype=torch.int32)
             out, lse = crossover.torch_decode(q, k_cache, v_cache, k, v, tensor_lens, scale)
             return (out, lse) if return_softmax_lse else out
