@@ -157,6 +157,18 @@ def implementation(op: str, backend: str) -> Impl:
         raise KeyError(f"backend {backend!r} has no implementation of {op!r}") from None
 
 
+def available_implementation(op: str, backend: str, device_type: str) -> Optional[Impl]:
+    """``backend``'s implementation of ``op`` when that backend runs on ``device_type`` devices
+    and has one, else ``None`` (never raises): what a public op's short route for plain eager
+    calls asks on every call, answered by two dictionary lookups once the backends are loaded."""
+    if not _loaded:
+        _load_backends()
+    reason = _REASONS.get((backend, device_type), "")
+    if reason == "":  # not probed yet (a stand-in availability rule, in tests)
+        reason = unavailable_reason(backend, torch.device(device_type))
+    return None if reason is not None else _IMPLS.get((op, backend))
+
+
 def check_backend_name(backend: str) -> str:
     """Validate a ``backend=`` argument; returns it, or raises ``ValueError``."""
     if not isinstance(backend, str):

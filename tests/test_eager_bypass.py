@@ -177,3 +177,24 @@ def test_short_route_leaves_errors_to_the_op_s_checks(lens, message):
     with pytest.raises(ValueError, match=message):
         fastattn.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=lens, causal=True)
     assert torch.equal(k_cache, before)  # nothing appended
+
+
+def test_available_implementation_answers_without_raising(monkeypatch):
+    """What the short routes ask dispatch on every call: the implementation where the backend
+    runs and has one, else None (an unavailable backend, a missing op), never an exception."""
+    from fastattn import dispatch
+
+    dispatch._load_backends()
+    monkeypatch.setattr(dispatch, "_IMPLS", dict(dispatch._IMPLS))
+    monkeypatch.setattr(dispatch, "_AVAILABILITY", dict(dispatch._AVAILABILITY))
+    monkeypatch.setattr(dispatch, "_REASONS", {})
+    assert dispatch.available_implementation("kvcache_fwd", "cpu", "cpu").fn is dispatch.implementation(
+        "kvcache_fwd", "cpu").fn
+    assert dispatch.available_implementation("softmax_fwd", "cpu", "cpu") is None  # no CPU softmax kernel
+    dispatch._AVAILABILITY["cpu"] = lambda device: "fastattn._C was not built"
+    dispatch._REASONS.clear()
+    assert dispatch.available_implementation("kvcache_fwd", "cpu", "cpu") is None
+    # ... and then a plain step takes the full path, which falls back under auto.
+    q, k_cache, v_cache, k, v, lens = _plain_step(torch.float32)
+    out = fastattn.flash_attn_with_kvcache(q, k_cache.clone(), v_cache.clone(), k, v, cache_seqlens=lens, causal=True)
+    assert out.shape == q.shape and not out.isnan().any()

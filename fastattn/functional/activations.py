@@ -31,7 +31,6 @@ from fastattn.ops.eager import runs_eagerly
 
 _Tensor = torch.Tensor
 _NATIVE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_CPU = torch.device("cpu")
 
 
 def _check_gate_up(gate, up):
@@ -76,14 +75,10 @@ def _short_route(gate, up, activation: str, backend) -> Optional[Tensor]:
         backend = dispatch.current_backend()
     if (backend != "auto" and backend != "cpu") or torch._C._len_torch_dispatch_stack() != 0:
         return None
-    if dispatch.unavailable_reason("cpu", _CPU) is not None:
+    impl = dispatch.available_implementation("gated_act_fwd", "cpu", "cpu")
+    if impl is None or not crossover.measures(impl.fn):  # none here, or a stand-in: the full path decides
         return None
-    try:
-        fn = dispatch.implementation("gated_act_fwd", "cpu").fn
-    except KeyError:  # no cpu kernel registered: the full path's choice
-        return None
-    if not crossover.measures(fn):  # a stand-in implementation: the full path's choice
-        return None
+    fn = impl.fn
     needs_grad = torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad)
     if backend == "auto" and crossover.prefer_torch(activation, dtype, gate.numel(), needs_grad):
         return crossover.torch_gated(gate, up, activation)

@@ -31,20 +31,14 @@ from fastattn.backends import cpu_decode_crossover as crossover
 _Tensor = torch.Tensor
 _NATIVE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_HEAD_DIM = 256
-_CPU = torch.device("cpu")
 
 
 def _eager_decode():
     """The ``eager_decode`` of the ``cpu`` backend's ``kvcache_fwd`` (an attribute of the
     implementation dispatch holds), or ``None`` where that backend cannot run here or its
     implementation is a stand-in without one (``dispatch.register``)."""
-    if dispatch.unavailable_reason("cpu", _CPU) is not None:
-        return None
-    try:
-        fn = dispatch.implementation("kvcache_fwd", "cpu").fn
-    except KeyError:
-        return None
-    return getattr(fn, "eager_decode", None)
+    impl = dispatch.available_implementation("kvcache_fwd", "cpu", "cpu")
+    return None if impl is None else getattr(impl.fn, "eager_decode", None)
 
 
 def _lengths(cache_seqlens, batch: int, capacity: int, new: int) -> Optional[list[int]]:
