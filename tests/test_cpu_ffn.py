@@ -9,6 +9,7 @@ a scratch element left unwritten fails; inputs are fresh random draws from a per
 """
 from __future__ import annotations
 
+import json
 import zlib
 
 import pytest
@@ -480,3 +481,130 @@ def test_bad_input_raises_before_any_kernel(case, backend, monkeypatch):
 class _Exploding:
     def __getattr__(self, name):
         return _explode
+
+
+# --------------------------------------------------------------------------- size floor (auto: torch below it)
+
+
+from fastattn.backends import cpu_ffn_crossover as crossover  # noqa: E402
+
+
+def _synthetic_table(monkeypatch, floors_at: dict):
+    """Replace the measured table with one whose floor for every (op, dtype, direction) at 1 and
+    2 threads is ``floors_at[op]``: ratios 0.5 below it, 1.2 from it on."""
+    entries = []
+    for op, floor in floors_at.items():
+        for dtype in ("float32", "bfloat16", "float16"):
+            for direction in ("fwd", "fwd+bwd"):
+                for threads in (1, 2):
+                    for size in (floor // 100, floor // 10, floor, floor * 10):
+                        entries.append(dict(op=op, dtype=dtype, direction=direction, threads=threads, size=size,
+                                            torch_over_fastattn=0.5 if size < floor else 1.2))
+    monkeypatch.setattr(crossover, "_table", lambda: tuple(entries))
+    monkeypatch.setattr(crossover, "_floors", lambda: crossover.floors(entries))
+    crossover._prefer_torch.cache_clear()
+    return entries
+
+
+@pytest.fixture
+def spy_torch_routes(monkeypatch):
+    """Record which torch route ``auto`` ran (the routes still run)."""
+    calls = []
+    for name in ("torch_feed_forward", "torch_bias_gelu"):
+        real = getattr(crossover, name)
+        monkeypatch.setattr(crossover, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    yield calls
+    crossover._prefer_torch.cache_clear()
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["fwd", "fwd+bwd"])
+def test_auto_follows_the_size_floor(grad, monkeypatch, spy_torch_routes):
+    """Below the floor auto runs torch's ops, from it on the native route; an explicit
+    backend="cpu" and a traced call never leave the native route."""
+    M, K, N = 8, 16, 32
+    ff_size = crossover.feed_forward_size(M, K, N, K)
+    _synthetic_table(monkeypatch, {"feed_forward": ff_size, "bias_gelu": M * N})
+    for tokens, expect_torch in ((M - 1, True), (M, False), (M + 5, False)):
+        x = _rand(tokens, K).requires_grad_(grad)
+        w = [t.requires_grad_(grad) for t in _weights(N, K, K, torch.float32, "pair")]
+        h, b = _rand(tokens, N).requires_grad_(grad), _rand(N).requires_grad_(grad)
+        for backend in ("auto", "cpu"):
+            spy_torch_routes.clear()
+            with torch.set_grad_enabled(grad):
+                fastattn.feed_forward(x, w[:2], w[2], backend=backend)
+                fastattn.bias_gelu(h, b, "tanh", backend=backend)
+            ran = ["torch_feed_forward", "torch_bias_gelu"] if expect_torch and backend == "auto" else []
+            assert spy_torch_routes == ran, (tokens, backend)
+    # The decision reads the table's floor at the nearest thread count.
+    assert crossover.prefer_torch("feed_forward", torch.bfloat16, ff_size - 1, grad)
+    assert not crossover.prefer_torch("feed_forward", torch.bfloat16, ff_size, grad)
+    assert not crossover.prefer_torch("feed_forward", torch.float64, 1, grad)  # no entry: native
+
+
+def test_floors_from_measurements():
+    """The floor is the smallest size from which every larger one ran at least on par: a slow
+    case above faster ones moves it up; one that is slow only at the largest size keeps the
+    largest size native."""
+    def group(ratios):
+        return [dict(op="bias_gelu", dtype="float32", direction="fwd", threads=1, size=10 ** i, torch_over_fastattn=r)
+                for i, r in enumerate(ratios)]
+    key = ("bias_gelu", "float32", "fwd", 1)
+    assert crossover.floors(group([0.3, 0.5, 1.1, 1.0, 1.3]))[key] == 100
+    assert crossover.floors(group([0.3, 1.5, 0.7, 0.95, 1.3]))[key] == 1000  # 0.95: within ON_PAR of torch
+    assert crossover.floors(group([1.2, 1.5, 1.1, 1.0, 1.3]))[key] == 1
+    assert crossover.floors(group([0.2, 0.3, 0.4, 0.5, 0.6]))[key] == 10000
+
+
+def test_checked_in_table():
+    """The table auto reads: written by its benchmark (the command recorded), every op in fp32,
+    bf16 and fp16 both ways, and for each (op, dtype, direction, threads) the floor it implies
+    is what prefer_torch applies at that thread count."""
+    record = json.loads(crossover.TABLE_PATH.read_text())
+    assert record["command"].startswith("python benchmarks/bench_cpu_ffn_crossover.py")
+    floors = crossover.floors(record["entries"])
+    groups = {k[:3] for k in floors}
+    assert groups == {(op, dt, d) for op in ("feed_forward", "bias_gelu") for dt in ("float32", "bfloat16", "float16")
+                      for d in ("fwd", "fwd+bwd")}
+    prev = torch.get_num_threads()
+    try:
+        for (op, dtype, direction, threads), floor in floors.items():
+            torch.set_num_threads(threads)
+            sizes = sorted(e["size"] for e in record["entries"]
+                           if (e["op"], e["dtype"], e["direction"], e["threads"]) == (op, dtype, direction, threads))
+            for size in sizes:
+                assert crossover.prefer_torch(op, getattr(torch, dtype), size, direction == "fwd+bwd") == (size < floor)
+    finally:
+        torch.set_num_threads(prev)
+        crossover._prefer_torch.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("activation", GATED, ids=GATED)
+def test_torch_route_computes_the_same_feed_forward(activation, dtype):
+    """What auto runs below the floor against the float64 reference, by the rule the native
+    route meets (outputs and every gradient)."""
+    x, dout = _rand(2, 9, 48, dtype=dtype), _rand(2, 9, 40, dtype=dtype)
+    w = _weights(136, 48, 40, dtype, "pair")
+    fn = lambda x_, g_, u_, d_: crossover.torch_feed_forward(x_, g_, u_, d_, activation)
+    out, grads = _run(fn, (x, *w), dout)
+    ref = lambda x_, g_, u_, d_: reference.feed_forward(x_, (g_, u_), d_, activation)
+    (r64, g64), (rlp, glp) = _ref_and_grads(ref, (x, *w), dout, dtype)
+    assert out.dtype == dtype
+    assert_matches(out, r64, rlp, "out")
+    for name, g, r, rl in zip(("dx", "dw_gate", "dw_up", "dw_down"), grads, g64, glp):
+        assert g.dtype == dtype
+        assert_matches(g, r, rl, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("approximate", ["none", "tanh"], ids=["erf", "tanh"])
+def test_torch_route_computes_the_same_bias_gelu(approximate, dtype):
+    x, dout = _rand(7, 300, dtype=dtype, scale=2.0), _rand(7, 300, dtype=dtype)
+    bias = _rand(300, dtype=dtype)
+    out, (dx, dbias) = _run(lambda x_, b_: crossover.torch_bias_gelu(x_, b_, approximate), (x, bias), dout)
+    (r64, g64), (rlp, glp) = _ref_and_grads(lambda x_, b_: reference.bias_gelu(x_, b_, approximate), (x, bias), dout,
+                                            dtype)
+    assert out.dtype == dx.dtype == dbias.dtype == dtype
+    assert_matches(out, r64, rlp, "out")
+    assert_matches(dx, g64[0], glp[0], "dx")
+    assert_matches(dbias, g64[1], glp[1], "dbias")

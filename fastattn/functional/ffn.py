@@ -1,7 +1,19 @@
-"""Public feed-forward functions: fused gated activations, bias-GELU and the
-fused gated MLP."""
+"""Public feed-forward functions: bias-GELU and the fused gated MLP (the gated activations
+``swiglu``/``geglu`` are in :mod:`fastattn.functional.activations`, re-exported here).
+
+The route of one call, after its checks and the backend choice (:func:`fastattn.dispatch.select`):
+
+* ``auto`` on CPU tensors whose choice is the ``cpu`` backend: where the measured table
+  (:mod:`fastattn.backends.cpu_ffn_crossover`) says torch's own eager ops are faster at this
+  size (a small call costs more in fixed overhead than fusing saves), those ops run instead;
+* no gradient needed and no tracer watching (:func:`fastattn.ops.eager.runs_eagerly`): the
+  chosen backend's forward directly, without torch.library's dispatch of the custom op;
+* otherwise the custom op (:mod:`fastattn.ops.ffn`), with its autograd formula and the fake
+  implementation that tracers need.
+"""
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Union
 
 import torch
@@ -9,7 +21,10 @@ from torch import Tensor
 
 from fastattn import dispatch
 from fastattn import validation as check
+from fastattn.backends import cpu_ffn_crossover as crossover
+from fastattn.functional.activations import geglu, swiglu  # noqa: F401  (re-exported)
 from fastattn.ops import ffn as core
+from fastattn.ops.eager import runs_eagerly
 
 
 def _pick(ops, backend, device, *args) -> str:
@@ -22,38 +37,14 @@ def _grad_ops(name: str, *tensors) -> tuple[str, ...]:
     return (f"{name}_fwd", f"{name}_bwd") if needs else (f"{name}_fwd",)
 
 
-def _check_gate_up(gate, up):
-    check.tensor("gate", gate, min_ndim=1)
-    check.tensor("up", up, min_ndim=1)
-    check.same_dtype(("gate", "up"), gate, up)
-    check.same_device(("gate", "up"), gate, up)
-    if gate.shape != up.shape:
-        raise ValueError(f"up must have gate's shape {tuple(gate.shape)}, got {tuple(up.shape)}")
-
-
-def swiglu(gate: Tensor, up: Tensor, *, backend: Optional[str] = None) -> Tensor:
-    """Fused ``silu(gate) * up`` (Llama's MLP activation), forward and backward.
-
-    ``gate``, ``up``: the same shape ``(..., hidden)``, fp16/bf16/fp32 (computed in fp32).
-    Returns that shape and dtype. The backward recomputes ``silu(gate)`` instead of saving it.
-    """
-    _check_gate_up(gate, up)
-    name = _pick(_grad_ops("gated_act", gate, up), backend, gate.device, gate, up, "swiglu")
-    return core.gated_activation(gate, up, "swiglu", name)
-
-
-def geglu(gate: Tensor, up: Tensor, approximate: str = "none", *, backend: Optional[str] = None) -> Tensor:
-    """Fused ``gelu(gate, approximate) * up`` (GEGLU), forward and backward.
-
-    ``gate``, ``up``: the same shape ``(..., hidden)``, fp16/bf16/fp32 (computed in fp32);
-    ``approximate`` as in :func:`torch.nn.functional.gelu`: ``"none"`` (exact erf) or ``"tanh"``.
-    Returns that shape and dtype.
-    """
-    _check_gate_up(gate, up)
-    approximate = check.choice("approximate", approximate, check.GELU_APPROXIMATIONS)
-    activation = "geglu" if approximate == "none" else "geglu_tanh"
-    name = _pick(_grad_ops("gated_act", gate, up), backend, gate.device, gate, up, activation)
-    return core.gated_activation(gate, up, activation, name)
+def _torch_is_faster(op: str, name: str, backend: Optional[str], dtype: torch.dtype, size: int, grad: bool) -> bool:
+    """Whether ``auto`` runs torch's own ops for this call of ``op`` (backend ``name`` chosen):
+    ``auto`` chose the ``cpu`` backend's native route and the measured table prefers torch at
+    this size. Eager calls only (a traced call keeps the op the tracer sees)."""
+    if name != "cpu" or (backend or dispatch.current_backend()) != "auto" or torch.compiler.is_compiling():
+        return False
+    return (crossover.measures(op, dispatch.implementation(f"{op}_fwd", name).fn)
+            and crossover.prefer_torch(op, dtype, size, grad))
 
 
 def bias_gelu(x: Tensor, bias: Tensor, approximate: str = "none", *, backend: Optional[str] = None) -> Tensor:
@@ -68,14 +59,22 @@ def bias_gelu(x: Tensor, bias: Tensor, approximate: str = "none", *, backend: Op
     check.same_device(("x", "bias"), x, bias)
     check.dim_equal("bias", "a length of", bias.shape[0], x.shape[-1], "x's last dim")
     approximate = check.choice("approximate", approximate, check.GELU_APPROXIMATIONS)
-    name = _pick(_grad_ops("bias_gelu", x, bias), backend, x.device, x, bias, approximate)
+    ops = _grad_ops("bias_gelu", x, bias)
+    name = _pick(ops, backend, x.device, x, bias, approximate)
+    if _torch_is_faster("bias_gelu", name, backend, x.dtype, x.numel(), len(ops) == 2):
+        return crossover.torch_bias_gelu(x, bias, approximate)
+    if len(ops) == 1 and runs_eagerly(x, bias):
+        return dispatch.implementation("bias_gelu_fwd", name).fn(x, bias, approximate)
     return core.bias_gelu(x, bias, approximate, name)
 
 
 def feed_forward(x: Tensor, w_gate_up: Union[Tensor, Sequence[Tensor]], w_down: Tensor,
                  activation: str = "swiglu", *, backend: Optional[str] = None) -> Tensor:
     """The gated MLP ``(act(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T`` with the activation
-    fused into the first GEMM's epilogue (the pre-activations are never written in forward).
+    fused: into the first GEMM's epilogue on Triton (the pre-activations never written; the
+    backward recomputes them), into one pass over the GEMM outputs on the CPU (which keeps the
+    pre-activations when a gradient is needed, so its backward recomputes no GEMM). Below a
+    measured size, ``auto`` on CPU tensors runs torch's own ops instead (see the module).
 
     Args:
         x: ``(..., dim)``.
@@ -107,6 +106,11 @@ def feed_forward(x: Tensor, w_gate_up: Union[Tensor, Sequence[Tensor]], w_down: 
     check.dim_equal("w_gate_up", "an input dim of", w_gate.shape[1], x.shape[-1], "x's last dim")
     check.dim_equal("w_down", "an input dim (dim 1) of", w_down.shape[1], w_gate.shape[0], "the hidden size")
     activation = check.choice("activation", activation, check.ACTIVATIONS)
-    name = _pick(_grad_ops("feed_forward", x, w_gate, w_up, w_down), backend, x.device,
-                 x, w_gate, w_up, w_down, activation)
+    ops = _grad_ops("feed_forward", x, w_gate, w_up, w_down)
+    name = _pick(ops, backend, x.device, x, w_gate, w_up, w_down, activation)
+    size = crossover.feed_forward_size(math.prod(x.shape[:-1]), x.shape[-1], w_gate.shape[0], w_down.shape[0])
+    if _torch_is_faster("feed_forward", name, backend, x.dtype, size, len(ops) == 2):
+        return crossover.torch_feed_forward(x, w_gate, w_up, w_down, activation)
+    if len(ops) == 1 and runs_eagerly(x, w_gate, w_up, w_down):
+        return dispatch.implementation("feed_forward_fwd", name).fn(x, w_gate, w_up, w_down, activation, "none")[0]
     return core.feed_forward(x, w_gate, w_up, w_down, activation, name)
