@@ -76,3 +76,32 @@ def test_features_the_table_does_not_measure_stay_native(monkeypatch):
     fastattn.flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens=lens, causal=True,
                                      window_size=(16, 0))
     fastattn.flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens=lens, softcap=5.0)
+
+
+def test_lookup_takes_the_nearest_kind_then_the_nearest_length(monkeypatch):
+    """Thread count, group, head dim and batch x kv heads pick the measured kind (nearest on a log
+    scale, in that order); the cache length then picks the case (log-scale midpoints)."""
+    def entry(keys, ratio, **kind):
+        base = dict(dtype="float32", threads=1, group=1, head_dim=128, batch=4, heads_k=8)
+        return dict(base, **kind, keys=keys, torch_over_fastattn=ratio)
+
+    table = (entry(512, 0.5), entry(8192, 2.0),                      # torch short, native long
+             entry(512, 3.0, group=4), entry(8192, 3.0, group=4),    # GQA: native throughout
+             entry(512, 2.0, threads=2), entry(8192, 0.5, threads=2),
+             entry(512, 2.0, batch=1, heads_k=2))
+    monkeypatch.setattr(crossover, "_table", lambda: table)
+    crossover._by_keys.cache_clear()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert crossover.prefer_torch(torch.float32, 1, 1000, 128, 32)
+        assert not crossover.prefer_torch(torch.float32, 1, 3000, 128, 32)  # past sqrt(512 * 8192) = 2048
+        assert not crossover.prefer_torch(torch.float32, 3, 600, 128, 32)   # group 3 is nearer 4 than 1
+        assert not crossover.prefer_torch(torch.float32, 1, 600, 128, 2)    # the batch-1, 2-kv-head kind
+        assert not crossover.prefer_torch(torch.bfloat16, 1, 600, 128, 32)  # no bf16 measurement
+        torch.set_num_threads(2)
+        assert not crossover.prefer_torch(torch.float32, 1, 600, 64, 32)
+        assert crossover.prefer_torch(torch.float32, 1, 20000, 64, 32)
+    finally:
+        torch.set_num_threads(threads)
+        crossover._by_keys.cache_clear()

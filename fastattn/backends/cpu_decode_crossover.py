@@ -6,7 +6,7 @@ written by ``python benchmarks/bench_cpu_crossover.py --write`` (or extended by 
 each entry: the ratio of torch's median time to fastattn's, measured side by side in one
 process, on the machine and ISA it names, with the thread count, batch, heads and head dim of
 the case). :func:`prefer_torch` looks up the entry nearest to a call (same dtype; nearest thread
-count, query-head group and head dim; then nearest cache length and batch x kv heads);
+count, query-head group, head dim and batch x kv heads in turn; then nearest cache length);
 :func:`torch_decode` is then the call on
 ``aten._scaled_dot_product_flash_attention_for_cpu``, torch's flash CPU kernel, which also
 returns the LSE.
@@ -16,6 +16,7 @@ caches in the layout the public op validated); everything else stays on the nati
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import math
@@ -36,38 +37,34 @@ def _table() -> tuple[dict, ...]:
 
 def prefer_torch(dtype: torch.dtype, group: int, keys: int, head_dim: int = 128, kv_heads: int = 32) -> bool:
     """Whether torch's flash CPU kernel decoded faster than fastattn's native one in the measured
-    case nearest to this one, at ``torch.get_num_threads()`` threads: the same dtype, then the
-    nearest thread count, query heads per kv head (``group``) and head dim, then the nearest cache
-    length ``keys`` and number of ``kv_heads`` (batch times kv heads: the independent pieces of
-    work) together, each on a log scale. No measurement: fastattn's kernel."""
-    return _prefer_torch(str(dtype), torch.get_num_threads(), group, head_dim, kv_heads, keys)
-
-
-def _field(entry: dict, name: str):
-    """An entry's ``name``; entries measured before the table recorded it were all batch 4, 8 kv
-    heads, head dim 128, at the table's thread count."""
-    if name in entry:
-        return entry[name]
-    return {"batch": 4, "heads_k": 8, "head_dim": 128, "threads": 1}[name]
-
-
-@functools.lru_cache(maxsize=4096)
-def _prefer_torch(dtype: str, threads: int, group: int, head_dim: int, kv_heads: int, keys: int) -> bool:
-    # Cached: a model's decoding asks again for every layer of every step (the key count grows
-    # by one a step, so the cache holds a few thousand answers at most).
-    name = dtype.replace("torch.", "")
-    rows = [e for e in _table() if e["dtype"] == name]
-    if not rows:
+    case nearest to this one, at ``torch.get_num_threads()`` threads: the same dtype, then in turn
+    the nearest thread count, query heads per kv head (``group``), head dim and number of
+    ``kv_heads`` (batch times kv heads: the independent pieces of work), then the nearest cache
+    length ``keys``, each on a log scale. No measurement: fastattn's kernel."""
+    bounds, decisions = _by_keys(dtype, torch.get_num_threads(), group, head_dim, kv_heads)
+    if not decisions:
         return False
-    for field, want in (("threads", threads), ("group", group), ("head_dim", head_dim)):
-        nearest = min({_field(e, field) for e in rows}, key=lambda v: abs(math.log(v / max(want, 1))))
-        rows = [e for e in rows if _field(e, field) == nearest]
+    return decisions[bisect.bisect(bounds, math.log(max(keys, 1)))]
 
-    def distance(e):
-        units = _field(e, "batch") * _field(e, "heads_k")
-        return abs(math.log(e["keys"] / max(keys, 1))) + abs(math.log(units / max(kv_heads, 1)))
 
-    return min(rows, key=distance)["torch_over_fastattn"] < 1.0  # torch's time is shorter
+@functools.lru_cache(maxsize=256)
+def _by_keys(dtype: torch.dtype, threads: int, group: int, head_dim: int, kv_heads: int):
+    """The measured cases that answer for calls of this kind, one per cache length: ``(bounds,
+    decisions)``, the log-scale midpoints between consecutive measured lengths and each
+    length's decision. Cached per kind: a model's decoding asks for every layer of every step
+    with a key count one larger each step, answered by one bisection."""
+    name = str(dtype).replace("torch.", "")
+    rows = [e for e in _table() if e["dtype"] == name]
+    for want, value in ((threads, lambda e: e["threads"]), (group, lambda e: e["group"]),
+                        (head_dim, lambda e: e["head_dim"]), (kv_heads, lambda e: e["batch"] * e["heads_k"])):
+        if not rows:
+            break
+        nearest = min({value(e) for e in rows}, key=lambda v: abs(math.log(v / max(want, 1))))
+        rows = [e for e in rows if value(e) == nearest]
+    lengths = sorted({e["keys"] for e in rows})
+    decisions = [next(e for e in rows if e["keys"] == n)["torch_over_fastattn"] < 1.0 for n in lengths]
+    bounds = [(math.log(a) + math.log(b)) / 2 for a, b in zip(lengths, lengths[1:])]
+    return bounds, decisions
 
 
 def eligible(q, k_new, args, alibi_slopes, learnable_sink) -> bool:
