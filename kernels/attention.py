@@ -78,8 +78,8 @@ import triton.language as tl
 from ._configs import select_compiled
 from ._interpreter import ensure_interpreter_fixes
 from .attention_shared import (_CANDIDATES, _INTERPRETER_CONFIG, _TUNE_KEY, INTERPRET, SMEM_LIMIT,  # noqa: F401
-                               _arch, _compile_report, _dropout_keep, _key_ranges, _scores, _tanh, kernel_configs,
-                               seq_bucket)
+                               _arch, _compile_report, _dropout_keep, _forward_result, _key_ranges, _score_scale,
+                               _scores, _softmax_step, _tanh, kernel_configs, seq_bucket)
 from . import attention_tma
 
 __all__ = ["attention_fwd", "attention_bwd", "supports", "block_d", "kernel_configs", "select_compiled", "seq_bucket"]
@@ -204,31 +204,13 @@ def _fwd_loop(acc, l_i, m_i, q_ptrs, q_ok, flip_q, k_base, v_base, lo, hi, full_
                         mask=kv_ok[None, :] & d_ok[:, None], other=0.0)
         qk = tl.dot(q, k, input_precision=DOT_PRECISION)
         if (start_n >= full_lo) & (start_n < full_hi):
-            if SOFTCAP or ALIBI or MASK_MODE != 0:
-                s, _ = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap,
-                               slope, mask_base, stride_mm, stride_mn, False, CAUSAL, WINDOW, SOFTCAP, ALIBI,
-                               MASK_MODE)
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                if MASK_MODE != 0:
-                    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-                else:  # softcap and ALiBi alone hide nothing: no -inf to guard
-                    m_sub = m_new
-                p = tl.math.exp2(s - m_sub[:, None])
-            else:
-                # qk_scale > 0 (the kernel flips q for a negative scale), so max(qk) * scale is the
-                # max of the scores, and qk * scale - m is one FMA per score.
-                m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-                m_sub = m_new
-                p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
+            p, alpha, l_i, m_new = _softmax_step(qk, m_i, l_i, rows, cols, seqlen_q, seqlen_k, off, window_left,
+                                                 window_right, qk_scale, cap, slope, mask_base, stride_mm, stride_mn,
+                                                 False, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
         else:
-            s, _ = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap,
-                           slope, mask_base, stride_mm, stride_mn, True, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            # A row that has seen only hidden keys has max -inf: subtract 0 instead, so exp2 gives 0, not NaN.
-            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s - m_sub[:, None])
-        alpha = tl.math.exp2(m_i - m_sub)
-        l_i = l_i * alpha + tl.sum(p, 1)  # the softmax normaliser sums every probability, dropped or not
+            p, alpha, l_i, m_new = _softmax_step(qk, m_i, l_i, rows, cols, seqlen_q, seqlen_k, off, window_left,
+                                                 window_right, qk_scale, cap, slope, mask_base, stride_mm, stride_mn,
+                                                 True, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
         if DROPOUT:
             keep = _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols)
             p = tl.where(keep, p, 0.0)
@@ -296,16 +278,7 @@ def _attn_fwd(
     q_ptrs = q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
     q_ok = (rows[:, None] < seqlen_q) & d_ok[None, :]
 
-    flip_q = False
-    if SOFTCAP:
-        qk_scale = sm_scale / softcap
-        cap = softcap * 1.4426950408889634
-    else:
-        qk_scale = sm_scale * 1.4426950408889634  # exp -> exp2
-        cap = softcap
-        if sm_scale < 0:
-            flip_q = True
-            qk_scale = -qk_scale
+    qk_scale, cap, flip_q = _score_scale(sm_scale, softcap, SOFTCAP)
     slope = 0.0
     if ALIBI:
         slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * 1.4426950408889634
@@ -328,11 +301,7 @@ def _attn_fwd(
                               seed, rng_offset, off_b, off_h, num_heads, max_q, max_k, CAUSAL, WINDOW, SOFTCAP, ALIBI,
                               MASK_MODE, DROPOUT, DOT_PRECISION, HEAD_DIM, BLOCK_D, BLOCK_N)
 
-    empty = l_i == 0.0
-    acc = acc / tl.where(empty, 1.0, l_i)[:, None]
-    if DROPOUT:
-        acc = acc * (1.0 / (1.0 - dropout_p))  # kept probabilities are scaled by 1 / (1 - p)
-    lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)  # back to natural log
+    acc, lse = _forward_result(acc, l_i, m_i, dropout_p, DROPOUT)
     o_base = Out + bq * stride_ob + off_h * stride_oh + (start_q + start_m) * stride_om
     tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, acc.to(Out.dtype.element_ty),
              mask=(rows[:, None] < seqlen_q) & d_ok[None, :])

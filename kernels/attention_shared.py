@@ -196,3 +196,63 @@ def _key_ranges(start_m, seqlen_k, off, window_left, window_right, BLOCK_M: tl.c
             first = tl.maximum(0, start_m + BLOCK_M - 1 + off - window_left)
             full_lo = tl.maximum(lo, ((first + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
     return lo, hi, full_lo, full_hi
+
+
+@triton.jit
+def _score_scale(sm_scale, softcap, SOFTCAP: tl.constexpr):
+    """``(qk_scale, cap, flip_q)`` for :func:`_scores` and the forward's FMA fold: with softcap,
+    ``qk_scale = scale / softcap`` and ``cap = softcap * log2(e)``; without, ``qk_scale = |scale| *
+    log2(e)`` (exp -> exp2) and ``flip_q`` says to negate q once, since ``q.k * scale == (-q).k *
+    |scale|`` exactly and the forward's interior step assumes a positive scale."""
+    flip_q = False
+    if SOFTCAP:
+        qk_scale = sm_scale / softcap
+        cap = softcap * 1.4426950408889634
+    else:
+        qk_scale = sm_scale * 1.4426950408889634
+        cap = softcap
+        if sm_scale < 0:
+            flip_q = True
+            qk_scale = -qk_scale
+    return qk_scale, cap, flip_q
+
+
+@triton.jit
+def _softmax_step(qk, m_i, l_i, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
+                  mask_base, stride_mm, stride_mn, EDGE: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+                  SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, MASK_MODE: tl.constexpr):
+    """The forward's online-softmax update for one key block of raw products ``qk``:
+    ``(p, alpha, l_i, m_new)``, ``p`` the block's unnormalised base-2 probabilities, ``alpha`` the
+    rescale of what was accumulated before. ``EDGE`` blocks compare every element; interior
+    blocks without features fold the scale and the max subtraction into one FMA a score
+    (``qk_scale > 0``: see :func:`_score_scale`)."""
+    if EDGE or SOFTCAP or ALIBI or MASK_MODE != 0:
+        s, _t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
+                        mask_base, stride_mm, stride_mn, EDGE, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if EDGE or MASK_MODE != 0:
+            # A row that has seen only hidden keys has max -inf: subtract 0 instead, so exp2 gives 0, not NaN.
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:  # softcap and ALiBi alone hide nothing: no -inf to guard
+            m_sub = m_new
+        p = tl.math.exp2(s - m_sub[:, None])
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_sub = m_new
+        p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
+    alpha = tl.math.exp2(m_i - m_sub)
+    l_i = l_i * alpha + tl.sum(p, 1)  # the softmax normaliser sums every probability, dropped or not
+    return p, alpha, l_i, m_new
+
+
+@triton.jit
+def _forward_result(acc, l_i, m_i, dropout_p, DROPOUT: tl.constexpr):
+    """``(out, lse)`` of a row block from the online softmax's state: ``acc / l`` (0 for a row
+    that saw no key), scaled by ``1 / (1 - p)`` under dropout, and the natural-log LSE (``+inf``
+    for a row that saw no key)."""
+    empty = l_i == 0.0
+    acc = acc / tl.where(empty, 1.0, l_i)[:, None]
+    if DROPOUT:
+        acc = acc * (1.0 / (1.0 - dropout_p))  # kept probabilities are scaled by 1 / (1 - p)
+    lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    return acc, lse

@@ -39,8 +39,8 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._configs import select_compiled
-from .attention_shared import (INTERPRET, SMEM_LIMIT, _TUNE_KEY, _arch, _compile_report, _dropout_keep, _key_ranges,
-                               _scores, kernel_configs)
+from .attention_shared import (INTERPRET, SMEM_LIMIT, _TUNE_KEY, _arch, _compile_report, _dropout_keep,
+                               _forward_result, _key_ranges, _score_scale, _softmax_step, kernel_configs)
 
 __all__ = ["launch_fwd_tma", "tma_compatible", "unsupported_reason", "uses_tma", "TMA_MIN_ARCH", "TMA_MAX_HEAD_DIM"]
 
@@ -133,23 +133,9 @@ def _tma_block(acc, l_i, m_i, q, desc_k, desc_v, off_b, off_hk, start_n, rows, o
     cols = start_n + offs_n
     k = desc_k.load([off_b, off_hk, start_n, 0]).reshape([BLOCK_N, BLOCK_D])
     qk = tl.dot(q, k.T, input_precision=DOT_PRECISION)
-    if EDGE or SOFTCAP or ALIBI or MASK_MODE != 0:
-        s, _t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
-                        mask_base, stride_mm, stride_mn, EDGE, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        if EDGE or MASK_MODE != 0:
-            # A row that has seen only hidden keys has max -inf: subtract 0 instead, so exp2 gives 0, not NaN.
-            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-        else:  # softcap and ALiBi alone hide nothing
-            m_sub = m_new
-        p = tl.math.exp2(s - m_sub[:, None])
-    else:
-        # qk_scale > 0 (q is flipped for a negative scale): qk * scale - m is one FMA a score.
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        m_sub = m_new
-        p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
-    alpha = tl.math.exp2(m_i - m_sub)
-    l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser sums every probability, dropped or not
+    p, alpha, l_i, m_new = _softmax_step(qk, m_i, l_i, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right,
+                                         qk_scale, cap, slope, mask_base, stride_mm, stride_mn, EDGE, CAUSAL, WINDOW,
+                                         SOFTCAP, ALIBI, MASK_MODE)
     if DROPOUT:
         # int64 coordinates: the counter passes 2**31 on large problems.
         keep = _dropout_keep(seed, rng_offset, dropout_p, off_b.to(tl.int64), off_h.to(tl.int64), num_heads, max_q,
@@ -192,15 +178,9 @@ def _attn_fwd_tma(
     rows = start_m + offs_m
 
     q = desc_q.load([off_b, off_h, start_m, 0]).reshape([BLOCK_M, BLOCK_D])
-    if SOFTCAP:
-        qk_scale = sm_scale / softcap
-        cap = softcap * 1.4426950408889634
-    else:
-        qk_scale = sm_scale * 1.4426950408889634  # exp -> exp2
-        cap = softcap
-        if sm_scale < 0:  # q.k * scale == (-q).k * |scale| exactly: the loops may assume scale > 0
-            q = -q
-            qk_scale = -qk_scale
+    qk_scale, cap, flip_q = _score_scale(sm_scale, softcap, SOFTCAP)
+    if flip_q:  # q.k * scale == (-q).k * |scale| exactly: the loops may assume scale > 0
+        q = -q
     slope = 0.0
     if ALIBI:
         slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * 1.4426950408889634
@@ -236,11 +216,7 @@ def _attn_fwd_tma(
                                    True, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE, DROPOUT, DOT_PRECISION, BLOCK_N,
                                    BLOCK_D)
 
-    empty = l_i == 0.0
-    acc = acc / tl.where(empty, 1.0, l_i)[:, None]
-    if DROPOUT:
-        acc = acc * (1.0 / (1.0 - dropout_p))  # kept probabilities are scaled by 1 / (1 - p)
-    lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    acc, lse = _forward_result(acc, l_i, m_i, dropout_p, DROPOUT)
     # Rows past seqlen_q and columns past HEAD_DIM fall outside the descriptor: not written.
     desc_o.store([off_b, off_h, start_m, 0], acc.to(desc_o.dtype).reshape([1, 1, BLOCK_M, BLOCK_D]))
     l_base = LSE + off_b.to(tl.int64) * stride_lb + off_h.to(tl.int64) * stride_lh
