@@ -17,6 +17,16 @@ from fastattn import reference
 RTOL, ATOL = 1e-5, 2e-5  # fp32 kernels against the float64 reference
 
 
+@pytest.fixture(autouse=True)
+def native_feed_forward_in_eager(monkeypatch):
+    """Eager calls stay on the kernels the compiled graph runs, which these tests compare tightly:
+    below the measured size floor, eager ``auto`` runs torch's own ops for feed_forward and
+    bias_gelu (a traced call keeps the custom op), which tests/test_cpu_ffn.py covers."""
+    from fastattn.backends import cpu_ffn_crossover
+
+    monkeypatch.setattr(cpu_ffn_crossover, "prefer_torch", lambda *args: False)
+
+
 def _randn(*shape, seed, requires_grad=False):
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=gen).requires_grad_(requires_grad)
