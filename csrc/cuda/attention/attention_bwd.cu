@@ -6,6 +6,7 @@
 
 #include "../../common/dtype.h"
 #include "attention_bwd.h"
+#include "bwd_params.h"
 #include "flash_bwd.cuh"
 
 // Compiled in inst/bwd_*.cu.
@@ -17,14 +18,6 @@ FA_ATTN_BWD_EXTERN(__nv_bfloat16, 128)
 namespace fastattn::cuda {
 
 namespace {
-// The kernels' head dim for a call's: the next of 64 and 128 (zero-filled in shared memory).
-int64_t bwd_kernel_head_dim(int64_t head_dim) { return head_dim <= 64 ? 64 : 128; }
-
-int64_t padded_rows(int64_t seqlen_q) {
-  constexpr int64_t kBlock = AttnBwdTraits<64>::kBlockM;
-  return (seqlen_q + kBlock - 1) / kBlock * kBlock;
-}
-
 void check_rows_aligned(const void* ptr, const int64_t (&strides)[3], int elems, const char* what) {
   if (reinterpret_cast<std::uintptr_t>(ptr) % (2 * elems) != 0 || strides[0] % elems || strides[1] % elems ||
       strides[2] % elems)
@@ -38,10 +31,7 @@ bool attention_bwd_supported(int dtype, int64_t head_dim) {
   return type_ok && head_dim >= 8 && head_dim <= 128 && head_dim % 8 == 0;
 }
 
-int64_t attention_bwd_workspace_floats(const AttnBwdParams& p) {
-  const int64_t rows = p.batch * p.heads * padded_rows(p.seqlen_q);
-  return 2 * rows + (p.deterministic ? 0 : rows * bwd_kernel_head_dim(p.head_dim));
-}
+int64_t attention_bwd_workspace_floats(const AttnBwdParams& p) { return attn::bwd_workspace_floats(p); }
 
 void attention_bwd(const AttnBwdParams& params, void* stream) {
   if (!attention_bwd_supported(params.dtype, params.head_dim))
@@ -66,20 +56,7 @@ void attention_bwd(const AttnBwdParams& params, void* stream) {
     throw std::invalid_argument("attention_bwd: workspace missing or not 16-byte aligned");
   if (params.batch * params.heads == 0) return;
 
-  AttnBwdParams p = params;
-  p.window_right = p.causal ? 0 : p.window_right;
-  p.scale_log2 = p.scale * attn::kBwdLog2e;
-  p.diag_offset = p.bottom_right ? static_cast<int>(p.seqlen_k - p.seqlen_q) : 0;
-  p.softcap_inner = p.softcap > 0.0f ? p.scale / p.softcap : 0.0f;
-  p.softcap_outer = p.softcap > 0.0f ? p.softcap / p.scale : 0.0f;
-  p.alibi_scale = -1.0f / p.scale;
-  p.kernel_head_dim = bwd_kernel_head_dim(p.head_dim);
-  p.seqlen_q_pad = padded_rows(p.seqlen_q);
-  const int64_t rows = p.batch * p.heads * p.seqlen_q_pad;
-  p.lse_log2 = p.workspace;
-  p.delta = p.workspace + rows;
-  p.dq_accum = p.deterministic ? nullptr : p.workspace + 2 * rows;
-
+  const AttnBwdParams p = attn::prepare_bwd_params(params);
   const bool fp16 = p.dtype == static_cast<int>(DType::kFloat16);
   if (p.kernel_head_dim == 64)
     fp16 ? attn::run_flash_bwd<__half, 64>(p, stream) : attn::run_flash_bwd<__nv_bfloat16, 64>(p, stream);

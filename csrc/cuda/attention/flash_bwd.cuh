@@ -338,10 +338,11 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_ker
 }
 
 // The backward's launches for one (type, kernel head dim); p's derived fields and workspace
-// pointers set by attention_bwd (attention_bwd.cu).
+// pointers set by prepare_bwd_params (bwd_params.h).
 template <typename T, int D>
 void run_flash_bwd(const AttnBwdParams& p, void* stream_ptr) {
   using Tr = AttnBwdTraits<D>;
+  static_assert(Tr::kBlockM == kBwdRowBlock, "the workspace rows are padded to the query block");
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   const dim3 threads(Tr::kThreads);
   const unsigned heads = static_cast<unsigned>(p.heads), batch = static_cast<unsigned>(p.batch);

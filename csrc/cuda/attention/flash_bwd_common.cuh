@@ -17,11 +17,10 @@
 #include "../common/fast_math.cuh"
 #include "../common/platform.cuh"
 #include "attention_bwd.h"
+#include "bwd_params.h"
 #include "bwd_kernel_traits.cuh"
 
 namespace fastattn::cuda::attn {
-
-constexpr float kBwdLog2e = 1.4426950408889634f;
 
 // One element's probability and score gradient, in place: s (the raw score, with the ALiBi bias
 // already added unless Softcap) becomes p, dp becomes dS (times the softcap factor). Softcap:

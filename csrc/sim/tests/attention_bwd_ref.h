@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "attention/attention_bwd.h"
+#include "attention/bwd_params.h"
 #include "common/platform.cuh"
 
 namespace fastattn::simtest {
@@ -121,7 +122,7 @@ struct AttnBwdProblem {
     }
     p.batch = B, p.heads = H, p.heads_k = Hk, p.seqlen_q = lq, p.seqlen_k = lk, p.head_dim = D;
     p.scale = scale, p.causal = causal, p.bottom_right = bottom_right, p.deterministic = deterministic;
-    workspace.assign(size_t(cuda::attention_bwd_workspace_floats(p)) + 4, NAN);
+    workspace.assign(size_t(cuda::attn::bwd_workspace_floats(p)) + 4, NAN);
     // 16-byte aligned start (the vector's storage is only guaranteed 8-byte aligned).
     float* ws = workspace.data();
     while (reinterpret_cast<std::uintptr_t>(ws) % 16) ++ws;

@@ -7,19 +7,16 @@
 #include <cstdio>
 
 #include "../attention_bwd_ref.h"
-// The dispatcher and its instantiations, compiled into this driver from the (planted) copy.
-#include "attention/attention_bwd.cu"
-#include "attention/inst/bwd_bf16_hd128.cu"
-#include "attention/inst/bwd_bf16_hd64.cu"
-#include "attention/inst/bwd_fp16_hd128.cu"
-#include "attention/inst/bwd_fp16_hd64.cu"
+#include "attention/bwd_params.h"
+#include "attention/flash_bwd.cuh"
 
 int main() {
   using T = __half;
   for (const bool deterministic : {false, true}) {
     fastattn::simtest::AttnBwdProblem<T> prob(150, 100, true, false, 7);
-    const fastattn::cuda::AttnBwdParams p = prob.params(deterministic);
-    fastattn::cuda::attention_bwd(p, nullptr);
+    // The one instantiation, launched directly (the dispatcher's checks are not under test here).
+    const fastattn::cuda::AttnBwdParams p = fastattn::cuda::attn::prepare_bwd_params(prob.params(deterministic));
+    fastattn::cuda::attn::run_flash_bwd<T, 64>(p, nullptr);
     int nan = 0;
     const double ratio = prob.worst_ratio(&nan);
     const char* which = deterministic ? "deterministic dq" : "atomic dq";

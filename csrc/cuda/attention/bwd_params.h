@@ -1,0 +1,46 @@
+// Host-side layout of the attention backward's workspace and the derived fields of its
+// parameters, header-only: attention_bwd.cu uses them before dispatching, and a caller that
+// launches one instantiation directly (the simulator's planted-bug driver) can too.
+#pragma once
+
+#include <cstdint>
+
+#include "attention_bwd.h"
+
+namespace fastattn::cuda::attn {
+
+constexpr float kBwdLog2e = 1.4426950408889634f;
+constexpr int64_t kBwdRowBlock = 64;  // AttnBwdTraits<D>::kBlockM: the workspace's row padding
+
+// The kernels' head dim for a call's: the next of 64 and 128 (zero-filled in shared memory).
+inline int64_t bwd_kernel_head_dim(int64_t head_dim) { return head_dim <= 64 ? 64 : 128; }
+
+inline int64_t bwd_padded_rows(int64_t seqlen_q) { return (seqlen_q + kBwdRowBlock - 1) / kBwdRowBlock * kBwdRowBlock; }
+
+// Workspace floats: lse_log2 and delta (B, Hq, padded Lq), then the dq accumulator (B, Hq,
+// padded Lq, kernel head dim) unless deterministic.
+inline int64_t bwd_workspace_floats(const AttnBwdParams& p) {
+  const int64_t rows = p.batch * p.heads * bwd_padded_rows(p.seqlen_q);
+  return 2 * rows + (p.deterministic ? 0 : rows * bwd_kernel_head_dim(p.head_dim));
+}
+
+// p with the fields the kernels read instead of recomputing (see AttnBwdParams) and the
+// workspace split into its parts.
+inline AttnBwdParams prepare_bwd_params(const AttnBwdParams& params) {
+  AttnBwdParams p = params;
+  p.window_right = p.causal ? 0 : p.window_right;
+  p.scale_log2 = p.scale * kBwdLog2e;
+  p.diag_offset = p.bottom_right ? static_cast<int>(p.seqlen_k - p.seqlen_q) : 0;
+  p.softcap_inner = p.softcap > 0.0f ? p.scale / p.softcap : 0.0f;
+  p.softcap_outer = p.softcap > 0.0f ? p.softcap / p.scale : 0.0f;
+  p.alibi_scale = -1.0f / p.scale;
+  p.kernel_head_dim = bwd_kernel_head_dim(p.head_dim);
+  p.seqlen_q_pad = bwd_padded_rows(p.seqlen_q);
+  const int64_t rows = p.batch * p.heads * p.seqlen_q_pad;
+  p.lse_log2 = p.workspace;
+  p.delta = p.workspace + rows;
+  p.dq_accum = p.deterministic ? nullptr : p.workspace + 2 * rows;
+  return p;
+}
+
+}  // namespace fastattn::cuda::attn
