@@ -296,9 +296,13 @@ def _import_backend_module(short: str):
     return None
 
 
+@torch.compiler.assume_constant_result
 def _load_backends() -> None:
     """Import every backend module once and read its table; then probe availability once per
-    (backend, device type), so that selection while tracing is dictionary lookups only."""
+    (backend, device type), so that selection while tracing is dictionary lookups only.
+
+    Marked constant for torch.compile: when a program's first fastattn call is traced,
+    Dynamo runs this (imports and all, which it cannot trace) instead of tracing into it."""
     global _loaded
     if _loaded:
         return
