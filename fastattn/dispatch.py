@@ -296,12 +296,11 @@ def _import_backend_module(short: str):
     return None
 
 
-@torch.compiler.assume_constant_result
 def _load_backends() -> None:
     """Import every backend module once and read its table; then probe availability once per
     (backend, device type), so that selection while tracing is dictionary lookups only.
 
-    Marked constant for torch.compile: when a program's first fastattn call is traced,
+    Marked constant for torch.compile (below): when a program's first fastattn call is traced,
     Dynamo runs this (imports and all, which it cannot trace) instead of tracing into it."""
     global _loaded
     if _loaded:
@@ -324,3 +323,10 @@ def _load_backends() -> None:
     for name in BACKENDS:
         for device_type in ("cpu", "cuda"):
             unavailable_reason(name, torch.device(device_type))
+
+
+# What torch.compiler.assume_constant_result(_load_backends) does, without importing Dynamo:
+# Dynamo imports Triton, and ``import fastattn`` must not (``python -m fastattn verify`` and the
+# test suite switch on the Triton interpreter before Triton is first imported).
+# tests/test_compile_first_call.py fails if a torch release stops honouring the mark.
+_load_backends._dynamo_marked_constant = True

@@ -31,3 +31,12 @@ def test_first_call_compiled_fullgraph():
     res = subprocess.run([env_python, "-c", script], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert "first compiled call ok" in res.stdout
+
+
+def test_importing_fastattn_imports_neither_dynamo_nor_triton():
+    """``import fastattn`` leaves Triton unimported (``fastattn verify`` and the tests switch the
+    Triton interpreter on before its first import), and so Dynamo too, which imports Triton."""
+    script = "import sys, fastattn; print(sorted(m for m in ('triton', 'torch._dynamo') if m in sys.modules))"
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.stdout.strip() == "[]", res.stdout
