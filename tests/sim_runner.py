@@ -12,6 +12,8 @@ from types import ModuleType
 
 import pytest
 
+from tools import missing_tool
+
 SIM = Path(__file__).resolve().parent.parent / "csrc" / "sim"
 
 
@@ -30,10 +32,7 @@ def require_compiler() -> None:
     is a failure, not a skip)."""
     if shutil.which("g++") or shutil.which("c++"):
         return
-    why = "no host C++ compiler (g++ or c++) on PATH: the simulator builds the CUDA sources with it"
-    if os.environ.get("CI") == "true":
-        pytest.fail(why)
-    pytest.skip(why)
+    missing_tool("no host C++ compiler (g++ or c++) on PATH: the simulator builds the CUDA sources with it")
 
 
 def sanitized_build(sanitizer: str, *extra_targets: str):

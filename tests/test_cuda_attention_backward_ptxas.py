@@ -12,6 +12,7 @@ import pytest
 
 from fastattn.buildcheck import kernel_report
 from fastattn.buildcheck import ptxas as _ptxas
+from tools import missing_tool
 
 THREADS = 128
 HEAD_DIMS = (64, 128)
@@ -34,7 +35,7 @@ KERNELS = ("flash_bwd_preprocess_kernel", "flash_bwd_dkdv_kernel", "flash_bwd_dq
 @pytest.fixture(scope="module")
 def records():
     if _ptxas.nvcc_path() is None:
-        pytest.skip("nvcc not found")
+        missing_tool("nvcc not found on PATH: the CUDA sources cannot be compiled for their ptxas reports")
     recs = [r for r in _ptxas.compile_reports(_ptxas.ARCHS) if r["kernel"] in KERNELS]
     assert recs, "no backward kernels in the ptxas reports"
     return recs

@@ -8,6 +8,7 @@ import pytest
 
 from fastattn.buildcheck import kernel_report
 from fastattn.buildcheck import ptxas as _ptxas
+from tools import missing_tool
 
 CANNED = """\
 ptxas info    : 0 bytes gmem
@@ -37,7 +38,7 @@ def test_split_demangled_name():
 @pytest.fixture(scope="module")
 def records():
     if _ptxas.nvcc_path() is None:
-        pytest.skip("nvcc not found")
+        missing_tool("nvcc not found on PATH: the CUDA sources cannot be compiled for their ptxas reports")
     return _ptxas.kernel_reports(_ptxas.ARCHS)
 
 
