@@ -4,7 +4,6 @@ those tests share."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import sys
 from pathlib import Path
