@@ -29,14 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fastattn.backends.cpu_activation_crossover import torch_gated
+
 TABLE_PATH = Path(__file__).with_name("cpu_ffn_crossover.json")
-
-_GATE_ACT = {
-    "swiglu": F.silu,
-    "geglu": F.gelu,
-    "geglu_tanh": functools.partial(F.gelu, approximate="tanh"),
-}
-
 
 @functools.lru_cache(maxsize=1)
 def _table() -> tuple[dict, ...]:
@@ -110,10 +105,7 @@ def torch_feed_forward(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor
     """``(act(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T`` in torch's eager ops: the GEMMs in the
     inputs' dtype, the gated activation in float32 rounded once (for fp32 inputs: the unfused
     Llama MLP). Shapes as :func:`fastattn.feed_forward` with the pair ``(w_gate, w_up)``."""
-    gate, up = F.linear(x, w_gate), F.linear(x, w_up)
-    g = gate if gate.dtype == torch.float32 else gate.float()
-    hidden = _GATE_ACT[activation](g) * up  # type promotion reads a 16-bit ``up`` as float32, no copy
-    return F.linear(hidden if hidden.dtype == x.dtype else hidden.to(x.dtype), w_down)
+    return F.linear(torch_gated(F.linear(x, w_gate), F.linear(x, w_up), activation), w_down)
 
 
 def torch_bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
