@@ -66,7 +66,8 @@ def measure(dtype: torch.dtype, config: str, batch: int, keys: int, threads: int
         "torch": lambda: torch_decode(q, k_cache, v_cache, None, None, lens, scale),
     }
     ours, theirs = runs["fastattn"](), runs["torch"]()
-    torch.testing.assert_close(ours[0].float(), theirs[0].float(), rtol=2e-2, atol=2e-2)  # the same problem
+    tol = 1e-4 if dtype == torch.float32 else 2e-2  # the same problem, to the dtype's rounding
+    torch.testing.assert_close(ours[0].float(), theirs[0].float(), rtol=tol, atol=tol)
     times = {name: [] for name in runs}
     for name, fn in runs.items():
         fn()  # warm-up

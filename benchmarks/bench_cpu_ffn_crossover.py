@@ -120,7 +120,9 @@ def measure(op: str, shape, dtype: torch.dtype, direction: str, threads: int, re
     first = {name: fn() for name, fn in routes.items()}
     a, b = ((r,) if isinstance(r, torch.Tensor) else r for r in first.values())
     for u, v in zip(a, b):
-        torch.testing.assert_close(u.float(), v.float(), rtol=3e-2, atol=3e-2 * max(1.0, v.abs().max().item()))
+        # fp32: both routes run the same GEMMs, summed in other orders; 16-bit: a few output ulps.
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        torch.testing.assert_close(u.float(), v.float(), rtol=tol, atol=tol * max(1.0, v.abs().max().item()))
     inner = {name: _inner_count(fn) for name, fn in routes.items()}
     wall: dict = {name: [] for name in routes}
     cpu: dict = {name: [] for name in routes}
