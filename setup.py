@@ -179,7 +179,7 @@ setup(
     + [f"fastattn.kernels.{p}" for p in find_packages("kernels")],
     package_dir={"fastattn.kernels": "kernels"},
     # The measured CPU crossovers (decoding, feed-forward size floors) that backend="auto" reads.
-    package_data={"fastattn.backends": ["cpu_decode_crossover.json", "cpu_ffn_crossover.json"]},
+    package_data={"fastattn.backends.cpu": ["*_crossover.json"]},
     ext_modules=EXTENSIONS,
     cmdclass={"build_ext": cmake_build_ext},
     zip_safe=False,

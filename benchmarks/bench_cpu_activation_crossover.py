@@ -11,14 +11,14 @@ call by call in turns (a change in machine load hits both alike):
 * ``fastattn``: what ``auto`` runs when it keeps the native kernel: the ``cpu`` backend's
   ``gated_act_fwd`` called directly (forward, no gradient: the public function's eager route),
   or the custom op with its autograd formula and the backward (``fwd+bwd``);
-* ``torch``: :func:`fastattn.backends.cpu_activation_crossover.torch_gated`, what ``auto`` runs
+* ``torch``: :func:`fastattn.backends.cpu.activation_crossover.torch_gated`, what ``auto`` runs
   instead (``act(gate) * up`` in torch's eager ops, computed in float32 and rounded once).
 
 Both exclude what the public function does before either (argument checks, backend choice),
 which the two share. Each time is the median of ``--reps`` measurements, each the mean of
 enough calls to last about half a millisecond. ``--write`` stores the ratios (torch's median
 over fastattn's: below ``ON_PAR``, 0.9, torch is faster by more than the noise and ``auto``
-uses it at that size) as ``fastattn/backends/cpu_activation_crossover.json``, which ``auto``
+uses it at that size) as ``fastattn/backends/cpu/activation_crossover.json``, which ``auto``
 reads.
 
 ``--public`` instead times what a user sees: ``fastattn.swiglu``/``geglu`` under ``auto`` (the
@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment  # noqa: E402
 
 import fastattn  # noqa: E402
-from fastattn.backends import cpu_native  # noqa: E402
-from fastattn.backends.cpu_activation_crossover import TABLE_PATH, torch_gated  # noqa: E402
+from fastattn.backends.cpu import activations as cpu_native  # noqa: E402
+from fastattn.backends.cpu.activation_crossover import TABLE_PATH, torch_gated  # noqa: E402
 from fastattn.ops import ffn as ops  # noqa: E402
 
 ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh")

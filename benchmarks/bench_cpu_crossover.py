@@ -10,8 +10,8 @@ side in one process, over the cases ``auto`` must decide between them.
 case is (config, batch, cache length, dtype, thread count): one query row per sequence, every
 cache full.
 
-``--write`` stores the table as ``fastattn/backends/cpu_decode_crossover.json``, which ``auto``
-reads (:mod:`fastattn.backends.cpu_decode_crossover`); ``--merge`` adds the run's entries to
+``--write`` stores the table as ``fastattn/backends/cpu/decode_crossover.json``, which ``auto``
+reads (:mod:`fastattn.backends.cpu.decode_crossover`); ``--merge`` adds the run's entries to
 the stored table (replacing those of the same case). Each entry holds the ratio of torch's time
 to fastattn's (below 1: torch is faster, and ``auto`` decodes that case on torch's kernel),
 the medians of both, and the fastest calls. "torch" for GQA includes expanding the kv heads
@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment  # noqa: E402
 
 import fastattn  # noqa: E402
-from fastattn.backends import cpu_attention  # noqa: E402
-from fastattn.backends.cpu_decode_crossover import TABLE_PATH, torch_decode  # noqa: E402
+from fastattn.backends.cpu import attention as cpu_attention  # noqa: E402
+from fastattn.backends.cpu.decode_crossover import TABLE_PATH, torch_decode  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CONFIGS = {  # name: (query heads per kv head, kv heads, head dim)

@@ -18,7 +18,7 @@ import time
 import torch
 
 import fastattn
-from fastattn.backends import cpu_attention
+from fastattn.backends.cpu import attention as cpu_attention
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ For each (op, dtype, direction, thread count, size) two routes are timed call by
   forward called directly (forward, no gradient: the public function's eager route), or the
   custom op with its autograd formula and the backward (``fwd+bwd``, the gradients of every
   input);
-* ``torch``: :func:`~fastattn.backends.cpu_ffn_crossover.torch_feed_forward` /
-  :func:`~fastattn.backends.cpu_ffn_crossover.torch_bias_gelu`, what ``auto`` runs instead.
+* ``torch``: :func:`~fastattn.backends.cpu.ffn_crossover.torch_feed_forward` /
+  :func:`~fastattn.backends.cpu.ffn_crossover.torch_bias_gelu`, what ``auto`` runs instead.
 
 Both exclude what the public function does before either (argument checks, backend choice),
 which the two share. Each time is the median of ``--reps`` measurements, each the mean of
@@ -23,8 +23,8 @@ jobs the wall time also counts the time slices they take (a parallel region wait
 slowest thread), which says nothing about either route; the wall-time medians and their ratio
 are recorded beside it. ``--write`` stores the ratios (torch's median over
 fastattn's: below 1, torch is faster and ``auto`` uses it) as
-``fastattn/backends/cpu_ffn_crossover.json``, which ``auto`` reads through the size floors
-:func:`~fastattn.backends.cpu_ffn_crossover.floors` derives from them (printed at the end).
+``fastattn/backends/cpu/ffn_crossover.json``, which ``auto`` reads through the size floors
+:func:`~fastattn.backends.cpu.ffn_crossover.floors` derives from them (printed at the end).
 The native kernels pick their instruction set when the module loads (the record names the CPU
 and its best ISA; ``FASTATTN_CPU_ISA`` does not change them). ``feed_forward`` runs
 SwiGLU, ``bias_gelu`` the tanh GELU (GPT-2's); the other activations cost the same GEMMs and
@@ -45,8 +45,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment  # noqa: E402
 
-from fastattn.backends import cpu_attention, cpu_ffn  # noqa: E402
-from fastattn.backends.cpu_ffn_crossover import (  # noqa: E402
+from fastattn.backends.cpu import attention as cpu_attention  # noqa: E402
+from fastattn.backends.cpu import ffn as cpu_ffn  # noqa: E402
+from fastattn.backends.cpu.ffn_crossover import (  # noqa: E402
     TABLE_PATH,
     feed_forward_size,
     floors,

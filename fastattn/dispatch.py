@@ -99,7 +99,7 @@ def register(op: str, backend: str, fn: Callable, supports: Optional[Callable] =
              delegated_to: Optional[Callable[[torch.device], str]] = None) -> None:
     """Register ``fn`` as ``backend``'s implementation of core op ``op`` (``delegated_to``:
     see :attr:`Impl.delegated_to`). fastattn's own backends never call this: their ``OPS``
-    tables (:data:`BACKEND_MODULES`) are entered through it on first use; it stays public for
+    tables (:data:`BACKEND_PACKAGES`) are entered through it on first use; it stays public for
     a stand-in implementation (tests, experiments)."""
     if op not in OP_SIGNATURES:
         raise KeyError(f"unknown core op {op!r}; known: {sorted(OP_SIGNATURES)}")
@@ -265,39 +265,33 @@ def _stack() -> list[str]:
     return _state.stack
 
 
-BACKEND_MODULES: dict[str, tuple[str, ...]] = {
-    "reference": ("reference",),
-    "cpu": ("cpu_native", "cpu_ffn", "cpu_attention", "cpu_kvcache"),
-    "triton": ("triton_attention", "triton_ffn", "triton_softmax", "triton_decode"),
-    "cuda": ("cuda", "cuda_attention"),
-}
-"""The modules of ``fastattn.backends`` that make up each backend. Each declares a table
+BACKEND_PACKAGES: dict[str, str] = {name: f"fastattn.backends.{name}" for name in BACKENDS}
+"""The package of each backend. Each declares ``available(device)`` and a table
 ``OPS = {core op: (fn, supports)}`` (a third element, ``delegated_to``, marks an op whose
-work another backend's kernel does: see :attr:`Impl.delegated_to`); the first module that
-defines ``available(device)`` gives the backend's availability rule. Nothing registers
+work another backend's kernel does: see :attr:`Impl.delegated_to`). Nothing registers
 itself: the tables are read here, once, on first use."""
 
 IMPORT_ERRORS: dict[str, str] = {}
-"""Backend modules that failed to import (e.g. no Triton, an extension that did not load),
-with the error; their backends are reported unavailable with it."""
+"""Backend packages that failed to import (e.g. no Triton), by backend name, with the error;
+those backends are reported unavailable with it."""
 
 _loaded = False
 
 
-def _import_backend_module(short: str):
-    full = f"fastattn.backends.{short}"
+def _import_backend_package(name: str):
+    package = BACKEND_PACKAGES[name]
     try:
-        return importlib.import_module(full)
-    except ModuleNotFoundError as exc:  # a backend file not in this installation, or its dependency
-        if exc.name != full:
-            IMPORT_ERRORS[short] = f"{type(exc).__name__}: {exc}"
+        return importlib.import_module(package)
+    except ModuleNotFoundError as exc:  # the package not in this installation, or its dependency
+        if exc.name != package:
+            IMPORT_ERRORS[name] = f"{type(exc).__name__}: {exc}"
     except ImportError as exc:  # a compiled extension that failed to load
-        IMPORT_ERRORS[short] = f"{type(exc).__name__}: {exc}"
+        IMPORT_ERRORS[name] = f"{type(exc).__name__}: {exc}"
     return None
 
 
 def _load_backends() -> None:
-    """Import every backend module once and read its table; then probe availability once per
+    """Import every backend package once and read its table; then probe availability once per
     (backend, device type), so that selection while tracing is dictionary lookups only.
 
     Marked constant for torch.compile (below): when a program's first fastattn call is traced,
@@ -306,19 +300,15 @@ def _load_backends() -> None:
     if _loaded:
         return
     _loaded = True
-    for backend_name, modules in BACKEND_MODULES.items():
-        for short in modules:
-            module = _import_backend_module(short)
-            if module is None:
-                continue
-            if backend_name not in _AVAILABILITY and hasattr(module, "available"):
-                _AVAILABILITY[backend_name] = module.available
-            for op, (fn, supports, *delegated) in getattr(module, "OPS", {}).items():
-                register(op, backend_name, fn, supports, delegated_to=delegated[0] if delegated else None)
-        if backend_name not in _AVAILABILITY:
-            failed = [f"fastattn.backends.{m}: {IMPORT_ERRORS[m]}" for m in modules if m in IMPORT_ERRORS]
-            reason = "; ".join(failed) or "not built into this installation"
+    for backend_name in BACKENDS:
+        package = _import_backend_package(backend_name)
+        if package is None:
+            reason = f"{BACKEND_PACKAGES[backend_name]}: {IMPORT_ERRORS.get(backend_name, 'not in this installation')}"
             _AVAILABILITY[backend_name] = lambda device, reason=reason: reason
+            continue
+        _AVAILABILITY[backend_name] = package.available
+        for op, (fn, supports, *delegated) in package.OPS.items():
+            register(op, backend_name, fn, supports, delegated_to=delegated[0] if delegated else None)
 
     for name in BACKENDS:
         for device_type in ("cpu", "cuda"):

@@ -22,7 +22,7 @@ def native_feed_forward_in_eager(monkeypatch):
     """Eager calls stay on the kernels the compiled graph runs, which these tests compare tightly:
     below the measured size floor, eager ``auto`` runs torch's own ops for feed_forward and
     bias_gelu (a traced call keeps the custom op), which tests/test_cpu_ffn.py covers."""
-    from fastattn.backends import cpu_ffn_crossover
+    from fastattn.backends.cpu import ffn_crossover as cpu_ffn_crossover
 
     monkeypatch.setattr(cpu_ffn_crossover, "prefer_torch", lambda *args: False)
 

@@ -9,10 +9,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastattn
 from fastattn import dispatch, reference, testing
-from fastattn.backends import cpu_activation_crossover as crossover
+from fastattn.backends.cpu import activation_crossover as crossover
 from fastattn.ops import ffn as ffn_ops
 
-pytest.importorskip("fastattn.backends.cpu_native", reason="fastattn._C (native CPU kernels) not built")
+pytest.importorskip("fastattn.backends.cpu.activations", reason="fastattn._C (native CPU kernels) not built")
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 DTYPE_IDS = ["fp32", "bf16", "fp16"]

@@ -24,7 +24,7 @@ from fastattn.attention_args import AttentionArgs
 from attention_cases import assert_close as _assert_close
 from attention_cases import reference_fwd_bwd as _reference
 
-cpu = pytest.importorskip("fastattn.backends.cpu_attention", reason="fastattn._C (native CPU kernels) not built")
+cpu = pytest.importorskip("fastattn.backends.cpu.attention", reason="fastattn._C (native CPU kernels) not built")
 _C = cpu._C
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32

@@ -6,7 +6,7 @@ import torch
 
 import fastattn
 from fastattn import reference
-from fastattn.backends import cpu_decode_crossover as crossover
+from fastattn.backends.cpu import decode_crossover as crossover
 from test_cpu_kvcache import assert_matches
 
 

@@ -12,7 +12,7 @@ import fastattn
 from fastattn import testing
 from attention_cases import check_with_the_same_mask, dropout_args, qkv
 
-cpu = pytest.importorskip("fastattn.backends.cpu_attention", reason="fastattn._C (native CPU kernels) not built")
+cpu = pytest.importorskip("fastattn.backends.cpu.attention", reason="fastattn._C (native CPU kernels) not built")
 _ORDER = ["avx2", "avx512", "avx512bf16"]
 ISAS = _ORDER[: _ORDER.index(cpu._C.cpu_attention_isa()) + 1] if cpu._C.cpu_attention_isa() in _ORDER else []
 pytestmark = [pytest.mark.requires_backend("cpu"), pytest.mark.usefixtures("poisoned")]

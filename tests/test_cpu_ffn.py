@@ -1,4 +1,4 @@
-"""The ``cpu`` backend's fused bias-GELU and gated MLP (fastattn.backends.cpu_ffn, the native
+"""The ``cpu`` backend's fused bias-GELU and gated MLP (fastattn.backends.cpu.ffn, the native
 kernels of csrc/cpu/activations.cpp) against fastattn.reference in float64.
 
 fp32 must match to 1e-5 of the output's scale; fp16/bf16 by flash-attn's rule: max|out -
@@ -17,7 +17,7 @@ import torch
 
 import fastattn
 from fastattn import dispatch, reference
-from fastattn.backends import cpu_ffn
+from fastattn.backends.cpu import ffn as cpu_ffn
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
@@ -486,7 +486,7 @@ class _Exploding:
 # --------------------------------------------------------------------------- size floor (auto: torch below it)
 
 
-from fastattn.backends import cpu_ffn_crossover as crossover  # noqa: E402
+from fastattn.backends.cpu import ffn_crossover as crossover  # noqa: E402
 
 
 def _synthetic_table(monkeypatch, floors_at: dict):

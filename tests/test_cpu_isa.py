@@ -1,5 +1,5 @@
 """``FASTATTN_CPU_ISA``: forcing the native CPU kernels onto a lower instruction set than the
-CPU's best (fastattn/backends/cpu_attention.py, ``force_isa``), read once when the kernels'
+CPU's best (fastattn/backends/cpu/attention.py, ``force_isa``), read once when the kernels'
 module is imported; unknown names and instruction sets this CPU lacks are refused with a
 ValueError naming the variable, before any kernel runs."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import fastattn
 from fastattn import reference
 
-cpu = pytest.importorskip("fastattn.backends.cpu_attention", reason="fastattn._C (native CPU kernels) not built")
+cpu = pytest.importorskip("fastattn.backends.cpu.attention", reason="fastattn._C (native CPU kernels) not built")
 
 _ORDER = ["avx2", "avx512", "avx512bf16"]
 # This CPU's best (the level in use may be lower when the variable is set for the run).
@@ -37,7 +37,7 @@ def _import_isa(value: str) -> subprocess.CompletedProcess:
     """A fresh interpreter with ``FASTATTN_CPU_ISA=value`` that imports the kernels' module
     and prints the instruction set in use."""
     env = dict(os.environ, FASTATTN_CPU_ISA=value)
-    code = "from fastattn.backends import cpu_attention as c; print(c.isa(), c._C.cpu_attention_isa())"
+    code = "from fastattn.backends.cpu import attention as c; print(c.isa(), c._C.cpu_attention_isa())"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -1,4 +1,4 @@
-"""KV-cache decoding on the native CPU attention (fastattn/backends/cpu_kvcache.py, backend
+"""KV-cache decoding on the native CPU attention (fastattn/backends/cpu/kvcache.py, backend
 "cpu") through ``fastattn.flash_attn_with_kvcache``, against
 fastattn.reference.flash_attn_with_kvcache in float64.
 
@@ -28,8 +28,8 @@ import fastattn
 from fastattn import dispatch, reference
 from fastattn.attention_args import AttentionArgs
 
-cpu = pytest.importorskip("fastattn.backends.cpu_attention", reason="fastattn._C (native CPU kernels) not built")
-from fastattn.backends import cpu_kvcache  # noqa: E402  (needs the native kernels above)
+cpu = pytest.importorskip("fastattn.backends.cpu.attention", reason="fastattn._C (native CPU kernels) not built")
+from fastattn.backends.cpu import kvcache as cpu_kvcache  # noqa: E402  (needs the native kernels above)
 
 _ORDER = ["avx2", "avx512", "avx512bf16"]
 BEST_ISA = cpu.isa()
@@ -432,7 +432,7 @@ def test_cpu_backend_registers_kvcache():
 def test_auto_picks_cpu_for_cpu_tensors(monkeypatch, dtype):
     """Where the measured crossover prefers the native kernel (tests/test_cpu_decode_crossover.py
     covers the cases where torch's flash kernel is faster)."""
-    from fastattn.backends import cpu_decode_crossover
+    from fastattn.backends.cpu import decode_crossover as cpu_decode_crossover
 
     monkeypatch.setattr(cpu_decode_crossover, "prefer_torch", lambda *a: False)
     calls = _spy_native(monkeypatch)

@@ -17,7 +17,7 @@ import torch
 
 import fastattn
 from fastattn import dispatch, reference, testing
-from fastattn.backends import cuda_attention
+from fastattn.backends.cuda import attention as cuda_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _WHY = dispatch.unavailable_reason("cuda", torch.device(DEVICE))

@@ -12,7 +12,7 @@ import torch
 
 import fastattn
 from fastattn import testing
-from fastattn.backends import cuda as cuda_backend
+from fastattn.backends.cuda import kernels as cuda_backend
 from decode_cases import DEVICE, reference_kvcache
 
 pytestmark = [pytest.mark.requires_backend("cuda"), pytest.mark.usefixtures("poisoned")]

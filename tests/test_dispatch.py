@@ -199,3 +199,41 @@ def test_register_rejects_unknown_names(registry):
         registry.register("attention_fwd", "tpu", lambda *a: None)
     with pytest.raises(KeyError, match="unknown backend"):
         registry.register_backend("tpu", lambda device: None)
+
+
+def test_each_backend_is_a_package_declaring_availability_and_its_table():
+    """dispatch reads ``available`` and ``OPS`` from one package per backend, and what it
+    registered for each op is that package's table entry."""
+    import importlib
+
+    dispatch._load_backends()
+    for name, package_name in dispatch.BACKEND_PACKAGES.items():
+        if name in dispatch.IMPORT_ERRORS:
+            continue
+        package = importlib.import_module(package_name)
+        assert hasattr(package, "__path__"), f"{package_name} is not a package"
+        assert callable(package.available)
+        assert package.OPS, f"{package_name} declares no ops"
+        for op in package.OPS:
+            assert dispatch.implementations(op)[name].fn is package.OPS[op][0]
+
+
+def test_missing_cpu_extension_makes_the_cpu_backend_unavailable_not_import_fastattn_fail():
+    """The functional ops import the CPU crossover tables at ``import fastattn``; without a
+    loadable ``fastattn._C`` that import still works, the ``cpu`` backend says why it is
+    unavailable, and ``auto`` serves the op elsewhere."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['fastattn._C'] = None\n"  # what a missing or broken build gives
+        "import torch, fastattn\n"
+        "why = fastattn.available_backends('cpu')['cpu']\n"
+        "assert why is not None and 'fastattn._C' in why, why\n"
+        "x = torch.randn(4, 8)\n"
+        "out = fastattn.swiglu(x, x + 1)\n"
+        "assert torch.allclose(out, torch.nn.functional.silu(x) * (x + 1), atol=1e-6)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

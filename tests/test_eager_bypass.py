@@ -136,7 +136,8 @@ def test_short_route_skips_selection_and_the_op(step, monkeypatch):
     """A plain step reaches the decoding kernel without backend selection, the op's body or its
     options record; the in-place append still bumps the caches' version counters."""
     from fastattn import dispatch
-    from fastattn.backends import cpu_decode_crossover, cpu_kvcache
+    from fastattn.backends.cpu import decode_crossover as cpu_decode_crossover
+    from fastattn.backends.cpu import kvcache as cpu_kvcache
 
     monkeypatch.setattr(cpu_decode_crossover, "prefer_torch", lambda *a: False)
     for module, name in ((dispatch, "select"), (kvcache_op, "_decode"), (kvcache_op, "_attention_kvcache")):

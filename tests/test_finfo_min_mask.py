@@ -112,7 +112,7 @@ _ISA_ORDER = ["avx2", "avx512", "avx512bf16"]
 def _isas():
     if _avail("cpu") is not None:
         return []
-    from fastattn.backends import cpu_attention
+    from fastattn.backends.cpu import attention as cpu_attention
 
     best = cpu_attention._C.cpu_attention_isa()
     return _ISA_ORDER[: _ISA_ORDER.index(best) + 1] if best in _ISA_ORDER else []

@@ -141,7 +141,7 @@ def test_the_graph_is_read():
     """The reader sees the edges it must (a broken parser would make the two tests above pass)."""
     graph = _graph()
     assert "fastattn.dispatch" in graph["fastattn.functional.attention"]
-    assert "fastattn.kernels.attention" in graph["fastattn.backends.triton_attention"]
+    assert "fastattn.kernels.attention" in graph["fastattn.backends.triton.attention"]
     assert "fastattn.backends.reference" not in graph["fastattn.dispatch"]  # by name in a table, not imported
     assert "fastattn.buildcheck.kernel_report" in graph["fastattn.cli.info"]  # a lazy import, still seen
     assert "fastattn.kernels._configs" in graph["fastattn.buildcheck.triton_aot"]

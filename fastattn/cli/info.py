@@ -58,11 +58,11 @@ def extension_info(name: str) -> dict:
 
 def backend_info() -> dict:
     """Per device type: every backend's availability (``None`` = usable, else why not) and
-    the core ops it implements; plus backend modules that failed to import."""
+    the core ops it implements; plus backend packages that failed to import."""
     from fastattn import dispatch
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    # A backend whose modules failed to import says so in its reason (dispatch.IMPORT_ERRORS).
+    # A backend whose package failed to import says so in its reason (dispatch.IMPORT_ERRORS).
     availability = {d: dispatch.available_backends(d) for d in devices}
     ops = {b: sorted(op for op in dispatch.OP_SIGNATURES if b in dispatch.implementations(op))
            for b in dispatch.BACKENDS}
@@ -138,8 +138,8 @@ def format_info(data: dict) -> str:
             lines.append(f"    {name:<10} {state}")
             if why is None or ops:
                 lines.append(f"    {'':<10} ops: {', '.join(ops) if ops else 'none registered'}")
-    for module, err in b["import_errors"].items():
-        lines.append(f"  backend module fastattn.backends.{module} failed to import: {err}")
+    for name, err in b["import_errors"].items():
+        lines.append(f"  backend package fastattn.backends.{name} failed to import: {err}")
     return "\n".join(lines)
 
 

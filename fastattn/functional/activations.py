@@ -6,7 +6,7 @@ fails). The route of one call, after its checks and the backend choice
 (:func:`fastattn.dispatch.select`):
 
 * ``auto`` on CPU tensors whose choice is fastattn's native kernel: where the measured table
-  (:mod:`fastattn.backends.cpu_activation_crossover`) says torch's own eager ops are faster at
+  (:mod:`fastattn.backends.cpu.activation_crossover`) says torch's own eager ops are faster at
   this size (a call of a few thousand elements, as a model's decoding step makes, costs more
   in a kernel launch than in its arithmetic), those ops run instead;
 * no gradient needed and no tracer watching (:func:`fastattn.ops.eager.runs_eagerly`): the
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from fastattn import dispatch
 from fastattn import validation as check
-from fastattn.backends import cpu_activation_crossover as crossover
+from fastattn.backends.cpu import activation_crossover as crossover
 from fastattn.ops import ffn as core
 from fastattn.ops.eager import runs_eagerly
 

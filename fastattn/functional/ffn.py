@@ -4,7 +4,7 @@
 The route of one call, after its checks and the backend choice (:func:`fastattn.dispatch.select`):
 
 * ``auto`` on CPU tensors whose choice is the ``cpu`` backend: where the measured table
-  (:mod:`fastattn.backends.cpu_ffn_crossover`) says torch's own eager ops are faster at this
+  (:mod:`fastattn.backends.cpu.ffn_crossover`) says torch's own eager ops are faster at this
   size (a small call costs more in fixed overhead than fusing saves), those ops run instead;
 * no gradient needed and no tracer watching (:func:`fastattn.ops.eager.runs_eagerly`): the
   chosen backend's forward directly, without torch.library's dispatch of the custom op;
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from fastattn import dispatch
 from fastattn import validation as check
-from fastattn.backends import cpu_ffn_crossover as crossover
+from fastattn.backends.cpu import ffn_crossover as crossover
 from fastattn.functional.activations import geglu, swiglu  # noqa: F401  (re-exported)
 from fastattn.ops import ffn as core
 from fastattn.ops.eager import runs_eagerly

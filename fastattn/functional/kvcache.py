@@ -209,7 +209,7 @@ def flash_attn_with_kvcache(
     table = None if block_table is None else _to_int32(block_table)
     args = AttentionArgs(max_seqlen_q=seqlen_q, max_seqlen_k=capacity, num_splits=int(num_splits), **options)
     if _torch_is_faster(q, k_cache, k, lens, args, backend, slopes, sink):
-        from fastattn.backends.cpu_decode_crossover import torch_decode
+        from fastattn.backends.cpu.decode_crossover import torch_decode
 
         # Eager only (see _torch_is_faster): the index values are checked here, as the core op
         # would check them, and torch's kernel is given the contiguous visible keys.
@@ -234,7 +234,7 @@ def _torch_is_faster(q, k_cache, k_new, lens, args, backend, slopes, sink) -> bo
     ``cache_seqlens``; a traced call keeps the native kernel)."""
     if (backend or dispatch.current_backend()) != "auto" or torch.compiler.is_compiling():
         return False
-    from fastattn.backends import cpu_decode_crossover as crossover
+    from fastattn.backends.cpu import decode_crossover as crossover
 
     if not crossover.eligible(q, k_new, args, slopes, sink):
         return False

@@ -10,8 +10,8 @@ itself: every test here is one under which the full path's checks pass, so an ar
 passes both or is left to the full path.
 
 It computes what the full path computes: the same crossover decision for ``auto``
-(:mod:`fastattn.backends.cpu_decode_crossover`), the same append and decoding kernel on the same
-arguments (:func:`fastattn.backends.cpu_kvcache.eager_decode`, which the ``cpu`` backend's
+(:mod:`fastattn.backends.cpu.decode_crossover`), the same append and decoding kernel on the same
+arguments (:func:`fastattn.backends.cpu.kvcache.eager_decode`, which the ``cpu`` backend's
 ``kvcache_fwd`` carries as an attribute), the caches' version counters bumped by the append as
 the custom op's in-place contract asks. What it skips is
 the work that a plain call does not need: the options record and backend selection, the index
@@ -26,7 +26,7 @@ import torch
 
 from fastattn import dispatch
 from fastattn import validation as check
-from fastattn.backends import cpu_decode_crossover as crossover
+from fastattn.backends.cpu import decode_crossover as crossover
 
 _Tensor = torch.Tensor
 _NATIVE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

@@ -1,5 +1,5 @@
 """The ``cpu`` backend of ``kvcache_fwd``: decoding against a KV cache on the native CPU
-attention of :mod:`fastattn.backends.cpu_attention` (``csrc/cpu/attention*.cpp``), behind
+attention of :mod:`fastattn.backends.cpu.attention` (``csrc/cpu/attention*.cpp``), behind
 :func:`fastattn.flash_attn_with_kvcache`.
 
 The new keys/values are appended in place with one indexed copy. Then:
@@ -37,7 +37,7 @@ from typing import Optional
 import torch
 
 from fastattn._dtype_codes import DTYPE_CODES
-from fastattn.backends import cpu_attention
+from fastattn.backends.cpu import attention as cpu_attention
 
 PACK_BUDGET_BYTES = 16 << 20
 """Most packed K/V bytes one native call may allocate. glibc serves a request above its

@@ -30,7 +30,7 @@ import torch
 
 from fastattn import dispatch
 from fastattn._dtype_codes import DTYPE_CODES
-from fastattn.backends import cuda as _cuda
+from fastattn.backends.cuda import kernels as _cuda
 from fastattn.attention_args import empty_like_layout
 
 _TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)

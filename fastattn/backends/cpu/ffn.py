@@ -40,7 +40,7 @@ import torch
 
 from fastattn import _C
 from fastattn._dtype_codes import ACTIVATION_CODES, DTYPE_CODES
-from fastattn.backends.cpu_native import rows_view
+from fastattn.backends.cpu.activations import rows_view
 
 _FWD_SCRATCH_BYTES = 32 << 20
 """Byte budget of the forward's scratch (``U`` without a gradient, ``H`` with one): the pass

@@ -3,7 +3,7 @@ torch's own eager ops.
 
 ``auto`` must never pick a fastattn CPU kernel where torch is faster. Below some size a call's
 fixed cost (the native route's plumbing, the custom op's dispatch and autograd node) outweighs
-what fusing saves, so each op has a measured size floor: ``cpu_ffn_crossover.json`` next to
+what fusing saves, so each op has a measured size floor: ``ffn_crossover.json`` next to
 this file, written by ``python benchmarks/bench_cpu_ffn_crossover.py --write``, holds for each
 (op, dtype, forward or forward+backward, thread count, size) the ratio of the time of the torch
 route below (what ``auto`` runs instead) to the time of the native route, measured side by
@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastattn.backends.cpu_activation_crossover import torch_gated
+from fastattn.backends.cpu.activation_crossover import torch_gated
 
-TABLE_PATH = Path(__file__).with_name("cpu_ffn_crossover.json")
+TABLE_PATH = Path(__file__).with_name("ffn_crossover.json")
 
 @functools.lru_cache(maxsize=1)
 def _table() -> tuple[dict, ...]:
@@ -45,7 +45,7 @@ def measures(op: str, fn) -> bool:
     names) is the native route the table measured: a stand-in registered in its place
     (``dispatch.register``) keeps ``auto``'s choice."""
     # By name: importing the backend module here would tie this leaf to the extension's package.
-    return getattr(fn, "__module__", None) == "fastattn.backends.cpu_ffn" and fn.__name__ == f"{op}_fwd"
+    return getattr(fn, "__module__", None) == "fastattn.backends.cpu.ffn" and fn.__name__ == f"{op}_fwd"
 
 
 def feed_forward_size(tokens: int, dim: int, hidden: int, dim_out: int) -> int:

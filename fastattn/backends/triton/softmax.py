@@ -3,7 +3,7 @@ behind :func:`fastattn.scaled_masked_softmax` (Megatron-LM ``FusedScaleMaskSoftm
 
 fp16, bf16 and fp32 scores (computed in fp32), any row length, bool or float masks broadcast
 by strides. CUDA tensors need a GPU; CPU tensors run on the Triton interpreter
-(``TRITON_INTERPRET=1``), as the availability rule of :mod:`fastattn.backends.triton_attention`
+(``TRITON_INTERPRET=1``), as the availability rule of :mod:`fastattn.backends.triton.attention`
 says.
 """
 from __future__ import annotations

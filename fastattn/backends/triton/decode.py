@@ -6,7 +6,7 @@ windows (bottom-right), softcap, ALiBi; new keys/values appended in place. Paged
 (``block_table``), ``cache_batch_idx`` and ``cache_leftpad`` are addressed in the kernels
 themselves (``native_paging``): pages are read and written in place, never gathered. CUDA
 tensors need a GPU; CPU tensors run on the Triton interpreter (``TRITON_INTERPRET=1``), as the
-availability rule of :mod:`fastattn.backends.triton_attention` says.
+availability rule of :mod:`fastattn.backends.triton.attention` says.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Where ``auto`` decodes on the CPU: fastattn's native kernel or torch's own flash CPU kernel.
 
 ``auto`` must never pick a fastattn CPU kernel where torch's own is faster. For KV-cache
-decoding that is decided by a measured table, ``cpu_decode_crossover.json`` next to this file,
+decoding that is decided by a measured table, ``decode_crossover.json`` next to this file,
 written by ``python benchmarks/bench_cpu_crossover.py --write`` (or extended by ``--merge``;
 each entry: the ratio of torch's median time to fastattn's, measured side by side in one
 process, on the machine and ISA it names, with the thread count, batch, heads and head dim of
@@ -25,7 +25,7 @@ from typing import Optional
 
 import torch
 
-TABLE_PATH = Path(__file__).with_name("cpu_decode_crossover.json")
+TABLE_PATH = Path(__file__).with_name("decode_crossover.json")
 
 
 @functools.lru_cache(maxsize=1)

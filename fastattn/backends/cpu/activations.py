@@ -101,7 +101,7 @@ def gated_act_bwd(dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
 
 
 # auto consults the measured crossover table before running this kernel
-# (fastattn.backends.cpu_activation_crossover).
+# (fastattn.backends.cpu.activation_crossover).
 gated_act_fwd.torch_crossover = True
 
 OPS = {"gated_act_fwd": (gated_act_fwd, supports), "gated_act_bwd": (gated_act_bwd, supports)}

@@ -2,7 +2,7 @@
 
 ``auto`` must never pick a fastattn CPU kernel where torch is faster. For the gated activations
 (``swiglu``, ``geglu``, ``geglu_tanh``) that is decided by a measured table,
-``cpu_activation_crossover.json`` next to this file, written by ``python
+``activation_crossover.json`` next to this file, written by ``python
 benchmarks/bench_cpu_activation_crossover.py --write``: for each (activation, dtype, forward or
 forward+backward, thread count, element count), the ratio of the time of :func:`torch_gated`
 (what ``auto`` runs instead) to the time of the native route (the kernel called directly when no
@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-TABLE_PATH = Path(__file__).with_name("cpu_activation_crossover.json")
+TABLE_PATH = Path(__file__).with_name("activation_crossover.json")
 
 _ACT = {
     "swiglu": F.silu,
