@@ -67,6 +67,9 @@ def _calls(backend: str):
     lens = torch.tensor([10, 64], dtype=torch.int32)
     cu = torch.tensor([0, 17, 40], dtype=torch.int32)
     gate, up = testing.randn(8, 64, seed=6), testing.randn(8, 64, seed=7)
+    scores = testing.randn(1, 2, 40, 40, dtype=torch.float16, seed=8)
+    bias = testing.randn(64, seed=9)
+    w_gate, w_up, w_down = testing.randn(96, 64, seed=10), testing.randn(96, 64, seed=11), testing.randn(64, 96, seed=12)
     return {
         "flash_attn_func": lambda: fastattn.flash_attn_func(q, k, v, causal=True, backend=backend),
         "flash_attn_varlen_func": lambda: fastattn.flash_attn_varlen_func(
@@ -76,6 +79,10 @@ def _calls(backend: str):
         "flash_attn_with_kvcache": lambda: fastattn.flash_attn_with_kvcache(
             q1, k_cache, v_cache, cache_seqlens=lens, backend=backend),
         "swiglu": lambda: fastattn.swiglu(gate, up, backend=backend),
+        "scaled_masked_softmax": lambda: fastattn.scaled_masked_softmax(
+            scores, None, 0.125, True, backend=backend),
+        "bias_gelu": lambda: fastattn.bias_gelu(gate, bias, backend=backend),
+        "feed_forward": lambda: fastattn.feed_forward(gate, (w_gate, w_up), w_down, backend=backend),
     }
 
 
