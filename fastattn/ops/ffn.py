@@ -12,27 +12,33 @@ def _impl(op: str, backend: str):
     return dispatch.implementation(op, backend).fn
 
 
+def _new_like(t: Tensor) -> Tensor:
+    """A contiguous tensor of ``t``'s shape, dtype and device: what the backends return."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
+def _elementwise_op(op: str, schema: str, fake):
+    """The custom op ``fastattn::<op>`` (``schema`` its arguments, the last one ``backend``) whose
+    body runs the selected backend's implementation of core op ``op`` on the other arguments;
+    ``fake`` gives its outputs' metadata to tracing. One definition for the four elementwise ops,
+    whose bodies differ only in the op's name."""
+    def body(*args):
+        *inputs, backend = args
+        return _impl(op, backend)(*inputs)
+
+    custom = torch.library.custom_op(f"fastattn::{op}", body, mutates_args=(), schema=schema)
+    custom.register_fake(fake)
+    return custom
+
+
 # ---------------------------------------------------------------- gated activations
 
-@torch.library.custom_op("fastattn::gated_act_fwd", mutates_args=())
-def _gated_act_fwd(gate: Tensor, up: Tensor, activation: str, backend: str) -> Tensor:
-    return _impl("gated_act_fwd", backend)(gate, up, activation)
-
-
-@_gated_act_fwd.register_fake
-def _(gate, up, activation, backend):
-    return torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
-
-
-@torch.library.custom_op("fastattn::gated_act_bwd", mutates_args=())
-def _gated_act_bwd(dout: Tensor, gate: Tensor, up: Tensor, activation: str, backend: str) -> tuple[Tensor, Tensor]:
-    return _impl("gated_act_bwd", backend)(dout, gate, up, activation)
-
-
-@_gated_act_bwd.register_fake
-def _(dout, gate, up, activation, backend):
-    return (torch.empty(gate.shape, dtype=gate.dtype, device=gate.device),
-            torch.empty(up.shape, dtype=up.dtype, device=up.device))
+_gated_act_fwd = _elementwise_op(
+    "gated_act_fwd", "(Tensor gate, Tensor up, str activation, str backend) -> Tensor",
+    lambda gate, up, activation, backend: _new_like(gate))
+_gated_act_bwd = _elementwise_op(
+    "gated_act_bwd", "(Tensor dout, Tensor gate, Tensor up, str activation, str backend) -> (Tensor, Tensor)",
+    lambda dout, gate, up, activation, backend: (_new_like(gate), _new_like(up)))
 
 
 def _gated_setup(ctx, inputs, output):
@@ -56,24 +62,12 @@ def gated_activation(gate: Tensor, up: Tensor, activation: str, backend: str) ->
 
 # ---------------------------------------------------------------- bias-GELU
 
-@torch.library.custom_op("fastattn::bias_gelu_fwd", mutates_args=())
-def _bias_gelu_fwd(x: Tensor, bias: Tensor, approximate: str, backend: str) -> Tensor:
-    return _impl("bias_gelu_fwd", backend)(x, bias, approximate)
-
-
-@_bias_gelu_fwd.register_fake
-def _(x, bias, approximate, backend):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-
-
-@torch.library.custom_op("fastattn::bias_gelu_bwd", mutates_args=())
-def _bias_gelu_bwd(dout: Tensor, x: Tensor, bias: Tensor, approximate: str, backend: str) -> Tensor:
-    return _impl("bias_gelu_bwd", backend)(dout, x, bias, approximate)
-
-
-@_bias_gelu_bwd.register_fake
-def _(dout, x, bias, approximate, backend):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+_bias_gelu_fwd = _elementwise_op(
+    "bias_gelu_fwd", "(Tensor x, Tensor bias, str approximate, str backend) -> Tensor",
+    lambda x, bias, approximate, backend: _new_like(x))
+_bias_gelu_bwd = _elementwise_op(
+    "bias_gelu_bwd", "(Tensor dout, Tensor x, Tensor bias, str approximate, str backend) -> Tensor",
+    lambda dout, x, bias, approximate, backend: _new_like(x))
 
 
 def _bias_gelu_setup(ctx, inputs, output):
@@ -148,7 +142,7 @@ def _feed_forward_bwd(dout: Tensor, x: Tensor, w_gate: Tensor, w_up: Tensor, w_d
 
 @_feed_forward_bwd.register_fake
 def _(dout, x, w_gate, w_up, w_down, res_a, res_b, activation, residuals, backend):
-    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (x, w_gate, w_up, w_down))
+    return tuple(_new_like(t) for t in (x, w_gate, w_up, w_down))
 
 
 def _ff_setup(ctx, inputs, output):
