@@ -124,28 +124,20 @@ class _Heads:
 
 def _check_shapes(query: Tensor, key: Tensor, value: Tensor, key_padding_mask, attn_mask, num_heads: int) -> bool:
     """torch's shape rules for MHA inputs; returns whether the inputs are batched."""
-    if query.dim() == 3:
-        if key.dim() != 3 or value.dim() != 3:
-            raise AssertionError(f"For batched (3-D) `query`, expected `key` and `value` to be 3-D but found "
-                                 f"{key.dim()}-D and {value.dim()}-D tensors respectively")
-        if key_padding_mask is not None and key_padding_mask.dim() != 2:
-            raise AssertionError(f"For batched (3-D) `query`, expected `key_padding_mask` to be `None` or 2-D but "
-                                 f"found {key_padding_mask.dim()}-D tensor instead")
-        batched = True
-    elif query.dim() == 2:
-        if key.dim() != 2 or value.dim() != 2:
-            raise AssertionError(f"For unbatched (2-D) `query`, expected `key` and `value` to be 2-D but found "
-                                 f"{key.dim()}-D and {value.dim()}-D tensors respectively")
-        if key_padding_mask is not None and key_padding_mask.dim() != 1:
-            raise AssertionError(f"For unbatched (2-D) `query`, expected `key_padding_mask` to be `None` or 1-D but "
-                                 f"found {key_padding_mask.dim()}-D tensor instead")
-        if attn_mask is not None and attn_mask.dim() == 3 and attn_mask.shape[0] != num_heads:
-            raise AssertionError(f"Expected `attn_mask` shape to be {(num_heads, query.shape[0], key.shape[0])} "
-                                 f"but got {tuple(attn_mask.shape)}")
-        batched = False
-    else:
+    if query.dim() not in (2, 3):
         raise AssertionError(f"query should be unbatched 2D or batched 3D tensor but received {query.dim()}-D "
                              f"query tensor")
+    batched = query.dim() == 3
+    kind, kv_dims, padding_dims = ("batched (3-D)", 3, 2) if batched else ("unbatched (2-D)", 2, 1)
+    if key.dim() != kv_dims or value.dim() != kv_dims:
+        raise AssertionError(f"For {kind} `query`, expected `key` and `value` to be {kv_dims}-D but found "
+                             f"{key.dim()}-D and {value.dim()}-D tensors respectively")
+    if key_padding_mask is not None and key_padding_mask.dim() != padding_dims:
+        raise AssertionError(f"For {kind} `query`, expected `key_padding_mask` to be `None` or {padding_dims}-D but "
+                             f"found {key_padding_mask.dim()}-D tensor instead")
+    if not batched and attn_mask is not None and attn_mask.dim() == 3 and attn_mask.shape[0] != num_heads:
+        raise AssertionError(f"Expected `attn_mask` shape to be {(num_heads, query.shape[0], key.shape[0])} "
+                             f"but got {tuple(attn_mask.shape)}")
     if attn_mask is not None and attn_mask.dim() not in (2, 3):
         raise AssertionError(f"Expected `attn_mask` to be `None`, 2-D or 3-D but found {attn_mask.dim()}-D tensor")
     return batched
