@@ -388,19 +388,26 @@ def test_continuous_batching_matches_sdpa(calls, family):
     assert all(c["causal"] for c in calls["flash_attn_varlen_func"])
 
 
-def test_continuous_batching_with_sinks_matches_eager(calls):
-    """gpt-oss (attention sinks, sliding and full layers) under continuous batching: fastattn's
-    varlen kernel with learnable_sink gives paged|eager's greedy tokens."""
+def _gpt_oss_with_large_sinks(attn_implementation: str, seed: int):
+    """A tiny gpt-oss (sliding and full layers, GQA) with random weights and sinks big enough to
+    take a real share of each softmax."""
     config = transformers.GptOssConfig(vocab_size=hf.VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
                                        num_experts_per_tok=2, sliding_window=4)
-    torch.manual_seed(3)
-    eager = AutoModelForCausalLM.from_config(config, attn_implementation="paged|eager").eval()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).eval()
     with torch.no_grad():
-        for p in eager.parameters():
+        for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.3)
-        for layer in eager.model.layers:
+        for layer in model.model.layers:
             layer.self_attn.sinks.copy_(torch.randn_like(layer.self_attn.sinks) * 2)
+    return model
+
+
+def test_continuous_batching_with_sinks_matches_eager(calls):
+    """gpt-oss (attention sinks, sliding and full layers) under continuous batching: fastattn's
+    varlen kernel with learnable_sink gives paged|eager's greedy tokens."""
+    eager = _gpt_oss_with_large_sinks("paged|eager", seed=3)
     prompts = _prompts(6, (9, 21, 4))
     want = _continuous_batching(eager, prompts)
     got = _continuous_batching(_with_impl(eager, "fastattn"), prompts)
@@ -470,17 +477,8 @@ def test_models_whose_attention_bypasses_the_interface_are_refused_at_load():
 def test_gpt_oss_sinks_match_eager():
     """gpt-oss passes its learnable sinks as s_aux: fastattn applies them (learnable_sink), so on a
     padded batch the logits, the greedy tokens and the sinks' gradient equal eager's."""
-    config = transformers.GptOssConfig(vocab_size=hf.VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
-                                       num_experts_per_tok=2, sliding_window=4)
-    torch.manual_seed(0)
-    eager = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
-    with torch.no_grad():
-        for p in eager.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-        for layer in eager.model.layers:  # sinks big enough to take a real share of each softmax
-            layer.self_attn.sinks.copy_(torch.randn_like(layer.self_attn.sinks) * 2)
-    fast = AutoModelForCausalLM.from_config(config, attn_implementation="fastattn").eval()
+    eager = _gpt_oss_with_large_sinks("eager", seed=0)
+    fast = AutoModelForCausalLM.from_config(eager.config, attn_implementation="fastattn").eval()
     fast.load_state_dict(eager.state_dict())
     ids, mask = hf.batch()
     keep = mask.bool()
