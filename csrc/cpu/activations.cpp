@@ -167,39 +167,34 @@ FASTATTN_INLINE void bias_gelu_bwd_tile(const void* dout, const void* x, const v
   store<D>(v, dx, n);
 }
 
+// X-macros over the instantiated types: X(DT) for each dtype, X(DT, ACT) for each
+// (dtype, gated activation) pair.
+#define FASTATTN_EACH_DTYPE(X) X(DType::kFloat32) X(DType::kFloat16) X(DType::kBFloat16)
+#define FASTATTN_EACH_ACT(X, DT) \
+  X(DT, GatedActivation::kSwiGLU) X(DT, GatedActivation::kGeGLU) X(DT, GatedActivation::kGeGLUTanh)
+#define FASTATTN_EACH_DTYPE_ACT(X)       \
+  FASTATTN_EACH_ACT(X, DType::kFloat32) \
+  FASTATTN_EACH_ACT(X, DType::kFloat16) \
+  FASTATTN_EACH_ACT(X, DType::kBFloat16)
+
 // The cloned entry points: each clone inlines all (dtype, activation) variants
 // with its own ISA. Templates are not cloned directly (GCC's target_clones does not
 // support them).
 FASTATTN_CPU_CLONES
 void fwd_tile_dispatch(DType d, GatedActivation a, const void* gate, const void* up,
                        void* out, int64_t n) {
-#define FASTATTN_FWD_CASE(DT, ACT) \
-  if (d == DT && a == ACT) return fwd_tile<DT, ACT>(gate, up, out, n);
-#define FASTATTN_FWD_ACTS(DT)                        \
-  FASTATTN_FWD_CASE(DT, GatedActivation::kSwiGLU)    \
-  FASTATTN_FWD_CASE(DT, GatedActivation::kGeGLU)     \
-  FASTATTN_FWD_CASE(DT, GatedActivation::kGeGLUTanh)
-  FASTATTN_FWD_ACTS(DType::kFloat32)
-  FASTATTN_FWD_ACTS(DType::kFloat16)
-  FASTATTN_FWD_ACTS(DType::kBFloat16)
-#undef FASTATTN_FWD_ACTS
-#undef FASTATTN_FWD_CASE
+#define FASTATTN_CASE(DT, ACT) if (d == DT && a == ACT) return fwd_tile<DT, ACT>(gate, up, out, n);
+  FASTATTN_EACH_DTYPE_ACT(FASTATTN_CASE)
+#undef FASTATTN_CASE
 }
 
 FASTATTN_CPU_CLONES
 void bwd_tile_dispatch(DType d, GatedActivation a, const void* dout, const void* gate,
                        const void* up, void* dgate, void* dup, int64_t n) {
-#define FASTATTN_BWD_CASE(DT, ACT) \
+#define FASTATTN_CASE(DT, ACT) \
   if (d == DT && a == ACT) return bwd_tile<DT, ACT>(dout, gate, up, dgate, dup, n);
-#define FASTATTN_BWD_ACTS(DT)                        \
-  FASTATTN_BWD_CASE(DT, GatedActivation::kSwiGLU)    \
-  FASTATTN_BWD_CASE(DT, GatedActivation::kGeGLU)     \
-  FASTATTN_BWD_CASE(DT, GatedActivation::kGeGLUTanh)
-  FASTATTN_BWD_ACTS(DType::kFloat32)
-  FASTATTN_BWD_ACTS(DType::kFloat16)
-  FASTATTN_BWD_ACTS(DType::kBFloat16)
-#undef FASTATTN_BWD_ACTS
-#undef FASTATTN_BWD_CASE
+  FASTATTN_EACH_DTYPE_ACT(FASTATTN_CASE)
+#undef FASTATTN_CASE
 }
 
 // The bias-GELU tiles take the GELU of a gated activation code: kGeGLU (erf) or
@@ -209,15 +204,12 @@ void bias_gelu_fwd_dispatch(DType d, bool tanh, const void* x, const void* bias,
                             int64_t stride_bias, void* out, int64_t n) {
   constexpr auto kErf = GatedActivation::kGeGLU;
   constexpr auto kTanh = GatedActivation::kGeGLUTanh;
-  if (d == DType::kFloat32)
-    return tanh ? bias_gelu_fwd_tile<DType::kFloat32, kTanh>(x, bias, stride_bias, out, n)
-                : bias_gelu_fwd_tile<DType::kFloat32, kErf>(x, bias, stride_bias, out, n);
-  if (d == DType::kFloat16)
-    return tanh ? bias_gelu_fwd_tile<DType::kFloat16, kTanh>(x, bias, stride_bias, out, n)
-                : bias_gelu_fwd_tile<DType::kFloat16, kErf>(x, bias, stride_bias, out, n);
-  if (d == DType::kBFloat16)
-    return tanh ? bias_gelu_fwd_tile<DType::kBFloat16, kTanh>(x, bias, stride_bias, out, n)
-                : bias_gelu_fwd_tile<DType::kBFloat16, kErf>(x, bias, stride_bias, out, n);
+#define FASTATTN_CASE(DT)                                                    \
+  if (d == DT)                                                               \
+    return tanh ? bias_gelu_fwd_tile<DT, kTanh>(x, bias, stride_bias, out, n) \
+                : bias_gelu_fwd_tile<DT, kErf>(x, bias, stride_bias, out, n);
+  FASTATTN_EACH_DTYPE(FASTATTN_CASE)
+#undef FASTATTN_CASE
 }
 
 FASTATTN_CPU_CLONES
@@ -225,26 +217,23 @@ void bias_gelu_bwd_dispatch(DType d, bool tanh, const void* dout, const void* x,
                             const void* bias, int64_t stride_bias, void* dx, int64_t n) {
   constexpr auto kErf = GatedActivation::kGeGLU;
   constexpr auto kTanh = GatedActivation::kGeGLUTanh;
-  if (d == DType::kFloat32)
-    return tanh ? bias_gelu_bwd_tile<DType::kFloat32, kTanh>(dout, x, bias, stride_bias, dx, n)
-                : bias_gelu_bwd_tile<DType::kFloat32, kErf>(dout, x, bias, stride_bias, dx, n);
-  if (d == DType::kFloat16)
-    return tanh ? bias_gelu_bwd_tile<DType::kFloat16, kTanh>(dout, x, bias, stride_bias, dx, n)
-                : bias_gelu_bwd_tile<DType::kFloat16, kErf>(dout, x, bias, stride_bias, dx, n);
-  if (d == DType::kBFloat16)
-    return tanh ? bias_gelu_bwd_tile<DType::kBFloat16, kTanh>(dout, x, bias, stride_bias, dx, n)
-                : bias_gelu_bwd_tile<DType::kBFloat16, kErf>(dout, x, bias, stride_bias, dx, n);
+#define FASTATTN_CASE(DT)                                                           \
+  if (d == DT)                                                                      \
+    return tanh ? bias_gelu_bwd_tile<DT, kTanh>(dout, x, bias, stride_bias, dx, n) \
+                : bias_gelu_bwd_tile<DT, kErf>(dout, x, bias, stride_bias, dx, n);
+  FASTATTN_EACH_DTYPE(FASTATTN_CASE)
+#undef FASTATTN_CASE
 }
+
+#undef FASTATTN_EACH_DTYPE_ACT
+#undef FASTATTN_EACH_ACT
+#undef FASTATTN_EACH_DTYPE
 
 // Byte address of element (row, col) of a row-strided 2-D view.
 template <typename P>
 P* at(P* base, int64_t row, int64_t col, int64_t row_stride, std::size_t elem) {
   using Byte = std::conditional_t<std::is_const_v<P>, const char, char>;
   return reinterpret_cast<Byte*>(base) + (row * row_stride + col) * static_cast<int64_t>(elem);
-}
-
-void check_shape(int64_t rows, int64_t cols) {
-  if (rows < 0 || cols < 0) throw std::invalid_argument("activation kernel: negative rows or cols");
 }
 
 // The team size of a parallel loop: the caller's count, else the OpenMP default.
@@ -257,72 +246,57 @@ int team_size(int requested) {
 #endif
 }
 
+// tile(r, c, n) for every tile (row r, columns c .. c + n - 1, n <= kTile) of a rows x cols
+// problem, spread over num_threads (team_size) when it is large enough to pay for them.
+template <class Tile>
+void for_each_tile(int64_t rows, int64_t cols, int num_threads, const Tile& tile) {
+  if (rows < 0 || cols < 0) throw std::invalid_argument("activation kernel: negative rows or cols");
+  const int64_t tiles_per_row = (cols + kTile - 1) / kTile;
+  const int64_t tiles = rows * tiles_per_row;
+  const int nt = team_size(num_threads);
+#pragma omp parallel for schedule(static) num_threads(nt) if (rows * cols >= kParallelMinElems)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t r = t / tiles_per_row;
+    const int64_t c = (t % tiles_per_row) * kTile;
+    tile(r, c, std::min(kTile, cols - c));
+  }
+}
+
 }  // namespace
 
 void gated_act_fwd(const GatedActFwdArgs& a) {
-  check_shape(a.rows, a.cols);
   const std::size_t es = dtype_size(a.dtype);
-  const int64_t tiles_per_row = (a.cols + kTile - 1) / kTile;
-  const int64_t tiles = a.rows * tiles_per_row;
-  const int nt = team_size(a.num_threads);
-#pragma omp parallel for schedule(static) num_threads(nt) if (a.rows * a.cols >= kParallelMinElems)
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t r = t / tiles_per_row;
-    const int64_t c = (t % tiles_per_row) * kTile;
+  for_each_tile(a.rows, a.cols, a.num_threads, [&](int64_t r, int64_t c, int64_t n) {
     fwd_tile_dispatch(a.dtype, a.activation, at(a.gate, r, c, a.stride_gate, es),
-                      at(a.up, r, c, a.stride_up, es), at(a.out, r, c, a.stride_out, es),
-                      std::min(kTile, a.cols - c));
-  }
+                      at(a.up, r, c, a.stride_up, es), at(a.out, r, c, a.stride_out, es), n);
+  });
 }
 
 void gated_act_bwd(const GatedActBwdArgs& a) {
-  check_shape(a.rows, a.cols);
   const std::size_t es = dtype_size(a.dtype);
-  const int64_t tiles_per_row = (a.cols + kTile - 1) / kTile;
-  const int64_t tiles = a.rows * tiles_per_row;
-  const int nt = team_size(a.num_threads);
-#pragma omp parallel for schedule(static) num_threads(nt) if (a.rows * a.cols >= kParallelMinElems)
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t r = t / tiles_per_row;
-    const int64_t c = (t % tiles_per_row) * kTile;
+  for_each_tile(a.rows, a.cols, a.num_threads, [&](int64_t r, int64_t c, int64_t n) {
     bwd_tile_dispatch(a.dtype, a.activation, at(a.dout, r, c, a.stride_dout, es),
                       at(a.gate, r, c, a.stride_gate, es), at(a.up, r, c, a.stride_up, es),
-                      at(a.dgate, r, c, a.stride_dgate, es), at(a.dup, r, c, a.stride_dup, es),
-                      std::min(kTile, a.cols - c));
-  }
+                      at(a.dgate, r, c, a.stride_dgate, es), at(a.dup, r, c, a.stride_dup, es), n);
+  });
 }
 
 void bias_gelu_fwd(const BiasGeluFwdArgs& a) {
-  check_shape(a.rows, a.cols);
   const std::size_t es = dtype_size(a.dtype);
-  const int64_t tiles_per_row = (a.cols + kTile - 1) / kTile;
-  const int64_t tiles = a.rows * tiles_per_row;
-  const int nt = team_size(a.num_threads);
-#pragma omp parallel for schedule(static) num_threads(nt) if (a.rows * a.cols >= kParallelMinElems)
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t r = t / tiles_per_row;
-    const int64_t c = (t % tiles_per_row) * kTile;
+  for_each_tile(a.rows, a.cols, a.num_threads, [&](int64_t r, int64_t c, int64_t n) {
     bias_gelu_fwd_dispatch(a.dtype, a.tanh, at(a.x, r, c, a.stride_x, es),
                            at(a.bias, 0, c * a.stride_bias, 0, es), a.stride_bias,
-                           at(a.out, r, c, a.stride_out, es), std::min(kTile, a.cols - c));
-  }
+                           at(a.out, r, c, a.stride_out, es), n);
+  });
 }
 
 void bias_gelu_bwd(const BiasGeluBwdArgs& a) {
-  check_shape(a.rows, a.cols);
   const std::size_t es = dtype_size(a.dtype);
-  const int64_t tiles_per_row = (a.cols + kTile - 1) / kTile;
-  const int64_t tiles = a.rows * tiles_per_row;
-  const int nt = team_size(a.num_threads);
-#pragma omp parallel for schedule(static) num_threads(nt) if (a.rows * a.cols >= kParallelMinElems)
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t r = t / tiles_per_row;
-    const int64_t c = (t % tiles_per_row) * kTile;
+  for_each_tile(a.rows, a.cols, a.num_threads, [&](int64_t r, int64_t c, int64_t n) {
     bias_gelu_bwd_dispatch(a.dtype, a.tanh, at(a.dout, r, c, a.stride_dout, es),
                            at(a.x, r, c, a.stride_x, es), at(a.bias, 0, c * a.stride_bias, 0, es),
-                           a.stride_bias, at(a.dx, r, c, a.stride_dx, es),
-                           std::min(kTile, a.cols - c));
-  }
+                           a.stride_bias, at(a.dx, r, c, a.stride_dx, es), n);
+  });
 }
 
 }  // namespace fastattn::cpu

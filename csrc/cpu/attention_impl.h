@@ -32,9 +32,7 @@
 namespace fastattn::cpu::FA_ISA {
 namespace {
 
-#define FA_INLINE inline __attribute__((always_inline))
-
-#include "attention_simd.h"
+#include "impl_common.h"
 
 // Block sizes. kBK = 128 rather than 64 halves the per-row softmax bookkeeping (two
 // horizontal reductions and a rescale of the O rows per key block) and the O tile
@@ -44,22 +42,8 @@ namespace {
 constexpr int64_t kBQ = 64;   // query rows per block
 constexpr int64_t kBK = 128;  // keys per block (a multiple of 16: N of every score tile)
 constexpr int64_t kPad = 16;  // feature dims are padded to this in packed buffers
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr int W = Vec::W;
 constexpr int MR = Vec::MR;
-using R = Vec::R;
 
-FA_INLINE int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-FA_INLINE int64_t round_up(int64_t a, int64_t b) { return cdiv(a, b) * b; }
-FA_INLINE int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-FA_INLINE int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
-
-template <class T>
-T* alloc(int64_t n) {
-  size_t bytes = (size_t)round_up(imax(n, 1) * (int64_t)sizeof(T), 64);
-  return static_cast<T*>(aligned_alloc(64, bytes));
-}
 template <class T>
 T* alloc_zero(int64_t n) {
   T* ptr = alloc<T>(n);
@@ -69,18 +53,6 @@ T* alloc_zero(int64_t n) {
 
 // ---------------------------------------------------------------- element conversion
 
-template <int DT>
-FA_INLINE float load_elem(const void* base, int64_t i) {
-  if constexpr (DT == 0) return static_cast<const float*>(base)[i];
-  else if constexpr (DT == 1) return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
-  else return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
-}
-template <int DT>
-FA_INLINE void store_elem(void* base, int64_t i, float x) {
-  if constexpr (DT == 0) static_cast<float*>(base)[i] = x;
-  else if constexpr (DT == 1) static_cast<uint16_t*>(base)[i] = f32_to_f16(x);
-  else static_cast<uint16_t*>(base)[i] = f32_to_bf16(x);
-}
 FA_INLINE float load_any(int dt, const void* base, int64_t i) {
   return dt == 0 ? load_elem<0>(base, i) : dt == 1 ? load_elem<1>(base, i) : load_elem<2>(base, i);
 }
@@ -111,6 +83,27 @@ FA_INLINE void* elem_ptr_mut(const AttnTensor& t, int dt_size, int64_t b, int64_
 
 enum : int { kSet = 0, kAdd = 1, kScaleAdd = 2 };
 
+// The micro-kernels' accumulators acc[M][NV] for C[M x NV*W] (leading dim ldc): zero
+// (kSet), C (kAdd) or C with row m scaled by rs[m] (kScaleAdd); and their store back to C.
+// Macros rather than inline functions: written out in the micro-kernel, the loops compile
+// to the code the kernels were tuned with (GCC unswitches an inlined copy differently).
+#define FA_TILE_LOAD(acc, C, ldc, mode, rs)                                          \
+  _Pragma("GCC unroll 16") for (int m = 0; m < M; ++m) {                             \
+    _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) {                           \
+      if (mode == kSet) {                                                            \
+        acc[m][v] = Vec::zero();                                                     \
+      } else {                                                                       \
+        acc[m][v] = Vec::load(C + m * ldc + v * W);                                  \
+        if (mode == kScaleAdd) acc[m][v] = Vec::mul(acc[m][v], Vec::set1(rs[m]));    \
+      }                                                                              \
+    }                                                                                \
+  }
+#define FA_TILE_STORE(acc, C, ldc)                                                   \
+  _Pragma("GCC unroll 16") for (int m = 0; m < M; ++m) {                             \
+    _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v)                             \
+        Vec::store(C + m * ldc + v * W, acc[m][v]);                                  \
+  }
+
 // C[MR x NV*W] (=, +=, or row_scale * C +) A[MR x K] B[K x NV*W] in fp32.
 // A(m, k) = A[m * am + k * ak] (any layout: transposed operands cost nothing);
 // B rows are contiguous with leading dimension ldb.
@@ -118,18 +111,7 @@ template <int M, int NV>
 FA_INLINE void ukernel_f32(int64_t K, const float* A, int64_t am, int64_t ak, const float* B,
                            int64_t ldb, float* C, int64_t ldc, int mode, const float* rs) {
   R acc[M][NV];
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      if (mode == kSet) {
-        acc[m][v] = Vec::zero();
-      } else {
-        acc[m][v] = Vec::load(C + m * ldc + v * W);
-        if (mode == kScaleAdd) acc[m][v] = Vec::mul(acc[m][v], Vec::set1(rs[m]));
-      }
-    }
-  }
+  FA_TILE_LOAD(acc, C, ldc, mode, rs)
   for (int64_t k = 0; k < K; ++k) {
     R b[NV];
 #pragma GCC unroll 4
@@ -141,11 +123,7 @@ FA_INLINE void ukernel_f32(int64_t K, const float* A, int64_t am, int64_t ak, co
       for (int v = 0; v < NV; ++v) acc[m][v] = Vec::fmadd(a, b[v], acc[m][v]);
     }
   }
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) Vec::store(C + m * ldc + v * W, acc[m][v]);
-  }
+  FA_TILE_STORE(acc, C, ldc)
 }
 
 template <int NV>
@@ -187,18 +165,7 @@ template <int M, int NV>
 FA_INLINE void ukernel_bf16(int64_t KP, const uint16_t* A, int64_t am, const uint16_t* B,
                             int64_t ldb, float* C, int64_t ldc, int mode, const float* rs) {
   R acc[M][NV];
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      if (mode == kSet) {
-        acc[m][v] = Vec::zero();
-      } else {
-        acc[m][v] = Vec::load(C + m * ldc + v * W);
-        if (mode == kScaleAdd) acc[m][v] = Vec::mul(acc[m][v], Vec::set1(rs[m]));
-      }
-    }
-  }
+  FA_TILE_LOAD(acc, C, ldc, mode, rs)
   for (int64_t kp = 0; kp < KP; ++kp) {
     __m512bh b[NV];
 #pragma GCC unroll 4
@@ -210,11 +177,7 @@ FA_INLINE void ukernel_bf16(int64_t KP, const uint16_t* A, int64_t am, const uin
       for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], a, b[v]);
     }
   }
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) Vec::store(C + m * ldc + v * W, acc[m][v]);
-  }
+  FA_TILE_STORE(acc, C, ldc)
 }
 
 template <int NV>
@@ -338,16 +301,6 @@ FA_INLINE void mask_range(const Geo& g, const Seq& s, int64_t i0, int64_t mq, in
     for (int64_t j = 0; j < a; ++j) z[j] = ninf;
     for (int64_t j = e; j < nk; ++j) z[j] = ninf;
   }
-}
-
-// t * log2(e) for a finite logit t, saturated at +-FLT_MAX where the product overflows
-// (|t| > FLT_MAX / log2(e): an additive mask holding finfo(float32).min does that). A
-// finite mask value is a number, as in torch, and only -inf hides a key: a row whose
-// every score sits at the saturation point is a row of equal logits, whose softmax is
-// the uniform average torch gives, not a row of hidden keys. NaN stays NaN.
-FA_INLINE float to_log2(float t) {
-  const float z = t * kLog2e;
-  return (__builtin_isinf(z) && !__builtin_isinf(t)) ? __builtin_copysignf(__FLT_MAX__, t) : z;
 }
 
 // Turn raw scores S (mq x nk, leading dim kBK) of query head h, rows i0.., keys j0.. into
@@ -697,13 +650,7 @@ void fwd_typed(const AttnParams& p) {
 
 }  // namespace
 
-void attention_fwd(const AttnParams& p) {
-  switch (p.dtype) {
-    case 0: fwd_typed<0>(p); break;
-    case 1: fwd_typed<1>(p); break;
-    default: fwd_typed<2>(p); break;
-  }
-}
+void attention_fwd(const AttnParams& p) { FA_BY_DTYPE(p.dtype, fwd_typed, p) }
 
 // ==================================================================== backward
 
@@ -1021,13 +968,7 @@ void bwd_typed(const AttnParams& p) {
 
 }  // namespace
 
-void attention_bwd(const AttnParams& p) {
-  switch (p.dtype) {
-    case 0: bwd_typed<0>(p); break;
-    case 1: bwd_typed<1>(p); break;
-    default: bwd_typed<2>(p); break;
-  }
-}
+void attention_bwd(const AttnParams& p) { FA_BY_DTYPE(p.dtype, bwd_typed, p) }
 
 #undef FA_INLINE
 

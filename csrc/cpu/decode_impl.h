@@ -23,14 +23,8 @@
 namespace fastattn::cpu::FA_ISA {
 namespace {
 
-#define FA_INLINE inline __attribute__((always_inline))
+#include "impl_common.h"
 
-#include "attention_simd.h"
-
-constexpr int W = Vec::W;
-using R = Vec::R;
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 // Keys scored before their softmax and P V: a row of S is kChunk floats (in L1), the
 // V rows of a chunk (kChunk x Dv) stay in L2 for the second row block of a wide group.
 constexpr int64_t kChunk = 256;
@@ -38,30 +32,6 @@ constexpr int64_t kChunk = 256;
 // (q rows, buffers) would cost more than the parallelism gains.
 constexpr int64_t kMinSplit = 512;
 constexpr int64_t kMinParallelBytes = 256 << 10;  // K/V bytes below which one thread decodes
-
-FA_INLINE int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-FA_INLINE int64_t round_up(int64_t a, int64_t b) { return cdiv(a, b) * b; }
-FA_INLINE int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-FA_INLINE int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
-
-template <class T>
-T* alloc(int64_t n) {
-  size_t bytes = (size_t)round_up(imax(n, 1) * (int64_t)sizeof(T), 64);
-  return static_cast<T*>(aligned_alloc(64, bytes));
-}
-
-template <int DT>
-FA_INLINE float load_elem(const void* base, int64_t i) {
-  if constexpr (DT == 0) return static_cast<const float*>(base)[i];
-  else if constexpr (DT == 1) return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
-  else return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
-}
-template <int DT>
-FA_INLINE void store_elem(void* base, int64_t i, float x) {
-  if constexpr (DT == 0) static_cast<float*>(base)[i] = x;
-  else if constexpr (DT == 1) static_cast<uint16_t*>(base)[i] = f32_to_f16(x);
-  else static_cast<uint16_t*>(base)[i] = f32_to_bf16(x);
-}
 
 // ---------------------------------------------------------------- vector loads
 
@@ -148,12 +118,6 @@ FA_INLINE void row_range(const Dec& g, int64_t n, int64_t i, int64_t* lo, int64_
   const int64_t off = n - g.Lq;
   *lo = g.wl >= 0 ? imax(0, i + off - g.wl) : 0;
   *hi = g.wr >= 0 ? imin(n - 1, i + off + g.wr) : n - 1;
-}
-
-// t * log2(e), saturated at +-FLT_MAX where only the product overflows (as the forward).
-FA_INLINE float to_log2(float t) {
-  const float z = t * kLog2e;
-  return (__builtin_isinf(z) && !__builtin_isinf(t)) ? __builtin_copysignf(__FLT_MAX__, t) : z;
 }
 
 // ---------------------------------------------------------------- scores
@@ -509,13 +473,7 @@ void decode_typed(const AttnParams& p) {
 
 }  // namespace
 
-void decode_fwd(const AttnParams& p) {
-  switch (p.dtype) {
-    case 0: decode_typed<0>(p); break;
-    case 1: decode_typed<1>(p); break;
-    default: decode_typed<2>(p); break;
-  }
-}
+void decode_fwd(const AttnParams& p) { FA_BY_DTYPE(p.dtype, decode_typed, p) }
 
 #undef FA_INLINE
 
