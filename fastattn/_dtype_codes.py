@@ -1,6 +1,6 @@
 """The integer codes the compiled kernels take for element types and gated activations.
 
-They mirror ``csrc/common/dtype.h`` and ``csrc/common/activation.h`` (tests check both
+They mirror ``csrc/common/dtype.h``, the one table of codes (tests check both
 sides agree by running the kernels with them).
 """
 from __future__ import annotations

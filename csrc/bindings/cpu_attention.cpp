@@ -1,17 +1,17 @@
 // pybind11 bindings of the native CPU attention (csrc/cpu/attention.h) for fastattn._C.
 //
 // Each function takes one dict describing the call (built by
-// fastattn/backends/cpu_attention.py); a tensor is a tuple (data_ptr, stride_b, stride_h,
+// fastattn/backends/cpu/attention.py); a tensor is a tuple (data_ptr, stride_b, stride_h,
 // stride_l, stride_d) with strides in elements. Inputs were validated in Python; the
 // kernels run with the GIL released.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "bindings/cpu_registry.h"
+#include "bindings/spec.h"
 #include "cpu/attention.h"
 
 namespace py = pybind11;
@@ -22,38 +22,17 @@ namespace {
 
 using cpu::AttnParams;
 using cpu::AttnTensor;
-
-// The value under `key` in `d`, or nullptr when absent or None (a borrowed reference). `key` is
-// a string literal: its Python str is made once, interned, its hash cached, so a lookup is one
-// probe of the dict. A decoding step of a small model reads some forty keys in a few
-// microseconds of kernel work; building a str per key per call cost as much as the kernel.
-PyObject* item(const py::dict& d, const char* key) {
-  static std::unordered_map<const char*, PyObject*> names;  // by the literal's address; GIL held
-  auto it = names.find(key);
-  if (it == names.end()) it = names.emplace(key, PyUnicode_InternFromString(key)).first;
-  PyObject* v = PyDict_GetItemWithError(d.ptr(), it->second);
-  if (v == nullptr && PyErr_Occurred()) throw py::error_already_set();
-  return v == Py_None ? nullptr : v;
-}
+using spec::get;
 
 AttnTensor tensor_arg(const py::dict& d, const char* key) {
   AttnTensor t;
-  PyObject* v = item(d, key);
-  if (v == nullptr) return t;
-  if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) != 5)
-    throw py::value_error(std::string(key) + ": expected (ptr, sb, sh, sl, sd)");
-  t.ptr = reinterpret_cast<const void*>(py::handle(PyTuple_GET_ITEM(v, 0)).cast<uintptr_t>());
-  t.sb = py::handle(PyTuple_GET_ITEM(v, 1)).cast<int64_t>();
-  t.sh = py::handle(PyTuple_GET_ITEM(v, 2)).cast<int64_t>();
-  t.sl = py::handle(PyTuple_GET_ITEM(v, 3)).cast<int64_t>();
-  t.sd = py::handle(PyTuple_GET_ITEM(v, 4)).cast<int64_t>();
+  int64_t s[4];
+  t.ptr = spec::tensor(d, key, s);
+  t.sb = s[0];
+  t.sh = s[1];
+  t.sl = s[2];
+  t.sd = s[3];
   return t;
-}
-
-template <class T>
-T get(const py::dict& d, const char* key, T fallback) {
-  PyObject* v = item(d, key);
-  return v == nullptr ? fallback : py::handle(v).cast<T>();
 }
 
 AttnParams params_from(const py::dict& d) {
@@ -86,8 +65,8 @@ AttnParams params_from(const py::dict& d) {
   p.alibi = static_cast<const float*>(alibi.ptr);
   p.alibi_sb = alibi.sb;
   p.alibi_sh = alibi.sh;
-  p.cu_seqlens_q = reinterpret_cast<const int64_t*>(get<uintptr_t>(d, "cu_seqlens_q", 0));
-  p.cu_seqlens_k = reinterpret_cast<const int64_t*>(get<uintptr_t>(d, "cu_seqlens_k", 0));
+  p.cu_seqlens_q = spec::address<const int64_t>(d, "cu_seqlens_q");
+  p.cu_seqlens_k = spec::address<const int64_t>(d, "cu_seqlens_k");
   p.num_seqs = get<int64_t>(d, "num_seqs", 0);
   p.scale = get<float>(d, "scale", 1.0f);
   p.softcap = get<float>(d, "softcap", 0.0f);
@@ -142,7 +121,7 @@ void register_cpu_attention(py::module_& m) {
         // The key counts: a list of ints (batch entries, copied here: a decoding step need not
         // build a tensor for them) or the address of int64 (batch,) values.
         std::vector<int64_t> lens;
-        PyObject* v = item(spec, "kv_lens");
+        PyObject* v = spec::item(spec, "kv_lens");
         if (v != nullptr && PyList_Check(v)) {
           if (PyList_GET_SIZE(v) != p.batch)
             throw py::value_error("cpu_decode_fwd: spec['kv_lens'] must hold one key count per batch element");

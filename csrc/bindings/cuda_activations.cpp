@@ -1,69 +1,99 @@
-// pybind11 bindings of the fused activation launchers (csrc/cuda/activations). Tensors
-// arrive as raw addresses (ints), element row strides, a dtype code and a stream handle;
-// the Python op validated them.
+// pybind11 bindings of the fused activation launchers (csrc/cuda/activations). Each takes one
+// parameter dict (csrc/bindings/spec.h; built by fastattn/backends/cuda/kernels.py): (rows,
+// cols) tensors as (data_ptr, row_stride) in elements with unit column stride, bias as a
+// data_ptr, dtype and activation codes (csrc/common/dtype.h), rows, cols and stream; the
+// Python op validated them.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
 
 #include "../cuda/activations/activations.h"
+#include "spec.h"
 
 namespace py = pybind11;
 
 namespace fastattn::bindings {
 
 namespace {
-const void* cptr(std::uintptr_t p) { return reinterpret_cast<const void*>(p); }
-void* mptr(std::uintptr_t p) { return reinterpret_cast<void*>(p); }
+using spec::get;
+
+// A (rows, cols) tensor: its address and row stride.
+struct Rows {
+  void* ptr;
+  int64_t stride;
+};
+Rows rows_arg(const py::dict& d, const char* key) {
+  int64_t s[1];
+  const void* ptr = spec::tensor(d, key, s);
+  return {const_cast<void*>(ptr), s[0]};
+}
+
+// The fields every launcher takes besides its tensors.
+struct Common {
+  int dtype;
+  int64_t rows, cols;
+  void* stream;
+  explicit Common(const py::dict& d)
+      : dtype(get<int>(d, "dtype", 0)),
+        rows(get<int64_t>(d, "rows", 0)),
+        cols(get<int64_t>(d, "cols", 0)),
+        stream(spec::address<void>(d, "stream")) {}
+};
 }  // namespace
 
 void register_cuda_activations(py::module_& m) {
   m.def(
       "gated_act_fwd",
-      [](int dtype, int activation, std::uintptr_t gate, std::uintptr_t up, std::uintptr_t out, int64_t rows,
-         int64_t cols, int64_t gate_stride, int64_t up_stride, int64_t out_stride, std::uintptr_t stream) {
+      [](const py::dict& d) {
+        const Common c(d);
+        const int act = get<int>(d, "activation", 0);
+        const Rows gate = rows_arg(d, "gate"), up = rows_arg(d, "up"), out = rows_arg(d, "out");
         py::gil_scoped_release release;
-        cuda::gated_act_fwd(dtype, activation, cptr(gate), cptr(up), mptr(out), rows, cols, gate_stride, up_stride,
-                            out_stride, mptr(stream));
+        cuda::gated_act_fwd(c.dtype, act, gate.ptr, up.ptr, out.ptr, c.rows, c.cols, gate.stride, up.stride,
+                            out.stride, c.stream);
       },
-      "out = act(gate) * up over (rows, cols) with row strides; activation code 0 swiglu, 1 geglu, 2 geglu_tanh",
-      py::arg("dtype"), py::arg("activation"), py::arg("gate"), py::arg("up"), py::arg("out"), py::arg("rows"),
-      py::arg("cols"), py::arg("gate_stride"), py::arg("up_stride"), py::arg("out_stride"), py::arg("stream"));
+      "out = act(gate) * up over (rows, cols), from one dict (dtype, activation: 0 swiglu, 1 geglu, 2 geglu_tanh; "
+      "gate, up, out; rows, cols, stream)",
+      py::arg("spec"));
   m.def(
       "gated_act_bwd",
-      [](int dtype, int activation, std::uintptr_t dout, std::uintptr_t gate, std::uintptr_t up,
-         std::uintptr_t dgate, std::uintptr_t dup, int64_t rows, int64_t cols, int64_t dout_stride,
-         int64_t gate_stride, int64_t up_stride, int64_t dgate_stride, int64_t dup_stride, std::uintptr_t stream) {
+      [](const py::dict& d) {
+        const Common c(d);
+        const int act = get<int>(d, "activation", 0);
+        const Rows dout = rows_arg(d, "dout"), gate = rows_arg(d, "gate"), up = rows_arg(d, "up");
+        const Rows dgate = rows_arg(d, "dgate"), dup = rows_arg(d, "dup");
         py::gil_scoped_release release;
-        cuda::gated_act_bwd(dtype, activation, cptr(dout), cptr(gate), cptr(up), mptr(dgate), mptr(dup), rows, cols,
-                            dout_stride, gate_stride, up_stride, dgate_stride, dup_stride, mptr(stream));
+        cuda::gated_act_bwd(c.dtype, act, dout.ptr, gate.ptr, up.ptr, dgate.ptr, dup.ptr, c.rows, c.cols,
+                            dout.stride, gate.stride, up.stride, dgate.stride, dup.stride, c.stream);
       },
-      "dgate = dout * up * act'(gate), dup = dout * act(gate)", py::arg("dtype"), py::arg("activation"),
-      py::arg("dout"), py::arg("gate"), py::arg("up"), py::arg("dgate"), py::arg("dup"), py::arg("rows"),
-      py::arg("cols"), py::arg("dout_stride"), py::arg("gate_stride"), py::arg("up_stride"),
-      py::arg("dgate_stride"), py::arg("dup_stride"), py::arg("stream"));
+      "dgate = dout * up * act'(gate), dup = dout * act(gate), from one dict (gated_act_fwd's fields with dout, "
+      "gate, up, dgate, dup)",
+      py::arg("spec"));
   m.def(
       "bias_gelu_fwd",
-      [](int dtype, bool approximate_tanh, std::uintptr_t x, std::uintptr_t bias, std::uintptr_t out, int64_t rows,
-         int64_t cols, int64_t x_stride, int64_t out_stride, std::uintptr_t stream) {
+      [](const py::dict& d) {
+        const Common c(d);
+        const bool tanh = get<bool>(d, "approximate_tanh", false);
+        const Rows x = rows_arg(d, "x"), out = rows_arg(d, "out");
+        const void* bias = spec::address<const void>(d, "bias");
         py::gil_scoped_release release;
-        cuda::bias_gelu_fwd(dtype, approximate_tanh, cptr(x), cptr(bias), mptr(out), rows, cols, x_stride,
-                            out_stride, mptr(stream));
+        cuda::bias_gelu_fwd(c.dtype, tanh, x.ptr, bias, out.ptr, c.rows, c.cols, x.stride, out.stride, c.stream);
       },
-      "out = gelu(x + bias) over (rows, cols); bias (cols,)", py::arg("dtype"), py::arg("approximate_tanh"),
-      py::arg("x"), py::arg("bias"), py::arg("out"), py::arg("rows"), py::arg("cols"), py::arg("x_stride"),
-      py::arg("out_stride"), py::arg("stream"));
+      "out = gelu(x + bias) over (rows, cols), bias (cols,), from one dict (dtype, approximate_tanh, x, bias, out, "
+      "rows, cols, stream)",
+      py::arg("spec"));
   m.def(
       "bias_gelu_bwd",
-      [](int dtype, bool approximate_tanh, std::uintptr_t dout, std::uintptr_t x, std::uintptr_t bias,
-         std::uintptr_t dx, int64_t rows, int64_t cols, int64_t dout_stride, int64_t x_stride, int64_t dx_stride,
-         std::uintptr_t stream) {
+      [](const py::dict& d) {
+        const Common c(d);
+        const bool tanh = get<bool>(d, "approximate_tanh", false);
+        const Rows dout = rows_arg(d, "dout"), x = rows_arg(d, "x"), dx = rows_arg(d, "dx");
+        const void* bias = spec::address<const void>(d, "bias");
         py::gil_scoped_release release;
-        cuda::bias_gelu_bwd(dtype, approximate_tanh, cptr(dout), cptr(x), cptr(bias), mptr(dx), rows, cols,
-                            dout_stride, x_stride, dx_stride, mptr(stream));
+        cuda::bias_gelu_bwd(c.dtype, tanh, dout.ptr, x.ptr, bias, dx.ptr, c.rows, c.cols, dout.stride, x.stride,
+                            dx.stride, c.stream);
       },
-      "dx = dout * gelu'(x + bias)", py::arg("dtype"), py::arg("approximate_tanh"), py::arg("dout"), py::arg("x"),
-      py::arg("bias"), py::arg("dx"), py::arg("rows"), py::arg("cols"), py::arg("dout_stride"),
-      py::arg("x_stride"), py::arg("dx_stride"), py::arg("stream"));
+      "dx = dout * gelu'(x + bias), from one dict (bias_gelu_fwd's fields with dout, x, bias, dx)", py::arg("spec"));
 }
 
 }  // namespace fastattn::bindings

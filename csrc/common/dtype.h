@@ -1,5 +1,6 @@
-// Element type codes shared by every native kernel and by Python
-// (fastattn/_dtype_codes.py mirrors them; tests check the two agree).
+// The integer codes every native kernel and Python share: element types and gated
+// activations (fastattn/_dtype_codes.py mirrors them as DTYPE_CODES and ACTIVATION_CODES;
+// tests check the two agree by running the kernels with them).
 #pragma once
 
 #include <cstddef>
@@ -12,7 +13,18 @@ enum class DType : int {
   kBFloat16 = 2,
 };
 
+// Gated activations of the feed-forward kernels (CPU and CUDA):
+//   swiglu:     silu(gate) * up
+//   geglu:      gelu(gate) * up, exact erf GELU (torch approximate="none")
+//   geglu_tanh: gelu(gate) * up, tanh GELU (torch approximate="tanh")
+enum class GatedActivation : int {
+  kSwiGLU = 0,
+  kGeGLU = 1,
+  kGeGLUTanh = 2,
+};
+
 inline bool is_valid_dtype_code(int code) { return code >= 0 && code <= 2; }
+inline bool is_valid_activation_code(int code) { return code >= 0 && code <= 2; }
 
 inline std::size_t dtype_size(DType d) { return d == DType::kFloat32 ? 4 : 2; }
 

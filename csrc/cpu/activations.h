@@ -10,7 +10,6 @@
 
 #include <cstdint>
 
-#include "common/activation.h"
 #include "common/dtype.h"
 
 namespace fastattn::cpu {

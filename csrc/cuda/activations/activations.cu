@@ -3,7 +3,7 @@
 #include <initializer_list>
 #include <stdexcept>
 
-#include "../../common/activation.h"
+#include "../../common/dtype.h"
 #include "../common/dispatch.h"
 #include "activations.h"
 #include "bias_gelu.cuh"

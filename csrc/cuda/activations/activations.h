@@ -9,7 +9,7 @@
 
 namespace fastattn::cuda {
 
-// out = act(gate) * up; `activation` is a GatedActivation code (csrc/common/activation.h).
+// out = act(gate) * up; `activation` is a GatedActivation code (csrc/common/dtype.h).
 void gated_act_fwd(int dtype, int activation, const void* gate, const void* up, void* out, int64_t rows,
                    int64_t cols, int64_t gate_stride, int64_t up_stride, int64_t out_stride, void* stream);
 

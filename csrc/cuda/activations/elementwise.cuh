@@ -24,4 +24,36 @@ struct ChunkIter {
 
 constexpr int kElementwiseThreads = 256;
 
+// The body of every elementwise kernel: Op's kIn inputs and kOut outputs of type T, (rows,
+// cols) each with its own row stride (a stride of 0 repeats one row: a bias (cols,)), and
+// Op::apply(const float (&x)[kIn], float (&y)[kOut]) per element in float, one rounding per
+// output.
+template <typename T, class Op>
+__device__ __forceinline__ void elementwise_rows(const T* const (&in)[Op::kIn], const long long (&in_stride)[Op::kIn],
+                                                 T* const (&out)[Op::kOut], const long long (&out_stride)[Op::kOut],
+                                                 long long rows, long long cols, bool vec_ok) {
+  constexpr int N = kVec16<T>;
+  const ChunkIter it(rows, cols, N);
+  for (long long c = it.first(); c < it.total; c += it.step()) {
+    const long long row = c / it.chunks_per_row;
+    const long long col = (c - row * it.chunks_per_row) * N;
+    const int n = static_cast<int>(cols - col < N ? cols - col : N);
+    const bool vec = vec_ok && n == N;
+    float x[Op::kIn][N], y[Op::kOut][N];
+#pragma unroll
+    for (int i = 0; i < Op::kIn; ++i) load_chunk<T, N>(in[i] + row * in_stride[i] + col, n, vec, x[i]);
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      float xe[Op::kIn], ye[Op::kOut];
+#pragma unroll
+      for (int i = 0; i < Op::kIn; ++i) xe[i] = x[i][e];
+      Op::apply(xe, ye);
+#pragma unroll
+      for (int o = 0; o < Op::kOut; ++o) y[o][e] = ye[o];
+    }
+#pragma unroll
+    for (int o = 0; o < Op::kOut; ++o) store_chunk<T, N>(out[o] + row * out_stride[o] + col, n, vec, y[o]);
+  }
+}
+
 }  // namespace fastattn::cuda

@@ -46,19 +46,22 @@ bool attention_fwd_supported(int dtype, int64_t head_dim) {
   return type_ok && head_dim >= 8 && head_dim <= 256 && head_dim % 8 == 0;
 }
 
+void check_attention_problem(const AttnFwdParams& p, const char* op) {
+  const auto fail = [op](const char* why) { throw std::invalid_argument(std::string(op) + ": " + why); };
+  if (p.heads_k <= 0 || p.heads % p.heads_k != 0) fail("heads % heads_k != 0");
+  // 32-bit row arithmetic in the kernels: row + (Lk - Lq) + window bound (at most max(Lq, Lk))
+  // stays below 2^31 for lengths up to 2^29.
+  if (p.seqlen_q > (int64_t(1) << 29) || p.seqlen_k > (int64_t(1) << 29)) fail("sequences longer than 2^29");
+  const int64_t longest = p.seqlen_q > p.seqlen_k ? p.seqlen_q : p.seqlen_k;
+  if (p.window_left > longest || p.window_right > longest)
+    fail("window bounds over max(seqlen_q, seqlen_k) (clamp them)");
+  if (p.batch > 65535 || p.heads > 65535) fail("batch or heads over 65535 (grid z and y)");
+}
+
 void attention_fwd(const AttnFwdParams& p, void* stream) {
   if (!attention_fwd_supported(p.dtype, p.head_dim))
     throw std::invalid_argument("attention_fwd: unsupported dtype code or head dim");
-  if (p.heads_k <= 0 || p.heads % p.heads_k != 0) throw std::invalid_argument("attention_fwd: heads % heads_k != 0");
-  // 32-bit row arithmetic in the kernel: row + (Lk - Lq) + window bound (at most max(Lq, Lk))
-  // stays below 2^31 for lengths up to 2^29.
-  if (p.seqlen_q > (int64_t(1) << 29) || p.seqlen_k > (int64_t(1) << 29))
-    throw std::invalid_argument("attention_fwd: sequences longer than 2^29");
-  const int64_t longest = p.seqlen_q > p.seqlen_k ? p.seqlen_q : p.seqlen_k;
-  if (p.window_left > longest || p.window_right > longest)
-    throw std::invalid_argument("attention_fwd: window bounds over max(seqlen_q, seqlen_k) (clamp them)");
-  if (p.batch > 65535 || p.heads > 65535)
-    throw std::invalid_argument("attention_fwd: batch or heads over 65535 (grid z and y)");
+  check_attention_problem(p, "attention_fwd");
   // The output tile is stored in 16-byte chunks.
   if (reinterpret_cast<std::uintptr_t>(p.out) % 16 != 0 || p.o_strides[0] % 8 || p.o_strides[1] % 8 ||
       p.o_strides[2] % 8)

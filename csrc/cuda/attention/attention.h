@@ -9,13 +9,15 @@
 // either side with the same off. D is a multiple of 8 from 8 to
 // 256 (run by the kernel for the next of 64, 128 and 256, zero-filled); the pointers are
 // 16-byte aligned and the strides multiples of 8 elements (cp.async copies and the output is
-// stored in 16 bytes); fastattn/backends/cuda_attention.py checks q/k/v before calling and
+// stored in 16 bytes); fastattn/backends/cuda/attention.py checks q/k/v before calling and
 // attention_fwd checks out.
 #pragma once
 
 #include <cstdint>
 
 namespace fastattn::cuda {
+
+constexpr float kLog2e = 1.4426950408889634f;
 
 struct AttnFwdParams {
   int dtype = 1;  // csrc/common/dtype.h code: 1 fp16, 2 bf16
@@ -33,7 +35,8 @@ struct AttnFwdParams {
   float scale_log2 = 0.0f;  // scale * log2(e), set by the launcher
   int diag_offset = 0;      // off of the causal and window bounds (Lk - Lq or 0); set by the launcher
   // Sliding window (-1: unbounded): key j visible to query i iff
-  // i + off - window_left <= j <= i + off + window_right; causal implies window_right = 0.
+  // i + off - window_left <= j <= i + off + window_right; causal implies window_right = 0 (the
+  // launcher sets it).
   int window_left = -1;
   int window_right = -1;
   // Softcapping (0: off): scores s * scale become softcap * tanh(s * scale / softcap) before
@@ -50,6 +53,23 @@ struct AttnFwdParams {
   bool causal = false;
   bool bottom_right = false;
 };
+
+// Sets the fields marked "set by the launcher" from the others: per-launch constants the kernels
+// read from their parameters at each use, so that they take no register across the main loops
+// (the hd128 loops use all 255). The backward's launcher calls it too (its parameters extend these).
+inline void set_derived_fields(AttnFwdParams& p) {
+  p.window_right = p.causal ? 0 : p.window_right;
+  p.scale_log2 = p.scale * kLog2e;
+  p.diag_offset = p.bottom_right ? static_cast<int>(p.seqlen_k - p.seqlen_q) : 0;
+  p.softcap_inner = p.softcap > 0.0f ? p.scale / p.softcap : 0.0f;
+  p.softcap_outer = p.softcap > 0.0f ? p.softcap / p.scale : 0.0f;
+  p.alibi_scale = -1.0f / p.scale;
+}
+
+// The checks of a call's sizes and window bounds both directions make before launching: heads a
+// multiple of heads_k, lengths within the kernels' 32-bit row arithmetic, window bounds clamped,
+// batch and heads within the grid. Throws std::invalid_argument naming `op`.
+void check_attention_problem(const AttnFwdParams& p, const char* op);
 
 // Whether a (dtype, head dim) pair has compiled kernels (fp16/bf16, head dim a multiple of 8 up to 256).
 bool attention_fwd_supported(int dtype, int64_t head_dim);

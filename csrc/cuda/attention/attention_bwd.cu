@@ -36,15 +36,7 @@ int64_t attention_bwd_workspace_floats(const AttnBwdParams& p) { return attn::bw
 void attention_bwd(const AttnBwdParams& params, void* stream) {
   if (!attention_bwd_supported(params.dtype, params.head_dim))
     throw std::invalid_argument("attention_bwd: unsupported dtype code or head dim");
-  if (params.heads_k <= 0 || params.heads % params.heads_k != 0)
-    throw std::invalid_argument("attention_bwd: heads % heads_k != 0");
-  if (params.seqlen_q > (int64_t(1) << 29) || params.seqlen_k > (int64_t(1) << 29))
-    throw std::invalid_argument("attention_bwd: sequences longer than 2^29");
-  const int64_t longest = params.seqlen_q > params.seqlen_k ? params.seqlen_q : params.seqlen_k;
-  if (params.window_left > longest || params.window_right > longest)
-    throw std::invalid_argument("attention_bwd: window bounds over max(seqlen_q, seqlen_k) (clamp them)");
-  if (params.batch > 65535 || params.heads > 65535)
-    throw std::invalid_argument("attention_bwd: batch or heads over 65535 (grid z and y)");
+  check_attention_problem(params, "attention_bwd");
   check_rows_aligned(params.q, params.q_strides, 8, "q");
   check_rows_aligned(params.k, params.k_strides, 8, "k");
   check_rows_aligned(params.v, params.v_strides, 8, "v");

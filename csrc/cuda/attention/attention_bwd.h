@@ -4,7 +4,7 @@
 // natural-log lse (B, Hq, Lq) float32 contiguous (+inf for a row that saw no key), and dout
 // like out, writes dq like q and dk/dv like k/v (GQA/MQA: dk/dv summed over the Hq / Hk
 // query heads that read each key/value head, inside the kernel, no expanded copies). The
-// masks, softcap and ALiBi are the forward's (attention.h): same fields, same meaning.
+// masks, softcap and ALiBi are the forward's (attention.h): the same fields.
 // Tensors are taken by (batch, head, seq) element strides with the head dim contiguous;
 // q/k/v/dout rows 16-byte aligned (cp.async), dq/dk/dv rows 4-byte aligned.
 //
@@ -18,45 +18,25 @@
 
 #include <cstdint>
 
+#include "attention.h"
+
 namespace fastattn::cuda {
 
-struct AttnBwdParams {
-  int dtype = 1;  // csrc/common/dtype.h code: 1 fp16, 2 bf16
-  const void* q = nullptr;
-  const void* k = nullptr;
-  const void* v = nullptr;
-  const void* out = nullptr;
+// The forward's call (q, k, v, out, lse, their strides, sizes, masks, softcap, ALiBi: read, not
+// written; lse (B, Hq, Lq) contiguous) and what the backward adds.
+struct AttnBwdParams : AttnFwdParams {
   const void* dout = nullptr;
-  const float* lse = nullptr;  // (B, Hq, Lq) contiguous
   void* dq = nullptr;
   void* dk = nullptr;
   void* dv = nullptr;
   float* workspace = nullptr;
-  int64_t q_strides[3] = {0, 0, 0};  // batch, head, seq (elements)
-  int64_t k_strides[3] = {0, 0, 0};
-  int64_t v_strides[3] = {0, 0, 0};
-  int64_t o_strides[3] = {0, 0, 0};
-  int64_t do_strides[3] = {0, 0, 0};
+  int64_t do_strides[3] = {0, 0, 0};  // batch, head, seq (elements)
   int64_t dq_strides[3] = {0, 0, 0};
   int64_t dk_strides[3] = {0, 0, 0};
   int64_t dv_strides[3] = {0, 0, 0};
-  int64_t batch = 0, heads = 0, heads_k = 0, seqlen_q = 0, seqlen_k = 0, head_dim = 0;
-  float scale = 1.0f;
-  bool causal = false;
-  bool bottom_right = false;
-  int window_left = -1;  // as AttnFwdParams; causal forces window_right = 0 in the launcher
-  int window_right = -1;
-  float softcap = 0.0f;
-  const float* alibi_slopes = nullptr;
-  int64_t alibi_batch_stride = 0;
   bool deterministic = false;
 
-  // Set by the launcher (read by the kernels at each use, so they hold no register).
-  float scale_log2 = 0.0f;
-  int diag_offset = 0;
-  float softcap_inner = 0.0f;
-  float softcap_outer = 0.0f;
-  float alibi_scale = 0.0f;
+  // Set by the launcher, as the forward's derived fields (read by the kernels at each use).
   int64_t seqlen_q_pad = 0;         // Lq rounded up to the query block (workspace rows)
   float* lse_log2 = nullptr;        // workspace: (B, Hq, seqlen_q_pad) lse * log2(e), +inf padding
   float* delta = nullptr;           // workspace: (B, Hq, seqlen_q_pad) rowsum(dout * out), 0 padding

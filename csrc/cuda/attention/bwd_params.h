@@ -9,7 +9,6 @@
 
 namespace fastattn::cuda::attn {
 
-constexpr float kBwdLog2e = 1.4426950408889634f;
 constexpr int64_t kBwdRowBlock = 64;  // AttnBwdTraits<D>::kBlockM: the workspace's row padding
 
 // The kernels' head dim for a call's: the next of 64 and 128 (zero-filled in shared memory).
@@ -28,12 +27,7 @@ inline int64_t bwd_workspace_floats(const AttnBwdParams& p) {
 // workspace split into its parts.
 inline AttnBwdParams prepare_bwd_params(const AttnBwdParams& params) {
   AttnBwdParams p = params;
-  p.window_right = p.causal ? 0 : p.window_right;
-  p.scale_log2 = p.scale * kBwdLog2e;
-  p.diag_offset = p.bottom_right ? static_cast<int>(p.seqlen_k - p.seqlen_q) : 0;
-  p.softcap_inner = p.softcap > 0.0f ? p.scale / p.softcap : 0.0f;
-  p.softcap_outer = p.softcap > 0.0f ? p.softcap / p.scale : 0.0f;
-  p.alibi_scale = -1.0f / p.scale;
+  set_derived_fields(p);
   p.kernel_head_dim = bwd_kernel_head_dim(p.head_dim);
   p.seqlen_q_pad = bwd_padded_rows(p.seqlen_q);
   const int64_t rows = p.batch * p.heads * p.seqlen_q_pad;

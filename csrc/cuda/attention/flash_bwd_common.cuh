@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_preproce
     for (int c = lane; c < p.head_dim; c += 32) delta += to_float(o[c]) * to_float(dout[c]);
 #pragma unroll
     for (int m = 16; m > 0; m >>= 1) delta += __shfl_xor_sync(0xffffffffu, delta, m);
-    lse2 = p.lse[(b * p.heads + h) * p.seqlen_q + row] * kBwdLog2e;
+    lse2 = p.lse[(b * p.heads + h) * p.seqlen_q + row] * kLog2e;
   }
   if (lane == 0) {
     p.lse_log2[srow] = lse2;

@@ -326,14 +326,8 @@ __global__ void __launch_bounds__(AttnFwdTraits<D>::kThreads)
 template <typename T, int D, bool Causal>
 void run_flash_fwd(const AttnFwdParams& params, void* stream) {
   using Tr = AttnFwdTraits<D>;
-  // Per-launch constants the kernel reads from its parameters at each use, so that they take
-  // no register across the main loop (the hd128 loop uses all 255).
   AttnFwdParams p = params;
-  p.scale_log2 = p.scale * kLog2e;
-  p.diag_offset = p.bottom_right ? static_cast<int>(p.seqlen_k - p.seqlen_q) : 0;
-  p.softcap_inner = p.softcap > 0.0f ? p.scale / p.softcap : 0.0f;
-  p.softcap_outer = p.softcap > 0.0f ? p.softcap / p.scale : 0.0f;
-  p.alibi_scale = -1.0f / p.scale;
+  set_derived_fields(p);
   auto kernel = flash_fwd_kernel<T, D, Causal>;
   set_max_dynamic_smem(kernel, Tr::kSmemBytes);
   const dim3 grid(ceil_div(p.seqlen_q, Tr::kBlockM), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));

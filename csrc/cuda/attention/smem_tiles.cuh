@@ -92,6 +92,4 @@ struct TileCopy {
   }
 };
 
-constexpr float kLog2e = 1.4426950408889634f;
-
 }  // namespace fastattn::cuda::attn

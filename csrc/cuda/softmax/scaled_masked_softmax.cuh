@@ -121,6 +121,19 @@ __global__ void __launch_bounds__(kSoftmaxMaxThreads)
   }
 }
 
+// Columns col .. col + n - 1 of a row with element stride `stride` as float, 0 past n: one
+// 16-byte load when `vec` (unit stride, aligned row) and the chunk is full.
+template <typename T, int N>
+__device__ __forceinline__ void load_row_chunk(const T* row, long long stride, long long col, int n, bool vec,
+                                               float (&out)[N]) {
+  if (vec && n == N) {
+    load_float<T, N>(row + col, out);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i) out[i] = i < n ? to_float(row[(col + i) * stride]) : 0.0f;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kSoftmaxMaxThreads)
     scaled_masked_softmax_bwd_kernel(const T* __restrict__ dy, Strides4 dys, const T* __restrict__ y, Strides4 ys,
@@ -140,16 +153,8 @@ __global__ void __launch_bounds__(kSoftmaxMaxThreads)
   for (long long col = static_cast<long long>(threadIdx.x) * N; col < seqlen_k; col += blockDim.x * N) {
     const int n = static_cast<int>(seqlen_k - col < N ? seqlen_k - col : N);
     float a[N], p[N];
-    if (vec && n == N) {
-      load_float<T, N>(dyr + col, a);
-      load_float<T, N>(yr + col, p);
-    } else {
-#pragma unroll
-      for (int i = 0; i < N; ++i) {
-        a[i] = i < n ? to_float(dyr[(col + i) * dys.k]) : 0.0f;
-        p[i] = i < n ? to_float(yr[(col + i) * ys.k]) : 0.0f;
-      }
-    }
+    load_row_chunk<T, N>(dyr, dys.k, col, n, vec, a);
+    load_row_chunk<T, N>(yr, ys.k, col, n, vec, p);
 #pragma unroll
     for (int i = 0; i < N; ++i) local += a[i] * p[i];
   }
@@ -158,16 +163,8 @@ __global__ void __launch_bounds__(kSoftmaxMaxThreads)
   for (long long col = static_cast<long long>(threadIdx.x) * N; col < seqlen_k; col += blockDim.x * N) {
     const int n = static_cast<int>(seqlen_k - col < N ? seqlen_k - col : N);
     float a[N], p[N], o[N];
-    if (vec && n == N) {
-      load_float<T, N>(dyr + col, a);
-      load_float<T, N>(yr + col, p);
-    } else {
-#pragma unroll
-      for (int i = 0; i < N; ++i) {
-        a[i] = i < n ? to_float(dyr[(col + i) * dys.k]) : 0.0f;
-        p[i] = i < n ? to_float(yr[(col + i) * ys.k]) : 0.0f;
-      }
-    }
+    load_row_chunk<T, N>(dyr, dys.k, col, n, vec, a);
+    load_row_chunk<T, N>(yr, ys.k, col, n, vec, p);
 #pragma unroll
     for (int i = 0; i < N; ++i) o[i] = scale * p[i] * (a[i] - dot);
     if (vec && n == N) {

@@ -6,7 +6,7 @@
 #include <random>
 #include <vector>
 
-#include "../../common/activation.h"
+#include "../../common/dtype.h"
 #include "activations/activations.h"
 #include "check.h"
 #include "decode/decode.h"

@@ -86,19 +86,34 @@ def _window_bound(bound: int, seqlen_q: int, seqlen_k: int) -> int:
     return -1 if bound < 0 else min(int(bound), max(int(seqlen_q), int(seqlen_k)))
 
 
+def _tensor(t: torch.Tensor) -> tuple[int, int, int, int]:
+    """A ``(B, H, L, D)`` tensor as the bindings take it: ``(data_ptr, stride_b, stride_h, stride_l)``."""
+    return (t.data_ptr(), *t.stride()[:3])
+
+
+def _forward_spec(q, k, v, out, lse, alibi_slopes, args) -> dict:
+    """The forward's parameter dict (csrc/cuda/attention/attention.h's AttnFwdParams by name);
+    the backward's extends it."""
+    batch, heads, seqlen_q, head_dim = q.shape
+    heads_k, seqlen_k = k.shape[1], k.shape[2]
+    return dict(
+        dtype=DTYPE_CODES[q.dtype], q=_tensor(q), k=_tensor(k), v=_tensor(v), out=_tensor(out), lse=lse.data_ptr(),
+        batch=batch, heads=heads, heads_k=heads_k, seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim,
+        scale=float(args.scale), causal=bool(args.causal), bottom_right=bool(args.bottom_right),
+        window_left=_window_bound(args.window_left, seqlen_q, seqlen_k),
+        window_right=_window_bound(args.window_right, seqlen_q, seqlen_k), softcap=float(args.softcap),
+        alibi_slopes=None if alibi_slopes is None else alibi_slopes.data_ptr(),
+        alibi_batch_stride=0 if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes.stride(0),
+        stream=_cuda._stream(q.device))
+
+
 def attention_fwd(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
     """``(out (B, H, Lq, D) in q's dim order, lse (B, H, Lq) float32)`` from ``(B, H, L, D)`` q/k/v."""
     batch, heads, seqlen_q, head_dim = q.shape
     heads_k, seqlen_k = k.shape[1], k.shape[2]
     out = empty_like_layout(q, head_dim)
     lse = torch.empty(batch, heads, seqlen_q, dtype=torch.float32, device=q.device)
-    _cuda._module(q.device).attention_fwd(
-        DTYPE_CODES[q.dtype], q.data_ptr(), q.stride()[:3], k.data_ptr(), k.stride()[:3], v.data_ptr(),
-        v.stride()[:3], out.data_ptr(), out.stride()[:3], lse.data_ptr(), batch, heads, heads_k, seqlen_q,
-        seqlen_k, head_dim, float(args.scale), bool(args.causal), bool(args.bottom_right),
-        _window_bound(args.window_left, seqlen_q, seqlen_k), _window_bound(args.window_right, seqlen_q, seqlen_k),
-        float(args.softcap), 0 if alibi_slopes is None else alibi_slopes.data_ptr(),
-        0 if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes.stride(0), _cuda._stream(q.device))
+    _cuda._module(q.device).attention_fwd(_forward_spec(q, k, v, out, lse, alibi_slopes, args))
     return out, lse
 
 
@@ -131,8 +146,6 @@ def _rows_16b(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
-def _tensor(t: torch.Tensor) -> tuple[int, tuple[int, int, int]]:
-    return t.data_ptr(), tuple(t.stride()[:3])
 
 
 def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args):
@@ -148,22 +161,13 @@ def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlen
             impl = impls["reference"]
         return impl.fn(dout, q, k, v, out, lse, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
                        cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
-    batch, heads, seqlen_q, head_dim = q.shape
-    heads_k, seqlen_k = k.shape[1], k.shape[2]
     dout = _rows_16b(dout.to(q.dtype))
     lse = lse.to(torch.float32).contiguous()
     dq, dk, dv = (torch.empty_like(x) for x in (q, k, v))
     mod = _cuda._module(q.device)
-    spec = dict(
-        dtype=DTYPE_CODES[q.dtype], q=_tensor(q), k=_tensor(k), v=_tensor(v), out=_tensor(out), dout=_tensor(dout),
-        dq=_tensor(dq), dk=_tensor(dk), dv=_tensor(dv), lse=lse.data_ptr(), batch=batch, heads=heads,
-        heads_k=heads_k, seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, scale=float(args.scale),
-        causal=bool(args.causal), bottom_right=bool(args.bottom_right),
-        window_left=_window_bound(args.window_left, seqlen_q, seqlen_k),
-        window_right=_window_bound(args.window_right, seqlen_q, seqlen_k), softcap=float(args.softcap),
-        alibi_slopes=0 if alibi_slopes is None else alibi_slopes.data_ptr(),
-        alibi_batch_stride=0 if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes.stride(0),
-        deterministic=bool(args.deterministic), stream=_cuda._stream(q.device))
+    spec = _forward_spec(q, k, v, out, lse, alibi_slopes, args)
+    spec.update(dout=_tensor(dout), dq=_tensor(dq), dk=_tensor(dk), dv=_tensor(dv),
+                deterministic=bool(args.deterministic))
     # Scratch of the kernels (lse in log2 units, rowsum(dout * out), the fp32 dq accumulator):
     # every element is written by the preprocess before it is read.
     workspace = torch.empty(mod.attention_bwd_workspace_floats(spec), dtype=torch.float32, device=q.device)

@@ -3,8 +3,9 @@
 CUDA tensors run on ``fastattn._cuda`` (the nvcc build); CPU tensors run on
 ``fastattn._cuda_sim``, the same sources compiled for the host SIMT runtime
 (``csrc/sim``; docs/architecture.md), so that every CUDA kernel can be tested
-and verified without a GPU. Both modules expose identical functions taking raw
-addresses, element strides, a dtype code (``csrc/common/dtype.h``) and a stream handle.
+and verified without a GPU. Both modules expose identical functions, each taking one
+parameter dict (``csrc/bindings/spec.h``): tensors as ``(data_ptr, *strides)`` in
+elements, a dtype code (``csrc/common/dtype.h``), sizes by name and a stream handle.
 
 This module only adapts tensors to those calls (views, strides, output allocation);
 inputs were validated by the public op. Ops served: ``gated_act_fwd/bwd``,
@@ -52,6 +53,11 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
+def _spec_rows(t: torch.Tensor) -> tuple[int, int]:
+    """A ``(rows, cols)`` view as a binding takes it: ``(data_ptr, row stride)``."""
+    return t.data_ptr(), t.stride(0)
+
+
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """``t`` viewed as ``(rows, cols)`` with unit column stride, copying only when no such view exists."""
     cols = t.shape[-1] if t.dim() else 1
@@ -77,9 +83,9 @@ def gated_act_fwd(gate: torch.Tensor, up: torch.Tensor, activation: str) -> torc
     """``act(gate) * up`` for gate/up ``(..., hidden)``; a new contiguous tensor."""
     out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
     g, u, o = _rows(gate), _rows(up), out.view(-1, out.shape[-1] if out.dim() else 1)
-    _module(gate.device).gated_act_fwd(
-        _DTYPE_CODES[gate.dtype], _ACTIVATION_CODES[activation], g.data_ptr(), u.data_ptr(), o.data_ptr(),
-        g.shape[0], g.shape[1], g.stride(0), u.stride(0), o.stride(0), _stream(gate.device))
+    _module(gate.device).gated_act_fwd(dict(
+        dtype=_DTYPE_CODES[gate.dtype], activation=_ACTIVATION_CODES[activation], gate=_spec_rows(g),
+        up=_spec_rows(u), out=_spec_rows(o), rows=g.shape[0], cols=g.shape[1], stream=_stream(gate.device)))
     return out
 
 
@@ -89,10 +95,10 @@ def gated_act_bwd(dout, gate, up, activation):
     dup = torch.empty(up.shape, dtype=up.dtype, device=up.device)
     d, g, u = _rows(dout), _rows(gate), _rows(up)
     dg, du = _rows(dgate), _rows(dup)
-    _module(gate.device).gated_act_bwd(
-        _DTYPE_CODES[gate.dtype], _ACTIVATION_CODES[activation], d.data_ptr(), g.data_ptr(), u.data_ptr(),
-        dg.data_ptr(), du.data_ptr(), g.shape[0], g.shape[1], d.stride(0), g.stride(0), u.stride(0),
-        dg.stride(0), du.stride(0), _stream(gate.device))
+    _module(gate.device).gated_act_bwd(dict(
+        dtype=_DTYPE_CODES[gate.dtype], activation=_ACTIVATION_CODES[activation], dout=_spec_rows(d),
+        gate=_spec_rows(g), up=_spec_rows(u), dgate=_spec_rows(dg), dup=_spec_rows(du), rows=g.shape[0],
+        cols=g.shape[1], stream=_stream(gate.device)))
     return dgate, dup
 
 
@@ -100,9 +106,9 @@ def bias_gelu_fwd(x, bias, approximate):
     """``gelu(x + bias)`` for x ``(..., hidden)``, bias ``(hidden,)``."""
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     xr, o, b = _rows(x), _rows(out), bias.contiguous()
-    _module(x.device).bias_gelu_fwd(
-        _DTYPE_CODES[x.dtype], approximate == "tanh", xr.data_ptr(), b.data_ptr(), o.data_ptr(),
-        xr.shape[0], xr.shape[1], xr.stride(0), o.stride(0), _stream(x.device))
+    _module(x.device).bias_gelu_fwd(dict(
+        dtype=_DTYPE_CODES[x.dtype], approximate_tanh=approximate == "tanh", x=_spec_rows(xr), bias=b.data_ptr(),
+        out=_spec_rows(o), rows=xr.shape[0], cols=xr.shape[1], stream=_stream(x.device)))
     return out
 
 
@@ -110,9 +116,9 @@ def bias_gelu_bwd(dout, x, bias, approximate):
     """``dout * gelu'(x + bias)``; the op sums it over the leading dims for the bias gradient."""
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     d, xr, o, b = _rows(dout), _rows(x), _rows(dx), bias.contiguous()
-    _module(x.device).bias_gelu_bwd(
-        _DTYPE_CODES[x.dtype], approximate == "tanh", d.data_ptr(), xr.data_ptr(), b.data_ptr(), o.data_ptr(),
-        xr.shape[0], xr.shape[1], d.stride(0), xr.stride(0), o.stride(0), _stream(x.device))
+    _module(x.device).bias_gelu_bwd(dict(
+        dtype=_DTYPE_CODES[x.dtype], approximate_tanh=approximate == "tanh", dout=_spec_rows(d), x=_spec_rows(xr),
+        bias=b.data_ptr(), dx=_spec_rows(o), rows=xr.shape[0], cols=xr.shape[1], stream=_stream(x.device)))
     return dx
 
 
@@ -133,19 +139,27 @@ def _as4d(t: torch.Tensor, *, copy_ok: bool = True) -> Optional[torch.Tensor]:
         return t.reshape(shape) if copy_ok else None
 
 
+def _spec4(t: torch.Tensor) -> tuple[int, ...]:
+    """A 4-D tensor as a binding takes it: ``(data_ptr, stride_b, stride_h, stride_q, stride_k)``."""
+    return (t.data_ptr(), *t.stride())
+
+
+def _sizes4(t: torch.Tensor) -> dict[str, int]:
+    return dict(batch=t.shape[0], heads=t.shape[1], seqlen_q=t.shape[2], seqlen_k=t.shape[3])
+
+
 def softmax_fwd(scores, mask, scale, causal):
     """Megatron ``FusedScaleMaskSoftmax``: see :func:`fastattn.reference.scaled_masked_softmax`."""
     out = torch.empty_like(scores)
     x, y = _as4d(scores), _as4d(out, copy_ok=False)
     target = out if y is not None else torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
     y = _as4d(target)
-    kind, mptr, mstrides = 0, 0, (0, 0, 0, 0)
+    spec = dict(dtype=_DTYPE_CODES[scores.dtype], x=_spec4(x), y=_spec4(y), scale=float(scale), causal=bool(causal),
+                stream=_stream(scores.device), **_sizes4(x))
     if mask is not None:
         m = _as4d(torch.broadcast_to(mask, scores.shape))
-        kind, mptr, mstrides = _MASK_KINDS[m.dtype], m.data_ptr(), m.stride()
-    _module(scores.device).scaled_masked_softmax_fwd(
-        _DTYPE_CODES[scores.dtype], x.data_ptr(), x.stride(), y.data_ptr(), y.stride(), mptr, kind, mstrides,
-        x.shape[0], x.shape[1], x.shape[2], x.shape[3], float(scale), bool(causal), _stream(scores.device))
+        spec.update(mask=_spec4(m), mask_kind=_MASK_KINDS[m.dtype])
+    _module(scores.device).scaled_masked_softmax_fwd(spec)
     if target is not out:
         out.copy_(target)
     return out
@@ -157,9 +171,9 @@ def softmax_bwd(dprobs, probs, scale):
     d, y, o = _as4d(dprobs), _as4d(probs), _as4d(dx, copy_ok=False)
     target = dx if o is not None else torch.empty(probs.shape, dtype=probs.dtype, device=probs.device)
     o = _as4d(target)
-    _module(probs.device).scaled_masked_softmax_bwd(
-        _DTYPE_CODES[probs.dtype], d.data_ptr(), d.stride(), y.data_ptr(), y.stride(), o.data_ptr(), o.stride(),
-        y.shape[0], y.shape[1], y.shape[2], y.shape[3], float(scale), _stream(probs.device))
+    _module(probs.device).scaled_masked_softmax_bwd(dict(
+        dtype=_DTYPE_CODES[probs.dtype], dy=_spec4(d), y=_spec4(y), dx=_spec4(o), scale=float(scale),
+        stream=_stream(probs.device), **_sizes4(y)))
     if target is not dx:
         dx.copy_(target)
     return dx
@@ -179,8 +193,9 @@ def _softmax_supports(scores, mask=None, scale=1.0, causal=False) -> Optional[st
 # ---------------------------------------------------------------- split-KV decoding
 
 
-def _s3(t: Optional[torch.Tensor]) -> tuple[int, int, int]:
-    return (0, 0, 0) if t is None else tuple(t.stride()[:3])
+def _spec3(t: Optional[torch.Tensor]) -> Optional[tuple[int, ...]]:
+    """A ``(b, s, h, d)`` tensor as a binding takes it: ``(data_ptr, stride_b, stride_s, stride_h)``."""
+    return None if t is None else (t.data_ptr(), *t.stride()[:3])
 
 
 def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slopes, args):
@@ -205,14 +220,15 @@ def kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, *, alibi_slope
             slopes = slopes.contiguous()
         slope_stride = slopes.stride(0) if slopes.shape[0] > 1 else 0
     window_right = 0 if args.causal else args.window_right
-    mod.split_kv_decode(
-        _DTYPE_CODES[q.dtype], q.data_ptr(), _s3(q), k_cache.data_ptr(), _s3(k_cache), v_cache.data_ptr(),
-        _s3(v_cache), 0 if k_new is None else k_new.data_ptr(), _s3(k_new),
-        0 if v_new is None else v_new.data_ptr(), _s3(v_new), lens.data_ptr(),
-        0 if slopes is None else slopes.data_ptr(), slope_stride, out.data_ptr(), lse.data_ptr(),
-        o_part.data_ptr(), lse_part.data_ptr(), batch, seqlen_q, heads, heads_k, head_dim, head_dim_v,
-        seqlen_new, max_seqlen_k, splits, float(args.scale), float(args.softcap), bool(args.causal),
-        int(args.window_left), int(window_right), _stream(q.device))
+    mod.split_kv_decode(dict(
+        dtype=_DTYPE_CODES[q.dtype], q=_spec3(q), k_cache=_spec3(k_cache), v_cache=_spec3(v_cache),
+        k_new=_spec3(k_new), v_new=_spec3(v_new), cache_seqlens=lens.data_ptr(),
+        alibi_slopes=None if slopes is None else slopes.data_ptr(), alibi_batch_stride=slope_stride,
+        out=out.data_ptr(), lse=lse.data_ptr(), o_partial=o_part.data_ptr(), lse_partial=lse_part.data_ptr(),
+        batch=batch, seqlen_q=seqlen_q, heads=heads, heads_k=heads_k, head_dim=head_dim, head_dim_v=head_dim_v,
+        seqlen_new=seqlen_new, max_seqlen_k=max_seqlen_k, num_splits=splits, scale=float(args.scale),
+        softcap=float(args.softcap), causal=bool(args.causal), window_left=int(args.window_left),
+        window_right=int(window_right), stream=_stream(q.device)))
     return out, lse
 
 

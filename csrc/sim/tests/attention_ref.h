@@ -1,8 +1,10 @@
-// A small attention backward problem for the simulator's C++ tests (test_attention_bwd.cpp, the
-// planted-bug driver planted/planted_attention_bwd.cpp): random fp16/bf16 inputs, the forward's
-// out and lse computed in float64 (out rounded to T), and the gradients in float64 and in the
-// low precision of flash-attn's error-ratio rule (P and dS rounded to T before their products,
-// delta from the rounded out, each gradient rounded to T).
+// A small attention problem for the simulator's C++ tests of both directions (test_attention.cpp,
+// test_attention_bwd.cpp, the planted-bug drivers planted/planted_attention*.cpp): random
+// fp16/bf16 inputs; the forward's out and lse computed in float64 (out rounded to T: the
+// backward's input), and in the low precision of flash-attn's error-ratio rule (P rounded to T
+// before P V, the output rounded to T); the gradients in float64 and in that low precision (P
+// and dS rounded to T before their products, delta from the rounded out, each gradient rounded
+// to T). Kernel outputs start poisoned with NaN.
 #pragma once
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "attention/attention.h"
 #include "attention/attention_bwd.h"
 #include "attention/bwd_params.h"
 #include "common/platform.cuh"
@@ -19,14 +22,16 @@
 namespace fastattn::simtest {
 
 template <typename T>
-struct AttnBwdProblem {
+struct AttnProblem {
   int B = 1, H = 2, Hk = 1, D = 64, lq = 0, lk = 0;
   bool causal = false, bottom_right = false;
   float scale = 0.125f;
   std::vector<T> q, k, v, out, dout, dq, dk, dv;
   std::vector<float> lse, workspace;
+  std::vector<T> fwd_out;      // the forward kernel's out and lse (fwd_params)
+  std::vector<float> fwd_lse;
 
-  AttnBwdProblem(int lq_, int lk_, bool causal_, bool bottom_right_, unsigned seed) {
+  AttnProblem(int lq_, int lk_, bool causal_, bool bottom_right_, unsigned seed) {
     lq = lq_, lk = lk_, causal = causal_, bottom_right = bottom_right_;
     scale = 1.0f / std::sqrt(float(D));
     std::mt19937 rng(seed);
@@ -64,16 +69,54 @@ struct AttnBwdProblem {
     *lse_out = mx + std::log(l);
     return pr;
   }
-  void forward(std::vector<double>& o64) {
-    o64.assign(q.size(), 0.0);
+  // The forward's out in float64 (lowp = false) or with the low-precision roundings; sets lse.
+  void forward(std::vector<double>& o, bool lowp = false) {
+    auto rnd = [&](double x) { return lowp ? double(float(T(float(x)))) : x; };
+    o.assign(q.size(), 0.0);
     for (int h = 0; h < H; ++h)
       for (int i = 0; i < lq; ++i) {
         double l;
         const std::vector<double> pr = probs(h, i, &l);
         lse[h * lq + i] = float(l);
         for (int j = 0; j < lk; ++j)
-          for (int d = 0; d < D; ++d) o64[(h * lq + i) * D + d] += pr[j] * float(v[((h / (H / Hk)) * lk + j) * D + d]);
+          for (int d = 0; d < D; ++d) o[(h * lq + i) * D + d] += rnd(pr[j]) * float(v[((h / (H / Hk)) * lk + j) * D + d]);
       }
+    for (auto& x : o) x = rnd(x);
+  }
+
+  // The forward kernel's call (outputs poisoned with NaN).
+  cuda::AttnFwdParams fwd_params() {
+    fwd_out.assign(q.size(), T(NAN)), fwd_lse.assign(lse.size(), NAN);
+    cuda::AttnFwdParams p;
+    p.dtype = std::is_same_v<T, __half> ? 1 : 2;  // csrc/common/dtype.h codes
+    p.q = q.data(), p.k = k.data(), p.v = v.data(), p.out = fwd_out.data(), p.lse = fwd_lse.data();
+    const int64_t qs[3] = {int64_t(H) * lq * D, int64_t(lq) * D, D}, ks[3] = {int64_t(Hk) * lk * D, int64_t(lk) * D, D};
+    for (int i = 0; i < 3; ++i) p.q_strides[i] = p.o_strides[i] = qs[i], p.k_strides[i] = p.v_strides[i] = ks[i];
+    p.batch = B, p.heads = H, p.heads_k = Hk, p.seqlen_q = lq, p.seqlen_k = lk, p.head_dim = D;
+    p.scale = scale, p.causal = causal, p.bottom_right = bottom_right;
+    return p;
+  }
+
+  // The forward kernel's error over its out, as a ratio to the rule's bound max|out - ref64| <=
+  // 2 max|ref_lowp - ref64| + 1e-4 (<= 1 passes; NaN fails); *bad counts NaN outputs, rows that
+  // see no key without exactly 0 and lse = +inf, and lse values off by more than 1e-4.
+  double fwd_worst_ratio(int* bad) {
+    std::vector<double> o64, olp;
+    forward(olp, true);
+    forward(o64);
+    *bad = 0;
+    double err = 0, lp = 0;
+    for (size_t r = 0; r < lse.size(); ++r) {
+      const bool empty = lse[r] == INFINITY;
+      if (empty ? fwd_lse[r] != INFINITY : !(std::fabs(fwd_lse[r] - lse[r]) <= 1e-4)) ++*bad;
+      for (size_t i = r * D; i < (r + 1) * D; ++i) {
+        const double got = float(fwd_out[i]);
+        if (std::isnan(got) || (empty && got != 0.0)) ++*bad;
+        err = std::max(err, std::fabs(got - o64[i]));
+        lp = std::max(lp, std::fabs(olp[i] - o64[i]));
+      }
+    }
+    return err / (2 * lp + 1e-4);
   }
 
   // Gradients in float64 (lowp = false) or with the low-precision roundings (lowp = true).
@@ -81,7 +124,7 @@ struct AttnBwdProblem {
     auto rnd = [&](double x) { return lowp ? double(float(T(float(x)))) : x; };
     gq.assign(q.size(), 0.0), gk.assign(k.size(), 0.0), gv.assign(v.size(), 0.0);
     std::vector<double> o64;
-    if (!lowp) const_cast<AttnBwdProblem*>(this)->forward(o64);
+    if (!lowp) const_cast<AttnProblem*>(this)->forward(o64);
     for (int h = 0; h < H; ++h) {
       const int kh = h / (H / Hk);
       for (int i = 0; i < lq; ++i) {
@@ -108,8 +151,8 @@ struct AttnBwdProblem {
       for (auto& x : *g) x = rnd(x);
   }
 
-  // The kernel's call, outputs and workspace poisoned with NaN.
-  cuda::AttnBwdParams params(bool deterministic) {
+  // The backward kernel's call, outputs and workspace poisoned with NaN.
+  cuda::AttnBwdParams bwd_params(bool deterministic) {
     dq.assign(q.size(), T(NAN)), dk.assign(k.size(), T(NAN)), dv.assign(v.size(), T(NAN));
     cuda::AttnBwdParams p;
     p.dtype = std::is_same_v<T, __half> ? 1 : 2;  // csrc/common/dtype.h codes
@@ -131,7 +174,7 @@ struct AttnBwdProblem {
   }
 
   // Worst ratio over dq, dk, dv of |got - ref64| to the rule's bound (<= 1 passes; NaN fails).
-  double worst_ratio(int* nan_count) const {
+  double bwd_worst_ratio(int* nan_count) const {
     std::vector<double> r64[3], rlp[3];
     reference(false, r64[0], r64[1], r64[2]);
     reference(true, rlp[0], rlp[1], rlp[2]);
