@@ -18,7 +18,7 @@ import torch
 from fastattn_bench import impls
 from fastattn_bench.measure import rotation_count, tensor_bytes
 
-# The script benchmarks (bench_cpu_ffn, bench_cpu_generate, bench_cpu_crossover) take these from here.
+# The script benchmarks (bench_cpu_ffn, bench_cpu_generate) take these from here.
 from fastattn_bench.environment import environment  # noqa: F401
 from fastattn_bench.measure import feed_forward_flops  # noqa: F401
 

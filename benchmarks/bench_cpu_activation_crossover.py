@@ -33,21 +33,20 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment  # noqa: E402
+from fastattn_bench.crossover import run_record, store  # noqa: E402
+from fastattn_bench.measure import calls_lasting, time_in_turns  # noqa: E402
 
 import fastattn  # noqa: E402
 from fastattn.backends.cpu import activations as cpu_native  # noqa: E402
-from fastattn.backends.cpu.activation_crossover import TABLE_PATH, torch_gated  # noqa: E402
+from fastattn.backends.cpu.activation_crossover import TABLE, torch_gated  # noqa: E402
 from fastattn.ops import ffn as ops  # noqa: E402
 
 ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh")
@@ -106,15 +105,6 @@ def _public_routes(activation: str, direction: str, gate, up, dout) -> dict:
             "torch": lambda: torch.autograd.grad(plain(), (gate, up), dout)}
 
 
-def _inner_count(fn, target_s: float = 5e-4) -> int:
-    """Calls per measurement so that one lasts about ``target_s``."""
-    fn()
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    return max(1, min(2000, int(target_s / once)))
-
-
 def measure(activation: str, dtype: torch.dtype, direction: str, threads: int, tokens: int, hidden: int,
             reps: int, public: bool = False) -> dict:
     """One case: the two routes timed in turns; medians and the ratio torch / fastattn."""
@@ -125,15 +115,8 @@ def measure(activation: str, dtype: torch.dtype, direction: str, threads: int, t
     a, b = (r if isinstance(r, torch.Tensor) else r[0] for r in first.values())
     tol = 1e-5 if dtype == torch.float32 else 2e-2  # both compute in fp32; 16-bit: the output's rounding
     torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol)
-    inner = {name: _inner_count(fn) for name, fn in routes.items()}
-    times: dict = {name: [] for name in routes}
-    for _ in range(reps):
-        for name, fn in routes.items():
-            n = inner[name]
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times[name].append((time.perf_counter() - start) / n)
+    inner = {name: calls_lasting(fn, 5e-4) for name, fn in routes.items()}
+    times = {name: wall for name, (wall, _) in time_in_turns(routes, reps, inner).items()}
     med = {name: statistics.median(t) for name, t in times.items()}
     return dict(activation=activation, dtype=str(dtype).replace("torch.", ""), direction=direction, threads=threads,
                 tokens=tokens, hidden=hidden, elements=tokens * hidden,
@@ -150,7 +133,7 @@ def main() -> None:
     parser.add_argument("--directions", default=",".join(DIRECTIONS))
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--public", action="store_true", help="time the public call under auto against plain torch")
-    parser.add_argument("--write", action="store_true", help=f"store the table as {TABLE_PATH}")
+    parser.add_argument("--write", action="store_true", help=f"store the table as {TABLE.path}")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.write and args.public:
@@ -166,16 +149,8 @@ def main() -> None:
             entries.append(e)
             print(f"{activation:10} {dtype:8} {direction:7} {threads:>3} {f'{tokens}x{hidden}':>15} "
                   f"{e['fastattn_us']:>12.2f} {e['torch_us']:>10.2f} {e['torch_over_fastattn']:>14.2f}", flush=True)
-    env = environment("cpu")
-    machine = dict(cpu=env["cpu_model"], cores=env["cpu_cores"], threads=sorted({e["threads"] for e in entries}),
-                   torch=env["torch"], commit=env["git_commit"], load_average=env["load_average"])
-    command = " ".join(["python benchmarks/bench_cpu_activation_crossover.py"] + sys.argv[1:])
-    record = dict(machine=machine, command=command, entries=entries)
-    if args.json:
-        args.json.write_text(json.dumps(dict(record, environment=env), indent=1) + "\n")
-    if args.write:
-        TABLE_PATH.write_text(json.dumps(record, indent=1) + "\n")
-        print(f"wrote {TABLE_PATH}")
+    record, env = run_record("bench_cpu_activation_crossover.py", entries, sorted({e["threads"] for e in entries}))
+    store(record, env, args.json, TABLE if args.write else None)
 
 
 if __name__ == "__main__":

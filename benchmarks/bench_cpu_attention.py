@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from fastattn_bench import impls  # noqa: E402
 from fastattn_bench.cases import AttentionCase  # noqa: E402
 from fastattn_bench.environment import environment  # noqa: E402
 from fastattn_bench.measure import attention_flops  # noqa: E402
+from fastattn_bench.memory import peak_rss_growth  # noqa: E402
 
 IMPLS = ("fastattn:cpu", "sdpa_flash", "sdpa_math")
 PEERS = ("sdpa_flash", "sdpa_math")
@@ -156,39 +156,20 @@ def format_row(r: dict) -> str:
 
 # ------------------------------------------------------------------------------ peak memory
 
-_MEMORY_CHILD = r"""
-import sys, torch
-sys.path.insert(0, {bench_dir!r})
+_MEMORY_SETUP = """
+import torch
 from fastattn_bench.cases import AttentionCase
 from bench_cpu_attention import _runner, _callable
-
-def status_kib(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-
 runner = _runner({impl!r})
-# A small call first, so that imports, thread pools and allocator arenas are not counted.
 warm = AttentionCase(1, {heads}, {heads}, 128, {head_dim}, {causal}, {dtype!r}, {direction!r})
 with runner.context():
     _callable(runner, warm, warm.make_inputs(torch.device("cpu"), requires_grad=warm.direction != "fwd"))()
 case = AttentionCase(1, {heads}, {heads}, {seqlen}, {head_dim}, {causal}, {dtype!r}, {direction!r})
-inputs = case.make_inputs(torch.device("cpu"), requires_grad=case.direction != "fwd")
-fn = _callable(runner, case, inputs)
-# Hand memory freed while making the inputs (fp32 temporaries of bf16 inputs) back to the OS,
-# so that the call cannot reuse it unseen; then reset the kernel's peak-RSS counter (VmHWM)
-# to the current RSS, and read it after the call.
-import ctypes
-try:
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-except OSError:
-    pass
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
-base = status_kib("VmRSS")
-with runner.context():
-    result = fn()
-print((status_kib("VmHWM") - base) * 1024)
+fn = _callable(runner, case, case.make_inputs(torch.device("cpu"), requires_grad=case.direction != "fwd"))
+
+def call():
+    with runner.context():
+        return fn()
 """
 
 
@@ -197,12 +178,8 @@ def peak_memory(impl: str, seqlen: int, dtype: str = "float32", direction: str =
     """Bytes by which one call raises the process's peak RSS over the RSS with its inputs
     allocated (fresh process, after a warm-up call at seqlen 128; Linux only): outputs,
     saved tensors and every scratch buffer the call touches."""
-    code = _MEMORY_CHILD.format(bench_dir=str(Path(__file__).resolve().parent), heads=heads, seqlen=seqlen,
-                                head_dim=head_dim, causal=causal, dtype=dtype, direction=direction, impl=impl)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
-    if res.returncode != 0:
-        return None
-    return int(res.stdout.strip().splitlines()[-1])
+    return peak_rss_growth(_MEMORY_SETUP.format(heads=heads, seqlen=seqlen, head_dim=head_dim, causal=causal,
+                                                dtype=dtype, direction=direction, impl=impl))
 
 
 def memory_rows(seqlens=(2048, 4096, 8192), impl_names=("fastattn:cpu", "sdpa_flash", "sdpa_math"),

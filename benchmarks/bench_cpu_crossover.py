@@ -24,21 +24,20 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment  # noqa: E402
+from fastattn_bench.crossover import run_record, store  # noqa: E402
+from fastattn_bench.measure import time_in_turns  # noqa: E402
 
 import fastattn  # noqa: E402
 from fastattn.backends.cpu import attention as cpu_attention  # noqa: E402
-from fastattn.backends.cpu.decode_crossover import TABLE_PATH, torch_decode  # noqa: E402
+from fastattn.backends.cpu.decode_crossover import TABLE, torch_decode  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CONFIGS = {  # name: (query heads per kv head, kv heads, head dim)
@@ -68,14 +67,9 @@ def measure(dtype: torch.dtype, config: str, batch: int, keys: int, threads: int
     ours, theirs = runs["fastattn"](), runs["torch"]()
     tol = 1e-4 if dtype == torch.float32 else 2e-2  # the same problem, to the dtype's rounding
     torch.testing.assert_close(ours[0].float(), theirs[0].float(), rtol=tol, atol=tol)
-    times = {name: [] for name in runs}
-    for name, fn in runs.items():
+    for fn in runs.values():
         fn()  # warm-up
-    for _ in range(reps):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    times = {name: wall for name, (wall, _) in time_in_turns(runs, reps).items()}
     med = {name: statistics.median(t) for name, t in times.items()}
     return dict(dtype=str(dtype).replace("torch.", ""), config=config, group=group, heads_k=heads_k,
                 head_dim=head_dim, batch=batch, keys=keys, threads=threads, isa=cpu_attention.isa(),
@@ -87,7 +81,7 @@ def measure(dtype: torch.dtype, config: str, batch: int, keys: int, threads: int
 
 def _merged(entries: list[dict]) -> list[dict]:
     """The stored table's entries with this run's replacing those of the same case."""
-    stored = json.loads(TABLE_PATH.read_text())["entries"] if TABLE_PATH.exists() else []
+    stored = TABLE.stored().get("entries", [])
     new_keys = {tuple(e[f] for f in KEY_FIELDS) for e in entries}
     kept = [e for e in stored if tuple(e.get(f) for f in KEY_FIELDS) not in new_keys]
     return kept + entries
@@ -102,8 +96,8 @@ def main() -> None:
     parser.add_argument("--threads", default=None, help="thread counts, e.g. 1,2 (default: torch's)")
     parser.add_argument("--reps", type=int, default=9)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help=f"store the table as {TABLE_PATH}")
-    mode.add_argument("--merge", action="store_true", help=f"add this run's entries to {TABLE_PATH}")
+    mode.add_argument("--write", action="store_true", help=f"store the table as {TABLE.path}")
+    mode.add_argument("--merge", action="store_true", help=f"add this run's entries to {TABLE.path}")
     parser.add_argument("--json", type=Path, help="also write this run's entries and environment here")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
@@ -123,20 +117,15 @@ def main() -> None:
         fast = e["fastest_ms"]
         print(f"{dtype:9} {config:11} {batch:>5} {keys:>6} {nt:>3} {e['fastattn_ms']:>8.2f} ({fast['fastattn']:>7.2f}) "
               f"{e['torch_ms']:>8.2f} ({fast['torch']:>7.2f}) {e['torch_over_fastattn']:>15.2f}  {pick}", flush=True)
-    env = environment("cpu")
-    machine = dict(cpu=env["cpu_model"], cores=env["cpu_cores"], isa=cpu_attention.isa(), threads=threads,
-                   torch=env["torch"], commit=env["git_commit"], load_average=env["load_average"])
-    command = " ".join(["python benchmarks/bench_cpu_crossover.py"] + sys.argv[1:])
-    if args.json:
-        args.json.write_text(json.dumps(dict(machine=machine, command=command, entries=entries, environment=env),
-                                        indent=1) + "\n")
+    record, env = run_record("bench_cpu_crossover.py", entries, threads, isa=cpu_attention.isa())
+    store(record, env, args.json)
     if args.write or args.merge:
-        stored = json.loads(TABLE_PATH.read_text()) if args.merge and TABLE_PATH.exists() else {}
-        commands = stored.get("commands", [stored["command"]] if "command" in stored else []) + [command]
-        table = dict(machine=machine, commands=commands if args.merge else [command],
+        # The table keeps every command that measured its entries.
+        stored = TABLE.stored() if args.merge else {}
+        commands = stored.get("commands", [stored["command"]] if "command" in stored else []) + [record["command"]]
+        table = dict(machine=record["machine"], commands=commands,
                      entries=_merged(entries) if args.merge else entries)
-        TABLE_PATH.write_text(json.dumps(table, indent=1) + "\n")
-        print(f"wrote {TABLE_PATH}")
+        store(table, env, None, TABLE)
 
 
 if __name__ == "__main__":

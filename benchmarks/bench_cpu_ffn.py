@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +35,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, feed_forward_flops  # noqa: E402
+from fastattn_bench.measure import time_in_turns  # noqa: E402
+from fastattn_bench.memory import peak_rss_growth  # noqa: E402
 
 import fastattn  # noqa: E402
 
@@ -94,14 +94,11 @@ def measure(shape, dtype: torch.dtype, direction: str, threads: int, reps: int =
         tokens, dim, hidden = shape
         inputs = make_inputs(tokens, dim, hidden, dtype, direction != "fwd")
         flops = feed_forward_flops(tokens, dim, hidden, direction)
-        calls = []
-        for impl in IMPLS:
-            fn = make_call(impl, direction, inputs, activation)
+        calls = {impl: make_call(impl, direction, inputs, activation) for impl in IMPLS}
+        for fn in calls.values():
             fn()  # warm-up: first-call allocations and thread pools outside the timer
-            calls.append((impl, fn, [], []))
-        _time_in_turns(calls, reps)
         rows = []
-        for impl, _, wall, cpu in calls:
+        for impl, (wall, cpu) in time_in_turns(calls, reps).items():
             s = sorted(wall)
             med = statistics.median(s)
             p20, p80 = s[int(0.2 * (len(s) - 1))], s[int(round(0.8 * (len(s) - 1)))]
@@ -109,25 +106,19 @@ def measure(shape, dtype: torch.dtype, direction: str, threads: int, reps: int =
                              direction=direction, activation=activation, threads=threads, median_s=med,
                              min_s=s[0], spread=(p80 - p20) / med, gflops=flops / med / 1e9,
                              cpu_median_s=statistics.median(cpu), reps=reps))
-        ref = next(r for r in rows if r["impl"] == "torch")
-        for r in rows:
-            r["ratio_vs_torch"] = ref["median_s"] / r["median_s"]
-            r["cpu_ratio_vs_torch"] = ref["cpu_median_s"] / r["cpu_median_s"]
-        return rows
+        return _with_ratios(rows)
     finally:
         torch.set_num_threads(prev)
 
 
-def _time_in_turns(calls: list, reps: int) -> None:
-    """Time each ``(impl, fn, wall, cpu)`` of ``calls`` ``reps`` times, one call of each in turn
-    (a change in machine load hits every implementation alike), appending wall and process CPU
-    seconds to its lists."""
-    for _ in range(reps):
-        for _, fn, wall, cpu in calls:
-            c0, t0 = time.process_time(), time.perf_counter()
-            fn()
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
+def _with_ratios(rows: list[dict]) -> list[dict]:
+    """``rows`` (one per implementation) with each one's speed-up over torch's row, in wall
+    time and in process CPU time (> 1: faster than torch)."""
+    ref = next(r for r in rows if r["impl"] == "torch")
+    for r in rows:
+        r["ratio_vs_torch"] = ref["median_s"] / r["median_s"]
+        r["cpu_ratio_vs_torch"] = ref["cpu_median_s"] / r["cpu_median_s"]
+    return rows
 
 
 def measure_bias_gelu(shape, dtype: torch.dtype, direction: str, threads: int, reps: int = 5,
@@ -145,7 +136,7 @@ def measure_bias_gelu(shape, dtype: torch.dtype, direction: str, threads: int, r
         impls = {"fastattn:cpu": lambda: fastattn.bias_gelu(x, bias, approximate, backend="cpu"),
                  "torch": lambda: F.gelu(x + bias, approximate=approximate)}
         moved = x.numel() * x.element_size() * (2 if direction == "fwd" else 5)  # fwd+bwd: x, out, dout, x, dx
-        calls = []
+        calls = {}
         for impl, f in impls.items():
             if grad:
                 fn = (lambda f=f: torch.autograd.grad(f(), [x, bias], dout))
@@ -154,65 +145,38 @@ def measure_bias_gelu(shape, dtype: torch.dtype, direction: str, threads: int, r
                     with torch.no_grad():
                         return f()
             fn()
-            calls.append((impl, fn, [], []))
-        _time_in_turns(calls, reps)
+            calls[impl] = fn
         rows = [dict(impl=impl, op="bias_gelu", shape="x".join(map(str, shape)), dtype=str(dtype).replace("torch.", ""),
                      direction=direction, approximate=approximate, threads=threads,
                      median_s=statistics.median(wall), cpu_median_s=statistics.median(cpu),
-                     gbps=moved / statistics.median(wall) / 1e9) for impl, _, wall, cpu in calls]
-        ref = rows[-1]
-        for r in rows:
-            r["ratio_vs_torch"] = ref["median_s"] / r["median_s"]
-            r["cpu_ratio_vs_torch"] = ref["cpu_median_s"] / r["cpu_median_s"]
-        return rows
+                     gbps=moved / statistics.median(wall) / 1e9)
+                for impl, (wall, cpu) in time_in_turns(calls, reps).items()]
+        return _with_ratios(rows)
     finally:
         torch.set_num_threads(prev)
 
 
 # ------------------------------------------------------------------------------ peak memory
 
-_MEMORY_CHILD = r"""
-import ctypes, sys, torch
-sys.path.insert(0, {bench_dir!r})
+_MEMORY_SETUP = """
+import torch
 from bench_cpu_ffn import make_call, make_inputs
-
-def status_kib(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-
 torch.set_num_threads({threads})
 dtype = getattr(torch, {dtype!r})
 grad = {direction!r} != "fwd"
 make_call({impl!r}, {direction!r}, make_inputs(64, 64, 128, dtype, grad), {activation!r})()  # imports, pools
-fn = make_call({impl!r}, {direction!r}, make_inputs({tokens}, {dim}, {hidden}, dtype, grad), {activation!r})
-# Give memory freed while making the inputs back to the OS (so the call cannot reuse it
-# unseen), then reset the peak-RSS counter to the current RSS and read it after the call.
-try:
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-except OSError:
-    pass
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
-base = status_kib("VmRSS")
-result = fn()
-print((status_kib("VmHWM") - base) * 1024)
+call = make_call({impl!r}, {direction!r}, make_inputs({tokens}, {dim}, {hidden}, dtype, grad), {activation!r})
 """
 
 
 def peak_memory(impl: str, shape, dtype: str, direction: str, activation: str = "swiglu",
                 threads: int = 1) -> Optional[int]:
     """Bytes by which one call raises the peak RSS of a fresh process over its RSS with the
-    inputs allocated (Linux only); ``None`` if the child failed."""
+    inputs allocated (Linux only, :func:`fastattn_bench.memory.peak_rss_growth`); ``None`` if
+    the child failed."""
     tokens, dim, hidden = shape
-    code = _MEMORY_CHILD.format(bench_dir=str(Path(__file__).resolve().parent), impl=impl, tokens=tokens, dim=dim,
-                                hidden=hidden, dtype=dtype, direction=direction, activation=activation,
-                                threads=threads)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
-    if res.returncode != 0:
-        print(res.stderr[-2000:], file=sys.stderr)
-        return None
-    return int(res.stdout.strip().splitlines()[-1])
+    return peak_rss_growth(_MEMORY_SETUP.format(impl=impl, tokens=tokens, dim=dim, hidden=hidden, dtype=dtype,
+                                                direction=direction, activation=activation, threads=threads))
 
 
 def _shape_name(shape) -> str:

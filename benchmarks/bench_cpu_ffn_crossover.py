@@ -34,21 +34,20 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment  # noqa: E402
+from fastattn_bench.crossover import run_record, store  # noqa: E402
+from fastattn_bench.measure import calls_lasting, time_in_turns  # noqa: E402
 
 from fastattn.backends.cpu import attention as cpu_attention  # noqa: E402
 from fastattn.backends.cpu import ffn as cpu_ffn  # noqa: E402
 from fastattn.backends.cpu.ffn_crossover import (  # noqa: E402
-    TABLE_PATH,
+    TABLE,
     feed_forward_size,
     floors,
     torch_bias_gelu,
@@ -102,15 +101,6 @@ def _case(op: str, shape, dtype: torch.dtype, grad: bool):
     return wrap(native), wrap(other), size
 
 
-def _inner_count(fn, target_s: float = 1e-3) -> int:
-    """Calls per measurement so that one lasts about ``target_s``."""
-    fn()
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    return max(1, min(2000, int(target_s / once)))
-
-
 def measure(op: str, shape, dtype: torch.dtype, direction: str, threads: int, reps: int) -> dict:
     """One case: the two routes timed in turns; medians and the ratio torch / fastattn."""
     torch.set_num_threads(threads)
@@ -124,17 +114,10 @@ def measure(op: str, shape, dtype: torch.dtype, direction: str, threads: int, re
         # fp32: both routes run the same GEMMs, summed in other orders; 16-bit: a few output ulps.
         tol = 1e-4 if dtype == torch.float32 else 3e-2
         torch.testing.assert_close(u.float(), v.float(), rtol=tol, atol=tol * max(1.0, v.abs().max().item()))
-    inner = {name: _inner_count(fn) for name, fn in routes.items()}
-    wall: dict = {name: [] for name in routes}
-    cpu: dict = {name: [] for name in routes}
-    for _ in range(reps):
-        for name, fn in routes.items():
-            n = inner[name]
-            c0, t0 = time.process_time(), time.perf_counter()
-            for _ in range(n):
-                fn()
-            wall[name].append((time.perf_counter() - t0) / n)
-            cpu[name].append((time.process_time() - c0) / n)
+    inner = {name: calls_lasting(fn, 1e-3) for name, fn in routes.items()}
+    timed = time_in_turns(routes, reps, inner)
+    wall = {name: w for name, (w, _) in timed.items()}
+    cpu = {name: c for name, (_, c) in timed.items()}
     med = {name: statistics.median(t) for name, t in cpu.items()}
     med_wall = {name: statistics.median(t) for name, t in wall.items()}
     return dict(op=op, dtype=str(dtype).replace("torch.", ""), direction=direction, threads=threads,
@@ -152,7 +135,7 @@ def main() -> None:
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--directions", default=",".join(DIRECTIONS))
     parser.add_argument("--reps", type=int, default=9)
-    parser.add_argument("--write", action="store_true", help=f"store the table as {TABLE_PATH}")
+    parser.add_argument("--write", action="store_true", help=f"store the table as {TABLE.path}")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     cases = itertools.product(args.ops.split(","), args.dtypes.split(","), args.directions.split(","),
@@ -172,17 +155,9 @@ def main() -> None:
         shape = next(e["shape"] for e in entries if (e["op"], e["dtype"], e["direction"], e["threads"], e["size"])
                      == (op, dtype, direction, threads, floor))
         print(f"  {op:12} {dtype:8} {direction:7} {threads} threads: {floor} ({shape})")
-    env = environment("cpu")
-    machine = dict(cpu=env["cpu_model"], cores=env["cpu_cores"], isa=cpu_attention.isa(),
-                   threads=sorted({e["threads"] for e in entries}), torch=env["torch"], commit=env["git_commit"],
-                   load_average=env["load_average"])
-    command = " ".join(["python benchmarks/bench_cpu_ffn_crossover.py"] + sys.argv[1:])
-    record = dict(machine=machine, command=command, entries=entries)
-    if args.json:
-        args.json.write_text(json.dumps(dict(record, environment=env), indent=1) + "\n")
-    if args.write:
-        TABLE_PATH.write_text(json.dumps(record, indent=1) + "\n")
-        print(f"wrote {TABLE_PATH}")
+    record, env = run_record("bench_cpu_ffn_crossover.py", entries, sorted({e["threads"] for e in entries}),
+                             isa=cpu_attention.isa())
+    store(record, env, args.json, TABLE if args.write else None)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,18 @@ def use_isa():
     _C.cpu_attention_use_isa("auto")
 
 
+@pytest.fixture(params=[1, 2], ids=["thr1", "thr2"])
+def threads(request):
+    """torch's intra-op thread count, which the native CPU kernels use too: one, then two (the
+    parallel paths: split key ranges, shared tiles); restored afterwards."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture
 def poisoned():
     """A seeded torch RNG, and every tensor torch allocates uninitialised during the test

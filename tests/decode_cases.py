@@ -1,5 +1,5 @@
-"""Shared pieces of the KV-cache decoding tests (tests/test_decode.py over every backend, and the
-backend-specific files): one case runner against ``fastattn.reference.flash_attn_with_kvcache``
+"""Shared pieces of the KV-cache decoding tests (tests/test_decode.py over the split-KV GPU
+backends, tests/test_cpu_kvcache.py, and the backend-specific files): one case runner against ``fastattn.reference.flash_attn_with_kvcache``
 in float64, by :mod:`fastattn.testing`'s rule.
 
 The caches are poisoned: rows past ``cache_seqlens[b] + Lnew`` (never to be read nor written)
@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import fastattn
-from fastattn import reference, testing
+from fastattn import dispatch, reference, testing
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+"""Where the GPU backends' cases run (the ``cpu`` backend's always run on the CPU)."""
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
 LONG_CACHE = dict(batch=2, heads=2, heads_k=1, head_dim=32, cache_len=2100, lens=(2098, 0), new=1,
@@ -25,13 +26,13 @@ Triton's heuristic splits it more than twice); the other batch has a cache of 1 
 _BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
-def poisoned_cache(batch, cache_len, heads_k, dim, lens, new, dtype, layout="contiguous"):
+def poisoned_cache(batch, cache_len, heads_k, dim, lens, new, dtype, layout="contiguous", device=DEVICE):
     """A ``(B, cache_len, Hk, dim)`` cache whose rows past ``lens[b] + new`` hold NaN.
     ``layout="heads_first"``: a (B, Hk, L, D) buffer seen as (B, L, Hk, D) by strides."""
     if layout == "heads_first":
-        cache = torch.randn(batch, heads_k, cache_len, dim, device=DEVICE).to(dtype).transpose(1, 2)
+        cache = torch.randn(batch, heads_k, cache_len, dim, device=device).to(dtype).transpose(1, 2)
     else:
-        cache = torch.randn(batch, cache_len, heads_k, dim, device=DEVICE).to(dtype)
+        cache = torch.randn(batch, cache_len, heads_k, dim, device=device).to(dtype)
     for b, n in enumerate(lens):
         cache[b, n + new:] = float("nan")
     return cache
@@ -69,33 +70,40 @@ def reference_kvcache(q, k_cache, v_cache, k_new, v_new, ct, opts):
     return torch.cat(outs), torch.cat(lses)
 
 
-def check(out, lse, ref64, ref_lowp):
+def check(out, lse, ref64, ref_lowp=None):
     """``out`` and ``lse`` against the references' ``(out, lse)`` by the project's rule (rows that
-    see no key: output 0, LSE +inf, where the oracle has them)."""
-    testing.assert_close(out, ref64[0], ref_lowp[0], "out")
+    see no key: output 0, LSE +inf, where the oracle has them); ``ref_lowp`` None: fp32 inputs,
+    held to the rule's relative floor."""
+    testing.assert_close(out, ref64[0], None if ref_lowp is None else ref_lowp[0], "out")
     assert lse.dtype == torch.float32
-    testing.assert_close(lse, ref64[1], ref_lowp[1].float(), "lse")
+    testing.assert_close(lse, ref64[1], None if ref_lowp is None else ref_lowp[1].float(), "lse")
 
 
 def run_case(backend, dtype, batch=2, seqlen_q=1, heads=4, heads_k=2, head_dim=64, head_dim_v=None, cache_len=300,
-             lens=(100, 250), new=0, causal=True, window=(-1, -1), softcap=0.0, alibi=None, layout="contiguous"):
+             lens=(100, 250), new=0, causal=True, window=(-1, -1), softcap=0.0, alibi=None, layout="contiguous",
+             strided_q=False):
     """``fastattn.flash_attn_with_kvcache(..., backend=backend)`` on fresh inputs and poisoned
     caches, checked against the reference (output, LSE, and the append bit for bit); returns
-    ``(out, lse)``. ``alibi``: None, ``"per_head"`` or ``"per_batch"`` slopes."""
+    ``(out, lse)``. ``alibi``: None, ``"per_head"`` or ``"per_batch"`` slopes; ``strided_q``: q
+    a (B, Hq, Lq, D) buffer seen as (B, Lq, Hq, D) by strides."""
     head_dim_v = head_dim_v or head_dim
-    q = torch.randn(batch, seqlen_q, heads, head_dim, device=DEVICE).to(dtype)
-    k_cache = poisoned_cache(batch, cache_len, heads_k, head_dim, lens, new, dtype, layout)
-    v_cache = poisoned_cache(batch, cache_len, heads_k, head_dim_v, lens, new, dtype, layout)
+    device = "cpu" if backend == "cpu" else DEVICE
+    if strided_q:
+        q = torch.randn(batch, heads, seqlen_q, head_dim, device=device).to(dtype).transpose(1, 2)
+    else:
+        q = torch.randn(batch, seqlen_q, heads, head_dim, device=device).to(dtype)
+    k_cache = poisoned_cache(batch, cache_len, heads_k, head_dim, lens, new, dtype, layout, device)
+    v_cache = poisoned_cache(batch, cache_len, heads_k, head_dim_v, lens, new, dtype, layout, device)
     k_new = v_new = None
     if new:
-        k_new = torch.randn(batch, new, heads_k, head_dim, device=DEVICE).to(dtype)
-        v_new = torch.randn(batch, new, heads_k, head_dim_v, device=DEVICE).to(dtype)
-    cache_seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+        k_new = torch.randn(batch, new, heads_k, head_dim, device=device).to(dtype)
+        v_new = torch.randn(batch, new, heads_k, head_dim_v, device=device).to(dtype)
+    cache_seqlens = torch.tensor(lens, dtype=torch.int32, device=device)
     slopes = None
     if alibi == "per_head":
-        slopes = torch.rand(heads, device=DEVICE) * 0.3
+        slopes = torch.rand(heads, device=device) * 0.3
     elif alibi == "per_batch":
-        slopes = torch.rand(batch, heads, device=DEVICE) * 0.3
+        slopes = torch.rand(batch, heads, device=device) * 0.3
     elif alibi is not None:
         raise ValueError(f"alibi must be None, 'per_head' or 'per_batch', got {alibi!r}")
     opts = dict(cache_seqlens=cache_seqlens, causal=causal, window_size=window, softcap=softcap,
@@ -109,6 +117,7 @@ def run_case(backend, dtype, batch=2, seqlen_q=1, heads=4, heads_k=2, head_dim=6
 
     out, lse = fastattn.flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, backend=backend, **opts)
     assert out.dtype == dtype and out.shape == (batch, seqlen_q, heads, head_dim_v)
+    assert lse.shape == (batch, heads, seqlen_q)
     assert torch.equal(bits(k_cache), bits(kc_ref)) and torch.equal(bits(v_cache), bits(vc_ref)), \
         "the append must write exactly rows cache_seqlens[b] .. + Lnew"
     check(out, lse, *refs)
@@ -116,5 +125,12 @@ def run_case(backend, dtype, batch=2, seqlen_q=1, heads=4, heads_k=2, head_dim=6
 
 
 def backends(*names):
-    """``names`` as pytest params, each skipped (with the reason) where it cannot run here."""
-    return [pytest.param(n, id=n, marks=pytest.mark.requires_backend(n)) for n in names]
+    """``names`` as pytest params, each skipped (with the reason) where it cannot run here: the
+    GPU backends on :data:`DEVICE`, ``cpu`` on the CPU (where its cases run on any machine)."""
+    def marks(name):
+        if name != "cpu":
+            return pytest.mark.requires_backend(name)
+        why = dispatch.unavailable_reason("cpu", torch.device("cpu"))
+        return pytest.mark.skipif(why is not None, reason=f"cpu backend: {why}")
+
+    return [pytest.param(n, id=n, marks=marks(n)) for n in names]

@@ -5,12 +5,12 @@ without a gradient runs the native kernel without the custom op's dispatch; a wa
 differentiated call goes through the op; an explicit ``backend="cpu"`` always runs the kernel."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastattn
 from fastattn import dispatch, reference, testing
 from fastattn.backends.cpu import activation_crossover as crossover
 from fastattn.ops import ffn as ffn_ops
+from recording_mode import RecordingMode
 
 pytest.importorskip("fastattn.backends.cpu.activations", reason="fastattn._C (native CPU kernels) not built")
 
@@ -45,29 +45,19 @@ def _check(activation, gate, up, out, grads=None, dout=None):
         testing.assert_close(got, r64, rlp, name=name, scale=max(r64.abs().max().item(), 1.0))
 
 
-class _Recording(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 def _spy(monkeypatch, module, name, calls):
     real = getattr(module, name)
     monkeypatch.setattr(module, name, lambda *a, **k: calls.append(name) or real(*a, **k))
 
 
 def test_table_is_measured_and_well_formed():
-    entries = crossover.measured_entries()
+    entries = crossover.TABLE.entries()
     assert entries, "the table must be checked in (python benchmarks/bench_cpu_activation_crossover.py --write)"
     for e in entries:
         assert e["activation"] in ACTIVATIONS and e["direction"] in ("fwd", "fwd+bwd")
         assert e["elements"] == e["tokens"] * e["hidden"] > 0 and e["threads"] >= 1
         assert e["torch_over_fastattn"] == pytest.approx(e["torch_us"] / e["fastattn_us"])
-    assert crossover.table_machine()["cpu"]
+    assert crossover.TABLE.machine()["cpu"]
     # The decision at each measured case is its own measurement: torch's ops where they were
     # faster by more than the noise.
     threads = torch.get_num_threads()
@@ -125,7 +115,7 @@ def test_plain_call_without_gradient_skips_the_custom_op(monkeypatch):
 def test_watched_or_differentiated_calls_go_through_the_custom_op(monkeypatch):
     monkeypatch.setattr(crossover, "prefer_torch", lambda *a: False)
     gate, up = (testing.randn(2, 129, seed=s) for s in (8, 9))
-    with _Recording() as watched:
+    with RecordingMode() as watched:
         fastattn.swiglu(gate, up)
     assert any("fastattn.gated_act_fwd" in op for op in watched.ops), watched.ops
     calls = []

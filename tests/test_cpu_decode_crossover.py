@@ -7,7 +7,7 @@ import torch
 import fastattn
 from fastattn import reference
 from fastattn.backends.cpu import decode_crossover as crossover
-from test_cpu_kvcache import assert_matches
+from decode_cases import check
 
 
 def _inputs(heads, heads_k, dtype, seed=0, lens=(37, 0, 120, 120)):
@@ -19,13 +19,13 @@ def _inputs(heads, heads_k, dtype, seed=0, lens=(37, 0, 120, 120)):
 
 
 def test_table_is_measured_and_well_formed():
-    entries = crossover.measured_entries()
+    entries = crossover.TABLE.entries()
     assert entries, "the crossover table must be checked in (python benchmarks/bench_cpu_crossover.py --write)"
     for e in entries:
         assert e["torch_over_fastattn"] == pytest.approx(e["torch_ms"] / e["fastattn_ms"])
         assert e["dtype"] in ("float32", "bfloat16") and e["group"] >= 1 and e["keys"] > 0
         assert e["batch"] >= 1 and e["heads_k"] >= 1 and e["head_dim"] >= 1 and e["threads"] >= 1
-    machine = crossover.table_machine()
+    machine = crossover.TABLE.machine()
     assert machine["isa"] and machine["threads"] and min(machine["threads"]) >= 1
     # The decision follows the measurement nearest to a call (at the thread count it ran with).
     threads = torch.get_num_threads()
@@ -55,8 +55,7 @@ def test_auto_matches_the_reference_on_either_kernel(heads, heads_k, dtype, pref
     out, lse = fastattn.flash_attn_with_kvcache(q, kc, vc, k_new, v_new, cache_seqlens=lens, causal=True,
                                                 return_softmax_lse=True)
     assert used == ([1] if prefer else [])
-    assert_matches(out, expected[0][0], expected[1][0], "out", dtype)
-    assert_matches(lse, expected[0][1], expected[1][1].float(), "lse", dtype)
+    check(out, lse, *expected)
     assert out[1].abs().sum() > 0  # sequence 1 sees its appended token only
     for b, n in enumerate(lens.tolist()):  # the append landed in place, either way
         assert torch.equal(kc[b, n], k_new[b, 0]) and torch.equal(vc[b, n], v_new[b, 0])
@@ -89,7 +88,7 @@ def test_lookup_takes_the_nearest_kind_then_the_nearest_length(monkeypatch):
              entry(512, 3.0, group=4), entry(8192, 3.0, group=4),    # GQA: native throughout
              entry(512, 2.0, threads=2), entry(8192, 0.5, threads=2),
              entry(512, 2.0, batch=1, heads_k=2))
-    monkeypatch.setattr(crossover, "_table", lambda: table)
+    monkeypatch.setattr(crossover.TABLE, "entries", lambda: table)
     crossover._by_keys.cache_clear()
     threads = torch.get_num_threads()
     try:

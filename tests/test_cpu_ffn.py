@@ -9,20 +9,19 @@ a scratch element left unwritten fails; inputs are fresh random draws from a per
 """
 from __future__ import annotations
 
-import json
 import zlib
 
 import pytest
 import torch
 
 import fastattn
-from fastattn import dispatch, reference
+from fastattn import dispatch, reference, testing
 from fastattn.backends.cpu import ffn as cpu_ffn
+from ffn_cases import rand, ref_and_grads, weights
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
 GATED = ["swiglu", "geglu", "geglu_tanh"]
-FLOOR = 1e-5
 
 pytestmark = pytest.mark.skipif(dispatch.unavailable_reason("cpu", torch.device("cpu")) is not None,
                                 reason=f"cpu backend: {dispatch.unavailable_reason('cpu', torch.device('cpu'))}")
@@ -57,49 +56,6 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(cpu_ffn, "_COL_ALIGN", 16)
 
 
-@pytest.fixture(params=[1, 2], ids=["thr1", "thr2"])
-def threads(request):
-    prev = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(prev)
-
-
-def _rand(*shape, dtype=torch.float32, scale=1.0):
-    return (torch.randn(*shape, dtype=torch.float32) * scale).to(dtype)
-
-
-def assert_matches(out, ref64, ref_lowp, what=""):
-    """fp32: within 1e-5 of the output's scale; fp16/bf16: flash-attn's error ratio."""
-    assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
-    assert torch.isfinite(out).all(), f"{what}: non-finite values (unwritten output?)"
-    err = (out.double() - ref64).abs().max().item()
-    if out.dtype == torch.float32:
-        tol = 1e-5 * max(ref64.abs().max().item(), 1.0)
-    else:
-        # Half an ulp of the largest output: one rounding to the dtype no kernel can avoid.
-        floor = max(FLOOR, 0.5 * torch.finfo(out.dtype).eps * ref64.abs().max().item())
-        tol = 2 * (ref_lowp.double() - ref64).abs().max().item() + floor
-    assert err <= tol, f"{what}: max error {err:.3g} > tolerance {tol:.3g}"
-
-
-def _ref_and_grads(fn, inputs, dout, dtype):
-    """``fn`` on float64 and ``dtype`` copies of ``inputs`` and the gradients for ``dout``."""
-    results = []
-    for ct in (torch.float64, dtype):
-        leaves = [t.detach().to(ct).requires_grad_() for t in inputs]
-        out = fn(*leaves)
-        results.append((out.detach(), torch.autograd.grad(out, leaves, dout.to(ct))))
-    return results
-
-
-def _run(fn, inputs, dout):
-    """``fn`` on ``inputs`` (as leaves that require grad) and the gradients for ``dout``."""
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    out = fn(*leaves)
-    return out.detach(), torch.autograd.grad(out, leaves, dout)
-
-
 # --------------------------------------------------------------------------- bias-GELU
 
 BG_SHAPES = [(300, 1), (50, 7), (4, 129), (2, 4097), (2, 3, 1000)]
@@ -110,17 +66,17 @@ BG_SHAPE_IDS = ["1", "7", "129", "4097", "2x3x1000"]
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("approximate", ["none", "tanh"], ids=["erf", "tanh"])
 def test_bias_gelu(approximate, dtype, shape):
-    x, dout = _rand(*shape, dtype=dtype, scale=2.0), _rand(*shape, dtype=dtype)
-    bias = _rand(shape[-1], dtype=dtype)
+    x, dout = rand(*shape, dtype=dtype, scale=2.0), rand(*shape, dtype=dtype)
+    bias = rand(shape[-1], dtype=dtype)
     fn = lambda x_, b_: fastattn.bias_gelu(x_, b_, approximate, backend="cpu")
-    out, (dx, dbias) = _run(fn, (x, bias), dout)
+    out, (dx, dbias) = testing.forward_and_grads(fn, (x, bias), dout)
     ref = lambda x_, b_: reference.bias_gelu(x_, b_, approximate)
-    (r64, g64), (rlp, glp) = _ref_and_grads(ref, (x, bias), dout, dtype)
+    (r64, g64), (rlp, glp) = ref_and_grads(ref, (x, bias), dout, dtype)
     assert out.dtype == dtype and out.is_contiguous()
-    assert_matches(out, r64, rlp, "out")
-    assert_matches(dx, g64[0], glp[0], "dx")
+    testing.assert_close(out, r64, rlp, "out")
+    testing.assert_close(dx, g64[0], glp[0], "dx")
     if shape[-1] >= 129:  # enough dbias values for their max error to be a fair statistic
-        assert_matches(dbias, g64[1], glp[1], "dbias")
+        testing.assert_close(dbias, g64[1], glp[1], "dbias")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -129,24 +85,24 @@ def test_bias_gelu_strided_and_threads(dtype, threads):
     strided bias, a stride-0 (expanded) dout; a column slice and a transposed x through the
     core op directly (the first taken by its row stride, the second copied once); 1 and 2
     threads, with enough elements for the kernel to go parallel."""
-    x = _rand(3, 90, 1030, dtype=dtype, scale=2.0)[:, 2:70, 1:1027]  # (3, 68, 1026)
-    bias = _rand(2 * 1026, dtype=dtype)[::2]
-    dout = _rand(1026, dtype=dtype).expand(3, 68, 1026)
+    x = rand(3, 90, 1030, dtype=dtype, scale=2.0)[:, 2:70, 1:1027]  # (3, 68, 1026)
+    bias = rand(2 * 1026, dtype=dtype)[::2]
+    dout = rand(1026, dtype=dtype).expand(3, 68, 1026)
     fn = lambda x_, b_: fastattn.bias_gelu(x_, b_, "tanh", backend="cpu")
-    out, (dx, dbias) = _run(fn, (x, bias), dout)
-    (r64, g64), (rlp, glp) = _ref_and_grads(lambda x_, b_: reference.bias_gelu(x_, b_, "tanh"), (x, bias), dout,
+    out, (dx, dbias) = testing.forward_and_grads(fn, (x, bias), dout)
+    (r64, g64), (rlp, glp) = ref_and_grads(lambda x_, b_: reference.bias_gelu(x_, b_, "tanh"), (x, bias), dout,
                                             dtype)
-    assert_matches(out, r64, rlp, "out")
-    assert_matches(dx, g64[0], glp[0], "dx")
-    assert_matches(dbias, g64[1], glp[1], "dbias")
+    testing.assert_close(out, r64, rlp, "out")
+    testing.assert_close(dx, g64[0], glp[0], "dx")
+    testing.assert_close(dbias, g64[1], glp[1], "dbias")
 
-    b = _rand(257, dtype=dtype)
-    for what, xs in (("x[:, 1:258]", _rand(130, 300, dtype=dtype)[:, 1:258]), ("x.T", _rand(257, 40, dtype=dtype).t())):
-        d = _rand(*xs.shape, dtype=dtype)
+    b = rand(257, dtype=dtype)
+    for what, xs in (("x[:, 1:258]", rand(130, 300, dtype=dtype)[:, 1:258]), ("x.T", rand(257, 40, dtype=dtype).t())):
+        d = rand(*xs.shape, dtype=dtype)
         out, dx = cpu_ffn.bias_gelu_fwd(xs, b, "none"), cpu_ffn.bias_gelu_bwd(d, xs, b, "none")
-        (r64, g64), (rlp, glp) = _ref_and_grads(lambda x_: reference.bias_gelu(x_, b.to(x_.dtype)), (xs,), d, dtype)
-        assert_matches(out, r64, rlp, f"out ({what})")
-        assert_matches(dx, g64[0], glp[0], f"dx ({what})")
+        (r64, g64), (rlp, glp) = ref_and_grads(lambda x_: reference.bias_gelu(x_, b.to(x_.dtype)), (xs,), d, dtype)
+        testing.assert_close(out, r64, rlp, f"out ({what})")
+        testing.assert_close(dx, g64[0], glp[0], f"dx ({what})")
 
 
 def test_bias_gelu_extreme_values():
@@ -157,51 +113,37 @@ def test_bias_gelu_extreme_values():
     for approximate in ("none", "tanh"):
         out = cpu_ffn.bias_gelu_fwd(x, bias, approximate)
         dx = cpu_ffn.bias_gelu_bwd(d, x, bias, approximate)
-        (r64, g64), _ = _ref_and_grads(lambda x_: reference.bias_gelu(x_, bias.double().to(x_.dtype), approximate),
+        (r64, g64), _ = ref_and_grads(lambda x_: reference.bias_gelu(x_, bias.double().to(x_.dtype), approximate),
                                        (x,), d, torch.float32)
         torch.testing.assert_close(out.double(), r64, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(dx.double(), g64[0], rtol=1e-5, atol=1e-6)
 
 
 def test_bias_gelu_nan_propagates():
-    x = _rand(2, 600)
+    x = rand(2, 600)
     x[1, 517] = float("nan")
-    out = cpu_ffn.bias_gelu_fwd(x, _rand(600), "none")
+    out = cpu_ffn.bias_gelu_fwd(x, rand(600), "none")
     assert torch.isnan(out[1, 517]) and torch.isfinite(out).sum() == out.numel() - 1
 
 
 # --------------------------------------------------------------------------- gated MLP
 
 
-def _weights(N, K, K_out, dtype, layout):
-    """``(w_gate, w_up, w_down)`` in nn.Linear shapes, laid out as ``layout`` says."""
-    s_in, s_h = K ** -0.5, N ** -0.5
-    if layout == "fused":  # Phi-3 gate_up_proj: two row halves of one (2N, K) tensor
-        w_gate, w_up = _rand(2 * N, K, dtype=dtype, scale=s_in).chunk(2, dim=0)
-        return w_gate, w_up, _rand(K_out, N, dtype=dtype, scale=s_h)
-    if layout == "pair":  # Llama gate_proj / up_proj
-        return (_rand(N, K, dtype=dtype, scale=s_in), _rand(N, K, dtype=dtype, scale=s_in),
-                _rand(K_out, N, dtype=dtype, scale=s_h))
-    # "transposed": column-major weights (strides (1, rows))
-    return (_rand(K, N, dtype=dtype, scale=s_in).t(), _rand(K, N, dtype=dtype, scale=s_in).t(),
-            _rand(N, K_out, dtype=dtype, scale=s_h).t())
-
-
 def _check_feed_forward(M, K, N, dtype, activation, layout="pair", K_out=None, lead=None, x=None):
     K_out = K if K_out is None else K_out
-    x = _rand(*(lead or (M,)), K, dtype=dtype) if x is None else x
-    w_gate, w_up, w_down = _weights(N, K, K_out, dtype, layout)
+    x = rand(*(lead or (M,)), K, dtype=dtype) if x is None else x
+    w_gate, w_up, w_down = weights(N, K, K_out, dtype, layout)
     out_shape = (*x.shape[:-1], K_out)
-    dout = _rand(*out_shape, dtype=dtype)
+    dout = rand(*out_shape, dtype=dtype)
     if layout == "fused":  # the public op receives the (2N, K) tensor and splits it into views
         w_gate_up = torch.cat([w_gate, w_up])
         w_gate, w_up = w_gate_up.chunk(2, dim=0)
         fn = lambda x_, gu_, d_: fastattn.feed_forward(x_, gu_, d_, activation, backend="cpu")
-        out, (dx, dgu, dwd) = _run(fn, (x, w_gate_up, w_down), dout)
+        out, (dx, dgu, dwd) = testing.forward_and_grads(fn, (x, w_gate_up, w_down), dout)
         grads = (dx, *dgu.chunk(2, dim=0), dwd)
     else:
         fn = lambda x_, g_, u_, d_: fastattn.feed_forward(x_, (g_, u_), d_, activation, backend="cpu")
-        out, grads = _run(fn, (x, w_gate, w_up, w_down), dout)
+        out, grads = testing.forward_and_grads(fn, (x, w_gate, w_up, w_down), dout)
     # The core op's own outputs: the pre-activations the backward is given, and none at all
     # without a gradient (the same output).
     out2, gate, up = cpu_ffn.feed_forward_fwd(x, w_gate, w_up, w_down, activation, "gate_up")
@@ -211,15 +153,15 @@ def _check_feed_forward(M, K, N, dtype, activation, layout="pair", K_out=None, l
     torch.testing.assert_close(out2, out)  # the same kernels (a cloned layout may pick another BLAS path)
     torch.testing.assert_close(out3, out)
     ref = lambda x_, g_, u_, d_: reference.feed_forward(x_, (g_, u_), d_, activation)
-    (r64, g64), (rlp, glp) = _ref_and_grads(ref, (x, w_gate, w_up, w_down), dout, dtype)
+    (r64, g64), (rlp, glp) = ref_and_grads(ref, (x, w_gate, w_up, w_down), dout, dtype)
     x64 = x.double()
-    assert_matches(gate, x64 @ w_gate.double().t(), x @ w_gate.t(), "gate")
-    assert_matches(up, x64 @ w_up.double().t(), x @ w_up.t(), "up")
+    testing.assert_close(gate, x64 @ w_gate.double().t(), x @ w_gate.t(), "gate")
+    testing.assert_close(up, x64 @ w_up.double().t(), x @ w_up.t(), "up")
     assert out.dtype == dtype
-    assert_matches(out, r64, rlp, "out")
+    testing.assert_close(out, r64, rlp, "out")
     for name, g, r, rl in zip(("dx", "dw_gate", "dw_up", "dw_down"), grads, g64, glp):
         assert g.dtype == dtype and g.shape == r.shape, name
-        assert_matches(g, r, rl, name)
+        testing.assert_close(g, r, rl, name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -271,20 +213,20 @@ def test_feed_forward_layouts(dtype, layout, threads):
 def test_feed_forward_noncontiguous_x(dtype, small_blocks, threads):
     """x a slice of a wider, padded buffer (rows strided, not flattenable to one stride) and a
     transposed x: both read as they are or copied once, with the same results."""
-    x = _rand(4, 30, 80, dtype=dtype)[1:, 3:26:2, 5:69]  # (3, 12, 64)
+    x = rand(4, 30, 80, dtype=dtype)[1:, 3:26:2, 5:69]  # (3, 12, 64)
     _check_feed_forward(None, 64, 200, dtype, "swiglu", x=x)
-    _check_feed_forward(None, 64, 200, dtype, "geglu", x=_rand(64, 19, dtype=dtype).t())
+    _check_feed_forward(None, 64, 200, dtype, "geglu", x=rand(64, 19, dtype=dtype).t())
 
 
 def test_feed_forward_empty_and_degenerate():
-    x = _rand(0, 8)
-    w = _rand(16, 8), _rand(16, 8)
-    out = fastattn.feed_forward(x, w, _rand(8, 16), backend="cpu")
+    x = rand(0, 8)
+    w = rand(16, 8), rand(16, 8)
+    out = fastattn.feed_forward(x, w, rand(8, 16), backend="cpu")
     assert out.shape == (0, 8)
     # dim 0: every pre-activation is an empty sum, act(0) * 0 = 0.
-    x0 = _rand(3, 0).requires_grad_()
-    w0 = [_rand(5, 0).requires_grad_() for _ in range(2)]
-    wd = _rand(4, 5).requires_grad_()
+    x0 = rand(3, 0).requires_grad_()
+    w0 = [rand(5, 0).requires_grad_() for _ in range(2)]
+    wd = rand(4, 5).requires_grad_()
     out = fastattn.feed_forward(x0, w0, wd, backend="cpu")
     assert torch.equal(out, torch.zeros(3, 4))
     grads = torch.autograd.grad(out, [x0, *w0, wd], torch.ones_like(out))
@@ -315,8 +257,8 @@ def test_backward_recomputes_no_gemm(monkeypatch, small_blocks):
     and all; recomputing G and U would add 4 M N K. Autograd keeps G and U (2 M N elements)
     besides x and the weights, where the unfused MLP keeps G, silu(G), U and H."""
     M, K, N = 40, 24, 300
-    x, dout = _rand(M, K).requires_grad_(), _rand(M, K)
-    ws = [w.requires_grad_() for w in _weights(N, K, K, torch.float32, "pair")]
+    x, dout = rand(M, K).requires_grad_(), rand(M, K)
+    ws = [w.requires_grad_() for w in weights(N, K, K, torch.float32, "pair")]
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         flops = _gemm_flops(monkeypatch)
@@ -334,8 +276,8 @@ def test_backward_recomputes_no_gemm(monkeypatch, small_blocks):
 def test_retained_graph_runs_backward_twice(dtype, small_blocks):
     """The backward reads the kept pre-activations and never overwrites them: a graph kept with
     retain_graph=True gives the same gradients on a second backward (as the unfused MLP's)."""
-    x, dout = _rand(3, 17, 40, dtype=dtype).requires_grad_(), _rand(3, 17, 40, dtype=dtype)
-    ws = [w.requires_grad_() for w in _weights(200, 40, 40, dtype, "pair")]
+    x, dout = rand(3, 17, 40, dtype=dtype).requires_grad_(), rand(3, 17, 40, dtype=dtype)
+    ws = [w.requires_grad_() for w in weights(200, 40, 40, dtype, "pair")]
     out = fastattn.feed_forward(x, ws[:2], ws[2], "geglu", backend="cpu")
     first = torch.autograd.grad(out, [x, *ws], dout, retain_graph=True)
     second = torch.autograd.grad(out, [x, *ws], dout)
@@ -347,14 +289,14 @@ def test_retained_graph_runs_backward_twice(dtype, small_blocks):
 def test_thread_count_does_not_change_results(dtype):
     """1 and 2 threads give the same outputs and gradients (the native kernels are elementwise;
     only the BLAS may split its sums differently)."""
-    x, dout = _rand(64, 128, dtype=dtype), _rand(64, 128, dtype=dtype)
-    w = _weights(700, 128, 128, dtype, "pair")
+    x, dout = rand(64, 128, dtype=dtype), rand(64, 128, dtype=dtype)
+    w = weights(700, 128, 128, dtype, "pair")
     results = []
     prev = torch.get_num_threads()
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            results.append(_run(lambda *t: fastattn.feed_forward(t[0], t[1:3], t[3], backend="cpu"), (x, *w), dout))
+            results.append(testing.forward_and_grads(lambda *t: fastattn.feed_forward(t[0], t[1:3], t[3], backend="cpu"), (x, *w), dout))
     finally:
         torch.set_num_threads(prev)
     (o1, g1), (o2, g2) = results
@@ -371,19 +313,19 @@ def test_opcheck(dtype, monkeypatch):
     cpu backend returns (outputs contiguous, as the fake ones)."""
     monkeypatch.setattr(torch, "empty", _REAL_EMPTY)  # opcheck compares outputs of repeated calls
     ops = torch.ops.fastattn
-    x = _rand(2, 5, 24, dtype=dtype).requires_grad_()
-    wg, wu = (_rand(40, 24, dtype=dtype, scale=0.2).requires_grad_() for _ in range(2))
-    wd = _rand(16, 40, dtype=dtype, scale=0.2).requires_grad_()
+    x = rand(2, 5, 24, dtype=dtype).requires_grad_()
+    wg, wu = (rand(40, 24, dtype=dtype, scale=0.2).requires_grad_() for _ in range(2))
+    wd = rand(16, 40, dtype=dtype, scale=0.2).requires_grad_()
     torch.library.opcheck(ops.feed_forward_fwd, (x, wg, wu, wd, "geglu", "gate_up", "cpu"))
     torch.library.opcheck(ops.feed_forward_fwd, tuple(t.detach() if isinstance(t, torch.Tensor) else t
                                                       for t in (x, wg, wu, wd, "geglu", "none", "cpu")))
     out, gate, up = ops.feed_forward_fwd(x, wg, wu, wd, "geglu", "gate_up", "cpu")
     assert not gate.requires_grad and not up.requires_grad  # residuals, not differentiable outputs
-    torch.library.opcheck(ops.feed_forward_bwd, (_rand(2, 5, 16, dtype=dtype), x.detach(), wg.detach(),
+    torch.library.opcheck(ops.feed_forward_bwd, (rand(2, 5, 16, dtype=dtype), x.detach(), wg.detach(),
                                                  wu.detach(), wd.detach(), gate, up, "geglu", "gate_up", "cpu"))
-    b = _rand(24, dtype=dtype).requires_grad_()
+    b = rand(24, dtype=dtype).requires_grad_()
     torch.library.opcheck(ops.bias_gelu_fwd, (x, b, "tanh", "cpu"))
-    torch.library.opcheck(ops.bias_gelu_bwd, (_rand(2, 5, 24, dtype=dtype), x.detach(), b.detach(), "none", "cpu"))
+    torch.library.opcheck(ops.bias_gelu_bwd, (rand(2, 5, 24, dtype=dtype), x.detach(), b.detach(), "none", "cpu"))
 
 
 @pytest.mark.parametrize("residuals", ["hidden", "gate_up"])
@@ -392,8 +334,8 @@ def test_reference_backend_serves_each_residuals(residuals):
     oracle of each backend's own): float64 outputs and gradients equal autograd's, and
     ``"none"`` keeps nothing."""
     ops = torch.ops.fastattn
-    x, dout = _rand(6, 24).double(), _rand(6, 16).double()
-    w = [t.double() for t in _weights(40, 24, 16, torch.float32, "pair")]
+    x, dout = rand(6, 24).double(), rand(6, 16).double()
+    w = [t.double() for t in weights(40, 24, 16, torch.float32, "pair")]
     out, res_a, res_b = ops.feed_forward_fwd(x, *w, "geglu_tanh", residuals, "reference")
     grads = ops.feed_forward_bwd(dout, x, *w, res_a, res_b, "geglu_tanh", residuals, "reference")
     leaves = [t.clone().requires_grad_() for t in (x, *w)]
@@ -414,12 +356,12 @@ def test_compile_fullgraph_dynamic():
 
     torch._dynamo.reset()
     compiled = torch.compile(fn, fullgraph=True, dynamic=True)
-    w = [_rand(48, 32, scale=0.2), _rand(48, 32, scale=0.2), _rand(32, 48, scale=0.2), _rand(32)]
+    w = [rand(48, 32, scale=0.2), rand(48, 32, scale=0.2), rand(32, 48, scale=0.2), rand(32)]
     for tokens in (19, 34):
-        x, dout = _rand(tokens, 32), _rand(tokens, 32)
+        x, dout = rand(tokens, 32), rand(tokens, 32)
         with torch._dynamo.config.patch(error_on_recompile=tokens != 19):
-            got = _run(compiled, (x, *w), dout)
-        eager = _run(fn, (x, *w), dout)
+            got = testing.forward_and_grads(compiled, (x, *w), dout)
+        eager = testing.forward_and_grads(fn, (x, *w), dout)
         for a, e in zip((got[0], *got[1]), (eager[0], *eager[1])):
             torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6)
 
@@ -428,8 +370,8 @@ def test_compile_fullgraph_dynamic():
 
 
 def test_auto_picks_cpu_for_cpu_tensors():
-    x, b = _rand(4, 8), _rand(8)
-    w = _rand(16, 8), _rand(16, 8), _rand(8, 16)
+    x, b = rand(4, 8), rand(8)
+    w = rand(16, 8), rand(16, 8), rand(8, 16)
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         xs, ws = x.to(dtype), [t.to(dtype) for t in w]
         assert dispatch.select(("feed_forward_fwd", "feed_forward_bwd"), None, x.device, xs, *ws, "swiglu") == "cpu"
@@ -450,7 +392,7 @@ BAD = {
     "ff_dtype_mix": (lambda x, b, w: fastattn.feed_forward(x, (w[0].bfloat16(), w[1]), w[2]), TypeError,
                      "w_gate_up"),
     "ff_w_down_shape": (lambda x, b, w: fastattn.feed_forward(x, w[:2], w[2][:, :5]), ValueError, "w_down"),
-    "ff_w_gate_up_rows": (lambda x, b, w: fastattn.feed_forward(x, _rand(15, 8), w[2]), ValueError, "w_gate_up"),
+    "ff_w_gate_up_rows": (lambda x, b, w: fastattn.feed_forward(x, rand(15, 8), w[2]), ValueError, "w_gate_up"),
     "ff_pair_shapes": (lambda x, b, w: fastattn.feed_forward(x, (w[0], w[1][:3]), w[2]), ValueError,
                        r"w_gate_up\[1\]"),
     "ff_dim": (lambda x, b, w: fastattn.feed_forward(x[:, :5], w[:2], w[2]), ValueError, "w_gate_up"),
@@ -472,8 +414,8 @@ def test_bad_input_raises_before_any_kernel(case, backend, monkeypatch):
     monkeypatch.setattr(cpu_ffn, "_C", _Exploding())
     monkeypatch.setattr(torch, "mm", _explode)
     fn, exc, name = BAD[case]
-    x, b = _rand(4, 8).requires_grad_(), _rand(8)
-    w = (_rand(16, 8), _rand(16, 8), _rand(8, 16))
+    x, b = rand(4, 8).requires_grad_(), rand(8)
+    w = (rand(16, 8), rand(16, 8), rand(8, 16))
     with fastattn.backend(backend), pytest.raises(exc, match=rf"^{name} "):
         fn(x, b, w)
 
@@ -500,7 +442,7 @@ def _synthetic_table(monkeypatch, floors_at: dict):
                     for size in (floor // 100, floor // 10, floor, floor * 10):
                         entries.append(dict(op=op, dtype=dtype, direction=direction, threads=threads, size=size,
                                             torch_over_fastattn=0.5 if size < floor else 1.2))
-    monkeypatch.setattr(crossover, "_table", lambda: tuple(entries))
+    monkeypatch.setattr(crossover.TABLE, "entries", lambda: tuple(entries))
     monkeypatch.setattr(crossover, "_floors", lambda: crossover.floors(entries))
     crossover._prefer_torch.cache_clear()
     return entries
@@ -525,9 +467,9 @@ def test_auto_follows_the_size_floor(grad, monkeypatch, spy_torch_routes):
     ff_size = crossover.feed_forward_size(M, K, N, K)
     _synthetic_table(monkeypatch, {"feed_forward": ff_size, "bias_gelu": M * N})
     for tokens, expect_torch in ((M - 1, True), (M, False), (M + 5, False)):
-        x = _rand(tokens, K).requires_grad_(grad)
-        w = [t.requires_grad_(grad) for t in _weights(N, K, K, torch.float32, "pair")]
-        h, b = _rand(tokens, N).requires_grad_(grad), _rand(N).requires_grad_(grad)
+        x = rand(tokens, K).requires_grad_(grad)
+        w = [t.requires_grad_(grad) for t in weights(N, K, K, torch.float32, "pair")]
+        h, b = rand(tokens, N).requires_grad_(grad), rand(N).requires_grad_(grad)
         for backend in ("auto", "cpu"):
             spy_torch_routes.clear()
             with torch.set_grad_enabled(grad):
@@ -559,7 +501,7 @@ def test_checked_in_table():
     """The table auto reads: written by its benchmark (the command recorded), every op in fp32,
     bf16 and fp16 both ways, and for each (op, dtype, direction, threads) the floor it implies
     is what prefer_torch applies at that thread count."""
-    record = json.loads(crossover.TABLE_PATH.read_text())
+    record = crossover.TABLE.stored()
     assert record["command"].startswith("python benchmarks/bench_cpu_ffn_crossover.py")
     floors = crossover.floors(record["entries"])
     groups = {k[:3] for k in floors}
@@ -583,28 +525,28 @@ def test_checked_in_table():
 def test_torch_route_computes_the_same_feed_forward(activation, dtype):
     """What auto runs below the floor against the float64 reference, by the rule the native
     route meets (outputs and every gradient)."""
-    x, dout = _rand(2, 9, 48, dtype=dtype), _rand(2, 9, 40, dtype=dtype)
-    w = _weights(136, 48, 40, dtype, "pair")
+    x, dout = rand(2, 9, 48, dtype=dtype), rand(2, 9, 40, dtype=dtype)
+    w = weights(136, 48, 40, dtype, "pair")
     fn = lambda x_, g_, u_, d_: crossover.torch_feed_forward(x_, g_, u_, d_, activation)
-    out, grads = _run(fn, (x, *w), dout)
+    out, grads = testing.forward_and_grads(fn, (x, *w), dout)
     ref = lambda x_, g_, u_, d_: reference.feed_forward(x_, (g_, u_), d_, activation)
-    (r64, g64), (rlp, glp) = _ref_and_grads(ref, (x, *w), dout, dtype)
+    (r64, g64), (rlp, glp) = ref_and_grads(ref, (x, *w), dout, dtype)
     assert out.dtype == dtype
-    assert_matches(out, r64, rlp, "out")
+    testing.assert_close(out, r64, rlp, "out")
     for name, g, r, rl in zip(("dx", "dw_gate", "dw_up", "dw_down"), grads, g64, glp):
         assert g.dtype == dtype
-        assert_matches(g, r, rl, name)
+        testing.assert_close(g, r, rl, name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("approximate", ["none", "tanh"], ids=["erf", "tanh"])
 def test_torch_route_computes_the_same_bias_gelu(approximate, dtype):
-    x, dout = _rand(7, 300, dtype=dtype, scale=2.0), _rand(7, 300, dtype=dtype)
-    bias = _rand(300, dtype=dtype)
-    out, (dx, dbias) = _run(lambda x_, b_: crossover.torch_bias_gelu(x_, b_, approximate), (x, bias), dout)
-    (r64, g64), (rlp, glp) = _ref_and_grads(lambda x_, b_: reference.bias_gelu(x_, b_, approximate), (x, bias), dout,
+    x, dout = rand(7, 300, dtype=dtype, scale=2.0), rand(7, 300, dtype=dtype)
+    bias = rand(300, dtype=dtype)
+    out, (dx, dbias) = testing.forward_and_grads(lambda x_, b_: crossover.torch_bias_gelu(x_, b_, approximate), (x, bias), dout)
+    (r64, g64), (rlp, glp) = ref_and_grads(lambda x_, b_: reference.bias_gelu(x_, b_, approximate), (x, bias), dout,
                                             dtype)
     assert out.dtype == dx.dtype == dbias.dtype == dtype
-    assert_matches(out, r64, rlp, "out")
-    assert_matches(dx, g64[0], glp[0], "dx")
-    assert_matches(dbias, g64[1], glp[1], "dbias")
+    testing.assert_close(out, r64, rlp, "out")
+    testing.assert_close(dx, g64[0], glp[0], "dx")
+    testing.assert_close(dbias, g64[1], glp[1], "dbias")

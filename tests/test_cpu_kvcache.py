@@ -1,32 +1,31 @@
 """KV-cache decoding on the native CPU attention (fastattn/backends/cpu/kvcache.py, backend
-"cpu") through ``fastattn.flash_attn_with_kvcache``, against
-fastattn.reference.flash_attn_with_kvcache in float64.
+"cpu"): what only this backend has. The cases every decoding backend shares (head shapes, the
+append, windows, softcap, ALiBi, rows that see no key) are in tests/test_decode.py, which runs
+them on "cpu" too; both check by tests/decode_cases.py's runner against
+fastattn.reference.flash_attn_with_kvcache in float64 (poisoned caches and outputs, the append
+bit for bit).
 
-flash-attn semantics: cache_seqlens per batch (0 included), in-place append of new k/v,
-GQA/MQA, causal and windows aligned bottom-right, softcap, ALiBi ``(H,)`` and ``(B, H)``,
-a row that sees no key gives 0 and an LSE of +inf. The append must write exactly its rows
-(checked bit for bit against the cache with those rows set by hand); cache rows past the
-valid length hold NaN and must never be read; outputs are NaN-poisoned (torch's
-``fill_uninitialized_memory``), so an element left unwritten fails. fp32 to 1e-5 of the
-output's scale; fp16/bf16 by flash-attn's error-ratio rule against the reference run in
-the input dtype. Up to 8 query rows run on the decoding kernel (one call for the whole
-ragged batch, caches read in place, long caches split across threads and merged by their
-LSE: checked with 1 and 2 threads, every ISA, every dtype); longer queries on the forward
-kernel, where calls split to bound the native pack buffer (by batch element, then by kv
-head group) and windows that skip the cache's head give the same answers. Also: ``auto``
-picks this backend for CPU tensors and falls back to the reference for what it declines,
-which ``backend="cpu"`` names in a ValueError.
+Here: the native kernel's widest head dim and the layouts and options only it takes (strided
+q, long queries on the forward kernel); every ISA; up to 8 query rows on the decoding kernel
+(one call for the whole ragged batch, caches read in place, long caches split across threads
+and merged by their LSE: checked with 1 and 2 threads, every ISA, every dtype); longer queries
+on the forward kernel, where calls split to bound the native pack buffer (by batch element,
+then by kv head group) and windows that skip the cache's head give the same answers. Also:
+``auto`` picks this backend for CPU tensors and falls back to the reference for what it
+declines, which ``backend="cpu"`` names in a ValueError.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import astuple
 
 import pytest
 import torch
 
 import fastattn
-from fastattn import dispatch, reference
+from fastattn import dispatch, reference, testing
 from fastattn.attention_args import AttentionArgs
+from decode_cases import DTYPE_IDS, DTYPES, check, reference_kvcache, run_case
 
 cpu = pytest.importorskip("fastattn.backends.cpu.attention", reason="fastattn._C (native CPU kernels) not built")
 from fastattn.backends.cpu import kvcache as cpu_kvcache  # noqa: E402  (needs the native kernels above)
@@ -37,154 +36,32 @@ ISAS = _ORDER[: _ORDER.index(BEST_ISA) + 1] if BEST_ISA in _ORDER else []
 if not ISAS:
     pytest.skip("this CPU has neither AVX2+FMA nor AVX-512", allow_module_level=True)
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-DTYPE_IDS = ["fp32", "fp16", "bf16"]
-FLOOR = {"out": 1e-5, "lse": 1e-4}
-_BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
-
-
-@pytest.fixture(autouse=True)
-def poison(poisoned):
-    """Fresh seed; every ``torch.empty`` (the backend's outputs included) filled with NaN
-    (conftest's ``poisoned``)."""
-    yield
-
-
-
-def assert_matches(got, ref64, ref_lowp, kind, dtype):
-    """fp32: 1e-5 relative; fp16/bf16: ``max|got - ref64| <= 2 * max|ref_lowp - ref64| + floor``.
-    Infinite reference entries (LSE of rows that see no key) must be matched exactly."""
-    assert got.shape == ref64.shape, f"{kind}: shape {tuple(got.shape)} != {tuple(ref64.shape)}"
-    assert not torch.isnan(got).any(), f"{kind}: NaN (an element never written, or a poisoned row read)"
-    got, ref64, ref_lowp = got.double(), ref64.double(), ref_lowp.double()
-    finite = torch.isfinite(ref64)
-    assert torch.equal(got[~finite], ref64[~finite]), f"{kind}: infinities differ from the reference"
-    if not finite.any():
-        return
-    err = (got - ref64)[finite].abs().max().item()
-    scale = ref64[finite].abs().max().item()
-    if dtype == torch.float32:
-        tol = 1e-5 * max(scale, 1.0)
-    else:
-        tol = 2 * (ref_lowp - ref64)[finite].abs().max().item() + FLOOR[kind]
-    assert err <= tol, f"{kind}: max error {err:.3g} > tolerance {tol:.3g}"
-
-
-def _bits(t):
-    return t.contiguous().view(_BITS[t.dtype])
-
-
-def _poisoned_cache(batch, cache_len, heads_k, dim, lens, new, dtype, layout):
-    """A cache whose rows past ``lens[b] + new`` (never to be read nor written) hold NaN.
-    ``layout="heads_first"``: a (B, Hk, L, D) buffer seen as (B, L, Hk, D) by strides."""
-    if layout == "heads_first":
-        cache = torch.randn(batch, heads_k, cache_len, dim).to(dtype).transpose(1, 2)
-    else:
-        cache = torch.randn(batch, cache_len, heads_k, dim).to(dtype)
-    for b, n in enumerate(lens):
-        cache[b, n + new:] = float("nan")
-    return cache
-
-
-def _reference(q, k_cache, v_cache, k_new, v_new, ct, opts):
-    """The reference in float64 (upcast) or in ``ct`` (the low-precision run), on copies of the
-    caches (it appends too). ALiBi slopes stay fp32 in the low-precision run, as kernels read them."""
-    opts = dict(opts)
-    slopes = opts.pop("alibi_slopes")
-    upcast = ct == torch.float64
-    if slopes is not None:
-        slopes = slopes.double() if upcast else slopes
-    cast = (lambda t: t) if upcast else (lambda t: None if t is None else t.to(ct))
-    out, lse = reference.flash_attn_with_kvcache(
-        cast(q), cast(k_cache.clone()), cast(v_cache.clone()), cast(k_new), cast(v_new),
-        alibi_slopes=slopes, upcast=upcast, **opts)
-    return out, lse
-
-
-def run_case(dtype, batch=2, seqlen_q=1, heads=4, heads_k=2, head_dim=64, head_dim_v=None, cache_len=300,
-             lens=(100, 250), new=0, causal=True, window=(-1, -1), softcap=0.0, alibi=None, layout="contiguous",
-             strided_q=False, backend="cpu"):
-    """One ``flash_attn_with_kvcache`` call on fresh inputs, checked against the reference:
-    the output, the LSE, and the caches bit for bit (appended rows set, nothing else written)."""
-    head_dim_v = head_dim_v or head_dim
-    if strided_q:  # a (B, Hq, Lq, D) buffer seen as (B, Lq, Hq, D): taken by strides
-        q = torch.randn(batch, heads, seqlen_q, head_dim).to(dtype).transpose(1, 2)
-    else:
-        q = torch.randn(batch, seqlen_q, heads, head_dim).to(dtype)
-    k_cache = _poisoned_cache(batch, cache_len, heads_k, head_dim, lens, new, dtype, layout)
-    v_cache = _poisoned_cache(batch, cache_len, heads_k, head_dim_v, lens, new, dtype, layout)
-    k_new = v_new = None
-    if new:
-        k_new = torch.randn(batch, new, heads_k, head_dim).to(dtype)
-        v_new = torch.randn(batch, new, heads_k, head_dim_v).to(dtype)
-    slopes = None
-    if alibi == "per_head":
-        slopes = torch.rand(heads) * 0.3
-    elif alibi == "per_batch":
-        slopes = torch.rand(batch, heads) * 0.3
-    opts = dict(cache_seqlens=torch.tensor(lens, dtype=torch.int32), causal=causal, window_size=window,
-                softcap=softcap, alibi_slopes=slopes, return_softmax_lse=True)
-
-    (o64, l64), (olp, llp) = (_reference(q, k_cache, v_cache, k_new, v_new, ct, opts) for ct in (torch.float64, dtype))
-    kc_ref, vc_ref = k_cache.clone(), v_cache.clone()
-    if new:  # the in-place append the backend must reproduce, bit for bit, and nothing else
-        for b, n in enumerate(lens):
-            kc_ref[b, n : n + new], vc_ref[b, n : n + new] = k_new[b], v_new[b]
-
-    out, lse = fastattn.flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, backend=backend, **opts)
-    assert out.dtype == dtype and out.shape == (batch, seqlen_q, heads, head_dim_v)
-    assert lse.dtype == torch.float32 and lse.shape == (batch, heads, seqlen_q)
-    assert torch.equal(_bits(k_cache), _bits(kc_ref)) and torch.equal(_bits(v_cache), _bits(vc_ref)), \
-        "the append must write exactly rows cache_seqlens[b] .. + Lnew"
-    assert_matches(out, o64, olp, "out", dtype)
-    assert_matches(lse, l64, llp.float(), "lse", dtype)
-    return out, lse
+pytestmark = pytest.mark.usefixtures("poisoned")
+run_cpu = functools.partial(run_case, "cpu")
 
 
 # ------------------------------------------------------------------------------ numerics
 
-HEADS = [(4, 2, 64), (6, 1, 59), (2, 2, 128), (2, 1, 1), (4, 2, 256)]
-HEADS_IDS = ["gqa-d64", "mqa-d59", "mha-d128", "gqa-d1", "gqa-d256"]
-
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("heads,heads_k,head_dim", HEADS, ids=HEADS_IDS)
-def test_decode_gqa_head_dims(dtype, heads, heads_k, head_dim):
-    run_case(dtype, heads=heads, heads_k=heads_k, head_dim=head_dim, new=1)
+def test_decode_head_dim_256(dtype):
+    """The widest head dim the native kernel takes (its vector loops at their longest)."""
+    run_cpu(dtype, heads=4, heads_k=2, head_dim=256, new=1)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("heads,heads_k", [(4, 4), (4, 2), (6, 1)], ids=["mha", "gqa", "mqa"])
 @pytest.mark.parametrize("head_dim", [1, 16, 59, 64, 111, 128, 256], ids=lambda d: f"d{d}")
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
-def test_decode_full_grid(dtype, heads, heads_k, head_dim, causal):
-    run_case(dtype, batch=3, heads=heads, heads_k=heads_k, head_dim=head_dim, causal=causal, new=2, seqlen_q=3,
-             lens=(113, 0, 257), cache_len=300, window=(64, -1), alibi="per_batch")
-
-
-APPEND = [(0, 1, True), (1, 1, True), (3, 4, True), (3, 2, False)]
-APPEND_IDS = ["new0-q1", "new1-q1-causal", "new3-q4-causal", "new3-q2-full"]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("new,seqlen_q,causal", APPEND, ids=APPEND_IDS)
-def test_decode_append_and_causal(dtype, new, seqlen_q, causal):
-    """Lnew 0/1/3 with per-batch lengths 0, 1 and 117 (with new=0, batch 0 sees no key)."""
-    run_case(dtype, batch=3, heads=2, heads_k=1, seqlen_q=seqlen_q, new=new, causal=causal, lens=(0, 1, 117),
-             cache_len=128, head_dim=40)
+def test_decode_grid_window_alibi_ragged(dtype, heads, heads_k, head_dim):
+    """test_decode.py's grid with a window, per-sequence ALiBi and an empty cache between two
+    ragged ones."""
+    run_cpu(dtype, batch=3, heads=heads, heads_k=heads_k, head_dim=head_dim, new=2, seqlen_q=3,
+            lens=(113, 0, 257), cache_len=300, window=(64, -1), alibi="per_batch")
 
 
 OPTIONS = {
-    "window": dict(window=(32, 0)),
-    "window_right": dict(window=(20, 5), causal=False, seqlen_q=3),
     "window_alibi_append": dict(window=(30, 0), alibi="per_batch", seqlen_q=3, new=2),
-    "softcap": dict(softcap=5.0),
-    "alibi_head": dict(alibi="per_head"),
-    "alibi_batch": dict(alibi="per_batch", causal=False, seqlen_q=2),
-    "dv": dict(head_dim=40, head_dim_v=72),
-    "gqa_window_softcap": dict(heads=8, heads_k=2, window=(40, 0), softcap=3.0, new=2, seqlen_q=2),
-    "heads_first_cache": dict(layout="heads_first", new=1, head_dim=111),
     "strided_q_heads_first": dict(layout="heads_first", strided_q=True, seqlen_q=2, new=2, alibi="per_head"),
     "long_q": dict(seqlen_q=70, new=70, lens=(30, 200), causal=True, head_dim=32),
 }
@@ -193,7 +70,7 @@ OPTIONS = {
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("option", list(OPTIONS), ids=list(OPTIONS))
 def test_decode_options(dtype, option):
-    run_case(dtype, **OPTIONS[option])
+    run_cpu(dtype, **OPTIONS[option])
 
 
 @pytest.mark.parametrize("isa", ISAS, ids=ISAS)
@@ -201,23 +78,8 @@ def test_decode_options(dtype, option):
 def test_decode_every_isa(use_isa, isa, dtype):
     """Each instruction set this CPU has (AVX2, AVX-512, AVX-512+BF16 dot products)."""
     use_isa(isa)
-    run_case(dtype, batch=3, heads=8, heads_k=2, head_dim=72, lens=(5, 130, 130), cache_len=140, new=1,
-             softcap=4.0, alibi="per_batch")
-
-
-def test_decode_rows_that_see_no_key():
-    """More queries than keys, causal bottom-right: the first rows of batch 0 see no key."""
-    out, lse = run_case(torch.float32, seqlen_q=4, lens=(2, 50), causal=True, cache_len=64)
-    assert (out[0, :2] == 0).all() and torch.isinf(lse[0, :, :2]).all() and (lse[0, :, :2] > 0).all()
-    assert torch.isfinite(lse[0, :, 2:]).all()
-
-
-def test_decode_empty_cache():
-    """cache_seqlens = 0 and nothing appended: no key at all, output 0, lse +inf."""
-    out, lse = run_case(torch.float32, batch=3, lens=(0, 5, 0), cache_len=16, causal=False)
-    for b in (0, 2):
-        assert (out[b] == 0).all() and torch.isinf(lse[b]).all() and (lse[b] > 0).all()
-    assert torch.isfinite(lse[1]).all()
+    run_cpu(dtype, batch=3, heads=8, heads_k=2, head_dim=72, lens=(5, 130, 130), cache_len=140, new=1,
+            softcap=4.0, alibi="per_batch")
 
 
 def test_decode_all_caches_empty_with_int_seqlens():
@@ -237,20 +99,19 @@ def test_window_never_reads_keys_left_of_it():
     slopes = torch.rand(2, 4) * 0.2
     opts = dict(cache_seqlens=torch.tensor(lens, dtype=torch.int32), causal=True, window_size=window,
                 alibi_slopes=slopes, return_softmax_lse=True)
-    o64, l64 = _reference(q, kc, vc, k_new, v_new, torch.float64, opts)
+    ref64 = reference_kvcache(q, kc, vc, k_new, v_new, torch.float64, opts)
     kp, vp = kc.clone(), vc.clone()
     for b, n in enumerate(lens):
         first = n + new - q.shape[1] - window[0]  # the first key row 0 of the queries sees
         kp[b, :first], vp[b, :first] = float("nan"), float("nan")
         kp[b, n + new:], vp[b, n + new:] = float("nan"), float("nan")
     out, lse = fastattn.flash_attn_with_kvcache(q, kp, vp, k_new, v_new, backend="cpu", **opts)
-    assert_matches(out, o64, o64, "out", torch.float32)
-    assert_matches(lse, l64, l64, "lse", torch.float32)
+    check(out, lse, ref64)
 
 
-def test_equal_lengths_share_one_native_call(monkeypatch):
-    """Consecutive batch elements with the same key count are one native call; empty ones none;
-    the result equals the reference either way."""
+def _spy_native(monkeypatch, record=lambda kernel, spec: kernel):
+    """The list of ``record(kernel, spec)`` for each call of a native kernel (``kernel``:
+    "forward" or "decode") through the backend's ``_C``, in order."""
     calls = []
     real = cpu._C
 
@@ -259,14 +120,25 @@ def test_equal_lengths_share_one_native_call(monkeypatch):
             return getattr(real, name)
 
         def cpu_attention_fwd(self, spec):
-            calls.append((spec["batch"], spec["seqlen_k"]))
+            calls.append(record("forward", spec))
             return real.cpu_attention_fwd(spec)
 
+        def cpu_decode_fwd(self, spec):
+            calls.append(record("decode", spec))
+            return real.cpu_decode_fwd(spec)
+
     monkeypatch.setattr(cpu, "_C", Spy())
+    return calls
+
+
+def test_equal_lengths_share_one_native_call(monkeypatch):
+    """Consecutive batch elements with the same key count are one native call; empty ones none;
+    the result equals the reference either way."""
+    calls = _spy_native(monkeypatch, lambda kernel, spec: (kernel, spec["batch"], spec["seqlen_k"]))
     monkeypatch.setattr(cpu_kvcache, "DECODE_MAX_QUERY_ROWS", 0)  # the forward kernel's path
-    run_case(torch.float32, batch=7, lens=(50, 50, 50, 7, 0, 0, 50), cache_len=64, heads=4, heads_k=1,
-             head_dim=32, seqlen_q=2)
-    assert calls == [(3, 50), (1, 7), (1, 50)]
+    run_cpu(torch.float32, batch=7, lens=(50, 50, 50, 7, 0, 0, 50), cache_len=64, heads=4, heads_k=1,
+            head_dim=32, seqlen_q=2)
+    assert calls == [("forward", 3, 50), ("forward", 1, 7), ("forward", 1, 50)]
 
 
 @pytest.mark.parametrize("budget_heads,expected", [
@@ -278,24 +150,13 @@ def test_large_calls_are_split_within_the_pack_budget(monkeypatch, budget_heads,
     """Each native call packs at most PACK_BUDGET_BYTES of keys/values: whole batch elements
     when they fit, else groups of kv heads (with their GQA query heads, ALiBi slopes, output
     and LSE slices); the result still equals the reference."""
-    calls = []
-    real = cpu._C
-
-    class Spy:
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def cpu_attention_fwd(self, spec):
-            calls.append((spec["batch"], spec["heads_k"], spec["heads_q"]))
-            return real.cpu_attention_fwd(spec)
-
+    calls = _spy_native(monkeypatch, lambda kernel, spec: (kernel, spec["batch"], spec["heads_k"], spec["heads_q"]))
     # One (batch element, kv head) packs 128 keys x (32 + 48) dims x 4 bytes.
     monkeypatch.setattr(cpu_kvcache, "PACK_BUDGET_BYTES", budget_heads * 128 * 80 * 4)
     monkeypatch.setattr(cpu_kvcache, "DECODE_MAX_QUERY_ROWS", 0)  # the forward kernel's path
-    monkeypatch.setattr(cpu, "_C", Spy())
-    run_case(torch.float32, batch=3, heads=8, heads_k=4, head_dim=32, head_dim_v=48, lens=(90, 90, 90),
-             cache_len=100, new=2, seqlen_q=2, window=(50, 0), alibi="per_batch")
-    assert calls == expected
+    run_cpu(torch.float32, batch=3, heads=8, heads_k=4, head_dim=32, head_dim_v=48, lens=(90, 90, 90),
+            cache_len=100, new=2, seqlen_q=2, window=(50, 0), alibi="per_batch")
+    assert calls == [("forward", *call) for call in expected]
 
 
 def test_core_op_per_head_slopes_split_over_kv_heads(monkeypatch):
@@ -309,23 +170,11 @@ def test_core_op_per_head_slopes_split_over_kv_heads(monkeypatch):
     slopes = torch.rand(6) * 0.3
     args = AttentionArgs(scale=0.2, causal=True, bottom_right=True, softcap=6.0)
     out, lse = cpu_kvcache.kvcache_fwd(q, kc, vc, None, None, lens, alibi_slopes=slopes, args=args)
-    o64, l64 = _reference(q, kc, vc, None, None, torch.float64, dict(
-        cache_seqlens=lens, softmax_scale=0.2, causal=True, softcap=6.0, alibi_slopes=slopes,
-        return_softmax_lse=True))
-    assert_matches(out, o64, o64, "out", torch.float32)
-    assert_matches(lse, l64, l64, "lse", torch.float32)
+    check(out, lse, reference_kvcache(q, kc, vc, None, None, torch.float64, dict(
+        cache_seqlens=lens, softmax_scale=0.2, causal=True, softcap=6.0, alibi_slopes=slopes)))
 
 
 # ------------------------------------------------------------------------------ decoding kernel
-
-
-@pytest.fixture(params=[1, 2], ids=["t1", "t2"])
-def threads(request):
-    """The kernels' thread count (torch's intra-op threads): one, and two (split key ranges)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(prev)
 
 
 SPLIT = {  # long ragged caches: with two threads each long one is split and merged by its LSE
@@ -345,34 +194,14 @@ def test_decoding_kernel_split_kv(use_isa, isa, dtype, option, threads):
     use_isa(isa)
     opts = dict(batch=3, heads=8, heads_k=2, head_dim=72, lens=(2048, 0, 1300), cache_len=2100, new=1)
     opts.update(SPLIT[option])
-    run_case(dtype, **opts)
+    run_cpu(dtype, **opts)
 
 
 @pytest.mark.parametrize("heads,heads_k,head_dim,head_dim_v", [(32, 8, 128, 128), (4, 1, 64, 40), (3, 3, 17, 256)],
                          ids=["gqa4-d128", "mqa-d64-dv40", "mha-d17-dv256"])
 def test_decoding_kernel_head_shapes(heads, heads_k, head_dim, head_dim_v, threads):
-    run_case(torch.float32, batch=2, heads=heads, heads_k=heads_k, head_dim=head_dim, head_dim_v=head_dim_v,
-             lens=(1500, 700), cache_len=1600, new=1, seqlen_q=1)
-
-
-def _spy_native(monkeypatch):
-    calls = []
-    real = cpu._C
-
-    class Spy:
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def cpu_attention_fwd(self, spec):
-            calls.append("forward")
-            return real.cpu_attention_fwd(spec)
-
-        def cpu_decode_fwd(self, spec):
-            calls.append("decode")
-            return real.cpu_decode_fwd(spec)
-
-    monkeypatch.setattr(cpu, "_C", Spy())
-    return calls
+    run_cpu(torch.float32, batch=2, heads=heads, heads_k=heads_k, head_dim=head_dim, head_dim_v=head_dim_v,
+            lens=(1500, 700), cache_len=1600, new=1, seqlen_q=1)
 
 
 @pytest.mark.parametrize("seqlen_q,expected", [(1, ["decode"]), (8, ["decode"]), (9, ["forward"] * 2)],
@@ -381,7 +210,7 @@ def test_few_query_rows_take_the_decoding_kernel(monkeypatch, seqlen_q, expected
     """Up to DECODE_MAX_QUERY_ROWS query rows: one decoding call for the whole ragged batch,
     reading the caches in place; more rows: the forward kernel, one call per length run."""
     calls = _spy_native(monkeypatch)
-    run_case(torch.float32, batch=2, lens=(40, 90), cache_len=100, seqlen_q=seqlen_q, new=0)
+    run_cpu(torch.float32, batch=2, lens=(40, 90), cache_len=100, seqlen_q=seqlen_q, new=0)
     assert calls == expected
 
 
@@ -393,14 +222,13 @@ def test_decoding_kernel_never_reads_past_the_keys_or_left_of_the_window():
     kc, vc = torch.randn(2, 2000, 2, 64), torch.randn(2, 2000, 2, 64)
     opts = dict(cache_seqlens=torch.tensor(lens, dtype=torch.int32), causal=True, window_size=window,
                 return_softmax_lse=True)
-    o64, l64 = _reference(q, kc, vc, None, None, torch.float64, {**opts, "alibi_slopes": None})
+    ref64 = reference_kvcache(q, kc, vc, None, None, torch.float64, opts)
     for b, n in enumerate(lens):
         kc[b, : max(0, n - 1 - window[0])] = float("nan")
         vc[b, : max(0, n - 1 - window[0])] = float("nan")
         kc[b, n:], vc[b, n:] = float("nan"), float("nan")
     out, lse = fastattn.flash_attn_with_kvcache(q, kc, vc, backend="cpu", **opts)
-    assert_matches(out, o64, o64, "out", torch.float32)
-    assert_matches(lse, l64, l64, "lse", torch.float32)
+    check(out, lse, ref64)
 
 
 # ------------------------------------------------------------------------------ dispatch
@@ -441,7 +269,7 @@ def test_auto_picks_cpu_for_cpu_tensors(monkeypatch, dtype):
     assert calls == ["decode"]
     ref = reference.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, causal=True, upcast=True)
     lowp = reference.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, causal=True)
-    assert_matches(out, ref, lowp, "out", dtype)
+    testing.assert_close(out, ref, lowp, "out")
 
 
 def test_float64_falls_back_to_reference_under_auto(monkeypatch):

@@ -1,6 +1,7 @@
 """KV-cache decoding, ``fastattn.flash_attn_with_kvcache(..., backend=...)``, on every backend
-with a split-KV decoding kernel (Triton: kernels/decode.py; CUDA C++: csrc/cuda/decode), against
-fastattn.reference.flash_attn_with_kvcache in float64 (tests/decode_cases.py).
+with a split-KV decoding kernel (Triton: kernels/decode.py; CUDA C++: csrc/cuda/decode; the
+native CPU kernels: csrc/cpu/decode_impl.h), against fastattn.reference.flash_attn_with_kvcache
+in float64 (tests/decode_cases.py).
 
 flash-attn semantics: cache_seqlens per batch (0 included), in-place append of new k/v (exactly
 its rows: the rest of the cache is poisoned and checked bit for bit), GQA/MQA, causal and windows
@@ -8,8 +9,8 @@ aligned bottom-right, softcap, ALiBi, a row that sees no key gives 0 and an LSE 
 rows past the valid length are never read. Without a GPU the Triton kernels run under the
 interpreter and the CUDA C++ ones in the host SIMT runtime. fp32 to 1e-5 of the output's scale;
 fp16/bf16 by flash-attn's error-ratio rule. What only one backend has (Triton's paged caches read
-in place and its split heuristic; the CUDA split count) is in test_triton_decode.py and
-test_cuda_decode.py.
+in place and its split heuristic; the CUDA split count; the CPU kernel's ISAs, threads and
+native-call splitting) is in test_triton_decode.py, test_cuda_decode.py and test_cpu_kvcache.py.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 from decode_cases import DTYPE_IDS, DTYPES, LONG_CACHE, backends, run_case
 
 pytestmark = pytest.mark.usefixtures("poisoned")
-BACKENDS = backends("triton", "cuda")
+BACKENDS = backends("triton", "cuda", "cpu")
 
 HEADS = [(4, 2, 64), (6, 1, 59), (4, 4, 128), (2, 1, 1)]
 HEADS_IDS = ["gqa-d64", "mqa-d59", "mha-d128", "gqa-d1"]
@@ -85,12 +86,15 @@ def test_decode_long_cache_many_splits(backend, dtype):
 def test_decode_rows_that_see_no_key(backend):
     """More queries than keys, causal bottom-right: the first rows of batch 0 see no key."""
     out, lse = run_case(backend, torch.float32, seqlen_q=4, lens=(2, 50), causal=True, cache_len=64)
-    assert (out[0, :2] == 0).all() and torch.isinf(lse[0, :, :2]).all()
+    assert (out[0, :2] == 0).all() and torch.isinf(lse[0, :, :2]).all() and (lse[0, :, :2] > 0).all()
     assert torch.isfinite(lse[0, :, 2:]).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_decode_empty_cache(backend):
-    """cache_seqlens = 0 and nothing appended: no key at all, output 0, lse +inf."""
-    out, lse = run_case(backend, torch.float32, lens=(0, 5), cache_len=16, causal=False)
-    assert (out[0] == 0).all() and torch.isinf(lse[0]).all() and (lse[0] > 0).all()
+    """cache_seqlens = 0 and nothing appended: no key at all, output 0, lse +inf (two such
+    sequences around one that has keys)."""
+    out, lse = run_case(backend, torch.float32, batch=3, lens=(0, 5, 0), cache_len=16, causal=False)
+    for b in (0, 2):
+        assert (out[b] == 0).all() and torch.isinf(lse[b]).all() and (lse[b] > 0).all()
+    assert torch.isfinite(lse[1]).all()

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastattn
 from fastattn import testing
 from fastattn.ops import kvcache as kvcache_op
 from fastattn.ops.eager import runs_eagerly
-
-
-class _Recording(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
+from decode_cases import check
+from recording_mode import RecordingMode
 
 
 def test_plain_tensors_run_eagerly():
@@ -32,7 +23,7 @@ def test_fake_tensors_and_dispatch_modes_do_not():
     with FakeTensorMode() as mode:
         fake = mode.from_tensor(torch.ones(2))
         assert not runs_eagerly(fake)
-    with _Recording():
+    with RecordingMode():
         assert not runs_eagerly(torch.ones(2))
 
 
@@ -60,7 +51,7 @@ def test_eager_append_skips_the_op_and_bumps_the_caches_version_counters(monkeyp
 def test_a_watched_call_goes_through_the_custom_op():
     """Under a dispatch mode the call reaches fastattn::attention_kvcache; eagerly it does not."""
     q, k_cache, v_cache, k, v, lens = _decode_inputs(1)
-    with _Recording() as watched:
+    with RecordingMode() as watched:
         fastattn.flash_attn_with_kvcache(q, k_cache.clone(), v_cache.clone(), k, v, cache_seqlens=lens,
                                          causal=True, backend="cpu")
     assert any("fastattn.attention_kvcache" in op for op in watched.ops), watched.ops
@@ -71,7 +62,7 @@ def test_eager_and_custom_op_results_are_identical():
     caches = (k_cache.clone(), v_cache.clone())
     eager = fastattn.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=lens, causal=True, backend="cpu",
                                              return_softmax_lse=True)
-    with _Recording():
+    with RecordingMode():
         through_op = fastattn.flash_attn_with_kvcache(q, *caches, k, v, cache_seqlens=lens, causal=True, backend="cpu",
                                                       return_softmax_lse=True)
     for a, b in zip(eager, through_op):
@@ -122,7 +113,7 @@ def test_short_route_gives_the_op_s_answer_bit_for_bit(step, causal, softcap):
     caches = (k_cache.clone(), v_cache.clone())
     opts = dict(cache_seqlens=lens, causal=causal, softcap=softcap, return_softmax_lse=True, backend="cpu")
     short = fastattn.flash_attn_with_kvcache(q, k_cache, v_cache, k, v, **opts)
-    with _Recording() as watched:
+    with RecordingMode() as watched:
         through_op = fastattn.flash_attn_with_kvcache(q, *caches, k, v, **opts)
     assert any("fastattn.attention_kvcache" in op for op in watched.ops)
     for a, b in zip(short, through_op):
@@ -155,16 +146,13 @@ def test_short_route_skips_selection_and_the_op(step, monkeypatch):
 
 def test_short_route_is_checked_against_the_reference():
     """The Hugging Face pattern (whole heads-first cache, no append), GQA, bf16, on the short route."""
-    from test_cpu_kvcache import assert_matches
-
     q, k_cache, v_cache, _, _, _ = _plain_step(torch.bfloat16, lens="none", heads_first=True, seed=7)
     out, lse = fastattn.flash_attn_with_kvcache(q, k_cache, v_cache, return_softmax_lse=True, backend="cpu")
     from fastattn import reference
 
     ref = reference.flash_attn_with_kvcache(q, k_cache, v_cache, return_softmax_lse=True, upcast=True)
     lowp = reference.flash_attn_with_kvcache(q, k_cache, v_cache, return_softmax_lse=True)
-    assert_matches(out, ref[0], lowp[0], "out", torch.bfloat16)
-    assert_matches(lse, ref[1], lowp[1].float(), "lse", torch.bfloat16)
+    check(out, lse, ref, lowp)
 
 
 @pytest.mark.parametrize("lens,message", [

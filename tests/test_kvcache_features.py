@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import fastattn
-from fastattn import reference
-from test_cpu_kvcache import assert_matches
+from fastattn import reference, testing
+from decode_cases import check
 
 BACKENDS = ["reference", "cpu", "triton"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -35,9 +35,7 @@ def _oracle(q, k_cache, v_cache, k, v, dtype, **opts):
 
 
 def _check(out, lse, oracle, dtype):
-    (o64, l64), (olp, llp) = oracle
-    assert_matches(out, o64, olp, "out", dtype)
-    assert_matches(lse, l64, llp.float(), "lse", dtype)
+    check(out, lse, *oracle)
 
 
 def _paged_copy(cache, lens_plus_new, page, num_blocks, seed):
@@ -270,4 +268,4 @@ def test_compiled_paged_decode_matches_eager():
     torch.testing.assert_close(got, eager, rtol=1e-6, atol=1e-6)
     oracle = _oracle(q, k_cont, v_cont, k_new, v_new, torch.float32, cache_seqlens=lens, causal=True,
                      rotary_cos=cos, rotary_sin=sin)
-    assert_matches(got, oracle[0][0], oracle[1][0], "out", torch.float32)
+    testing.assert_close(got, oracle[0][0], oracle[1][0], "out")

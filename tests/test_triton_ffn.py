@@ -9,6 +9,7 @@ buffer the launchers allocate is poisoned with NaN first, so a tile left unwritt
 """
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "0" if __import__("torch").cuda.is_available() else "1")
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from fastattn import reference, testing
 from fastattn.kernels import activations as act_k
 from fastattn.kernels import feed_forward as ff_k
+from ffn_cases import rand, ref_and_grads, weights
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -31,17 +33,24 @@ pytestmark = pytest.mark.usefixtures("poisoned")
 # --------------------------------------------------------------------------- helpers
 
 
-def _rand(*shape, dtype=torch.float32, scale=1.0):
-    return (torch.randn(*shape, dtype=torch.float32, device=DEVICE) * scale).to(dtype)
-
-
-def _ref_and_grads(fn, inputs, dout, dtype):
-    """``[(out, grads)]`` of ``fn`` on ``inputs`` computed in float64, then in ``dtype``."""
-    return [testing.forward_and_grads(fn, inputs, dout, compute_dtype=ct) for ct in (torch.float64, dtype)]
+_rand = functools.partial(rand, device=DEVICE)
 
 
 def _gated_ref(activation):
     return lambda g, u: reference.gated_activation(g, u, activation)
+
+
+def _ragged_grid(test):
+    """The slow grid of the issue's ragged (tokens, hidden) over every dtype and activation:
+    ``test(activation, dtype, hidden, tokens)``."""
+    marks = [pytest.mark.slow,
+             pytest.mark.parametrize("tokens", [1, 7, 300], ids=["t1", "t7", "t300"]),
+             pytest.mark.parametrize("hidden", [11008, 1376, 1000], ids=["h11008", "h1376", "h1000"]),
+             pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS),
+             pytest.mark.parametrize("activation", GATED, ids=GATED)]
+    for mark in reversed(marks):  # as if stacked in this order above the test
+        test = mark(test)
+    return test
 
 
 # --------------------------------------------------------------------------- gated activations
@@ -59,18 +68,14 @@ def test_gated_act_fwd_bwd(activation, dtype, shape):
     gate, up, dout = (_rand(*shape, dtype=dtype, scale=2.0) for _ in range(3))
     out = act_k.gated_act_fwd(gate, up, activation)
     dgate, dup = act_k.gated_act_bwd(dout, gate, up, activation)
-    (r64, g64), (rlp, glp) = _ref_and_grads(_gated_ref(activation), (gate, up), dout, dtype)
+    (r64, g64), (rlp, glp) = ref_and_grads(_gated_ref(activation), (gate, up), dout, dtype)
     assert out.dtype == dtype and out.is_contiguous()
     testing.assert_close(out, r64, rlp, "out")
     testing.assert_close(dgate, g64[0], glp[0], "dgate")
     testing.assert_close(dup, g64[1], glp[1], "dup")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("tokens", [1, 7, 300], ids=["t1", "t7", "t300"])
-@pytest.mark.parametrize("hidden", [11008, 1376, 1000], ids=["h11008", "h1376", "h1000"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("activation", GATED, ids=GATED)
+@_ragged_grid
 def test_gated_act_ragged_grid(activation, dtype, hidden, tokens):
     test_gated_act_fwd_bwd(activation, dtype, (tokens, hidden))
 
@@ -84,7 +89,7 @@ def test_gated_act_extreme_values():
     for activation in GATED:
         out = act_k.gated_act_fwd(g, u, activation)
         dgate, dup = act_k.gated_act_bwd(d, g, u, activation)
-        (r64, g64), _ = _ref_and_grads(_gated_ref(activation), (g, u), d, torch.float32)
+        (r64, g64), _ = ref_and_grads(_gated_ref(activation), (g, u), d, torch.float32)
         torch.testing.assert_close(out.double(), r64, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(dgate.double(), g64[0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(dup.double(), g64[1], rtol=1e-5, atol=1e-6)
@@ -103,7 +108,7 @@ def test_gated_act_strided(activation, dtype):
     assert rows_inner == T and [v[0] for v in views] == [dout, gate, up]  # taken by strides, no copy
     out = act_k.gated_act_fwd(gate, up, activation)
     dgate, dup = act_k.gated_act_bwd(dout, gate, up, activation)
-    (r64, g64), (rlp, glp) = _ref_and_grads(_gated_ref(activation), (gate, up), dout, dtype)
+    (r64, g64), (rlp, glp) = ref_and_grads(_gated_ref(activation), (gate, up), dout, dtype)
     testing.assert_close(out, r64, rlp, "out")
     testing.assert_close(dgate, g64[0], glp[0], "dgate")
     testing.assert_close(dup, g64[1], glp[1], "dup")
@@ -140,7 +145,7 @@ def test_bias_gelu_fwd_bwd(approximate, dtype, shape):
     out = act_k.bias_gelu_fwd(x, bias, approximate)
     dx = act_k.bias_gelu_bwd(dout, x, bias, approximate)
     fn = lambda x_, b_: reference.bias_gelu(x_, b_, approximate)
-    (r64, g64), (rlp, glp) = _ref_and_grads(fn, (x, bias), dout, dtype)
+    (r64, g64), (rlp, glp) = ref_and_grads(fn, (x, bias), dout, dtype)
     testing.assert_close(out, r64, rlp, "out")
     testing.assert_close(dx, g64[0], glp[0], "dx")
     if shape[-1] >= 129:  # enough dbias values for their max error to be a fair statistic
@@ -154,7 +159,7 @@ def test_bias_gelu_strided_rows():
     bias, dout = _rand(129), _rand(129).expand(3, 5, 129)
     out = act_k.bias_gelu_fwd(x, bias, "tanh")
     dx = act_k.bias_gelu_bwd(dout, x, bias, "tanh")
-    (r64, g64), (rlp, glp) = _ref_and_grads(lambda x_: reference.bias_gelu(x_, bias.to(x_.dtype), "tanh"),
+    (r64, g64), (rlp, glp) = ref_and_grads(lambda x_: reference.bias_gelu(x_, bias.to(x_.dtype), "tanh"),
                                             (x,), dout, torch.float32)
     testing.assert_close(out, r64, rlp, "out")
     testing.assert_close(dx, g64[0], glp[0], "dx")
@@ -163,30 +168,16 @@ def test_bias_gelu_strided_rows():
 # --------------------------------------------------------------------------- feed-forward GEMM
 
 
-def _weights(N, K, K_out, dtype, layout):
-    """``(w_gate, w_up, w_down)`` in nn.Linear shapes, laid out as ``layout`` says."""
-    s_in, s_h = K ** -0.5, N ** -0.5
-    if layout == "fused":  # Phi-3 gate_up_proj: two row slices of one (2N, K) tensor
-        w_gate, w_up = _rand(2 * N, K, dtype=dtype, scale=s_in).chunk(2, dim=0)
-        return w_gate, w_up, _rand(K_out, N, dtype=dtype, scale=s_h)
-    if layout == "pair":  # Llama gate_proj / up_proj
-        return _rand(N, K, dtype=dtype, scale=s_in), _rand(N, K, dtype=dtype, scale=s_in), \
-            _rand(K_out, N, dtype=dtype, scale=s_h)
-    # "transposed": column-major weights (strides (1, rows)), read in place by strides
-    return (_rand(K, N, dtype=dtype, scale=s_in).t(), _rand(K, N, dtype=dtype, scale=s_in).t(),
-            _rand(N, K_out, dtype=dtype, scale=s_h).t())
-
-
 def _check_feed_forward(M, K, N, dtype, activation, layout="pair", K_out=None, lead=None):
     K_out = K if K_out is None else K_out
     x = _rand(*(lead or (M,)), K, dtype=dtype)
-    w_gate, w_up, w_down = _weights(N, K, K_out, dtype, layout)
+    w_gate, w_up, w_down = weights(N, K, K_out, dtype, layout, device=DEVICE)
     out, hidden, unused = ff_k.feed_forward_fwd(x, w_gate, w_up, w_down, activation, "hidden")
     assert unused.numel() == 0
     dout = _rand(*out.shape, dtype=dtype)
     grads = ff_k.feed_forward_bwd(dout, x, w_gate, w_up, w_down, hidden, unused, activation, "hidden")
     fn = lambda x_, g_, u_, d_: reference.feed_forward(x_, (g_, u_), d_, activation)
-    (r64, g64), (rlp, glp) = _ref_and_grads(fn, (x, w_gate, w_up, w_down), dout, dtype)
+    (r64, g64), (rlp, glp) = ref_and_grads(fn, (x, w_gate, w_up, w_down), dout, dtype)
     h64 = reference.gated_activation(x.double() @ w_gate.double().t(), x.double() @ w_up.double().t(), activation)
     hlp = reference.gated_activation(x @ w_gate.t(), x @ w_up.t(), activation)
     testing.assert_close(hidden, h64, hlp, "hidden")
@@ -221,18 +212,14 @@ def test_feed_forward_weight_layouts(layout, dtype):
 
 def test_feed_forward_strided_x():
     x = _rand(3, 11, 80)[:, 2:9, 5:69]  # (3, 7, 64): rows don't chain, inner stride 1
-    w_gate, w_up, w_down = _weights(50, 64, 64, torch.float32, "pair")
+    w_gate, w_up, w_down = weights(50, 64, 64, torch.float32, "pair", device=DEVICE)
     out, hidden, _ = ff_k.feed_forward_fwd(x, w_gate, w_up, w_down, "swiglu", "hidden")
     ref = reference.feed_forward(x.double(), (w_gate.double(), w_up.double()), w_down.double(), "swiglu")
     testing.assert_close(out, ref, ref, "out")
     assert hidden.shape == (3, 7, 50)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("tokens", [1, 7, 300], ids=["t1", "t7", "t300"])
-@pytest.mark.parametrize("hidden", [11008, 1376, 1000], ids=["h11008", "h1376", "h1000"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("activation", GATED, ids=GATED)
+@_ragged_grid
 def test_feed_forward_ragged_grid(activation, dtype, hidden, tokens):
     _check_feed_forward(tokens, 96, hidden, dtype, activation, layout="fused")
 
@@ -259,7 +246,7 @@ def test_every_forward_config(shape):
     config = ff_k._config(shape)
     M, K, N = 37, 2 * config.kwargs["BLOCK_K"] + 7, config.kwargs["BLOCK_N"] + 11
     x = _rand(M, K, dtype=torch.bfloat16)
-    w_gate, w_up, _ = _weights(N, K, K, torch.bfloat16, "fused")
+    w_gate, w_up, _ = weights(N, K, K, torch.bfloat16, "fused", device=DEVICE)
     h = torch.empty(M, N, dtype=torch.bfloat16, device=DEVICE)
     _run_config(ff_k._ffn_gate_up_fwd_kernel, config, M, N, x, w_gate, w_up, h, M, N, K, 64,
                 x.stride(0), x.stride(1), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1),
@@ -274,7 +261,7 @@ def test_every_backward_config(shape):
     config = ff_k._config(shape)
     M, K, N, K_out = 37, 2 * config.kwargs["BLOCK_K"] + 7, config.kwargs["BLOCK_N"] + 11, config.kwargs["BLOCK_K"] + 3
     x, dout = _rand(M, K, dtype=torch.bfloat16), _rand(M, K_out, dtype=torch.bfloat16)
-    w_gate, w_up, w_down = _weights(N, K, K_out, torch.bfloat16, "pair")
+    w_gate, w_up, w_down = weights(N, K, K_out, torch.bfloat16, "pair", device=DEVICE)
     dg = torch.empty(M, N, dtype=torch.bfloat16, device=DEVICE)
     du = torch.empty(M, N, dtype=torch.bfloat16, device=DEVICE)
     _run_config(ff_k._ffn_gate_up_bwd_kernel, config, M, N, x, dout, w_gate, w_up, w_down, dg, du, M, N, K, K_out,
@@ -323,7 +310,7 @@ def test_feed_forward_forward_never_allocates_preactivations():
     sees them (so the measurement can fail)."""
     M, K, N = 64, 32, 512
     x = _rand(M, K)
-    w_gate, w_up, w_down = _weights(N, K, K, torch.float32, "fused")
+    w_gate, w_up, w_down = weights(N, K, K, torch.float32, "fused", device=DEVICE)
     ff_k.feed_forward_fwd(x, w_gate, w_up, w_down, "swiglu", "hidden")  # warm-up outside the measurement
     hidden_bytes, out_bytes = M * N * 4, M * K * 4
     peak, (out, hidden, _) = _peak_allocated_bytes(
@@ -358,7 +345,7 @@ def test_feed_forward_keeps_only_hidden_for_backward():
 
     M, K, N = 24, 32, 96
     x = _rand(M, K).requires_grad_()
-    w_gate, w_up, w_down = (w.detach().requires_grad_() for w in _weights(N, K, K, torch.float32, "pair"))
+    w_gate, w_up, w_down = (w.detach().requires_grad_() for w in weights(N, K, K, torch.float32, "pair", device=DEVICE))
     inputs = (x, w_gate, w_up, w_down)
     ours = _saved_activation_bytes(lambda *t: fastattn.feed_forward(t[0], (t[1], t[2]), t[3], backend="triton"), inputs)
     assert ours == M * N * 4
@@ -375,7 +362,7 @@ def _public_cases():
     g, u = _rand(6, 40), _rand(6, 40)
     x, b = _rand(3, 5, 40), _rand(40)
     xw = _rand(7, 24)
-    wg, wu, wd = _weights(33, 24, 24, torch.float32, "fused")
+    wg, wu, wd = weights(33, 24, 24, torch.float32, "fused", device=DEVICE)
     return {
         "swiglu": (fastattn.swiglu, (g, u), {}),
         "geglu_tanh": (fastattn.geglu, (g, u), {"approximate": "tanh"}),
@@ -418,7 +405,7 @@ def test_custom_ops_opcheck():
     g, u, d = _rand(4, 24), _rand(4, 24), _rand(4, 24)
     x, b = _rand(4, 24), _rand(24)
     xw = _rand(5, 16)
-    wg, wu, wd = _weights(20, 16, 16, torch.float32, "pair")
+    wg, wu, wd = weights(20, 16, 16, torch.float32, "pair", device=DEVICE)
     ops = torch.ops.fastattn
     cases = [
         (ops.gated_act_fwd, (g, u, "swiglu", "triton")),

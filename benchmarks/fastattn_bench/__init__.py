@@ -5,6 +5,9 @@ this directory: one set of cases, implementations, timers and FLOP counts for bo
 * :mod:`.impls`: who is timed, every fastattn backend available on the device and every peer
   importable here (torch SDPA by backend, flash-attn, xformers, FlexAttention, Liger-Kernel);
 * :mod:`.measure`: FLOP and byte counts (flash-attn's conventions), CPU and GPU timers;
+* :mod:`.memory`: the peak memory of one call, in a fresh process;
+* :mod:`.crossover`: the record of a CPU crossover benchmark run (``bench_cpu_*crossover.py``)
+  and where it is stored;
 * :mod:`.peaks`: the device's peak throughput (datasheet table, or measured);
 * :mod:`.environment`: the record of where a measurement was taken;
 * :mod:`.bench`: the command itself (:func:`main`); :mod:`.output` renders its results,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -169,6 +169,37 @@ def time_cpu_interleaved(fns: Sequence[Callable[[int], object]], *, warmup: int 
             out.append(time.perf_counter() - t0)
         rounds += 1
     return [summarize(s, "perf_counter (interleaved)") for s in samples]
+
+
+def calls_lasting(fn: Callable[[], object], target_s: float, cap: int = 2000) -> int:
+    """How many calls of ``fn`` (after one warm-up call) make one measurement last about
+    ``target_s``: for calls too short to time one by one."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-7)
+    return max(1, min(cap, int(target_s / once)))
+
+
+def time_in_turns(fns: Mapping[str, Callable[[], object]], reps: int,
+                  calls: Optional[Mapping[str, int]] = None) -> dict[str, tuple[list[float], list[float]]]:
+    """``reps`` measurements of each of ``fns``, one of every function in turn (a change in the
+    machine's load hits them all alike), each the mean of ``calls[name]`` calls (default 1; no
+    warm-up here). Returns ``{name: (wall, cpu)}``: seconds per call by ``time.perf_counter``
+    and by the process's CPU time (``time.process_time``, which leaves out the time slices
+    other processes take on a shared machine)."""
+    out: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            n = calls[name] if calls else 1
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            t1 = time.perf_counter()
+            out[name][0].append((t1 - t0) / n)
+            out[name][1].append((time.process_time() - c0) / n)
+    return out
 
 
 def time_cuda(fn: Callable[[int], object], *, warmup_ms: float = 25, rep_ms: float = 100) -> Timing:

@@ -18,28 +18,20 @@ float32. A dtype with no entry keeps the native kernel.
 from __future__ import annotations
 
 import functools
-import json
 import math
-from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-TABLE_PATH = Path(__file__).with_name("activation_crossover.json")
+from fastattn.backends.cpu.measured_table import MeasuredTable
+
+TABLE = MeasuredTable("activation_crossover.json")
 
 _ACT = {
     "swiglu": F.silu,
     "geglu": F.gelu,
     "geglu_tanh": functools.partial(F.gelu, approximate="tanh"),
 }
-
-
-@functools.lru_cache(maxsize=1)
-def _table() -> tuple[dict, ...]:
-    if not TABLE_PATH.exists():
-        return ()
-    return tuple(json.loads(TABLE_PATH.read_text())["entries"])
 
 
 def measures(fn) -> bool:
@@ -69,7 +61,7 @@ def prefer_torch(activation: str, dtype: torch.dtype, numel: int, grad: bool) ->
 def _prefer_torch(activation: str, dtype: torch.dtype, grad: bool, threads: int, numel: int) -> bool:
     # Cached: a model asks again for every layer of every step, at a handful of sizes.
     key = (activation, str(dtype).replace("torch.", ""), "fwd+bwd" if grad else "fwd")
-    rows = [e for e in _table() if (e["activation"], e["dtype"], e["direction"]) == key]
+    rows = [e for e in TABLE.entries() if (e["activation"], e["dtype"], e["direction"]) == key]
     if not rows:
         return False
     nearest = min({e["threads"] for e in rows}, key=lambda t: abs(t - threads))
@@ -86,14 +78,3 @@ def torch_gated(gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.
     out = _ACT[activation](g) * up  # type promotion reads a 16-bit ``up`` as float32, no copy
     return out if out.dtype == gate.dtype else out.to(gate.dtype)
 
-
-def measured_entries() -> tuple[dict, ...]:
-    """The table's entries (for the tests and reports)."""
-    return _table()
-
-
-def table_machine() -> Optional[dict]:
-    """The machine the table was measured on (CPU model, ISA, threads), if there is a table."""
-    if not TABLE_PATH.exists():
-        return None
-    return json.loads(TABLE_PATH.read_text()).get("machine")

@@ -131,17 +131,22 @@ def _spec(q, k, v, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, args, ke
         spec["mask_dtype"] = 0 if attn_mask.dtype == torch.bool else _DTYPE_CODES[attn_mask.dtype]
         spec["mask"] = _t(attn_mask)
     if alibi_slopes is not None:
-        if alibi_slopes.dim() == 1:  # (Hq,): the same slopes for every sequence
-            spec["alibi"] = (alibi_slopes.data_ptr(), 0, alibi_slopes.stride(0), 0, 0)
-        else:
-            sb = alibi_slopes.stride(0) if alibi_slopes.shape[0] > 1 else 0
-            spec["alibi"] = (alibi_slopes.data_ptr(), sb, alibi_slopes.stride(1), 0, 0)
+        spec["alibi"] = alibi_spec(alibi_slopes)
     if cu_seqlens_q is not None:
         cq = cu_seqlens_q.to(torch.int64).contiguous()
         ck = cu_seqlens_k.to(torch.int64).contiguous()
         keep += [cq, ck]  # alive until the kernel returns
         spec.update(cu_seqlens_q=cq.data_ptr(), cu_seqlens_k=ck.data_ptr(), num_seqs=cq.numel() - 1)
     return spec
+
+
+def alibi_spec(alibi_slopes: torch.Tensor) -> tuple:
+    """The spec tuple ``(ptr, stride_b, stride_h, 0, 0)`` of fp32 ALiBi slopes ``(Hq,)`` (the
+    same for every sequence) or ``(B | 1, Hq)``, as the kernels index them."""
+    if alibi_slopes.dim() == 1:
+        return (alibi_slopes.data_ptr(), 0, alibi_slopes.stride(0), 0, 0)
+    sb = alibi_slopes.stride(0) if alibi_slopes.shape[0] > 1 else 0
+    return (alibi_slopes.data_ptr(), sb, alibi_slopes.stride(1), 0, 0)
 
 
 def _new_output(like: torch.Tensor, head_dim: int) -> torch.Tensor:

@@ -18,21 +18,13 @@ from __future__ import annotations
 
 import bisect
 import functools
-import json
 import math
-from pathlib import Path
-from typing import Optional
 
 import torch
 
-TABLE_PATH = Path(__file__).with_name("decode_crossover.json")
+from fastattn.backends.cpu.measured_table import MeasuredTable
 
-
-@functools.lru_cache(maxsize=1)
-def _table() -> tuple[dict, ...]:
-    if not TABLE_PATH.exists():
-        return ()
-    return tuple(json.loads(TABLE_PATH.read_text())["entries"])
+TABLE = MeasuredTable("decode_crossover.json")
 
 
 def prefer_torch(dtype: torch.dtype, group: int, keys: int, head_dim: int = 128, kv_heads: int = 32) -> bool:
@@ -54,7 +46,7 @@ def _by_keys(dtype: torch.dtype, threads: int, group: int, head_dim: int, kv_hea
     length's decision. Cached per kind: a model's decoding asks for every layer of every step
     with a key count one larger each step, answered by one bisection."""
     name = str(dtype).replace("torch.", "")
-    rows = [e for e in _table() if e["dtype"] == name]
+    rows = [e for e in TABLE.entries() if e["dtype"] == name]
     for want, value in ((threads, lambda e: e["threads"]), (group, lambda e: e["group"]),
                         (head_dim, lambda e: e["head_dim"]), (kv_heads, lambda e: e["batch"] * e["heads_k"])):
         if not rows:
@@ -109,14 +101,3 @@ def torch_decode(q, k_cache, v_cache, k_new, v_new, lens, scale: float) -> tuple
         b0 = b1
     return out, lse
 
-
-def measured_entries() -> tuple[dict, ...]:
-    """The table's entries (for ``fastattn info`` and the tests)."""
-    return _table()
-
-
-def table_machine() -> Optional[dict]:
-    """The machine the table was measured on (CPU model, ISA, threads), if there is a table."""
-    if not TABLE_PATH.exists():
-        return None
-    return json.loads(TABLE_PATH.read_text()).get("machine")

@@ -128,6 +128,17 @@ def _block(total: int, bytes_per_item: int, budget: int, minimum: int) -> int:
     return -(-total // blocks)
 
 
+def _row_blocks(M: int, N: int, like: torch.Tensor):
+    """``(r0, r1, buf)`` for the blocks of rows covering ``[0, M)`` (:func:`_block` under
+    ``_FWD_SCRATCH_BYTES``), ``buf`` a ``(r1 - r0, N)`` view of one scratch in ``like``'s dtype
+    that every block reuses (freed when the loop ends)."""
+    rows = _block(M, N * like.element_size(), _FWD_SCRATCH_BYTES, _MIN_ROWS)
+    scratch = torch.empty((rows, N), dtype=like.dtype, device=like.device)
+    for r0 in range(0, M, rows):
+        r1 = min(M, r0 + rows)
+        yield r0, r1, scratch[: r1 - r0]
+
+
 def _columns_per_block(hidden: int) -> int:
     """Hidden columns per backward block: ``hidden / _BWD_BLOCKS`` rounded up to a multiple of
     ``_COL_ALIGN``, at least ``_MIN_COLS``, at most ``hidden``."""
@@ -168,11 +179,7 @@ def feed_forward_fwd(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, 
             torch.mm(x2, w_gate.t(), out=g)
             torch.mm(x2, w_up.t(), out=u)
             # H by blocks of rows into a scratch, each block's down projection straight after.
-            rows = _block(M, N * x.element_size(), _FWD_SCRATCH_BYTES, _MIN_ROWS)
-            scratch = torch.empty((rows, N), dtype=x.dtype, device=x.device)
-            for r0 in range(0, M, rows):
-                r1 = min(M, r0 + rows)
-                h = scratch[: r1 - r0]
+            for r0, r1, h in _row_blocks(M, N, x):
                 _gated_fwd(g[r0:r1], u[r0:r1], h, activation)
                 torch.mm(h, w_down.t(), out=out[r0:r1])
         elif M:
@@ -190,14 +197,9 @@ def _forward_in_place(x2, w_gate, w_up, w_down, activation: str, out: torch.Tens
     # H = act(G) * U, U computed block by block into a small scratch.
     hidden = torch.empty((M, N), dtype=x2.dtype, device=x2.device)
     torch.mm(x2, w_gate.t(), out=hidden)
-    rows = _block(M, N * x2.element_size(), _FWD_SCRATCH_BYTES, _MIN_ROWS)
-    scratch = torch.empty((rows, N), dtype=x2.dtype, device=x2.device)
-    for r0 in range(0, M, rows):
-        r1 = min(M, r0 + rows)
-        u = scratch[: r1 - r0]
+    for r0, r1, u in _row_blocks(M, N, x2):
         torch.mm(x2[r0:r1], w_up.t(), out=u)
         _gated_fwd(hidden[r0:r1], u, hidden[r0:r1], activation)
-    del scratch
     torch.mm(hidden, w_down.t(), out=out)
 
 

@@ -22,22 +22,14 @@ autograd.
 from __future__ import annotations
 
 import functools
-import json
-import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from fastattn.backends.cpu.activation_crossover import torch_gated
+from fastattn.backends.cpu.measured_table import MeasuredTable
 
-TABLE_PATH = Path(__file__).with_name("ffn_crossover.json")
-
-@functools.lru_cache(maxsize=1)
-def _table() -> tuple[dict, ...]:
-    if not TABLE_PATH.exists():
-        return ()
-    return tuple(json.loads(TABLE_PATH.read_text())["entries"])
+TABLE = MeasuredTable("ffn_crossover.json")
 
 
 def measures(op: str, fn) -> bool:
@@ -80,7 +72,7 @@ def floors(entries) -> dict[tuple[str, str, str, int], int]:
 
 @functools.lru_cache(maxsize=1)
 def _floors() -> dict[tuple[str, str, str, int], int]:
-    return floors(_table())
+    return floors(TABLE.entries())
 
 
 def prefer_torch(op: str, dtype: torch.dtype, size: int, grad: bool) -> bool:
@@ -115,7 +107,3 @@ def torch_bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> to
     out = F.gelu(s, approximate=approximate)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
-
-def measured_entries() -> tuple[dict, ...]:
-    """The table's entries (for the tests and reports)."""
-    return _table()

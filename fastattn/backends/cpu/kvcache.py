@@ -158,11 +158,7 @@ def decode_into(q, k_cache, v_cache, kv_lens, out, lse, *, scale: float, causal:
         window_right=window_right, num_threads=torch.get_num_threads(),
     )
     if alibi_slopes is not None:
-        if alibi_slopes.dim() == 1:  # (Hq,): the same slopes for every sequence
-            spec["alibi"] = (alibi_slopes.data_ptr(), 0, alibi_slopes.stride(0), 0, 0)
-        else:
-            sb = alibi_slopes.stride(0) if alibi_slopes.shape[0] > 1 else 0
-            spec["alibi"] = (alibi_slopes.data_ptr(), sb, alibi_slopes.stride(1), 0, 0)
+        spec["alibi"] = cpu_attention.alibi_spec(alibi_slopes)
     cpu_attention._C.cpu_decode_fwd(spec)
 
 
