@@ -78,8 +78,9 @@ import triton.language as tl
 from ._configs import select_compiled
 from ._interpreter import ensure_interpreter_fixes
 from .attention_shared import (_CANDIDATES, _INTERPRETER_CONFIG, _TUNE_KEY, INTERPRET, SMEM_LIMIT,  # noqa: F401
-                               _arch, _compile_report, _dropout_keep, _forward_result, _key_ranges, _score_scale,
-                               _scores, _softmax_step, _tanh, kernel_configs, seq_bucket)
+                               _arch, _compile_report, _dropout_keep, _forward_result, _head_operands, _key_ranges,
+                               _positive_score_scale, _row_block_id, _score_scale, _scores, _softmax_step, _tanh,
+                               kernel_configs, seq_bucket)
 from . import attention_tma
 
 __all__ = ["attention_fwd", "attention_bwd", "supports", "block_d", "kernel_configs", "select_compiled", "seq_bucket"]
@@ -169,6 +170,48 @@ def _seq_bounds(CuSeqQ, CuSeqK, off_b, seqlen_q, seqlen_k, VARLEN: tl.constexpr)
     return tl.zeros([], tl.int64), seqlen_q, tl.zeros([], tl.int64), seqlen_k
 
 
+@triton.jit
+def _program_sequence(CuSeqQ, CuSeqK, seqlen_q, seqlen_k, VARLEN: tl.constexpr, BOTTOM_RIGHT: tl.constexpr):
+    """The sequence of this program (grid axis 2: batch entry, varlen: packed sequence):
+    ``(off_b, bq, start_q, seqlen_q, start_k, seqlen_k, off)``, ``bq`` the index into the batch
+    dim of the tensors (0 when varlen packs every sequence into one), ``start_*`` the
+    sequence's first row in the packed dim, ``seqlen_*`` its lengths and ``off`` the causal
+    alignment (``Lk - Lq`` bottom-right, 0 top-left)."""
+    off_b = tl.program_id(2).to(tl.int64)
+    start_q, seqlen_q, start_k, seqlen_k = _seq_bounds(CuSeqQ, CuSeqK, off_b, seqlen_q, seqlen_k, VARLEN)
+    if VARLEN:
+        bq = 0
+    else:
+        bq = off_b
+    off = 0
+    if BOTTOM_RIGHT:
+        off = seqlen_k - seqlen_q
+    return off_b, bq, start_q, seqlen_q, start_k, seqlen_k, off
+
+
+@triton.jit
+def _row_program(CuSeqQ, CuSeqK, seqlen_q, seqlen_k, kv_group, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
+                 BOTTOM_RIGHT: tl.constexpr, BLOCK_M: tl.constexpr):
+    """What a program of the forward or the dQ pass owns (grid: row block, query head, batch
+    entry): :func:`_program_sequence`'s values with the query head ``off_h``, its kv head
+    ``off_hk`` (GQA: query head h reads kv head h // group, no repeated K/V) and the block's
+    first row ``start_m`` (at or past ``seqlen_q`` when varlen gave this sequence fewer rows)."""
+    off_h = tl.program_id(1).to(tl.int64)
+    off_b, bq, start_q, seqlen_q, start_k, seqlen_k, off = _program_sequence(CuSeqQ, CuSeqK, seqlen_q, seqlen_k,
+                                                                             VARLEN, BOTTOM_RIGHT)
+    start_m = _row_block_id(CAUSAL) * BLOCK_M
+    return off_b, off_h, off_h // kv_group, bq, start_q, seqlen_q, start_k, seqlen_k, off, start_m
+
+
+
+@triton.jit
+def _tile_offsets(HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """In-tile offsets of rows, keys and head-dim columns, and which columns are real
+    (``< HEAD_DIM``: a head dim that is not a power of two runs in a wider ``BLOCK_D`` tile)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    return tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), offs_d, offs_d < HEAD_DIM
+
+
 # --------------------------------------------------------------------------- forward
 
 
@@ -244,31 +287,13 @@ def _attn_fwd(
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    if CAUSAL:
-        # Heaviest row blocks (the last ones see the most keys) first: the light ones fill the tail.
-        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    else:
-        pid_m = tl.program_id(0)
-    off_h = tl.program_id(1).to(tl.int64)
-    off_b = tl.program_id(2).to(tl.int64)
-    off_hk = off_h // kv_group  # GQA: query head h reads kv head h // group, no repeated K/V
     max_q, max_k = seqlen_q, seqlen_k  # the dropout counter space (varlen: the longest sequence)
-    start_q, seqlen_q, start_k, seqlen_k = _seq_bounds(CuSeqQ, CuSeqK, off_b, seqlen_q, seqlen_k, VARLEN)
-    start_m = pid_m * BLOCK_M
+    off_b, off_h, off_hk, bq, start_q, seqlen_q, start_k, seqlen_k, off, start_m = _row_program(
+        CuSeqQ, CuSeqK, seqlen_q, seqlen_k, kv_group, CAUSAL, VARLEN, BOTTOM_RIGHT, BLOCK_M)
     if start_m >= seqlen_q:  # varlen: this sequence is shorter than the longest one
         return
-    if VARLEN:
-        bq = 0
-    else:
-        bq = off_b
-    off = 0
-    if BOTTOM_RIGHT:
-        off = seqlen_k - seqlen_q
 
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
+    offs_m, offs_n, offs_d, d_ok = _tile_offsets(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
     rows = start_m + offs_m
 
     # int64 bases; in-tile offsets stay small int32.
@@ -278,13 +303,9 @@ def _attn_fwd(
     q_ptrs = q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
     q_ok = (rows[:, None] < seqlen_q) & d_ok[None, :]
 
-    qk_scale, cap, flip_q = _score_scale(sm_scale, softcap, SOFTCAP)
-    slope = 0.0
-    if ALIBI:
-        slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * 1.4426950408889634
-    mask_base = Mask
-    if MASK_MODE != 0:
-        mask_base = Mask + off_b * stride_mb + off_h * stride_mh
+    qk_scale, cap, flip_q = _positive_score_scale(sm_scale, softcap, SOFTCAP)
+    slope, mask_base = _head_operands(Alibi, Mask, off_b, off_h, stride_ab, stride_ah, stride_mb, stride_mh, ALIBI,
+                                      MASK_MODE)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -368,25 +389,14 @@ def _attn_bwd_rowstats(
     off = 0
     if BOTTOM_RIGHT:
         off = seqlen_k - seqlen_q
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
+    offs_m, offs_n, offs_d, d_ok = _tile_offsets(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
     rows = start_m + offs_m
     q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + tl.cast(start_m, tl.int64) * stride_qm
                 + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                 mask=(rows[:, None] < seqlen_q) & d_ok[None, :], other=0.0)
     k_base = K + off_b * stride_kb + off_hk * stride_kh
-    if SOFTCAP:
-        qk_scale = sm_scale / softcap
-        cap = softcap * 1.4426950408889634
-    else:
-        qk_scale = sm_scale * 1.4426950408889634
-        cap = softcap
-    slope = 0.0
-    if ALIBI:
-        slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * 1.4426950408889634
-    mask_base = Mask + off_b * stride_mb + off_h * stride_mh
+    qk_scale, cap = _score_scale(sm_scale, softcap, SOFTCAP)
+    slope, mask_base = _head_operands(Alibi, Mask, off_b, off_h, stride_ab, stride_ah, stride_mb, stride_mh, ALIBI, 2)
     # Named, not "_": Triton's compiler types every loop-carried name, and "_" is reassigned below.
     lo, hi, _full_lo, _full_hi = _key_ranges(start_m, seqlen_k, off, window_left, window_right, BLOCK_M, BLOCK_N,
                                              CAUSAL, WINDOW)
@@ -426,6 +436,60 @@ def rowstats_tile(bd: int, elem: int) -> tuple:
 
 
 @triton.jit
+def _lse_rows(lse_ptrs, lo_ptrs, r_ok, MASK_MODE: tl.constexpr):
+    """``(lse2, lse_lo)`` of a row block for :func:`_bwd_probs`: the base-2 LSE (one multiply a
+    row, not one a score), and under an additive mask the base-2 row max and ``log2`` of the
+    row sum apart (see :func:`_attn_bwd_rowstats`). Rows past the end read ``+inf``: P = 0."""
+    lse = tl.load(lse_ptrs, mask=r_ok, other=float("inf"))
+    if MASK_MODE == 2:
+        lse2 = lse
+        lse_lo = tl.load(lo_ptrs, mask=r_ok, other=0.0)
+    else:
+        lse2 = lse * 1.4426950408889634
+        lse_lo = lse2
+    return lse2, lse_lo
+
+
+@triton.jit
+def _tile_probs(qk, lse2, lse_lo, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
+                mask_base, stride_mm, stride_mn, EDGE: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+                SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, MASK_MODE: tl.constexpr):
+    """:func:`_bwd_probs` for one kind of tile: ``EDGE`` compares every element; an interior
+    tile without features computes ``P = exp2(qk * scale_log2e - lse2)``, one FMA a score."""
+    if EDGE or SOFTCAP or ALIBI or MASK_MODE != 0:
+        s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
+                       mask_base, stride_mm, stride_mn, EDGE, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
+        if MASK_MODE == 2:
+            p = tl.math.exp2((s - lse2[:, None]) - lse_lo[:, None])
+        else:
+            p = tl.math.exp2(s - lse2[:, None])
+    else:
+        t = qk
+        p = tl.math.exp2(qk * qk_scale - lse2[:, None])
+    return p, t
+
+
+@triton.jit
+def _bwd_probs(qk, interior, lse2, lse_lo, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale,
+               cap, slope, mask_base, stride_mm, stride_mn, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+               SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, MASK_MODE: tl.constexpr):
+    """``(p, t)`` of one tile of raw products ``qk`` in the backward: the probabilities
+    ``P = exp2(s - lse2)`` recomputed from the forward's LSE and ``tanh`` of the softcapped
+    scores (for the chain rule). ``interior`` (uniform over the tile: every key visible from
+    every row) takes the branch without element compares; the others (the diagonal, a
+    window's edges, ragged rows or keys) the masked one."""
+    if interior:
+        p, t = _tile_probs(qk, lse2, lse_lo, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale,
+                           cap, slope, mask_base, stride_mm, stride_mn, False, CAUSAL, WINDOW, SOFTCAP, ALIBI,
+                           MASK_MODE)
+    else:
+        p, t = _tile_probs(qk, lse2, lse_lo, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale,
+                           cap, slope, mask_base, stride_mm, stride_mn, True, CAUSAL, WINDOW, SOFTCAP, ALIBI,
+                           MASK_MODE)
+    return p, t
+
+
+@triton.jit
 def _dkdv_loop(dk, dv, k, v, q_base, do_base, l_base, lo_base, d_base, dq_base, dmask_base, lo, hi, full_lo, full_hi,
                offs_m,
                offs_d, cols, seqlen_q, seqlen_k, off, window_left, window_right, sm_scale, qk_scale, cap, slope,
@@ -452,33 +516,12 @@ def _dkdv_loop(dk, dv, k, v, q_base, do_base, l_base, lo_base, d_base, dq_base, 
             q_ok = r_ok[:, None] & d_ok[None, :]
         q = tl.load(q_base + row_off * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                     mask=q_ok, other=0.0)
-        lse = tl.load(l_base + row_off * stride_lm + offs_m * stride_lm, mask=r_ok, other=float("inf"))
-        if MASK_MODE == 2:
-            # LSE holds the base-2 row max here and LseLo log2 of the row sum (see _attn_bwd_rowstats).
-            lse2 = lse
-            lse_lo = tl.load(lo_base + row_off * stride_lm + offs_m * stride_lm, mask=r_ok, other=0.0)
-        else:
-            lse2 = lse * 1.4426950408889634  # one multiply a row, not one a score
+        lse2, lse_lo = _lse_rows(l_base + row_off * stride_lm + offs_m * stride_lm,
+                                 lo_base + row_off * stride_lm + offs_m * stride_lm, r_ok, MASK_MODE)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if (start_m >= full_lo) & (start_m < full_hi):
-            if SOFTCAP or ALIBI or MASK_MODE != 0:
-                s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap,
-                               slope, mask_base, stride_mm, stride_mn, False, CAUSAL, WINDOW, SOFTCAP, ALIBI,
-                               MASK_MODE)
-                if MASK_MODE == 2:
-                    p = tl.math.exp2((s - lse2[:, None]) - lse_lo[:, None])
-                else:
-                    p = tl.math.exp2(s - lse2[:, None])
-            else:
-                t = qk
-                p = tl.math.exp2(qk * qk_scale - lse2[:, None])
-        else:
-            s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
-                           mask_base, stride_mm, stride_mn, True, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
-            if MASK_MODE == 2:
-                p = tl.math.exp2((s - lse2[:, None]) - lse_lo[:, None])
-            else:
-                p = tl.math.exp2(s - lse2[:, None])
+        p, t = _bwd_probs(qk, (start_m >= full_lo) & (start_m < full_hi), lse2, lse_lo, rows, cols, seqlen_q, seqlen_k,
+                          off, window_left, window_right, qk_scale, cap, slope, mask_base, stride_mm, stride_mn, CAUSAL,
+                          WINDOW, SOFTCAP, ALIBI, MASK_MODE)
         do = tl.load(do_base + row_off * stride_dom + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
                      mask=q_ok, other=0.0)
         delta = tl.load(d_base + row_off * stride_lm + offs_m * stride_lm, mask=r_ok, other=0.0)
@@ -565,24 +608,14 @@ def _attn_bwd_dkdv(
     # launches the heaviest programs first.
     pid_n = tl.program_id(0)
     off_hk = tl.program_id(1).to(tl.int64)
-    off_b = tl.program_id(2).to(tl.int64)
     max_q, max_k = seqlen_q, seqlen_k  # the dropout counter space (varlen: the longest sequence)
-    start_q, seqlen_q, start_k, seqlen_k = _seq_bounds(CuSeqQ, CuSeqK, off_b, seqlen_q, seqlen_k, VARLEN)
+    off_b, bq, start_q, seqlen_q, start_k, seqlen_k, off = _program_sequence(CuSeqQ, CuSeqK, seqlen_q, seqlen_k,
+                                                                             VARLEN, BOTTOM_RIGHT)
     start_n = pid_n * BLOCK_N
     if start_n >= seqlen_k:
         return
-    if VARLEN:
-        bq = 0
-    else:
-        bq = off_b
-    off = 0
-    if BOTTOM_RIGHT:
-        off = seqlen_k - seqlen_q
 
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
+    offs_m, offs_n, offs_d, d_ok = _tile_offsets(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
     cols = start_n + offs_n
     kv_ok = (cols[:, None] < seqlen_k) & d_ok[None, :]
 
@@ -590,13 +623,7 @@ def _attn_bwd_dkdv(
     v_base = V + bq * stride_vb + off_hk * stride_vh + (start_k + start_n) * stride_vn
     k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0)
     v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0)
-
-    if SOFTCAP:
-        qk_scale = sm_scale / softcap
-        cap = softcap * 1.4426950408889634
-    else:
-        qk_scale = sm_scale * 1.4426950408889634  # exp -> exp2
-        cap = softcap
+    qk_scale, cap = _score_scale(sm_scale, softcap, SOFTCAP)
 
     lo, hi, full_lo, full_hi = _query_ranges(start_n, seqlen_q, seqlen_k, off, window_left, window_right,
                                              BLOCK_M, BLOCK_N, CAUSAL, WINDOW)
@@ -612,12 +639,8 @@ def _attn_bwd_dkdv(
         d_base = Delta + bq * stride_lb + off_h * stride_lh + start_q * stride_lm
         dq_base = DQAcc + bq * stride_dqb + off_h * stride_dqh + start_q * stride_dqm
         dmask_base = DMask + off_b * stride_gb + off_h * stride_gh
-        slope = 0.0
-        if ALIBI:
-            slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * 1.4426950408889634
-        mask_base = Mask
-        if MASK_MODE != 0:
-            mask_base = Mask + off_b * stride_mb + off_h * stride_mh
+        slope, mask_base = _head_operands(Alibi, Mask, off_b, off_h, stride_ab, stride_ah, stride_mb, stride_mh, ALIBI,
+                                          MASK_MODE)
         dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, l_base, lo_base, d_base, dq_base, dmask_base, lo, hi, full_lo,
                             full_hi, offs_m, offs_d, cols, seqlen_q, seqlen_k, off, window_left, window_right, sm_scale,
                             qk_scale, cap, slope, mask_base, stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
@@ -655,25 +678,9 @@ def _dq_loop(dq, q, do, lse2, lse_lo, delta, k_base, v_base, lo, hi, full_lo, fu
         v = tl.load(v_base + col_off * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                     mask=kv_ok, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if (start_n >= full_lo) & (start_n < full_hi):
-            if SOFTCAP or ALIBI or MASK_MODE != 0:
-                s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap,
-                               slope, mask_base, stride_mm, stride_mn, False, CAUSAL, WINDOW, SOFTCAP, ALIBI,
-                               MASK_MODE)
-                if MASK_MODE == 2:
-                    p = tl.math.exp2((s - lse2[:, None]) - lse_lo[:, None])
-                else:
-                    p = tl.math.exp2(s - lse2[:, None])
-            else:
-                t = qk
-                p = tl.math.exp2(qk * qk_scale - lse2[:, None])  # one FMA a score
-        else:
-            s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
-                           mask_base, stride_mm, stride_mn, True, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
-            if MASK_MODE == 2:
-                p = tl.math.exp2((s - lse2[:, None]) - lse_lo[:, None])
-            else:
-                p = tl.math.exp2(s - lse2[:, None])
+        p, t = _bwd_probs(qk, (start_n >= full_lo) & (start_n < full_hi), lse2, lse_lo, rows, cols, seqlen_q, seqlen_k,
+                          off, window_left, window_right, qk_scale, cap, slope, mask_base, stride_mm, stride_mn, CAUSAL,
+                          WINDOW, SOFTCAP, ALIBI, MASK_MODE)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if DROPOUT:
             keep = _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols)
@@ -706,30 +713,13 @@ def _attn_bwd_dq(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ of one query block, by its own pass over key blocks: no atomics, a fixed summation order."""
-    if CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest (last) row blocks first
-    else:
-        pid_m = tl.program_id(0)
-    off_h = tl.program_id(1).to(tl.int64)
-    off_b = tl.program_id(2).to(tl.int64)
-    off_hk = off_h // kv_group
     max_q, max_k = seqlen_q, seqlen_k  # the dropout counter space (varlen: the longest sequence)
-    start_q, seqlen_q, start_k, seqlen_k = _seq_bounds(CuSeqQ, CuSeqK, off_b, seqlen_q, seqlen_k, VARLEN)
-    start_m = pid_m * BLOCK_M
-    if start_m >= seqlen_q:
+    off_b, off_h, off_hk, bq, start_q, seqlen_q, start_k, seqlen_k, off, start_m = _row_program(
+        CuSeqQ, CuSeqK, seqlen_q, seqlen_k, kv_group, CAUSAL, VARLEN, BOTTOM_RIGHT, BLOCK_M)
+    if start_m >= seqlen_q:  # varlen: this sequence is shorter than the longest one
         return
-    if VARLEN:
-        bq = 0
-    else:
-        bq = off_b
-    off = 0
-    if BOTTOM_RIGHT:
-        off = seqlen_k - seqlen_q
 
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
+    offs_m, offs_n, offs_d, d_ok = _tile_offsets(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
     rows = start_m + offs_m
     q_ok = (rows[:, None] < seqlen_q) & d_ok[None, :]
 
@@ -740,30 +730,15 @@ def _attn_bwd_dq(
                  + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=q_ok, other=0.0)
     l_base = bq * stride_lb + off_h * stride_lh + row0 * stride_lm
     # Rows past the end read lse = +inf, so their P is exactly 0 in every block, interior or not.
-    lse = tl.load(LSE + l_base + offs_m * stride_lm, mask=rows < seqlen_q, other=float("inf"))
+    lse2, lse_lo = _lse_rows(LSE + l_base + offs_m * stride_lm, LseLo + l_base + offs_m * stride_lm, rows < seqlen_q,
+                             MASK_MODE)
     delta = tl.load(Delta + l_base + offs_m * stride_lm, mask=rows < seqlen_q, other=0.0)
-    if MASK_MODE == 2:
-        # LSE holds the base-2 row max here and LseLo log2 of the row sum (see _attn_bwd_rowstats).
-        lse2 = lse
-        lse_lo = tl.load(LseLo + l_base + offs_m * stride_lm, mask=rows < seqlen_q, other=0.0)
-    else:
-        lse2 = lse * 1.4426950408889634
-        lse_lo = lse2
 
     k_base = K + bq * stride_kb + off_hk * stride_kh + start_k * stride_kn
     v_base = V + bq * stride_vb + off_hk * stride_vh + start_k * stride_vn
-    if SOFTCAP:
-        qk_scale = sm_scale / softcap
-        cap = softcap * 1.4426950408889634
-    else:
-        qk_scale = sm_scale * 1.4426950408889634  # exp -> exp2
-        cap = softcap
-    slope = 0.0
-    if ALIBI:
-        slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * 1.4426950408889634
-    mask_base = Mask
-    if MASK_MODE != 0:
-        mask_base = Mask + off_b * stride_mb + off_h * stride_mh
+    qk_scale, cap = _score_scale(sm_scale, softcap, SOFTCAP)
+    slope, mask_base = _head_operands(Alibi, Mask, off_b, off_h, stride_ab, stride_ah, stride_mb, stride_mh, ALIBI,
+                                      MASK_MODE)
 
     lo, hi, full_lo, full_hi = _key_ranges(start_m, seqlen_k, off, window_left, window_right, BLOCK_M, BLOCK_N,
                                            CAUSAL, WINDOW)

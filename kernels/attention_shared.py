@@ -200,21 +200,54 @@ def _key_ranges(start_m, seqlen_k, off, window_left, window_right, BLOCK_M: tl.c
 
 @triton.jit
 def _score_scale(sm_scale, softcap, SOFTCAP: tl.constexpr):
-    """``(qk_scale, cap, flip_q)`` for :func:`_scores` and the forward's FMA fold: with softcap,
-    ``qk_scale = scale / softcap`` and ``cap = softcap * log2(e)``; without, ``qk_scale = |scale| *
-    log2(e)`` (exp -> exp2) and ``flip_q`` says to negate q once, since ``q.k * scale == (-q).k *
-    |scale|`` exactly and the forward's interior step assumes a positive scale."""
-    flip_q = False
+    """``(qk_scale, cap)`` for :func:`_scores`: with softcap, ``qk_scale = scale / softcap`` and
+    ``cap = softcap * log2(e)``; without, ``qk_scale = scale * log2(e)`` (exp -> exp2)."""
     if SOFTCAP:
         qk_scale = sm_scale / softcap
         cap = softcap * 1.4426950408889634
     else:
         qk_scale = sm_scale * 1.4426950408889634
         cap = softcap
+    return qk_scale, cap
+
+
+@triton.jit
+def _positive_score_scale(sm_scale, softcap, SOFTCAP: tl.constexpr):
+    """``(qk_scale, cap, flip_q)`` as :func:`_score_scale`, for the forward's FMA fold: without
+    softcap ``qk_scale = |scale| * log2(e)`` and ``flip_q`` says to negate q once, since ``q.k *
+    scale == (-q).k * |scale|`` exactly and the forward's interior step assumes a positive scale."""
+    qk_scale, cap = _score_scale(sm_scale, softcap, SOFTCAP)
+    flip_q = False
+    if not SOFTCAP:
         if sm_scale < 0:
             flip_q = True
             qk_scale = -qk_scale
     return qk_scale, cap, flip_q
+
+
+@triton.jit
+def _head_operands(Alibi, Mask, off_b, off_h, stride_ab, stride_ah, stride_mb, stride_mh, ALIBI: tl.constexpr,
+                   MASK_MODE: tl.constexpr):
+    """``(slope, mask_base)`` of batch ``off_b``, query head ``off_h``: the ALiBi slope times
+    log2(e) (0 without ALiBi) and the mask's ``(b, h)`` plane (``Mask`` itself without a mask)."""
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * 1.4426950408889634
+    mask_base = Mask
+    if MASK_MODE != 0:
+        mask_base = Mask + off_b.to(tl.int64) * stride_mb + off_h.to(tl.int64) * stride_mh
+    return slope, mask_base
+
+
+@triton.jit
+def _row_block_id(CAUSAL: tl.constexpr):
+    """The row block of this program (grid axis 0): causal launches the heaviest (last) row
+    blocks, which see the most keys, first, so that the light ones fill the tail."""
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        pid_m = tl.program_id(0)
+    return pid_m
 
 
 @triton.jit
@@ -225,7 +258,7 @@ def _softmax_step(qk, m_i, l_i, rows, cols, seqlen_q, seqlen_k, off, window_left
     ``(p, alpha, l_i, m_new)``, ``p`` the block's unnormalised base-2 probabilities, ``alpha`` the
     rescale of what was accumulated before. ``EDGE`` blocks compare every element; interior
     blocks without features fold the scale and the max subtraction into one FMA a score
-    (``qk_scale > 0``: see :func:`_score_scale`)."""
+    (``qk_scale > 0``: see :func:`_positive_score_scale`)."""
     if EDGE or SOFTCAP or ALIBI or MASK_MODE != 0:
         s, _t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
                         mask_base, stride_mm, stride_mn, EDGE, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)

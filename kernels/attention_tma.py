@@ -40,7 +40,8 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._configs import select_compiled
 from .attention_shared import (INTERPRET, SMEM_LIMIT, _TUNE_KEY, _arch, _compile_report, _dropout_keep,
-                               _forward_result, _key_ranges, _score_scale, _softmax_step, kernel_configs)
+                               _forward_result, _head_operands, _key_ranges, _positive_score_scale, _row_block_id,
+                               _softmax_step, kernel_configs)
 
 __all__ = ["launch_fwd_tma", "tma_compatible", "unsupported_reason", "uses_tma", "TMA_MIN_ARCH", "TMA_MAX_HEAD_DIM"]
 
@@ -162,10 +163,7 @@ def _attn_fwd_tma(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     tl.static_assert(not VARLEN, "varlen runs the pointer kernel")
-    if CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest row blocks first
-    else:
-        pid_m = tl.program_id(0)
+    pid_m = _row_block_id(CAUSAL)
     off_h = tl.program_id(1)
     off_b = tl.program_id(2)
     off_hk = off_h // kv_group  # GQA: query head h reads kv head h // group, no repeated K/V
@@ -178,15 +176,11 @@ def _attn_fwd_tma(
     rows = start_m + offs_m
 
     q = desc_q.load([off_b, off_h, start_m, 0]).reshape([BLOCK_M, BLOCK_D])
-    qk_scale, cap, flip_q = _score_scale(sm_scale, softcap, SOFTCAP)
+    qk_scale, cap, flip_q = _positive_score_scale(sm_scale, softcap, SOFTCAP)
     if flip_q:  # q.k * scale == (-q).k * |scale| exactly: the loops may assume scale > 0
         q = -q
-    slope = 0.0
-    if ALIBI:
-        slope = tl.load(Alibi + off_b * stride_ab + off_h * stride_ah).to(tl.float32) * 1.4426950408889634
-    mask_base = Mask
-    if MASK_MODE != 0:
-        mask_base = Mask + off_b.to(tl.int64) * stride_mb + off_h.to(tl.int64) * stride_mh
+    slope, mask_base = _head_operands(Alibi, Mask, off_b, off_h, stride_ab, stride_ah, stride_mb, stride_mh, ALIBI,
+                                      MASK_MODE)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

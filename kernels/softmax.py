@@ -55,6 +55,20 @@ def row_config(seqlen_k: int) -> tuple[int, int, bool]:
 
 
 @triton.jit
+def _program_row(heads, seqlen_q):
+    """``(b, h, i)`` of the row this program owns (one program a row, rows in (B, H, Lq) order), int64."""
+    pid = tl.program_id(0).to(tl.int64)
+    bh = pid // seqlen_q
+    return bh // heads, bh % heads, pid % seqlen_q
+
+
+@triton.jit
+def _row_start(Ptr, off_b, off_h, row, stride_b, stride_h, stride_m):
+    """The address of row ``(b, h, i)`` of a 4-D tensor read by strides."""
+    return Ptr + off_b * stride_b + off_h * stride_h + row * stride_m
+
+
+@triton.jit
 def _load_scaled(x_row, m_row, cols, row, seqlen_k, stride_xn, stride_mn, scale_log2,
                  MASK_MODE: tl.constexpr, CAUSAL: tl.constexpr):
     """Base-2 scores ``log2(e) * (scale * x + mask)`` of the columns ``cols``, -inf where hidden."""
@@ -89,13 +103,9 @@ def _softmax_fwd_kernel(
     heads, seqlen_q, seqlen_k, scale,
     MASK_MODE: tl.constexpr, CAUSAL: tl.constexpr, LOOP: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid % seqlen_q
-    bh = pid // seqlen_q
-    off_h = bh % heads
-    off_b = bh // heads
-    x_row = X + off_b * stride_xb + off_h * stride_xh + row * stride_xm
-    y_row = Y + off_b * stride_yb + off_h * stride_yh + row * stride_ym
+    off_b, off_h, row = _program_row(heads, seqlen_q)
+    x_row = _row_start(X, off_b, off_h, row, stride_xb, stride_xh, stride_xm)
+    y_row = _row_start(Y, off_b, off_h, row, stride_yb, stride_yh, stride_ym)
     m_row = Mask
     if MASK_MODE != 0:
         m_row = Mask + off_b * stride_mb + off_h * stride_mh + row * stride_mm
@@ -141,14 +151,10 @@ def _softmax_bwd_kernel(
     heads, seqlen_q, seqlen_k, scale,
     LOOP: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid % seqlen_q
-    bh = pid // seqlen_q
-    off_h = bh % heads
-    off_b = bh // heads
-    dy_row = DY + off_b * stride_db + off_h * stride_dh + row * stride_dm
-    y_row = Y + off_b * stride_yb + off_h * stride_yh + row * stride_ym
-    dx_row = DX + off_b * stride_xb + off_h * stride_xh + row * stride_xm
+    off_b, off_h, row = _program_row(heads, seqlen_q)
+    dy_row = _row_start(DY, off_b, off_h, row, stride_db, stride_dh, stride_dm)
+    y_row = _row_start(Y, off_b, off_h, row, stride_yb, stride_yh, stride_ym)
+    dx_row = _row_start(DX, off_b, off_h, row, stride_xb, stride_xh, stride_xm)
     offs = tl.arange(0, BLOCK_N)
     if not LOOP:
         ok = offs < seqlen_k
