@@ -5,8 +5,8 @@ shuffle with a partial mask, a misaligned ldmatrix, an unchecked vector alignmen
 from a copy of csrc/ by csrc/sim/sim_sources.py into executables that never ship. Each must
 fail under the simulator with its own message and the kernel's name; the same drivers built
 from the real kernels must pass (so that the failure is the bug's doing). The planted bugs
-only ThreadSanitizer or AddressSanitizer can see are checked in test_sim_tsan.py and
-test_sim_asan.py. Also: the source rewriting those builds rely on.
+only ThreadSanitizer or AddressSanitizer can see are checked in test_sim_sanitizers.py. Also:
+the source rewriting those builds rely on.
 """
 from __future__ import annotations
 

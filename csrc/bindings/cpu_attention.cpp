@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bindings/cpu_registry.h"
@@ -22,8 +23,6 @@ namespace {
 
 using cpu::AttnParams;
 using cpu::AttnTensor;
-using spec::get;
-
 AttnTensor tensor_arg(const py::dict& d, const char* key) {
   AttnTensor t;
   int64_t s[4];
@@ -37,51 +36,32 @@ AttnTensor tensor_arg(const py::dict& d, const char* key) {
 
 AttnParams params_from(const py::dict& d) {
   AttnParams p;
-  p.dtype = get<int>(d, "dtype", 0);
-  p.batch = get<int64_t>(d, "batch", 0);
-  p.heads_q = get<int64_t>(d, "heads_q", 0);
-  p.heads_k = get<int64_t>(d, "heads_k", 0);
-  p.seqlen_q = get<int64_t>(d, "seqlen_q", 0);
-  p.seqlen_k = get<int64_t>(d, "seqlen_k", 0);
-  p.head_dim = get<int64_t>(d, "head_dim", 0);
-  p.head_dim_v = get<int64_t>(d, "head_dim_v", 0);
-  p.q = tensor_arg(d, "q");
-  p.k = tensor_arg(d, "k");
-  p.v = tensor_arg(d, "v");
-  p.out = tensor_arg(d, "out");
-  p.dout = tensor_arg(d, "dout");
-  p.dq = tensor_arg(d, "dq");
-  p.dk = tensor_arg(d, "dk");
-  p.dv = tensor_arg(d, "dv");
+  for (auto [key, t] : {std::pair{"q", &p.q}, {"k", &p.k}, {"v", &p.v}, {"out", &p.out}, {"dout", &p.dout},
+                        {"dq", &p.dq}, {"dk", &p.dk}, {"dv", &p.dv}, {"mask", &p.mask}})
+    *t = tensor_arg(d, key);
   const AttnTensor lse = tensor_arg(d, "lse");  // (ptr, sb, sh, sl, unused)
   p.lse = const_cast<float*>(static_cast<const float*>(lse.ptr));
-  p.lse_sb = lse.sb;
-  p.lse_sh = lse.sh;
-  p.lse_sl = lse.sl;
-  p.mask_kind = static_cast<cpu::AttnMaskKind>(get<int>(d, "mask_kind", 0));
-  p.mask_dtype = get<int>(d, "mask_dtype", 0);
-  p.mask = tensor_arg(d, "mask");
+  p.lse_sb = lse.sb, p.lse_sh = lse.sh, p.lse_sl = lse.sl;
   const AttnTensor alibi = tensor_arg(d, "alibi");  // (ptr, sb, sh, 0, 0)
   p.alibi = static_cast<const float*>(alibi.ptr);
-  p.alibi_sb = alibi.sb;
-  p.alibi_sh = alibi.sh;
-  p.cu_seqlens_q = spec::address<const int64_t>(d, "cu_seqlens_q");
-  p.cu_seqlens_k = spec::address<const int64_t>(d, "cu_seqlens_k");
-  p.num_seqs = get<int64_t>(d, "num_seqs", 0);
-  p.scale = get<float>(d, "scale", 1.0f);
-  p.softcap = get<float>(d, "softcap", 0.0f);
-  p.dropout_p = get<float>(d, "dropout_p", 0.0f);
-  p.seed = get<uint64_t>(d, "seed", 0);
-  p.rng_offset = get<int64_t>(d, "rng_offset", 0);
-  p.drop_lq = get<int64_t>(d, "drop_lq", 0);
-  p.drop_lk = get<int64_t>(d, "drop_lk", 0);
-  p.causal = get<bool>(d, "causal", false);
-  p.bottom_right = get<bool>(d, "bottom_right", false);
-  p.window_left = get<int64_t>(d, "window_left", -1);
-  p.window_right = get<int64_t>(d, "window_right", -1);
-  p.deterministic = get<bool>(d, "deterministic", false);
-  p.num_threads = get<int>(d, "num_threads", 1);
+  p.alibi_sb = alibi.sb, p.alibi_sh = alibi.sh;
+  spec::read_fields(d, "dtype", p.dtype, "batch", p.batch, "heads_q", p.heads_q, "heads_k", p.heads_k, "seqlen_q",
+                    p.seqlen_q, "seqlen_k", p.seqlen_k, "head_dim", p.head_dim, "head_dim_v", p.head_dim_v,
+                    "mask_kind", p.mask_kind, "mask_dtype", p.mask_dtype, "cu_seqlens_q", p.cu_seqlens_q,
+                    "cu_seqlens_k", p.cu_seqlens_k, "num_seqs", p.num_seqs, "scale", p.scale, "softcap", p.softcap,
+                    "dropout_p", p.dropout_p, "seed", p.seed, "rng_offset", p.rng_offset, "drop_lq", p.drop_lq,
+                    "drop_lk", p.drop_lk, "causal", p.causal, "bottom_right", p.bottom_right, "window_left",
+                    p.window_left, "window_right", p.window_right, "deterministic", p.deterministic,
+                    "num_threads", p.num_threads);
   return p;
+}
+
+// A kernel entry point called with the spec's parameters, the GIL released.
+template <void (*Kernel)(const AttnParams&)>
+void run(const py::dict& spec) {
+  const AttnParams p = params_from(spec);
+  py::gil_scoped_release release;
+  Kernel(p);
 }
 
 }  // namespace
@@ -94,26 +74,12 @@ void register_cpu_attention(py::module_& m) {
       py::arg("name"),
       "Run the CPU attention with a lower instruction set than this CPU's best ('avx2', 'avx512', "
       "'avx512bf16'; 'auto' restores the best), for tests. Returns False if the CPU lacks it.");
-  m.def(
-      "cpu_attention_fwd",
-      [](const py::dict& spec) {
-        const AttnParams p = params_from(spec);
-        py::gil_scoped_release release;
-        cpu::attention_fwd(p);
-      },
-      py::arg("spec"),
-      "Fused attention forward on the CPU: writes spec['out'] (B,Hq,Lq,Dv) and spec['lse'] "
-      "(B,Hq,Lq) fp32. See fastattn/backends/cpu_attention.py for the spec's keys.");
-  m.def(
-      "cpu_attention_bwd",
-      [](const py::dict& spec) {
-        const AttnParams p = params_from(spec);
-        py::gil_scoped_release release;
-        cpu::attention_bwd(p);
-      },
-      py::arg("spec"),
-      "Fused attention backward on the CPU: writes spec['dq'], spec['dk'], spec['dv'] from "
-      "q, k, v, out, lse and dout.");
+  m.def("cpu_attention_fwd", &run<cpu::attention_fwd>, py::arg("spec"),
+        "Fused attention forward on the CPU: writes spec['out'] (B,Hq,Lq,Dv) and spec['lse'] "
+        "(B,Hq,Lq) fp32. See fastattn/backends/cpu/attention.py for the spec's keys.");
+  m.def("cpu_attention_bwd", &run<cpu::attention_bwd>, py::arg("spec"),
+        "Fused attention backward on the CPU: writes spec['dq'], spec['dk'], spec['dv'] from "
+        "q, k, v, out, lse and dout.");
   m.def(
       "cpu_decode_fwd",
       [](const py::dict& spec) {

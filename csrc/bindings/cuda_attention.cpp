@@ -16,30 +16,17 @@ namespace py = pybind11;
 namespace fastattn::bindings {
 
 namespace {
-using spec::get;
-
 // The forward's fields, which the backward's parameters extend.
 void read_fwd_params(const py::dict& d, cuda::AttnFwdParams& p) {
-  p.dtype = get<int>(d, "dtype", 0);
   p.q = spec::tensor(d, "q", p.q_strides);
   p.k = spec::tensor(d, "k", p.k_strides);
   p.v = spec::tensor(d, "v", p.v_strides);
   p.out = const_cast<void*>(spec::tensor(d, "out", p.o_strides));
-  p.lse = spec::address<float>(d, "lse");
-  p.batch = get<int64_t>(d, "batch", 0);
-  p.heads = get<int64_t>(d, "heads", 0);
-  p.heads_k = get<int64_t>(d, "heads_k", 0);
-  p.seqlen_q = get<int64_t>(d, "seqlen_q", 0);
-  p.seqlen_k = get<int64_t>(d, "seqlen_k", 0);
-  p.head_dim = get<int64_t>(d, "head_dim", 0);
-  p.scale = get<float>(d, "scale", 1.0f);
-  p.causal = get<bool>(d, "causal", false);
-  p.bottom_right = get<bool>(d, "bottom_right", false);
-  p.window_left = get<int>(d, "window_left", -1);
-  p.window_right = get<int>(d, "window_right", -1);
-  p.softcap = get<float>(d, "softcap", 0.0f);
-  p.alibi_slopes = spec::address<const float>(d, "alibi_slopes");
-  p.alibi_batch_stride = get<int64_t>(d, "alibi_batch_stride", 0);
+  spec::read_fields(d, "dtype", p.dtype, "lse", p.lse, "batch", p.batch, "heads", p.heads, "heads_k", p.heads_k,
+                    "seqlen_q", p.seqlen_q, "seqlen_k", p.seqlen_k, "head_dim", p.head_dim, "scale", p.scale,
+                    "causal", p.causal, "bottom_right", p.bottom_right, "window_left", p.window_left,
+                    "window_right", p.window_right, "softcap", p.softcap, "alibi_slopes", p.alibi_slopes,
+                    "alibi_batch_stride", p.alibi_batch_stride);
 }
 
 cuda::AttnBwdParams bwd_params_from(const py::dict& d) {
@@ -49,8 +36,7 @@ cuda::AttnBwdParams bwd_params_from(const py::dict& d) {
   p.dq = const_cast<void*>(spec::tensor(d, "dq", p.dq_strides));
   p.dk = const_cast<void*>(spec::tensor(d, "dk", p.dk_strides));
   p.dv = const_cast<void*>(spec::tensor(d, "dv", p.dv_strides));
-  p.workspace = spec::address<float>(d, "workspace");
-  p.deterministic = get<bool>(d, "deterministic", false);
+  spec::read_fields(d, "workspace", p.workspace, "deterministic", p.deterministic);
   return p;
 }
 

@@ -14,37 +14,20 @@ namespace py = pybind11;
 namespace fastattn::bindings {
 
 namespace {
-using spec::get;
-
 cuda::KvDecodeParams decode_params_from(const py::dict& d) {
   cuda::KvDecodeParams p;
-  p.dtype = get<int>(d, "dtype", 0);
   p.q = spec::tensor(d, "q", p.q_strides);
   p.k_cache = const_cast<void*>(spec::tensor(d, "k_cache", p.k_strides));
   p.v_cache = const_cast<void*>(spec::tensor(d, "v_cache", p.v_strides));
   p.k_new = spec::tensor(d, "k_new", p.kn_strides);
   p.v_new = spec::tensor(d, "v_new", p.vn_strides);
-  p.cache_seqlens = spec::address<const int>(d, "cache_seqlens");
-  p.alibi_slopes = spec::address<const float>(d, "alibi_slopes");
-  p.alibi_batch_stride = get<int64_t>(d, "alibi_batch_stride", 0);
-  p.out = spec::address<void>(d, "out");
-  p.lse = spec::address<float>(d, "lse");
-  p.o_partial = spec::address<float>(d, "o_partial");
-  p.lse_partial = spec::address<float>(d, "lse_partial");
-  p.batch = get<int64_t>(d, "batch", 0);
-  p.seqlen_q = get<int64_t>(d, "seqlen_q", 0);
-  p.heads = get<int64_t>(d, "heads", 0);
-  p.heads_k = get<int64_t>(d, "heads_k", 0);
-  p.head_dim = get<int64_t>(d, "head_dim", 0);
-  p.head_dim_v = get<int64_t>(d, "head_dim_v", 0);
-  p.seqlen_new = get<int64_t>(d, "seqlen_new", 0);
-  p.max_seqlen_k = get<int64_t>(d, "max_seqlen_k", 0);
-  p.num_splits = get<int>(d, "num_splits", 1);
-  p.scale = get<float>(d, "scale", 1.0f);
-  p.softcap = get<float>(d, "softcap", 0.0f);
-  p.causal = get<bool>(d, "causal", false);
-  p.window_left = get<int64_t>(d, "window_left", -1);
-  p.window_right = get<int64_t>(d, "window_right", -1);
+  spec::read_fields(d, "dtype", p.dtype, "cache_seqlens", p.cache_seqlens, "alibi_slopes", p.alibi_slopes,
+                    "alibi_batch_stride", p.alibi_batch_stride, "out", p.out, "lse", p.lse, "o_partial", p.o_partial,
+                    "lse_partial", p.lse_partial, "batch", p.batch, "seqlen_q", p.seqlen_q, "heads", p.heads,
+                    "heads_k", p.heads_k, "head_dim", p.head_dim, "head_dim_v", p.head_dim_v, "seqlen_new",
+                    p.seqlen_new, "max_seqlen_k", p.max_seqlen_k, "num_splits", p.num_splits, "scale", p.scale,
+                    "softcap", p.softcap, "causal", p.causal, "window_left", p.window_left, "window_right",
+                    p.window_right);
   return p;
 }
 }  // namespace

@@ -4,6 +4,9 @@
 // Each kernel function takes one Python dict of named values (the "spec") that its backend
 // module builds; a binding copies the entries into the kernel's parameter struct with the
 // helpers below. A missing key, or None, keeps the field's default. Conventions:
+//   field      read_fields(spec, "key", p.field, ...): each value converted to its field's type
+//              (an int address for a pointer field, the code for an enum); a missing key keeps
+//              the struct's default
 //   number     get<T>(spec, "key", fallback)
 //   address    address<T>(spec, "key"): an int (data_ptr()), nullptr when absent or 0
 //   tensor     tensor<N>(spec, "key", strides): a tuple (data_ptr, s0, ..., s{N-1}) with the
@@ -19,7 +22,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
+#include <utility>
 
 namespace fastattn::bindings::spec {
 
@@ -45,6 +50,25 @@ T get(const py::dict& d, const char* key, T fallback) {
 template <class T>
 T* address(const py::dict& d, const char* key) {
   return reinterpret_cast<T*>(get<std::uintptr_t>(d, key, 0));
+}
+
+template <class F>
+void read(const py::dict& d, const char* key, F& field) {
+  PyObject* v = item(d, key);
+  if (v == nullptr) return;
+  if constexpr (std::is_pointer_v<F>)
+    field = reinterpret_cast<F>(py::handle(v).cast<std::uintptr_t>());
+  else if constexpr (std::is_enum_v<F>)
+    field = static_cast<F>(py::handle(v).cast<std::underlying_type_t<F>>());
+  else
+    field = py::handle(v).cast<F>();
+}
+
+// read() of each (key, field) pair in turn.
+template <class F, class... Rest>
+void read_fields(const py::dict& d, const char* key, F& field, Rest&&... rest) {
+  read(d, key, field);
+  if constexpr (sizeof...(rest) > 0) read_fields(d, std::forward<Rest>(rest)...);
 }
 
 // A strided tensor (see the header comment); its N strides go to `strides`.

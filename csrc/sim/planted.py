@@ -48,6 +48,11 @@ class Bug:
     why: str = ""
 
 
+def _wait_bug(name: str, file: str, anchor: str, replacement: str, driver: str, kernel: str, why: str) -> Bug:
+    """A cp.async wait removed or made too shallow: the copies' data is read in flight."""
+    return Bug(name, file, anchor, replacement, driver, (), "plain", expect=(kernel, NOT_WAITED), why=why)
+
+
 def _barrier_bug(name: str, file: str, anchor: str, replacement: str, driver: str, kernel: str, why: str) -> Bug:
     """A barrier removed or a wait made too shallow: whichever thread gets there first decides
     which of the simulator's three ordering checks reports it, so any one of them will do."""
@@ -55,19 +60,28 @@ def _barrier_bug(name: str, file: str, anchor: str, replacement: str, driver: st
                any_of=(NO_BARRIER_SINCE_WAIT, NOT_SEPARATED, NOT_WAITED), why=why)
 
 
+def _sanitizer_bug(name: str, file: str, anchor: str, replacement: str, driver: str, args: tuple[str, ...],
+                   report: str, kernel: str, why: str) -> Bug:
+    """A bug only a sanitizer sees: its build and report ("tsan": a data race, "asan": a heap
+    overflow), naming the kernel."""
+    message = {"tsan": r"WARNING: ThreadSanitizer: data race", "asan": r"AddressSanitizer: heap-buffer-overflow"}
+    return Bug(name, file, anchor, replacement, driver, args, report, expect=(message[report], kernel), why=why)
+
+
+def _check_bug(name: str, file: str, anchor: str, replacement: str, driver: str, kernel: str, message: str,
+               why: str, args: tuple[str, ...] = ()) -> Bug:
+    """A bug one of the simulator's own checks reports with `message` (or, for "NaN", the
+    driver's comparison), naming the kernel."""
+    return Bug(name, file, anchor, replacement, driver, args, "plain", expect=(kernel, message), why=why)
+
+
 _LIST = [
-    Bug("attn_missing_wait", FLASH,
-        "    cp_async_wait<0>();  // K tile t\n",
-        "    /* planted: cp_async_wait<0>() missing */\n",
-        "planted_attention", (), "plain",
-        expect=(FLASH_KERNEL, NOT_WAITED),
-        why="K tile t is read while its cp.async group is still in flight"),
-    Bug("attn_shallow_wait", FLASH,
-        "    cp_async_wait<0>();  // V tile t\n",
-        "    cp_async_wait<1>();  /* planted: one group too many left in flight */\n",
-        "planted_attention", (), "plain",
-        expect=(FLASH_KERNEL, NOT_WAITED),
-        why="wait_group 1 leaves V tile t's group, the newest, in flight when O += P V reads it"),
+    _wait_bug("attn_missing_wait", FLASH, "    cp_async_wait<0>();  // K tile t\n",
+              "    /* planted: cp_async_wait<0>() missing */\n", "planted_attention", FLASH_KERNEL,
+              why="K tile t is read while its cp.async group is still in flight"),
+    _wait_bug("attn_shallow_wait", FLASH, "    cp_async_wait<0>();  // V tile t\n",
+              "    cp_async_wait<1>();  /* planted: one group too many left in flight */\n", "planted_attention",
+              FLASH_KERNEL, why="wait_group 1 leaves V tile t's group, the newest, in flight when O += P V reads it"),
     _barrier_bug(
         "attn_no_barrier_after_wait", FLASH,
         "    cp_async_wait<0>();  // K tile t\n"
@@ -84,24 +98,20 @@ _LIST = [
         "planted_attention", FLASH_KERNEL,
         why="the next K tile's cp.async overwrites the buffer a slower warp is still reading (and "
             "V's rows are read before the barrier that publishes them)"),
-    Bug("attn_partial_mask_shuffle", FLASH,
-        "        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));\n",
+    _check_bug(
+        "attn_partial_mask_shuffle", FLASH, "        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));\n",
         "        mx = fmaxf(mx, __shfl_xor_sync(0x3u << (lane & ~1), mx, 2));  /* planted: pair mask */\n",
-        "planted_attention", (), "plain",
-        expect=(FLASH_KERNEL, r"__shfl_xor_sync reads lane \d+, which is not in mask 0x[0-9a-f]{8}"),
+        "planted_attention", FLASH_KERNEL, r"__shfl_xor_sync reads lane \d+, which is not in mask 0x[0-9a-f]{8}",
         why="the quad max reads the lane two away, which the (pair) mask leaves out"),
-    Bug("attn_misaligned_ldmatrix", FLASH,
+    _check_bug(
+        "attn_misaligned_ldmatrix", FLASH,
         "      for (int ks = 0; ks < D / 16; ++ks) ldmatrix_x4(qf[mt][ks], sQ + q_lane.at(ks, warp * WR + mt * 16));\n",
         "      for (int ks = 0; ks < D / 16; ++ks) ldmatrix_x4(qf[mt][ks], sQ + q_lane.at(ks, warp * WR + mt * 16) + 4);\n",
-        "planted_attention", (), "plain",
-        expect=(FLASH_KERNEL, r"ldmatrix row address 0x[0-9a-f]+ \(matrix \d\) is not 16-byte aligned"),
+        "planted_attention", FLASH_KERNEL, r"ldmatrix row address 0x[0-9a-f]+ \(matrix \d\) is not 16-byte aligned",
         why="a Q row address 8 bytes past a 16-byte boundary"),
-    Bug("attn_bwd_missing_wait", FLASH_BWD,
-        "    cp_async_wait<0>();  // Q, lse, delta and dO of this step\n",
-        "    /* planted: cp_async_wait<0>() missing */\n",
-        "planted_attention_bwd", (), "plain",
-        expect=(DKDV_KERNEL, NOT_WAITED),
-        why="the step's Q and dO tiles are read while their cp.async groups are still in flight"),
+    _wait_bug("attn_bwd_missing_wait", FLASH_BWD, "    cp_async_wait<0>();  // Q, lse, delta and dO of this step\n",
+              "    /* planted: cp_async_wait<0>() missing */\n", "planted_attention_bwd", DKDV_KERNEL,
+              why="the step's Q and dO tiles are read while their cp.async groups are still in flight"),
     _barrier_bug(
         "attn_bwd_no_barrier_before_do_refill", FLASH_BWD,
         "    __syncthreads();  // every warp is done with dO (refilled next) and dS^T is complete\n",
@@ -116,32 +126,28 @@ _LIST = [
         "planted_attention_bwd", DQ_KERNEL,
         why="the deterministic dq pass reads K/V rows other threads copied before any barrier, and "
             "refills the stage a slower warp still reads"),
-    Bug("decode_static_smem_unwritten", DECODE,
-        "    if (d < Dv) partial_o[warp][d] = acc[c];\n",
+    _check_bug(
+        "decode_static_smem_unwritten", DECODE, "    if (d < Dv) partial_o[warp][d] = acc[c];\n",
         "    if (d < Dv && warp < n) partial_o[warp][d] = acc[c];  /* planted: idle warps skip */\n",
-        "planted_decode", (), "plain",
-        expect=(r"split_kv_decode_kernel<float>", r"NaN"),
+        "planted_decode", r"split_kv_decode_kernel<float>", r"NaN",
         why="warps with no key skip their partial, which the merge reads anyway; static shared "
             "memory used to be zero-initialised and shared by all blocks, which hid this"),
-    Bug("decode_no_barrier_before_merge", DECODE,
+    _sanitizer_bug(
+        "decode_no_barrier_before_merge", DECODE,
         "    if (d < Dv) partial_o[warp][d] = acc[c];\n  }\n  __syncthreads();\n",
         "    if (d < Dv) partial_o[warp][d] = acc[c];\n  }\n  /* planted: no barrier before the merge */\n",
-        "planted_decode", (), "tsan",
-        expect=(r"WARNING: ThreadSanitizer: data race", r"split_kv_decode_kernel<float>"),
+        "planted_decode", (), "tsan", r"split_kv_decode_kernel<float>",
         why="the merge reads other warps' partial outputs in static shared memory before they are "
             "all written: usually right by timing, a data race all the same"),
-    Bug("softmax_unaligned_vector", SOFTMAX,
-        "  const bool x_vec = xs.k == 1 && is_aligned(xr, 16);\n",
-        "  const bool x_vec = xs.k == 1;  /* planted: alignment not checked */\n",
-        "planted_softmax", ("misaligned",), "plain",
-        expect=(r"scaled_masked_softmax_fwd_kernel<float>",
-                r"vector load of 16 bytes at 0x[0-9a-f]+ is not 16-byte aligned"),
-        why="a 16-byte load from a row that starts 4 bytes past a 16-byte boundary"),
-    Bug("softmax_vector_tail_overrun", SOFTMAX,
-        "      if (x_vec && n == N) {\n",
+    _check_bug(
+        "softmax_unaligned_vector", SOFTMAX, "  const bool x_vec = xs.k == 1 && is_aligned(xr, 16);\n",
+        "  const bool x_vec = xs.k == 1;  /* planted: alignment not checked */\n", "planted_softmax",
+        r"scaled_masked_softmax_fwd_kernel<float>", r"vector load of 16 bytes at 0x[0-9a-f]+ is not 16-byte aligned",
+        why="a 16-byte load from a row that starts 4 bytes past a 16-byte boundary", args=("misaligned",)),
+    _sanitizer_bug(
+        "softmax_vector_tail_overrun", SOFTMAX, "      if (x_vec && n == N) {\n",
         "      if (x_vec) {  /* planted: the ragged tail is loaded as a whole vector */\n",
-        "planted_softmax", ("tail",), "asan",
-        expect=(r"AddressSanitizer: heap-buffer-overflow", r"scaled_masked_softmax_fwd_kernel"),
+        "planted_softmax", ("tail",), "asan", r"scaled_masked_softmax_fwd_kernel",
         why="the last chunk of a 301-float row is read as 4 floats: 12 bytes past the tensor"),
 ]
 

@@ -16,7 +16,7 @@ reason planted.py gives). Builds incrementally in build/sim-tests (build/sim-tes
 build/sim-tests-asan); --build-dir overrides. The simulator runs with its defaults (two
 blocks in flight, random early landing of cp.async copies) unless FASTATTN_SIM_* say
 otherwise. The pytest wrappers are tests/test_sim_unit.py, test_sim_planted.py,
-test_sim_checks.py, test_sim_tsan.py and test_sim_asan.py.
+test_sim_checks.py and test_sim_sanitizers.py.
 """
 from __future__ import annotations
 

@@ -25,15 +25,11 @@ namespace fastattn::cuda {
 // The forward's call (q, k, v, out, lse, their strides, sizes, masks, softcap, ALiBi: read, not
 // written; lse (B, Hq, Lq) contiguous) and what the backward adds.
 struct AttnBwdParams : AttnFwdParams {
-  const void* dout = nullptr;
-  void* dq = nullptr;
-  void* dk = nullptr;
-  void* dv = nullptr;
+  const void* dout = nullptr;  // like out
+  void *dq = nullptr, *dk = nullptr, *dv = nullptr;
   float* workspace = nullptr;
-  int64_t do_strides[3] = {0, 0, 0};  // batch, head, seq (elements)
-  int64_t dq_strides[3] = {0, 0, 0};
-  int64_t dk_strides[3] = {0, 0, 0};
-  int64_t dv_strides[3] = {0, 0, 0};
+  // (batch, head, seq) element strides of dout, dq, dk and dv.
+  int64_t do_strides[3] = {}, dq_strides[3] = {}, dk_strides[3] = {}, dv_strides[3] = {};
   bool deterministic = false;
 
   // Set by the launcher, as the forward's derived fields (read by the kernels at each use).
