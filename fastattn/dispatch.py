@@ -79,11 +79,13 @@ class Impl:
     backend: str
     fn: Callable
     supports: Optional[Callable] = None
-    delegated_to: Optional[Callable[[torch.device], str]] = None
-    """For an implementation that hands the work to another backend's kernel (the CUDA C++
-    attention backward runs the Triton or reference backward): ``delegated_to(device)``
-    names the backend whose kernel actually runs, so that reports never credit this
-    backend with it. ``None``: this backend's own kernel."""
+    delegated_to: Optional[Callable[..., str]] = None
+    """For an implementation that hands some or all of its calls to another backend's kernel
+    (the CUDA C++ attention backward hands head dims over 128 to the Triton or reference
+    backward): ``delegated_to(device, *inputs, **kwargs)`` names the backend whose kernel
+    actually runs a call with these inputs (the family forward's, as ``supports`` takes them;
+    none: the calls this backend computes itself, if any), so that reports never credit this
+    backend with it. ``None``: this backend's own kernel, always."""
 
 
 _IMPLS: dict[tuple[str, str], Impl] = {}
@@ -96,7 +98,7 @@ _state = threading.local()
 
 
 def register(op: str, backend: str, fn: Callable, supports: Optional[Callable] = None, *,
-             delegated_to: Optional[Callable[[torch.device], str]] = None) -> None:
+             delegated_to: Optional[Callable[..., str]] = None) -> None:
     """Register ``fn`` as ``backend``'s implementation of core op ``op`` (``delegated_to``:
     see :attr:`Impl.delegated_to`). fastattn's own backends never call this: their ``OPS``
     tables (:data:`BACKEND_PACKAGES`) are entered through it on first use; it stays public for
@@ -108,15 +110,17 @@ def register(op: str, backend: str, fn: Callable, supports: Optional[Callable] =
     _IMPLS[(op, backend)] = Impl(op, backend, fn, supports, delegated_to)
 
 
-def runs_on(op: str, backend: str, device: torch.device | str) -> str:
+def runs_on(op: str, backend: str, device: torch.device | str, *inputs, **kwargs) -> str:
     """The backend whose kernel runs core op ``op`` when ``backend`` is selected for inputs on
-    ``device``: ``backend`` itself, unless its implementation delegates (e.g. ``runs_on(
-    "attention_bwd", "cuda", dev)`` is ``"triton"`` where Triton runs). For reports."""
+    ``device``: ``backend`` itself, unless its implementation delegates. Given the call's
+    inputs (those :func:`select` takes), the answer is for that call: ``runs_on(
+    "attention_bwd", "cuda", dev, q, k, v, ...)`` is ``"triton"`` for a head dim over 128
+    where Triton runs, ``"cuda"`` otherwise. For reports."""
     _load_backends()
     impl = _IMPLS.get((op, backend))
     if impl is None:
         raise KeyError(f"backend {backend!r} has no implementation of {op!r}")
-    return backend if impl.delegated_to is None else impl.delegated_to(torch.device(device))
+    return backend if impl.delegated_to is None else impl.delegated_to(torch.device(device), *inputs, **kwargs)
 
 
 def register_backend(name: str, available: Callable[[torch.device], Optional[str]]) -> None:

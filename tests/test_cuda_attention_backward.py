@@ -11,6 +11,8 @@ write, or a workspace value read before it is written, fails.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -118,6 +120,42 @@ def test_declined_head_dims_fall_back_with_a_reason(bwd_calls):
     assert cuda_attention.backward_unsupported(q[..., :128]) is None
     _flash_case(torch.float16, 17, 20, 136, True)
     assert bwd_calls == []
+
+
+def _counted(backend: str, calls: list) -> dispatch.Impl:
+    """``backend``'s attention_bwd implementation, appending its name to ``calls`` when called."""
+    impl = dispatch.implementations("attention_bwd")[backend]
+
+    def fn(*args, **kwargs):
+        calls.append(backend)
+        return impl.fn(*args, **kwargs)
+
+    return dataclasses.replace(impl, fn=fn)
+
+
+def test_reports_name_the_backend_that_runs_each_call(monkeypatch):
+    """Given a call's inputs (what bench's reports pass), dispatch.runs_on names the backend whose
+    backward computes it: the fallback at head dim 136, whose backward is then the one called,
+    and cuda at 64."""
+    selected = []
+    select = dispatch.select
+
+    def spy(ops, requested, device, *args, **kwargs):
+        selected.append((device, args, kwargs))
+        return select(ops, requested, device, *args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "select", spy)
+    calls = []
+    for d in (136, 64):
+        q, k, v = (testing.randn(1, 9, 2, d, dtype=torch.float16, seed=s, device=DEVICE).requires_grad_()
+                   for s in range(3))
+        out = fastattn.flash_attn_func(q, k, v, causal=True, backend="cuda")
+        device, args, kwargs = selected[-1]
+        by = dispatch.runs_on("attention_bwd", "cuda", device, *args, **kwargs)
+        assert (by == "cuda") == (d == 64), (d, by)
+        monkeypatch.setitem(dispatch._IMPLS, ("attention_bwd", by), _counted(by, calls))
+        out.backward(torch.ones_like(out))
+        assert calls[-1] == by, (d, calls)
 
 
 # The cross-product: both dtypes, kernel head dims 64 and 128 and padded ones, several query and

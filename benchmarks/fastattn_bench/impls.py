@@ -125,8 +125,8 @@ class FastattnRunner(Runner):
 def record_selection(runner):
     """Record in ``runner.last_selected`` the backend(s) whose kernels run inside the block:
     what :func:`fastattn.dispatch.select` picks (what ``auto`` resolved to), and for an op the
-    picked backend delegates, the backend that really runs it (``"cuda+triton (attention_bwd
-    delegated by cuda)"``); joined by "+" if several."""
+    picked backend delegates for these inputs, the backend that really runs it (``"cuda+triton
+    (attention_bwd delegated by cuda)"`` at head dim 256); joined by "+" if several."""
     from fastattn import dispatch
 
     original = dispatch.select
@@ -135,7 +135,7 @@ def record_selection(runner):
     def spy(ops, requested, device, *args, **kwargs):
         name = original(ops, requested, device, *args, **kwargs)
         for op in (ops,) if isinstance(ops, str) else ops:
-            by = dispatch.runs_on(op, name, device)
+            by = dispatch.runs_on(op, name, device, *args, **kwargs)
             label = name if by == name else f"{by} ({op} delegated by {name})"
             if label not in picked:
                 picked.append(label)

@@ -152,15 +152,11 @@ def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlen
     """``(dq, dk, dv)`` shaped and laid out like ``q``, ``k``, ``v`` (``(B, H, L, D)``), from the
     forward's ``out`` and ``lse``; GQA/MQA dk/dv summed over each key/value head's query heads.
     Calls :func:`backward_unsupported` declines run another backend's backward."""
+    extras = dict(attn_mask=attn_mask, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q,
+                  cu_seqlens_k=cu_seqlens_k, args=args)
     if backward_unsupported(q) is not None:
-        impls = dispatch.implementations("attention_bwd")
-        impl = impls[_fallback_backend(q.device)]
-        if impl.supports is not None and impl.supports(q, k, v, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-                                                       cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                                                       args=args) is not None:
-            impl = impls["reference"]
-        return impl.fn(dout, q, k, v, out, lse, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-                       cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, args=args)
+        by = backward_runs_on(q.device, q, k, v, **extras)
+        return dispatch.implementations("attention_bwd")[by].fn(dout, q, k, v, out, lse, **extras)
     dout = _rows_16b(dout.to(q.dtype))
     lse = lse.to(torch.float32).contiguous()
     dq, dk, dv = (torch.empty_like(x) for x in (q, k, v))
@@ -176,4 +172,18 @@ def attention_bwd(dout, q, k, v, out, lse, *, attn_mask, alibi_slopes, cu_seqlen
     return dq, dk, dv
 
 
-OPS = {"attention_fwd": (attention_fwd, supports), "attention_bwd": (attention_bwd, supports)}
+def backward_runs_on(device: torch.device, q=None, *inputs, **kwargs) -> str:
+    """The backend whose kernel computes :func:`attention_bwd` for a call with these forward
+    inputs (``dispatch.runs_on``): ``"cuda"``, or the fallback for a call
+    :func:`backward_unsupported` declines. Without inputs: ``"cuda"``, the kernel of every call
+    it does not decline."""
+    if q is None or backward_unsupported(q) is None:
+        return "cuda"
+    fallback = _fallback_backend(device)
+    supported = dispatch.implementations("attention_bwd")[fallback].supports
+    if supported is not None and supported(q, *inputs, **kwargs) is not None:
+        return "reference"
+    return fallback
+
+
+OPS = {"attention_fwd": (attention_fwd, supports), "attention_bwd": (attention_bwd, supports, backward_runs_on)}
