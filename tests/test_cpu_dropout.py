@@ -20,16 +20,11 @@ pytestmark = [pytest.mark.requires_backend("cpu"), pytest.mark.usefixtures("pois
 
 @pytest.mark.parametrize("isa", ISAS, ids=ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("threads", [1, 2], ids=["t1", "t2"])
 def test_dropout_every_instruction_set_and_thread_count(isa, dtype, threads, use_isa):
+    """Each ISA this CPU has, at 1 and 2 threads (conftest's ``threads``)."""
     use_isa(isa)
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        q, k, v = qkv(2, 4, 2, 90, 140, 48, dtype, seed=7, device="cpu")
-        check_with_the_same_mask("cpu", q, k, v, dropout_args(48, 0.25, seed=2**63 + 12345, offset=1000, causal=True))
-    finally:
-        torch.set_num_threads(prev)
+    q, k, v = qkv(2, 4, 2, 90, 140, 48, dtype, seed=7, device="cpu")
+    check_with_the_same_mask("cpu", q, k, v, dropout_args(48, 0.25, seed=2**63 + 12345, offset=1000, causal=True))
 
 
 def test_public_api_dropout_on_cpu_is_reproducible():
