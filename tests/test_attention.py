@@ -24,6 +24,7 @@ import torch
 
 import fastattn
 from fastattn import reference, testing
+from backend_cases import compare_on_backend
 from decode_cases import backends
 
 pytestmark = pytest.mark.usefixtures("poisoned")
@@ -39,58 +40,9 @@ DECLINED = {
 }
 
 
-def _features(dtype, *features):
-    return {DTYPE_IDS[dtype], *features}
-
-
-def _declined(backend, features):
-    return sorted(f for f in features if f in DECLINED.get(backend, {}))
-
-
 def _check(backend, features, fn, ref_fn, inputs, dtype, lse=True):
-    """``fn(backend, *inputs)`` against ``ref_fn(*inputs)`` (float64 and input-dtype runs):
-    the output, the LSE (``lse``: both return ``(out, lse)``) and the gradients of every
-    floating-point input that requires one."""
-    expected_decline = _declined(backend, features)
-    try:
-        got = _run(lambda *xs: fn(backend, *xs), inputs, dtype)
-    except ValueError as exc:
-        if "cannot run" not in str(exc):
-            raise
-        assert expected_decline, f"{backend} declined a case it should serve: {str(exc).splitlines()[0]}"
-        pytest.skip(f"{backend} declines {', '.join(expected_decline)}: {str(exc).splitlines()[0][:200]}")
-    assert not expected_decline, f"{backend} now serves {expected_decline}: update DECLINED"
-    ref64 = _run(ref_fn, inputs, torch.float64)
-    ref_lowp = None if dtype == F32 else _run(ref_fn, inputs, None)
-    results = 2 if lse else 1
-    names = ["out", "lse"][:results] + [f"grad{i}" for i in range(len(got) - results)]
-    # fp32 gradients are held relative to the largest of them: one can be ~0 by cancellation
-    # (dq with a single visible key), and rounding in a cancelling sum is relative to its terms.
-    grad_scale = max(float(g[torch.isfinite(g)].abs().max()) if torch.isfinite(g).any() else 0.0
-                     for g in ref64[results:])
-    for i, (name, g, r64) in enumerate(zip(names, got, ref64)):
-        rlp = None if ref_lowp is None else ref_lowp[i]
-        scale = grad_scale if (dtype == F32 and i >= results) else None
-        testing.assert_close(g, r64, rlp, f"{backend} {name}", scale=scale)
-
-
-def _run(fn, inputs, compute_dtype):
-    """``(*results, *grads)`` of ``fn(*inputs)``: the first result's gradients for one fixed
-    ``dout``, with respect to the inputs that require grad (cast to ``compute_dtype`` first,
-    ``None`` keeps them)."""
-    leaves, args = [], []
-    for t in inputs:
-        if isinstance(t, torch.Tensor) and t.requires_grad:
-            t = t.detach().to(compute_dtype) if compute_dtype is not None else t.detach().clone()
-            leaves.append(t.requires_grad_())
-        args.append(t)  # other inputs (ALiBi slopes) as they are: the API's own dtype rules
-    with torch.enable_grad():
-        results = fn(*args)
-        results = results if isinstance(results, tuple) else (results,)
-        out = results[0]
-        dout = testing.randn(*out.shape, dtype=torch.float32, seed=99, device=out.device).to(out.dtype)
-        grads = torch.autograd.grad(out, leaves, dout)
-    return tuple(r.detach() for r in results) + tuple(grads)
+    compare_on_backend(backend, DECLINED, features | {DTYPE_IDS[dtype]}, fn, ref_fn, inputs, dtype,
+                       results=2 if lse else 1)
 
 
 def _flash_qkv(b, hq, hk, lq, lk, d, dtype, seed=0):
@@ -126,7 +78,7 @@ ALIGNMENT = [(17, 113, 4, 2, 64), (113, 17, 2, 1, 40), (70, 70, 2, 2, 128)]
 @pytest.mark.parametrize("lq,lk,hq,hk,d", ALIGNMENT, ids=[f"q{a}-k{b}-h{c}:{e}-d{f}" for a, b, c, e, f in ALIGNMENT])
 def test_flash_causal_bottom_right(backend, dtype, lq, lk, hq, hk, d):
     ours, ref = _flash(causal=True)
-    _check(backend, _features(dtype), ours, ref, _flash_qkv(2, hq, hk, lq, lk, d, dtype), dtype)
+    _check(backend, set(), ours, ref, _flash_qkv(2, hq, hk, lq, lk, d, dtype), dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -144,7 +96,7 @@ def test_sdpa_top_left_gqa(backend, dtype, causal):
     def ref(q, k, v):
         return reference.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
 
-    _check(backend, _features(dtype), ours, ref, (q, k, v), dtype, lse=False)
+    _check(backend, set(), ours, ref, (q, k, v), dtype, lse=False)
 
 
 WINDOWS = [(8, 0), (5, 3), (-1, 4), (16, -1)]
@@ -157,7 +109,7 @@ def test_sliding_window(backend, dtype, window):
     """flash-attn's window_size (left, right), -1 = unbounded on that side, over 100 keys (several
     key blocks skipped entirely), Lq != Lk."""
     ours, ref = _flash(window_size=window)
-    _check(backend, _features(dtype), ours, ref, _flash_qkv(1, 2, 1, 80, 100, 64, dtype, seed=4), dtype)
+    _check(backend, set(), ours, ref, _flash_qkv(1, 2, 1, 80, 100, 64, dtype, seed=4), dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -168,7 +120,7 @@ def test_softcap_and_alibi_with_causal_window(backend, dtype, slopes):
     q, k, v = _flash_qkv(2, 4, 2, 50, 66, 64, dtype, seed=5)
     shape = (4,) if slopes == "per-head" else (2, 4)
     alibi = (torch.rand(*shape, generator=torch.Generator().manual_seed(6)) * 0.5).to(DEVICE)
-    _check(backend, _features(dtype), ours, ref, (q, k, v, alibi), dtype)
+    _check(backend, set(), ours, ref, (q, k, v, alibi), dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -191,7 +143,7 @@ def test_attn_mask_broadcast_by_strides(backend, dtype, kind):
     def ref(q, k, v):
         return reference.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-    _check(backend, _features(dtype, "mask"), ours, ref, (q, k, v), dtype, lse=False)
+    _check(backend, {"mask"}, ours, ref, (q, k, v), dtype, lse=False)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -216,7 +168,7 @@ def test_varlen_packed_batch(backend, dtype, causal):
                                                        return_attn_probs=True)
         return out, lse
 
-    _check(backend, _features(dtype, "varlen"), ours, ref, (q, k, v), dtype)
+    _check(backend, {"varlen"}, ours, ref, (q, k, v), dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -233,4 +185,4 @@ def test_strided_views_of_a_packed_projection(backend, dtype):
     def ref_views(packed):
         return ref(packed[:, :, 0], packed[:, :, 1], packed[:, :, 2])
 
-    _check(backend, _features(dtype), views, ref_views, (packed.requires_grad_(),), dtype)
+    _check(backend, set(), views, ref_views, (packed.requires_grad_(),), dtype)
