@@ -54,7 +54,7 @@ T* alloc_zero(int64_t n) {
 // ---------------------------------------------------------------- element conversion
 
 FA_INLINE float load_any(int dt, const void* base, int64_t i) {
-  return dt == 0 ? load_elem<0>(base, i) : dt == 1 ? load_elem<1>(base, i) : load_elem<2>(base, i);
+  return dt == kF32 ? load_elem<kF32>(base, i) : dt == kF16 ? load_elem<kF16>(base, i) : load_elem<kBF16>(base, i);
 }
 
 // Row of n elements (element stride sd) -> fp32, zero-filled up to npad.
@@ -329,7 +329,7 @@ void transform_scores(const AttnParams& p, const Geo& g, const Seq& s, int64_t h
     row_range(g, s, i, &lo, &hi);
     const char* mrow = nullptr;
     if (p.mask_kind != AttnMaskKind::kNone) {
-      const int esz = p.mask_kind == AttnMaskKind::kBool ? 1 : (mask_dt == 0 ? 4 : 2);
+      const int esz = p.mask_kind == AttnMaskKind::kBool ? 1 : (mask_dt == kF32 ? 4 : 2);
       mrow = static_cast<const char*>(p.mask.ptr) + (s.tb * p.mask.sb + h * p.mask.sh + i * p.mask.sl) * esz;
     }
     for (int64_t jj = 0; jj < nk; ++jj) {
@@ -469,7 +469,7 @@ template <> struct ElemT<true> { using T = uint16_t; };
 template <int DT, bool DP>
 void pack_kv_block(const AttnParams& p, const Geo& g, const Seq& s, int64_t hk, int64_t j0,
                    typename ElemT<DP>::T* Kb, typename ElemT<DP>::T* Vb) {
-  const int esz = DT == 0 ? 4 : 2;
+  const int esz = DT == kF32 ? 4 : 2;
   const int64_t nvalid = imin(kBK, s.lk - j0);
   if constexpr (DP) {
     memset(Kb, 0, sizeof(uint16_t) * g.D2 * kBK);
@@ -496,10 +496,10 @@ void pack_kv_block(const AttnParams& p, const Geo& g, const Seq& s, int64_t hk, 
 
 template <int DT>
 void fwd_typed(const AttnParams& p) {
-  constexpr bool DP = FA_DPBF16 && DT == 2;
+  constexpr bool DP = FA_DPBF16 && DT == kBF16;
   using E = typename ElemT<DP>::T;
   const Geo g = make_geo(p);
-  const int esz = DT == 0 ? 4 : 2;
+  const int esz = DT == kF32 ? 4 : 2;
   const int nt = num_threads_for(p);
 
   // Key blocks of every sequence, and (sequence, query block) work in descending
@@ -683,7 +683,7 @@ FA_INLINE Seq seq_of_row(const AttnParams& p, const Geo& g, int64_t tb, int64_t 
 template <int DT>
 void row_stats(const AttnParams& p, const Geo& g, const Seq& s, int64_t h, int64_t i, const float* q,
                float* S, float* m_out, float* inv_l_out) {
-  const int esz = DT == 0 ? 4 : 2;
+  const int esz = DT == kF32 ? 4 : 2;
   const int64_t hk = h / g.group;
   const float ninf = -__builtin_inff();
   int64_t lo, hi;
@@ -719,9 +719,9 @@ void bwd_typed(const AttnParams& p) {
   // With VDPBF16PS and bf16 inputs, the three products whose operands are the bf16 inputs
   // themselves (S = Q K^T, dP = dO V^T) or dS rounded to bf16 (dQ = dS K, as flash-attn
   // rounds dS) use bf16 dot products; dV += P^T dO and dK += dS^T Q stay in fp32.
-  constexpr bool DP = FA_DPBF16 && DT == 2;
+  constexpr bool DP = FA_DPBF16 && DT == kBF16;
   const Geo g = make_geo(p);
-  const int esz = DT == 0 ? 4 : 2;
+  const int esz = DT == kF32 ? 4 : 2;
   const int nt = num_threads_for(p);
   const int64_t rows_per_head = p.seqlen_q;  // total rows with varlen
   const int64_t n_rows = p.batch * g.Hq * rows_per_head;

@@ -40,8 +40,8 @@ constexpr int64_t kMinParallelBytes = 256 << 10;  // K/V bytes below which one t
 #if FA_VEC_BITS == 512
 template <int DT>
 FA_INLINE R load_full(const void* p) {
-  if constexpr (DT == 0) return _mm512_loadu_ps(p);
-  else if constexpr (DT == 1) return _mm512_cvtph_ps(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
+  if constexpr (DT == kF32) return _mm512_loadu_ps(p);
+  else if constexpr (DT == kF16) return _mm512_cvtph_ps(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
   else
     return _mm512_castsi512_ps(
         _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(static_cast<const __m256i*>(p))), 16));
@@ -49,8 +49,8 @@ FA_INLINE R load_full(const void* p) {
 template <int DT>
 FA_INLINE R load_part(const void* p, int n) {
   const __mmask16 k = (__mmask16)((1u << n) - 1u);
-  if constexpr (DT == 0) return _mm512_maskz_loadu_ps(k, p);
-  else if constexpr (DT == 1) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
+  if constexpr (DT == kF32) return _mm512_maskz_loadu_ps(k, p);
+  else if constexpr (DT == kF16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
   else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
 }
 // Lane l of the result is the sum of the lanes of v[sigma(l)], sigma(l) = 4 (l % 4) + l / 4
@@ -76,15 +76,15 @@ FA_INLINE R reduce_lanes(const R* v) {
 #else
 template <int DT>
 FA_INLINE R load_full(const void* p) {
-  if constexpr (DT == 0) return _mm256_loadu_ps(static_cast<const float*>(p));
-  else if constexpr (DT == 1) return _mm256_cvtph_ps(_mm_loadu_si128(static_cast<const __m128i*>(p)));
+  if constexpr (DT == kF32) return _mm256_loadu_ps(static_cast<const float*>(p));
+  else if constexpr (DT == kF16) return _mm256_cvtph_ps(_mm_loadu_si128(static_cast<const __m128i*>(p)));
   else
     return _mm256_castsi256_ps(
         _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(static_cast<const __m128i*>(p))), 16));
 }
 template <int DT>
 FA_INLINE R load_part(const void* p, int n) {
-  if constexpr (DT == 0) {
+  if constexpr (DT == kF32) {
     const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     return _mm256_maskload_ps(static_cast<const float*>(p), _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx));
   } else {
@@ -126,7 +126,7 @@ FA_INLINE void row_range(const Dec& g, int64_t n, int64_t i, int64_t* lo, int64_
 // again; the caller hides them). q is fp32, zero-padded to whole vectors.
 template <int DT>
 FA_INLINE R scores_block(const Dec& g, const float* q, const char* kbase, int64_t ksl, int64_t j0, int64_t last) {
-  constexpr int esz = DT == 0 ? 4 : 2;
+  constexpr int esz = DT == kF32 ? 4 : 2;
   const char* kp[W];
 #pragma GCC unroll 16
   for (int j = 0; j < W; ++j) kp[slot_of(j)] = kbase + imin(j0 + j, last) * ksl * esz;
@@ -155,7 +155,7 @@ FA_INLINE R scores_block(const Dec& g, const float* q, const char* kbase, int64_
 template <int DT, int M, int NV>
 FA_INLINE void pv_block(const Dec& g, const float* P, int64_t ldp, int64_t nk, const char* vbase, int64_t vsl,
                         int64_t d0, float* O, int64_t ldo) {
-  constexpr int esz = DT == 0 ? 4 : 2;
+  constexpr int esz = DT == kF32 ? 4 : 2;
   R acc[M][NV];
 #pragma GCC unroll 8
   for (int m = 0; m < M; ++m)
@@ -234,7 +234,7 @@ struct Scratch {
 template <int DT>
 void run_unit(const AttnParams& p, const Dec& g, const int64_t* lens, const Unit& u, Scratch& t,
               float* part_buf) {
-  constexpr int esz = DT == 0 ? 4 : 2;
+  constexpr int esz = DT == kF32 ? 4 : 2;
   const float ninf = -__builtin_inff();
   const int64_t n = lens[u.b];
   const int64_t rows = g.rows;
@@ -334,7 +334,7 @@ void run_unit(const AttnParams& p, const Dec& g, const int64_t* lens, const Unit
 template <int DT>
 void merge(const AttnParams& p, const Dec& g, int64_t b, int64_t hk, int64_t first, int64_t count,
            const float* part_buf, float* acc) {
-  constexpr int esz = DT == 0 ? 4 : 2;
+  constexpr int esz = DT == kF32 ? 4 : 2;
   const int64_t rows = g.rows, ld = rows * (g.Dvp + 2);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t h = hk * g.group + r / g.Lq, i = r % g.Lq;
@@ -398,7 +398,7 @@ void decode_typed(const AttnParams& p) {
   }
   // A call that reads little (short caches, one sequence) runs on one thread: waking the
   // others and meeting them at the barrier would cost more than the work.
-  const int64_t esz = p.dtype == 0 ? 4 : 2;
+  const int64_t esz = p.dtype == kF32 ? 4 : 2;
   if (total * (g.D + g.Dv) * esz < kMinParallelBytes) nt = 1;
   // Split-KV: aim at 4 units per thread (ragged lengths balance through the dynamic
   // schedule), never below kMinSplit keys a unit; one thread splits nothing.

@@ -5,12 +5,16 @@
 // on the standard library in attention_impl.h). Defines FA_INLINE, which the including
 // header #undefs at its end; no include guard, as attention_simd.h.
 //
-// Element types are the fastattn::DType codes of csrc/common/dtype.h, as template
-// arguments: DT == 0 float32, 1 float16, 2 bfloat16.
+// Element types are the fastattn::DType codes of csrc/common/dtype.h (included by
+// isa_unit.h before its target pragma), as template arguments: kF32, kF16, kBF16 below.
 
 #define FA_INLINE inline __attribute__((always_inline))
 
 #include "attention_simd.h"
+
+constexpr int kF32 = static_cast<int>(DType::kFloat32);
+constexpr int kF16 = static_cast<int>(DType::kFloat16);
+constexpr int kBF16 = static_cast<int>(DType::kBFloat16);
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -32,23 +36,23 @@ T* alloc(int64_t n) {
 // Element i of a buffer of dtype code DT, as / from fp32.
 template <int DT>
 FA_INLINE float load_elem(const void* base, int64_t i) {
-  if constexpr (DT == 0) return static_cast<const float*>(base)[i];
-  else if constexpr (DT == 1) return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+  if constexpr (DT == kF32) return static_cast<const float*>(base)[i];
+  else if constexpr (DT == kF16) return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
   else return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
 }
 template <int DT>
 FA_INLINE void store_elem(void* base, int64_t i, float x) {
-  if constexpr (DT == 0) static_cast<float*>(base)[i] = x;
-  else if constexpr (DT == 1) static_cast<uint16_t*>(base)[i] = f32_to_f16(x);
+  if constexpr (DT == kF32) static_cast<float*>(base)[i] = x;
+  else if constexpr (DT == kF16) static_cast<uint16_t*>(base)[i] = f32_to_f16(x);
   else static_cast<uint16_t*>(base)[i] = f32_to_bf16(x);
 }
 
 // Runs F<DT>(args...) for the run-time dtype code `code` (an entry point's last step).
-#define FA_BY_DTYPE(code, F, ...)            \
-  switch (code) {                            \
-    case 0: F<0>(__VA_ARGS__); break;        \
-    case 1: F<1>(__VA_ARGS__); break;        \
-    default: F<2>(__VA_ARGS__); break;       \
+#define FA_BY_DTYPE(code, F, ...)              \
+  switch (code) {                              \
+    case kF32: F<kF32>(__VA_ARGS__); break;    \
+    case kF16: F<kF16>(__VA_ARGS__); break;    \
+    default: F<kBF16>(__VA_ARGS__); break;     \
   }
 
 // t * log2(e) for a finite logit t, saturated at +-FLT_MAX where the product overflows

@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "attention.h"
+#include "common/dtype.h"
 #include "simd_math.h"
 
 // _Pragma takes a string literal: two levels so that FA_TARGET is expanded before it is quoted.
