@@ -28,6 +28,7 @@ inline int64_t bwd_workspace_floats(const AttnBwdParams& p) {
 inline AttnBwdParams prepare_bwd_params(const AttnBwdParams& params) {
   AttnBwdParams p = params;
   set_derived_fields(p);
+  p.softcap_exp2 = 2.0f * kLog2e * p.softcap_inner;
   p.kernel_head_dim = bwd_kernel_head_dim(p.head_dim);
   p.seqlen_q_pad = bwd_padded_rows(p.seqlen_q);
   const int64_t rows = p.batch * p.heads * p.seqlen_q_pad;

@@ -32,9 +32,13 @@ __device__ __forceinline__ void prob_and_grad(const AttnBwdParams& p, float& s, 
                                               bool visible, float alibi_a, int rel) {
   float z = s, dcap = 1.0f;
   if constexpr (Softcap) {
-    const float t = tanhf(s * p.softcap_inner);
-    z = p.softcap_outer * t + alibi_a * fabsf(static_cast<float>(rel));
-    dcap = 1.0f - t * t;
+    // tanh(x) = 1 - 2r and 1 - tanh(x)^2 = 4r(1 - r) with r = 1 / (exp(2x) + 1): two MUFU ops
+    // and four FP32 ones instead of tanhf's range-reduced sequence (about 20 instructions an
+    // element). Absolute error about 2^-22 (r saturates to 0 or 1 for large |x|, giving
+    // +-1 and 0 exactly); the forward's tanhf differs from it by far less than P's rounding.
+    const float r = rcp_approx(exp2_approx(s * p.softcap_exp2) + 1.0f);
+    z = p.softcap_outer * (1.0f - 2.0f * r) + alibi_a * fabsf(static_cast<float>(rel));
+    dcap = 4.0f * (r - r * r);
   }
   const float pr = visible ? exp2_approx(z * p.scale_log2 - lse_log2) : 0.0f;
   s = pr;

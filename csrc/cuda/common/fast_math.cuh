@@ -7,6 +7,9 @@
 // below anything the output can hold. exp2_approx(-inf) is 0, as the masked scores need.
 // The host SIMT build uses std::exp2 (no flushing: within the device's error bound for every
 // value a probability can round to).
+//
+// rcp_approx(x): the hardware's reciprocal (`rcp.approx.ftz.f32`, one MUFU.RCP, relative error
+// about 2^-23; rcp(inf) = 0). The host build divides.
 #pragma once
 
 #include <cmath>
@@ -21,6 +24,16 @@ __device__ __forceinline__ float exp2_approx(float x) {
 #else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
+__device__ __forceinline__ float rcp_approx(float x) {
+#if defined(FASTATTN_SIM)
+  return 1.0f / x;
+#else
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 #endif
 }
