@@ -17,8 +17,12 @@
 //   O[r] += P[r][j] v_j    register-blocked over rows x head-dim vectors, v_j broadcast
 //                          from the cache row.
 // The key range of a (sequence, kv head) is split into several units when there are too
-// few of them to keep the threads busy (split-KV); each unit then leaves (max, sum,
-// unnormalised O) per row, and a second pass merges them by their log-sum-exp.
+// few of them to keep the threads busy (split-KV), and with several kv heads into ranges of
+// at most kLocalityKeys keys on any thread count, the units of a sequence ordered by key
+// range, then kv head: a cache row holds every kv head's keys, so one head's rows lie a page
+// or more apart, where the hardware's streaming prefetchers stop; the next units read the
+// same rows (pages) again while they are hot. A split unit leaves (max, sum, unnormalised O)
+// per row, and a second pass merges them by their log-sum-exp.
 
 namespace fastattn::cpu::FA_ISA {
 namespace {
@@ -32,6 +36,9 @@ constexpr int64_t kChunk = 256;
 // (q rows, buffers) would cost more than the parallelism gains.
 constexpr int64_t kMinSplit = 512;
 constexpr int64_t kMinParallelBytes = 256 << 10;  // K/V bytes below which one thread decodes
+// Keys of a range read by every kv head in turn (8 heads x d128 fp32: 8 MiB of K and V, in L3;
+// benchmarks/RESULTS.md has the measurement).
+constexpr int64_t kLocalityKeys = 1024;
 
 // ---------------------------------------------------------------- vector loads
 
@@ -401,8 +408,10 @@ void decode_typed(const AttnParams& p) {
   const int64_t esz = p.dtype == kF32 ? 4 : 2;
   if (total * (g.D + g.Dv) * esz < kMinParallelBytes) nt = 1;
   // Split-KV: aim at 4 units per thread (ragged lengths balance through the dynamic
-  // schedule), never below kMinSplit keys a unit; one thread splits nothing.
-  const int64_t chunk = nt == 1 ? (int64_t)1 << 62 : imax(kMinSplit, round_up(cdiv(total, 4 * nt), kChunk));
+  // schedule), never below kMinSplit keys a unit; one thread splits only for locality.
+  // With several kv heads, ranges of at most kLocalityKeys keys on any thread count (see the top).
+  int64_t chunk = nt == 1 ? (int64_t)1 << 62 : imax(kMinSplit, round_up(cdiv(total, 4 * nt), kChunk));
+  if (g.Hk > 1) chunk = imin(chunk, kLocalityKeys);
   int64_t n_units = 0, n_parts = 0;
   for (int64_t b = 0; b < g.B; ++b) {
     const int64_t c = cdiv(span[2 * b + 1] - span[2 * b], chunk);
@@ -419,16 +428,21 @@ void decode_typed(const AttnParams& p) {
       const int64_t c = cdiv(hi - lo, chunk);
       const int64_t step = c > 0 ? round_up(cdiv(hi - lo, c), W) : 0;
       for (int64_t hk = 0; hk < g.Hk; ++hk) {
-        first_part[b * g.Hk + hk] = c > 1 ? pi : -1;
+        first_part[b * g.Hk + hk] = c > 1 ? pi + hk * c : -1;
         part_count[b * g.Hk + hk] = c;
-        for (int64_t s = 0; s < c; ++s, ++u) {
+      }
+      // Key range outer, kv head inner: consecutive units read the same cache rows (a row holds
+      // every kv head's keys), while those pages are still in the TLB and the caches.
+      for (int64_t s = 0; s < c; ++s) {
+        for (int64_t hk = 0; hk < g.Hk; ++hk, ++u) {
           units[u].b = b;
           units[u].hk = hk;
           units[u].j0 = lo + s * step;
           units[u].j1 = imin(hi, lo + (s + 1) * step);
-          units[u].part = c > 1 ? pi++ : -1;
+          units[u].part = c > 1 ? pi + hk * c + s : -1;
         }
       }
+      if (c > 1) pi += g.Hk * c;
     }
     n_units = u;
   }
