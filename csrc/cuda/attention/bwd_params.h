@@ -29,6 +29,8 @@ inline AttnBwdParams prepare_bwd_params(const AttnBwdParams& params) {
   AttnBwdParams p = params;
   set_derived_fields(p);
   p.softcap_exp2 = 2.0f * kLog2e * p.softcap_inner;
+  p.softcap_neg2outer = -2.0f * p.softcap_outer;
+  p.ds_scale = p.softcap_outer > 0.0f ? 4.0f * p.scale : p.scale;  // the kernels' softcap condition
   p.kernel_head_dim = bwd_kernel_head_dim(p.head_dim);
   p.seqlen_q_pad = bwd_padded_rows(p.seqlen_q);
   const int64_t rows = p.batch * p.heads * p.seqlen_q_pad;

@@ -331,7 +331,7 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_ker
       const int col = j * 8 + 2 * t4;
       if (col >= d) continue;
       *reinterpret_cast<uint32_t*>(dkp + key * p.dk_strides[2] + col) =
-          pack2<T>(dk[j][2 * half] * p.scale, dk[j][2 * half + 1] * p.scale);
+          pack2<T>(dk[j][2 * half] * p.ds_scale, dk[j][2 * half + 1] * p.ds_scale);
       *reinterpret_cast<uint32_t*>(dvp + key * p.dv_strides[2] + col) = pack2<T>(dv[j][2 * half], dv[j][2 * half + 1]);
     }
   }

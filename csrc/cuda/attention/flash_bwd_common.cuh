@@ -6,8 +6,9 @@
 // bias, and p = exp(scale * z - lse). Given dp = dO . v and delta = rowsum(dO * O),
 //   dS = p * (dp - delta)                 (gradient with respect to scale * z)
 //   ds = scale * dS * (1 - tanh^2)        (with respect to s; the tanh factor only with softcap)
-// so dQ = ds K, dK = ds^T Q, dV = P^T dO. The kernels keep dS * (1 - tanh^2) and apply
-// `scale` once to the accumulated dK and dQ.
+// so dQ = ds K, dK = ds^T Q, dV = P^T dO. The kernels keep dS * (1 - tanh^2) (with softcap
+// dS * (1 - tanh^2) / 4, see prob_and_grad) and apply `ds_scale` (scale, or 4 scale) once to
+// the accumulated dK and dQ.
 #pragma once
 
 #include <cmath>
@@ -33,12 +34,13 @@ __device__ __forceinline__ void prob_and_grad(const AttnBwdParams& p, float& s, 
   float z = s, dcap = 1.0f;
   if constexpr (Softcap) {
     // tanh(x) = 1 - 2r and 1 - tanh(x)^2 = 4r(1 - r) with r = 1 / (exp(2x) + 1): two MUFU ops
-    // and four FP32 ones instead of tanhf's range-reduced sequence (about 20 instructions an
+    // and three FP32 ones instead of tanhf's range-reduced sequence (about 20 instructions an
     // element). Absolute error about 2^-22 (r saturates to 0 or 1 for large |x|, giving
     // +-1 and 0 exactly); the forward's tanhf differs from it by far less than P's rounding.
+    // The 4 of 4r(1 - r) is in ds_scale, applied once to dK and dQ.
     const float r = rcp_approx(exp2_approx(s * p.softcap_exp2) + 1.0f);
-    z = p.softcap_outer * (1.0f - 2.0f * r) + alibi_a * fabsf(static_cast<float>(rel));
-    dcap = 4.0f * (r - r * r);
+    z = fmaf(r, p.softcap_neg2outer, fmaf(alibi_a, fabsf(static_cast<float>(rel)), p.softcap_outer));
+    dcap = fmaf(-r, r, r);
   }
   const float pr = visible ? exp2_approx(z * p.scale_log2 - lse_log2) : 0.0f;
   s = pr;
@@ -87,7 +89,7 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_convert_
   const int64_t h = blockIdx.y, b = blockIdx.z;
   const float* acc = p.dq_accum + ((b * p.heads + h) * p.seqlen_q_pad + row) * D;
   T* dq = static_cast<T*>(p.dq) + b * p.dq_strides[0] + h * p.dq_strides[1] + row * p.dq_strides[2];
-  for (int c = lane; c < p.head_dim; c += 32) dq[c] = from_float<T>(acc[c] * p.scale);
+  for (int c = lane; c < p.head_dim; c += 32) dq[c] = from_float<T>(acc[c] * p.ds_scale);
 }
 
 }  // namespace fastattn::cuda::attn

@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dq_kerne
       const int col = j * 8 + 2 * t4;
       if (col >= d) continue;
       *reinterpret_cast<uint32_t*>(dqp + row * p.dq_strides[2] + col) =
-          pack2<T>(dq[j][2 * half] * p.scale, dq[j][2 * half + 1] * p.scale);
+          pack2<T>(dq[j][2 * half] * p.ds_scale, dq[j][2 * half + 1] * p.ds_scale);
     }
   }
 }
