@@ -166,47 +166,55 @@ FA_INLINE void pv_block(const Dec& g, const float* P, int64_t ldp, int64_t nk, c
   R acc[M][NV];
 #pragma GCC unroll 8
   for (int m = 0; m < M; ++m)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[m][v] = Vec::load(O + m * ldo + d0 + v * W);
   const int tail = (int)(g.Dv - (d0 + (NV - 1) * W));  // lanes of the last vector in the dims
   for (int64_t j = 0; j < nk; ++j) {
     const char* vr = vbase + (j * vsl + d0) * esz;
     R x[NV];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v)
       x[v] = (v == NV - 1 && tail < W) ? load_part<DT>(vr + v * W * esz, tail) : load_full<DT>(vr + v * W * esz);
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) {
       const R pm = Vec::set1(P[m * ldp + j]);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[m][v] = Vec::fmadd(pm, x[v], acc[m][v]);
     }
   }
 #pragma GCC unroll 8
   for (int m = 0; m < M; ++m)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) Vec::store(O + m * ldo + d0 + v * W, acc[m][v]);
 }
 
 // Rows per register block and vectors per row block of P V: MB x NV accumulators plus NV
 // value vectors and one broadcast fit the register file (AVX-512: 4 x 4 + 5 of 32;
 // AVX2: 4 x 2 + 3 of 16, leaving room for the address arithmetic).
+// A lone row (multi-head decoding: one query row per kv head) takes wider blocks: its NV
+// accumulators are NV independent FMA chains, and 2 or 4 of them leave the FMA units waiting
+// on their latency (AVX-512: 8 + 8 + 1 of 32; AVX2: 4 + 4 + 1 of 16).
 #if FA_VEC_BITS == 512
-constexpr int kMB = 4, kNV = 4;
+constexpr int kMB = 4, kNV = 4, kNV1 = 8;
 #else
-constexpr int kMB = 4, kNV = 2;
+constexpr int kMB = 4, kNV = 2, kNV1 = 4;
 #endif
 
 template <int DT, int M>
 FA_INLINE void pv_rows(const Dec& g, const float* P, int64_t ldp, int64_t nk, const char* vbase, int64_t vsl,
                        float* O, int64_t ldo) {
-  for (int64_t v0 = 0; v0 < g.nvdv; v0 += kNV) {
-    switch ((int)imin(kNV, g.nvdv - v0)) {
+  constexpr int NV = M == 1 ? kNV1 : kNV;
+  for (int64_t v0 = 0; v0 < g.nvdv; v0 += NV) {
+    switch ((int)imin(NV, g.nvdv - v0)) {
       case 1: pv_block<DT, M, 1>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
       case 2: pv_block<DT, M, 2>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
+      case 3: if constexpr (NV >= 3) pv_block<DT, M, 3>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
+      case 4: if constexpr (NV >= 4) pv_block<DT, M, 4>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
 #if FA_VEC_BITS == 512
-      case 3: pv_block<DT, M, 3>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
-      case 4: pv_block<DT, M, 4>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
+      case 5: if constexpr (NV >= 5) pv_block<DT, M, 5>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
+      case 6: if constexpr (NV >= 6) pv_block<DT, M, 6>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
+      case 7: if constexpr (NV >= 7) pv_block<DT, M, 7>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
+      case 8: if constexpr (NV >= 8) pv_block<DT, M, 8>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
 #endif
       default: break;
     }
