@@ -17,11 +17,11 @@
 //   O[r] += P[r][j] v_j    register-blocked over rows x head-dim vectors, v_j broadcast
 //                          from the cache row.
 // The key range of a (sequence, kv head) is split into several units when there are too
-// few of them to keep the threads busy (split-KV), and with several kv heads into ranges of
-// at most kLocalityKeys keys on any thread count, the units of a sequence ordered by key
-// range, then kv head: a cache row holds every kv head's keys, so one head's rows lie a page
-// or more apart, where the hardware's streaming prefetchers stop; the next units read the
-// same rows (pages) again while they are hot. A split unit leaves (max, sum, unnormalised O)
+// few of them to keep the threads busy (split-KV), and where a cache row holds several wide
+// kv heads into ranges of at most kLocalityKeys keys on any thread count, the units of a
+// sequence ordered by key range, then kv head: one head's rows then lie up to a page apart,
+// where the hardware's streaming prefetchers stop; the next units read the same rows (pages)
+// again while they are hot. A split unit leaves (max, sum, unnormalised O)
 // per row, and a second pass merges them by their log-sum-exp.
 
 namespace fastattn::cpu::FA_ISA {
@@ -39,6 +39,9 @@ constexpr int64_t kMinParallelBytes = 256 << 10;  // K/V bytes below which one t
 // Keys of a range read by every kv head in turn (8 heads x d128 fp32: 8 MiB of K and V, in L3;
 // benchmarks/RESULTS.md has the measurement).
 constexpr int64_t kLocalityKeys = 1024;
+// Below this row stride (bytes) a head's keys are read nearly in sequence and the hardware
+// prefetchers keep up: a heads-first cache (rows of one head adjacent), or few narrow heads.
+constexpr int64_t kLocalityStride = 1024;
 
 // ---------------------------------------------------------------- vector loads
 
@@ -417,9 +420,10 @@ void decode_typed(const AttnParams& p) {
   if (total * (g.D + g.Dv) * esz < kMinParallelBytes) nt = 1;
   // Split-KV: aim at 4 units per thread (ragged lengths balance through the dynamic
   // schedule), never below kMinSplit keys a unit; one thread splits only for locality.
-  // With several kv heads, ranges of at most kLocalityKeys keys on any thread count (see the top).
+  // Where a head's keys lie kLocalityStride bytes apart or more (several kv heads in each
+  // cache row), ranges of at most kLocalityKeys keys on any thread count (see the top).
   int64_t chunk = nt == 1 ? (int64_t)1 << 62 : imax(kMinSplit, round_up(cdiv(total, 4 * nt), kChunk));
-  if (g.Hk > 1) chunk = imin(chunk, kLocalityKeys);
+  if (g.Hk > 1 && p.k.sl * esz >= kLocalityStride) chunk = imin(chunk, kLocalityKeys);
   int64_t n_units = 0, n_parts = 0;
   for (int64_t b = 0; b < g.B; ++b) {
     const int64_t c = cdiv(span[2 * b + 1] - span[2 * b], chunk);
