@@ -21,8 +21,8 @@
 // kv heads into ranges of at most kLocalityKeys keys on any thread count, the units of a
 // sequence ordered by key range, then kv head: one head's rows then lie up to a page apart,
 // where the hardware's streaming prefetchers stop; the next units read the same rows (pages)
-// again while they are hot. A split unit leaves (max, sum, unnormalised O)
-// per row, and a second pass merges them by their log-sum-exp.
+// again while they are hot. A split unit leaves (max, sum, unnormalised O) per row, and a
+// second pass merges them by their log-sum-exp.
 
 namespace fastattn::cpu::FA_ISA {
 namespace {
