@@ -70,16 +70,19 @@ def _ref_bwd(dout, gate, up, activation):
 
 def _fwd(gate, up, out, activation):
     rows, cols = gate.shape
-    _C.gated_act_fwd(gate.data_ptr(), up.data_ptr(), out.data_ptr(), rows, cols,
-                     gate.stride(0), up.stride(0), out.stride(0),
-                     DTYPE_CODES[gate.dtype], ACTIVATION_CODES[activation])
+    _C.gated_act_fwd({"gate": gate.data_ptr(), "up": up.data_ptr(), "out": out.data_ptr(), "rows": rows,
+                      "cols": cols, "stride_gate": gate.stride(0), "stride_up": up.stride(0),
+                      "stride_out": out.stride(0), "dtype": DTYPE_CODES[gate.dtype],
+                      "activation": ACTIVATION_CODES[activation]})
 
 
 def _bwd(dout, gate, up, dgate, dup, activation):
     rows, cols = gate.shape
-    _C.gated_act_bwd(dout.data_ptr(), gate.data_ptr(), up.data_ptr(), dgate.data_ptr(), dup.data_ptr(),
-                     rows, cols, dout.stride(0), gate.stride(0), up.stride(0), dgate.stride(0), dup.stride(0),
-                     DTYPE_CODES[gate.dtype], ACTIVATION_CODES[activation])
+    _C.gated_act_bwd({"dout": dout.data_ptr(), "gate": gate.data_ptr(), "up": up.data_ptr(),
+                      "dgate": dgate.data_ptr(), "dup": dup.data_ptr(), "rows": rows, "cols": cols,
+                      "stride_dout": dout.stride(0), "stride_gate": gate.stride(0), "stride_up": up.stride(0),
+                      "stride_dgate": dgate.stride(0), "stride_dup": dup.stride(0),
+                      "dtype": DTYPE_CODES[gate.dtype], "activation": ACTIVATION_CODES[activation]})
 
 
 # ------------------------------------------------------------------------------------ _C
@@ -150,12 +153,18 @@ def test_saturated_and_special_values():
         assert torch.isnan(out[0, 6]) and out[0, 5] == float("inf"), activation
 
 
-def test_bad_codes_raise_value_error():
+def test_bad_codes_and_missing_addresses_raise_value_error():
     t = torch.randn(2, 3)
+    spec = {"gate": t.data_ptr(), "up": t.data_ptr(), "out": t.data_ptr(), "rows": 2, "cols": 3, "stride_gate": 3,
+            "stride_up": 3, "stride_out": 3, "dtype": 0, "activation": 0}
     with pytest.raises(ValueError, match="dtype code"):
-        _C.gated_act_fwd(t.data_ptr(), t.data_ptr(), t.data_ptr(), 2, 3, 3, 3, 3, 7, 0)
+        _C.gated_act_fwd({**spec, "dtype": 7})
     with pytest.raises(ValueError, match="activation code"):
-        _C.gated_act_fwd(t.data_ptr(), t.data_ptr(), t.data_ptr(), 2, 3, 3, 3, 3, 0, 9)
+        _C.gated_act_fwd({**spec, "activation": 9})
+    with pytest.raises(ValueError, match="missing address"):
+        _C.gated_act_fwd({k: v for k, v in spec.items() if k != "up"})
+    with pytest.raises(ValueError, match="dtype code"):
+        _C.bias_gelu_fwd({"x": t.data_ptr(), "bias": t.data_ptr(), "out": t.data_ptr(), "rows": 2, "cols": 3})
 
 
 def test_dtype_codes_agree_with_the_kernel():
@@ -164,8 +173,9 @@ def test_dtype_codes_agree_with_the_kernel():
     assert DTYPE_CODES == {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
     gate, up = _inputs(2, 33, torch.float16, 2)
     out = torch.empty_like(gate)
-    _C.gated_act_fwd(gate.data_ptr(), up.data_ptr(), out.data_ptr(), 2, 33, 33, 33, 33,
-                     DTYPE_CODES[torch.bfloat16], ACTIVATION_CODES["swiglu"])
+    _C.gated_act_fwd({"gate": gate.data_ptr(), "up": up.data_ptr(), "out": out.data_ptr(), "rows": 2, "cols": 33,
+                      "stride_gate": 33, "stride_up": 33, "stride_out": 33, "dtype": DTYPE_CODES[torch.bfloat16],
+                      "activation": ACTIVATION_CODES["swiglu"]})
     assert not torch.allclose(out.float(), reference.swiglu(gate.float(), up.float()), atol=1e-2, equal_nan=True)
 
 

@@ -1,11 +1,15 @@
-// Bindings of the fused gated activations and bias-GELU (csrc/cpu/activations.h).
+// Bindings of the fused gated activations and bias-GELU (csrc/cpu/activations.h). Each takes one
+// dict of named values (csrc/bindings/spec.h), whose keys are the fields of the kernel's
+// argument struct: addresses as ints (data_ptr()), row strides in elements, "dtype" and
+// "activation" as the codes of csrc/common/dtype.h, "tanh" a bool, "num_threads" <= 0 (or
+// absent) for the OpenMP default.
 #include <pybind11/pybind11.h>
 
-#include <cstdint>
 #include <stdexcept>
 #include <string>
 
 #include "bindings/cpu_registry.h"
+#include "bindings/spec.h"
 #include "cpu/activations.h"
 
 namespace py = pybind11;
@@ -13,92 +17,92 @@ namespace py = pybind11;
 namespace fastattn::bindings {
 namespace {
 
-DType to_dtype(int code) {
+// The element type and (for the gated kernels) activation codes, checked before any kernel
+// runs: an unknown code would select no instantiation.
+DType read_dtype(const py::dict& d) {
+  const int code = spec::get<int>(d, "dtype", -1);
   if (!is_valid_dtype_code(code)) throw std::invalid_argument("invalid dtype code " + std::to_string(code));
   return static_cast<DType>(code);
 }
 
-GatedActivation to_activation(int code) {
+GatedActivation read_activation(const py::dict& d) {
+  const int code = spec::get<int>(d, "activation", -1);
   if (!is_valid_activation_code(code))
     throw std::invalid_argument("invalid activation code " + std::to_string(code));
   return static_cast<GatedActivation>(code);
 }
 
-template <typename T>
-T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
+// Every address a call with elements to touch must carry.
+void require(bool present, const char* what) {
+  if (!present) throw std::invalid_argument(std::string("missing address: ") + what);
+}
+
+// The kernel called with the struct, the GIL released.
+template <class Args, void (*Kernel)(const Args&)>
+void run(const Args& a) {
+  py::gil_scoped_release release;
+  Kernel(a);
+}
 
 }  // namespace
 
 void register_cpu_activations(py::module_& m) {
   m.def(
       "gated_act_fwd",
-      [](std::uintptr_t gate, std::uintptr_t up, std::uintptr_t out, int64_t rows, int64_t cols,
-         int64_t stride_gate, int64_t stride_up, int64_t stride_out, int dtype_code,
-         int activation_code, int num_threads) {
-        cpu::GatedActFwdArgs a{ptr<const void>(gate), ptr<const void>(up), ptr<void>(out),
-                               rows, cols, stride_gate, stride_up, stride_out,
-                               to_dtype(dtype_code), to_activation(activation_code), num_threads};
-        py::gil_scoped_release release;
-        cpu::gated_act_fwd(a);
+      [](const py::dict& d) {
+        cpu::GatedActFwdArgs a{};
+        spec::read_fields(d, "gate", a.gate, "up", a.up, "out", a.out, "rows", a.rows, "cols", a.cols,
+                          "stride_gate", a.stride_gate, "stride_up", a.stride_up, "stride_out", a.stride_out,
+                          "num_threads", a.num_threads);
+        a.dtype = read_dtype(d), a.activation = read_activation(d);
+        if (a.rows > 0 && a.cols > 0) require(a.gate && a.up && a.out, "gate, up and out");
+        run<cpu::GatedActFwdArgs, cpu::gated_act_fwd>(a);
       },
-      py::arg("gate_ptr"), py::arg("up_ptr"), py::arg("out_ptr"), py::arg("rows"), py::arg("cols"),
-      py::arg("stride_gate"), py::arg("stride_up"), py::arg("stride_out"), py::arg("dtype_code"),
-      py::arg("activation_code"), py::arg("num_threads") = 0,
+      py::arg("spec"),
       "out[r, c] = act(gate[r, c]) * up[r, c] over rows x cols elements (row strides in "
-      "elements, inner stride 1), computed in float32. out may alias gate or up exactly. "
-      "num_threads <= 0: the OpenMP default.");
+      "elements, inner stride 1), computed in float32. out may alias gate or up exactly.");
   m.def(
       "gated_act_bwd",
-      [](std::uintptr_t dout, std::uintptr_t gate, std::uintptr_t up, std::uintptr_t dgate,
-         std::uintptr_t dup, int64_t rows, int64_t cols, int64_t stride_dout,
-         int64_t stride_gate, int64_t stride_up, int64_t stride_dgate, int64_t stride_dup,
-         int dtype_code, int activation_code, int num_threads) {
-        cpu::GatedActBwdArgs a{ptr<const void>(dout), ptr<const void>(gate), ptr<const void>(up),
-                               ptr<void>(dgate), ptr<void>(dup), rows, cols, stride_dout,
-                               stride_gate, stride_up, stride_dgate, stride_dup,
-                               to_dtype(dtype_code), to_activation(activation_code), num_threads};
-        py::gil_scoped_release release;
-        cpu::gated_act_bwd(a);
+      [](const py::dict& d) {
+        cpu::GatedActBwdArgs a{};
+        spec::read_fields(d, "dout", a.dout, "gate", a.gate, "up", a.up, "dgate", a.dgate, "dup", a.dup,
+                          "rows", a.rows, "cols", a.cols, "stride_dout", a.stride_dout, "stride_gate",
+                          a.stride_gate, "stride_up", a.stride_up, "stride_dgate", a.stride_dgate, "stride_dup",
+                          a.stride_dup, "num_threads", a.num_threads);
+        a.dtype = read_dtype(d), a.activation = read_activation(d);
+        if (a.rows > 0 && a.cols > 0) require(a.dout && a.gate && a.up && a.dgate && a.dup, "dout, gate, up, dgate and dup");
+        run<cpu::GatedActBwdArgs, cpu::gated_act_bwd>(a);
       },
-      py::arg("dout_ptr"), py::arg("gate_ptr"), py::arg("up_ptr"), py::arg("dgate_ptr"),
-      py::arg("dup_ptr"), py::arg("rows"), py::arg("cols"), py::arg("stride_dout"),
-      py::arg("stride_gate"), py::arg("stride_up"), py::arg("stride_dgate"),
-      py::arg("stride_dup"), py::arg("dtype_code"), py::arg("activation_code"),
-      py::arg("num_threads") = 0,
+      py::arg("spec"),
       "dgate = dout * up * act'(gate), dup = dout * act(gate) (layout as gated_act_fwd). "
       "dgate/dup may alias gate/up exactly.");
   m.def(
       "bias_gelu_fwd",
-      [](std::uintptr_t x, std::uintptr_t bias, std::uintptr_t out, int64_t rows, int64_t cols,
-         int64_t stride_x, int64_t stride_bias, int64_t stride_out, int dtype_code, bool tanh,
-         int num_threads) {
-        cpu::BiasGeluFwdArgs a{ptr<const void>(x), ptr<const void>(bias), ptr<void>(out), rows,
-                               cols, stride_x, stride_bias, stride_out, to_dtype(dtype_code), tanh,
-                               num_threads};
-        py::gil_scoped_release release;
-        cpu::bias_gelu_fwd(a);
+      [](const py::dict& d) {
+        cpu::BiasGeluFwdArgs a{};
+        spec::read_fields(d, "x", a.x, "bias", a.bias, "out", a.out, "rows", a.rows, "cols", a.cols, "stride_x",
+                          a.stride_x, "stride_bias", a.stride_bias, "stride_out", a.stride_out, "tanh", a.tanh,
+                          "num_threads", a.num_threads);
+        a.dtype = read_dtype(d);
+        if (a.rows > 0 && a.cols > 0) require(a.x && a.bias && a.out, "x, bias and out");
+        run<cpu::BiasGeluFwdArgs, cpu::bias_gelu_fwd>(a);
       },
-      py::arg("x_ptr"), py::arg("bias_ptr"), py::arg("out_ptr"), py::arg("rows"), py::arg("cols"),
-      py::arg("stride_x"), py::arg("stride_bias"), py::arg("stride_out"), py::arg("dtype_code"),
-      py::arg("tanh"), py::arg("num_threads") = 0,
+      py::arg("spec"),
       "out[r, c] = gelu(x[r, c] + bias[c]) (tanh: torch's approximate='tanh', else erf) over "
       "rows x cols elements; row strides of x/out and the element stride of bias in elements; "
       "computed in float32. out may alias x exactly.");
   m.def(
       "bias_gelu_bwd",
-      [](std::uintptr_t dout, std::uintptr_t x, std::uintptr_t bias, std::uintptr_t dx,
-         int64_t rows, int64_t cols, int64_t stride_dout, int64_t stride_x, int64_t stride_bias,
-         int64_t stride_dx, int dtype_code, bool tanh, int num_threads) {
-        cpu::BiasGeluBwdArgs a{ptr<const void>(dout), ptr<const void>(x), ptr<const void>(bias),
-                               ptr<void>(dx), rows, cols, stride_dout, stride_x, stride_bias,
-                               stride_dx, to_dtype(dtype_code), tanh, num_threads};
-        py::gil_scoped_release release;
-        cpu::bias_gelu_bwd(a);
+      [](const py::dict& d) {
+        cpu::BiasGeluBwdArgs a{};
+        spec::read_fields(d, "dout", a.dout, "x", a.x, "bias", a.bias, "dx", a.dx, "rows", a.rows, "cols", a.cols,
+                          "stride_dout", a.stride_dout, "stride_x", a.stride_x, "stride_bias", a.stride_bias,
+                          "stride_dx", a.stride_dx, "tanh", a.tanh, "num_threads", a.num_threads);
+        a.dtype = read_dtype(d);
+        if (a.rows > 0 && a.cols > 0) require(a.dout && a.x && a.bias && a.dx, "dout, x, bias and dx");
+        run<cpu::BiasGeluBwdArgs, cpu::bias_gelu_bwd>(a);
       },
-      py::arg("dout_ptr"), py::arg("x_ptr"), py::arg("bias_ptr"), py::arg("dx_ptr"),
-      py::arg("rows"), py::arg("cols"), py::arg("stride_dout"), py::arg("stride_x"),
-      py::arg("stride_bias"), py::arg("stride_dx"), py::arg("dtype_code"), py::arg("tanh"),
-      py::arg("num_threads") = 0,
+      py::arg("spec"),
       "dx = dout * gelu'(x + bias) (layout as bias_gelu_fwd); dx may alias dout or x exactly.");
 }
 

@@ -80,8 +80,9 @@ def gated_act_fwd(gate: torch.Tensor, up: torch.Tensor, activation: str) -> torc
     if out.numel() == 0:
         return out
     rows, cols, (sg, su) = _rows_strides(gate, up)
-    _C.gated_act_fwd(gate.data_ptr(), up.data_ptr(), out.data_ptr(), rows, cols, sg, su, cols,
-                     DTYPE_CODES[gate.dtype], ACTIVATION_CODES[activation])
+    _C.gated_act_fwd({"gate": gate.data_ptr(), "up": up.data_ptr(), "out": out.data_ptr(), "rows": rows, "cols": cols,
+                      "stride_gate": sg, "stride_up": su, "stride_out": cols, "dtype": DTYPE_CODES[gate.dtype],
+                      "activation": ACTIVATION_CODES[activation]})
     return out
 
 
@@ -94,9 +95,10 @@ def gated_act_bwd(dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
     if dgate.numel() == 0:
         return dgate, dup
     rows, cols, (sd, sg, su) = _rows_strides(dout, gate, up)
-    _C.gated_act_bwd(dout.data_ptr(), gate.data_ptr(), up.data_ptr(), dgate.data_ptr(),
-                     dup.data_ptr(), rows, cols, sd, sg, su, cols, cols,
-                     DTYPE_CODES[gate.dtype], ACTIVATION_CODES[activation])
+    _C.gated_act_bwd({"dout": dout.data_ptr(), "gate": gate.data_ptr(), "up": up.data_ptr(),
+                      "dgate": dgate.data_ptr(), "dup": dup.data_ptr(), "rows": rows, "cols": cols, "stride_dout": sd,
+                      "stride_gate": sg, "stride_up": su, "stride_dgate": cols, "stride_dup": cols,
+                      "dtype": DTYPE_CODES[gate.dtype], "activation": ACTIVATION_CODES[activation]})
     return dgate, dup
 
 

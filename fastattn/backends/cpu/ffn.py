@@ -97,8 +97,9 @@ def bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torc
     if out.numel() == 0:
         return out
     x, rows, cols, sx = _rows(x)
-    _C.bias_gelu_fwd(x.data_ptr(), bias.data_ptr(), out.data_ptr(), rows, cols, sx, bias.stride(0), cols,
-                     DTYPE_CODES[x.dtype], approximate == "tanh", torch.get_num_threads())
+    _C.bias_gelu_fwd({"x": x.data_ptr(), "bias": bias.data_ptr(), "out": out.data_ptr(), "rows": rows, "cols": cols,
+                      "stride_x": sx, "stride_bias": bias.stride(0), "stride_out": cols, "dtype": DTYPE_CODES[x.dtype],
+                      "tanh": approximate == "tanh", "num_threads": torch.get_num_threads()})
     return out
 
 
@@ -110,8 +111,10 @@ def bias_gelu_bwd(dout: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, appro
         return dx
     dout, rows, cols, sd = _rows(dout)
     x, _, _, sx = _rows(x)
-    _C.bias_gelu_bwd(dout.data_ptr(), x.data_ptr(), bias.data_ptr(), dx.data_ptr(), rows, cols, sd, sx,
-                     bias.stride(0), cols, DTYPE_CODES[x.dtype], approximate == "tanh", torch.get_num_threads())
+    _C.bias_gelu_bwd({"dout": dout.data_ptr(), "x": x.data_ptr(), "bias": bias.data_ptr(), "dx": dx.data_ptr(),
+                      "rows": rows, "cols": cols, "stride_dout": sd, "stride_x": sx, "stride_bias": bias.stride(0),
+                      "stride_dx": cols, "dtype": DTYPE_CODES[x.dtype], "tanh": approximate == "tanh",
+                      "num_threads": torch.get_num_threads()})
     return dx
 
 
@@ -149,8 +152,10 @@ def _columns_per_block(hidden: int) -> int:
 def _gated_fwd(g: torch.Tensor, u: torch.Tensor, out: torch.Tensor, activation: str) -> None:
     """``out = act(g) * u`` over 2-D row-strided views (inner stride 1)."""
     rows, cols = g.shape
-    _C.gated_act_fwd(g.data_ptr(), u.data_ptr(), out.data_ptr(), rows, cols, g.stride(0), u.stride(0),
-                     out.stride(0), DTYPE_CODES[g.dtype], ACTIVATION_CODES[activation], torch.get_num_threads())
+    _C.gated_act_fwd({"gate": g.data_ptr(), "up": u.data_ptr(), "out": out.data_ptr(), "rows": rows, "cols": cols,
+                      "stride_gate": g.stride(0), "stride_up": u.stride(0), "stride_out": out.stride(0),
+                      "dtype": DTYPE_CODES[g.dtype], "activation": ACTIVATION_CODES[activation],
+                      "num_threads": torch.get_num_threads()})
 
 
 def feed_forward_fwd(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
@@ -243,9 +248,11 @@ def feed_forward_bwd(dout: torch.Tensor, x: torch.Tensor, w_gate: torch.Tensor, 
             torch.mm(d2.t(), b, out=dw_down[:, n0:n1])
             torch.mm(d2, w_down[:, n0:n1], out=a)  # dH
             # dG over dH and dU over H, in place (the kernel reads a tile before writing it).
-            _C.gated_act_bwd(a.data_ptr(), g.data_ptr(), u.data_ptr(), a.data_ptr(), b.data_ptr(), M, n1 - n0,
-                             n1 - n0, N, N, n1 - n0, n1 - n0, DTYPE_CODES[dtype], ACTIVATION_CODES[activation],
-                             threads)
+            _C.gated_act_bwd({"dout": a.data_ptr(), "gate": g.data_ptr(), "up": u.data_ptr(), "dgate": a.data_ptr(),
+                              "dup": b.data_ptr(), "rows": M, "cols": n1 - n0, "stride_dout": n1 - n0,
+                              "stride_gate": N, "stride_up": N, "stride_dgate": n1 - n0, "stride_dup": n1 - n0,
+                              "dtype": DTYPE_CODES[dtype], "activation": ACTIVATION_CODES[activation],
+                              "num_threads": threads})
             torch.mm(a.t(), x2, out=dw_gate[n0:n1])
             torch.mm(b.t(), x2, out=dw_up[n0:n1])
             if n0 == 0:
