@@ -44,8 +44,11 @@ blocks per query block (atomics-free, bitwise reproducible).
 
 Shapes: tensors are ``(B, H, L, D)`` views taken by strides (the SDPA layout and the
 flash layout ``(B, L, H, D).transpose(1, 2)`` alike, no copies). Varlen packs ``B == 1``
-and sequence ``s`` spans rows ``cu_seqlens[s]:cu_seqlens[s+1]``. Any head dim 1..256 (fp32:
-1..128) runs in a power-of-two ``BLOCK_D`` tile with masked loads/stores. Feature flags are
+and sequence ``s`` spans rows ``cu_seqlens[s]:cu_seqlens[s+1]``. Any head dim 1..256 runs in a
+power-of-two ``BLOCK_D`` tile with masked loads/stores; fp32 above 128 (``D_CHUNK``,
+``BLOCK_DV``: :func:`head_dim_split`) sums ``Q K^T`` and ``dO V^T`` over 64-column chunks and
+splits the columns each program writes over programs (O in halves, dK/dV and dQ in quarters),
+because every tile that holds a whole 256-column fp32 operand spills. Feature flags are
 ``tl.constexpr`` so a disabled feature costs nothing: ``CAUSAL``, ``WINDOW``,
 ``BOTTOM_RIGHT``, ``SOFTCAP``, ``ALIBI``, ``MASK_MODE`` (0 none, 1 bool, 2 additive;
 ``attn_mask`` broadcast by zero strides), ``VARLEN``, ``DROPOUT``.
@@ -80,7 +83,7 @@ from ._interpreter import ensure_interpreter_fixes
 from .attention_shared import (_CANDIDATES, _INTERPRETER_CONFIG, _TUNE_KEY, INTERPRET, SMEM_LIMIT,  # noqa: F401
                                _arch, _compile_report, _dropout_keep, _forward_result, _head_operands, _key_ranges,
                                _positive_score_scale, _row_block_id, _score_scale, _scores, _softmax_step, _tanh,
-                               kernel_configs, seq_bucket)
+                               candidates, kernel_configs, seq_bucket)
 from . import attention_tma
 
 __all__ = ["attention_fwd", "attention_bwd", "supports", "block_d", "kernel_configs", "select_compiled", "seq_bucket"]
@@ -96,6 +99,20 @@ _FAR = 1 << 30
 def block_d(head_dim: int) -> int:
     """The register tile width for ``head_dim``: the next power of two, at least 16 (``tl.dot``'s minimum)."""
     return max(16, triton.next_power_of_2(head_dim))
+
+
+def head_dim_split(bd: int, elem: int, kernel: str = "fwd") -> tuple:
+    """``(D_CHUNK, BLOCK_DV)`` of ``kernel`` ("fwd", "bwd_dkdv", "bwd_dq") for a ``bd``-wide
+    head-dim tile of ``elem``-byte elements: ``(bd, bd)`` (whole tiles) except fp32 above 128,
+    where every tile that holds a whole 256-column operand spills (tf32x3 keeps two copies of
+    each dot operand). There ``Q K^T`` and ``dO V^T`` are summed over 64-column chunks read as
+    they are used, and the columns each program writes are split over programs, each
+    recomputing the scores: the forward's O in two 128-column halves, the backward's dK/dV and
+    dQ (which hold more live tiles: dK and dV, or atomic dQ's product) in four 64-column
+    quarters; wider slices spill (ptxas, sm_80 and sm_90a)."""
+    if elem == 4 and bd > 128:
+        return 64, (128 if kernel == "fwd" else 64)
+    return bd, bd
 
 
 def delta_block_m(bd: int) -> int:
@@ -118,16 +135,19 @@ def _smem_bytes(kernel: str, bm: int, bn: int, bd: int, stages: int, elem: int) 
 
 def fits_smem(kernel: str, cfg: dict, arch: int, bd: int, elem: int) -> bool:
     """Whether ``cfg``'s tiles fit the shared memory of one block on compute capability ``arch``,
-    by the estimate of :func:`_smem_bytes`."""
-    need = _smem_bytes(kernel, cfg["BLOCK_M"], cfg["BLOCK_N"], bd, cfg["num_stages"], elem)
+    by the estimate of :func:`_smem_bytes` (head-dim chunked tiles, :func:`head_dim_split`, as
+    whole tiles of the width each program writes: no staged operand is wider)."""
+    width = head_dim_split(bd, elem, kernel)[1]
+    need = _smem_bytes(kernel, cfg["BLOCK_M"], cfg["BLOCK_N"], width, cfg["num_stages"], elem)
     return need <= SMEM_LIMIT.get(arch, 99 * 1024)
 
 
 def spills_unavoidably(kernel: str, bd: int, elem: int, features: bool) -> bool:
     """Specialisations that :func:`supports` declines (so another backend serves them) because
     every candidate spills registers in them: the fp32 backward at head dim 128 with features
-    (tf32x3 keeps a high and a low copy of every operand tile next to the dK + dV accumulators)."""
-    return elem == 4 and bd > 64 and features and kernel != "fwd"
+    (tf32x3 keeps a high and a low copy of every operand tile next to the dK + dV accumulators).
+    Above 128 the head-dim-chunked path (:func:`head_dim_split`) serves it."""
+    return elem == 4 and bd > 64 and features and kernel != "fwd" and head_dim_split(bd, elem, kernel)[0] == bd
 
 
 def _configs(kernel: str) -> list[triton.Config]:
@@ -148,6 +168,9 @@ def _prune(kernel: str):
     def prune(configs, nargs, **kwargs):
         if INTERPRET or len(configs) == 1:
             return configs
+        if kwargs.get("D_CHUNK", 0) < kwargs.get("BLOCK_D", 0):  # fp32 above 128: the chunked path's tiles
+            tiles = {(c["BLOCK_M"], c["BLOCK_N"], c["num_warps"]) for c in candidates(kernel, chunked=True)}
+            configs = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) in tiles]
         jit_fn = _JIT[kernel]()
         reports = [_compile_report(jit_fn, c, nargs, kwargs) for c in configs]
         return select_compiled(configs, reports, SMEM_LIMIT.get(_arch(), 99 * 1024))
@@ -190,17 +213,32 @@ def _program_sequence(CuSeqQ, CuSeqK, seqlen_q, seqlen_k, VARLEN: tl.constexpr, 
 
 
 @triton.jit
+def _split_program(pid, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """``(block, dv0)`` of grid index ``pid`` along axis 0: with ``BLOCK_DV < BLOCK_D`` each row
+    (or key) block has ``BLOCK_D // BLOCK_DV`` programs, one per ``BLOCK_DV``-column slice of the
+    head dim that it writes (O, dK/dV, dQ), from column ``dv0``; else one, ``dv0 = 0``."""
+    if BLOCK_DV == BLOCK_D:
+        block = pid
+        dv0 = 0
+    else:
+        block = pid // (BLOCK_D // BLOCK_DV)
+        dv0 = (pid % (BLOCK_D // BLOCK_DV)) * BLOCK_DV
+    return block, dv0
+
+
+@triton.jit
 def _row_program(CuSeqQ, CuSeqK, seqlen_q, seqlen_k, kv_group, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
-                 BOTTOM_RIGHT: tl.constexpr, BLOCK_M: tl.constexpr):
-    """What a program of the forward or the dQ pass owns (grid: row block, query head, batch
-    entry): :func:`_program_sequence`'s values with the query head ``off_h``, its kv head
-    ``off_hk`` (GQA: query head h reads kv head h // group, no repeated K/V) and the block's
-    first row ``start_m`` (at or past ``seqlen_q`` when varlen gave this sequence fewer rows)."""
+                 BOTTOM_RIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """What a program of the forward or the dQ pass owns (grid: row block (x head-dim slice),
+    query head, batch entry): :func:`_program_sequence`'s values with the query head ``off_h``,
+    its kv head ``off_hk`` (GQA: query head h reads kv head h // group, no repeated K/V), the
+    block's first row ``start_m`` (at or past ``seqlen_q`` when varlen gave this sequence fewer
+    rows) and the first head-dim column ``dv0`` it writes (:func:`_split_program`)."""
     off_h = tl.program_id(1).to(tl.int64)
     off_b, bq, start_q, seqlen_q, start_k, seqlen_k, off = _program_sequence(CuSeqQ, CuSeqK, seqlen_q, seqlen_k,
                                                                              VARLEN, BOTTOM_RIGHT)
-    start_m = _row_block_id(CAUSAL) * BLOCK_M
-    return off_b, off_h, off_h // kv_group, bq, start_q, seqlen_q, start_k, seqlen_k, off, start_m
+    block, dv0 = _split_program(_row_block_id(CAUSAL), BLOCK_D, BLOCK_DV)
+    return off_b, off_h, off_h // kv_group, bq, start_q, seqlen_q, start_k, seqlen_k, off, block * BLOCK_M, dv0
 
 
 
@@ -212,40 +250,105 @@ def _tile_offsets(HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.con
     return tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), offs_d, offs_d < HEAD_DIM
 
 
+@triton.jit
+def _dv_offsets(offs_d, d_ok, dv0, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """The head-dim columns a program writes and which are real: all of ``offs_d``, or the
+    ``BLOCK_DV``-wide slice from ``dv0`` (:func:`_split_program`)."""
+    if BLOCK_DV == BLOCK_D:
+        offs_dv = offs_d
+        dv_ok = d_ok
+    else:
+        offs_dv = dv0 + tl.arange(0, BLOCK_DV)
+        dv_ok = offs_dv < HEAD_DIM
+    return offs_dv, dv_ok
+
+
+@triton.jit
+def _dot_chunked(a_base, stride_ar, stride_ad, offs_a, a_ok, b_base, stride_br, stride_bd, offs_b, b_ok,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """``A B^T`` (fp32, ``BLOCK_A x BLOCK_B``) of the rows ``offs_a`` of A and ``offs_b`` of B
+    (row ``r`` of A at ``a_base + r * stride_ar``, rows outside ``a_ok``/``b_ok`` read as 0),
+    summed over the head dim ``D_CHUNK`` columns at a time, each chunk read from memory (L1/L2)
+    when it is used. For fp32 at head dims above 128: tf32x3 keeps a high and a low copy of
+    every dot operand, and a whole (16 x 256) operand is 256 registers a thread in the MMA
+    layout, so no tile holds Q, K, V or dO whole. A loop (not unrolled), so the compiler does
+    not hoist the loads of a loop-invariant operand out of the caller's loop."""
+    offs_c = tl.arange(0, D_CHUNK)
+    acc = tl.zeros([BLOCK_A, BLOCK_B], tl.float32)
+    for d0 in range(0, BLOCK_D, D_CHUNK):
+        c = d0 + offs_c
+        c_ok = c < HEAD_DIM
+        a = tl.load(a_base + offs_a[:, None] * stride_ar + c[None, :] * stride_ad, mask=a_ok[:, None] & c_ok[None, :],
+                    other=0.0)
+        b = tl.load(b_base + offs_b[None, :] * stride_br + c[:, None] * stride_bd, mask=b_ok[None, :] & c_ok[:, None],
+                    other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
+def _dot_t(a, b, a_base, stride_ar, stride_ad, offs_a, a_ok, b_base, stride_br, stride_bd, offs_b, b_ok,
+           HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+           BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """``A B^T`` over the head dim (``Q K^T``, ``dO V^T``): of the held whole tiles ``a`` and
+    ``b``, or, on the chunked path (``D_CHUNK < BLOCK_D``), by :func:`_dot_chunked` from memory
+    (``a``/``b`` are then unused)."""
+    if D_CHUNK == BLOCK_D:
+        out = tl.dot(a, tl.trans(b), input_precision=DOT_PRECISION)
+    else:
+        out = _dot_chunked(a_base, stride_ar, stride_ad, offs_a, a_ok, b_base, stride_br, stride_bd, offs_b, b_ok,
+                           HEAD_DIM, BLOCK_D, D_CHUNK, DOT_PRECISION, BLOCK_A, BLOCK_B)
+    return out
+
+
 # --------------------------------------------------------------------------- forward
 
 
 @triton.jit
-def _fwd_loop(acc, l_i, m_i, q_ptrs, q_ok, flip_q, k_base, v_base, lo, hi, full_lo, full_hi, rows, offs_n, offs_d,
-              seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope, mask_base, stride_kn, stride_kd,
-              stride_vn, stride_vd, stride_mm, stride_mn, dropout_p, seed, rng_offset, off_b, off_h, num_heads, max_q,
-              max_k, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-              ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+def _fwd_loop(acc, l_i, m_i, q_ptrs, q_ok, q_base, stride_qm, stride_qd, offs_m, flip_q, k_base, v_base, lo, hi,
+              full_lo, full_hi, rows, offs_n, offs_d, offs_dv, dv_ok, seqlen_q, seqlen_k, off, window_left,
+              window_right, qk_scale, cap, slope, mask_base, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm,
+              stride_mn, dropout_p, seed, rng_offset, off_b, off_h, num_heads, max_q, max_k, CAUSAL: tl.constexpr,
+              WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, MASK_MODE: tl.constexpr,
+              DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, D_CHUNK: tl.constexpr, BLOCK_DV: tl.constexpr):
     """The online-softmax update over key blocks ``lo, lo + BLOCK_N, ... < hi``.
 
     Blocks in ``[full_lo, full_hi)`` are interior: no element compare, no select, and without
     features the scale and the max subtraction fold into one FMA per score,
     ``qk * scale_log2e - m``. The others (the causal diagonal, a window's edges, the ragged last
     block) take the masked branch. One loop with a uniform branch rather than one loop per kind:
-    the tile, its pipelined loads and the accumulators are shared, so registers are too."""
+    the tile, its pipelined loads and the accumulators are shared, so registers are too.
+
+    ``D_CHUNK < BLOCK_D`` (fp32 at head dims above 128): Q K^T is summed over head-dim chunks
+    read as they are used (:func:`_dot_chunked`) and ``acc`` holds the ``BLOCK_DV`` columns
+    ``offs_dv`` of the output only."""
     d_ok = offs_d < HEAD_DIM
-    q = tl.load(q_ptrs, mask=q_ok, other=0.0)
-    if flip_q:  # q.k * scale == (-q).k * |scale| exactly: the loop may then assume scale > 0
-        q = -q
+    if D_CHUNK == BLOCK_D:
+        q = tl.load(q_ptrs, mask=q_ok, other=0.0)
+        if flip_q:  # q.k * scale == (-q).k * |scale| exactly: the loop may then assume scale > 0
+            q = -q
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         n64 = tl.cast(start_n, tl.int64)
         # Keys past the end load as 0 (one predicate per key, not per score); their scores are
         # hidden by the masked branch.
         kv_ok = cols < seqlen_k
-        if HEAD_DIM == BLOCK_D:
+        if D_CHUNK < BLOCK_D:
+            qk = _dot_chunked(q_base, stride_qm, stride_qd, offs_m, rows < seqlen_q, k_base + n64 * stride_kn,
+                              stride_kn, stride_kd, offs_n, kv_ok, HEAD_DIM, BLOCK_D, D_CHUNK, DOT_PRECISION, BLOCK_M,
+                              BLOCK_N)
+            if flip_q:
+                qk = -qk
+        elif HEAD_DIM == BLOCK_D:
             k = tl.load(k_base + n64 * stride_kn + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                         mask=kv_ok[None, :], other=0.0)
+            qk = tl.dot(q, k, input_precision=DOT_PRECISION)
         else:
             k = tl.load(k_base + n64 * stride_kn + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                         mask=kv_ok[None, :] & d_ok[:, None], other=0.0)
-        qk = tl.dot(q, k, input_precision=DOT_PRECISION)
+            qk = tl.dot(q, k, input_precision=DOT_PRECISION)
         if (start_n >= full_lo) & (start_n < full_hi):
             p, alpha, l_i, m_new = _softmax_step(qk, m_i, l_i, rows, cols, seqlen_q, seqlen_k, off, window_left,
                                                  window_right, qk_scale, cap, slope, mask_base, stride_mm, stride_mn,
@@ -258,11 +361,11 @@ def _fwd_loop(acc, l_i, m_i, q_ptrs, q_ok, flip_q, k_base, v_base, lo, hi, full_
             keep = _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols)
             p = tl.where(keep, p, 0.0)
         if HEAD_DIM == BLOCK_D:
-            v = tl.load(v_base + n64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+            v = tl.load(v_base + n64 * stride_vn + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
                         mask=kv_ok[:, None], other=0.0)
         else:
-            v = tl.load(v_base + n64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                        mask=kv_ok[:, None] & d_ok[None, :], other=0.0)
+            v = tl.load(v_base + n64 * stride_vn + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                        mask=kv_ok[:, None] & dv_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -284,16 +387,17 @@ def _attn_fwd(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, D_CHUNK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     max_q, max_k = seqlen_q, seqlen_k  # the dropout counter space (varlen: the longest sequence)
-    off_b, off_h, off_hk, bq, start_q, seqlen_q, start_k, seqlen_k, off, start_m = _row_program(
-        CuSeqQ, CuSeqK, seqlen_q, seqlen_k, kv_group, CAUSAL, VARLEN, BOTTOM_RIGHT, BLOCK_M)
+    off_b, off_h, off_hk, bq, start_q, seqlen_q, start_k, seqlen_k, off, start_m, dv0 = _row_program(
+        CuSeqQ, CuSeqK, seqlen_q, seqlen_k, kv_group, CAUSAL, VARLEN, BOTTOM_RIGHT, BLOCK_M, BLOCK_D, BLOCK_DV)
     if start_m >= seqlen_q:  # varlen: this sequence is shorter than the longest one
         return
 
     offs_m, offs_n, offs_d, d_ok = _tile_offsets(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
+    offs_dv, dv_ok = _dv_offsets(offs_d, d_ok, dv0, HEAD_DIM, BLOCK_D, BLOCK_DV)
     rows = start_m + offs_m
 
     # int64 bases; in-tile offsets stay small int32.
@@ -309,25 +413,29 @@ def _attn_fwd(
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
 
     # Key blocks wholly above the causal diagonal or outside the window are skipped, not masked;
     # of the rest, only the edge blocks (window edges, the diagonal, the ragged last block)
     # compare elements.
     lo, hi, full_lo, full_hi = _key_ranges(start_m, seqlen_k, off, window_left, window_right, BLOCK_M, BLOCK_N,
                                            CAUSAL, WINDOW)
-    acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q_ptrs, q_ok, flip_q, k_base, v_base, lo, hi, full_lo, full_hi, rows,
-                              offs_n, offs_d, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
-                              mask_base, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, dropout_p,
-                              seed, rng_offset, off_b, off_h, num_heads, max_q, max_k, CAUSAL, WINDOW, SOFTCAP, ALIBI,
-                              MASK_MODE, DROPOUT, DOT_PRECISION, HEAD_DIM, BLOCK_D, BLOCK_N)
+    acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q_ptrs, q_ok, q_base, stride_qm, stride_qd, offs_m, flip_q, k_base,
+                              v_base, lo, hi, full_lo, full_hi, rows, offs_n, offs_d, offs_dv, dv_ok, seqlen_q, seqlen_k,
+                              off, window_left, window_right, qk_scale, cap, slope, mask_base, stride_kn, stride_kd,
+                              stride_vn, stride_vd, stride_mm, stride_mn, dropout_p, seed, rng_offset, off_b, off_h,
+                              num_heads, max_q, max_k, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE, DROPOUT,
+                              DOT_PRECISION, HEAD_DIM, BLOCK_D, BLOCK_N, BLOCK_M, D_CHUNK, BLOCK_DV)
 
     acc, lse = _forward_result(acc, l_i, m_i, dropout_p, DROPOUT)
     o_base = Out + bq * stride_ob + off_h * stride_oh + (start_q + start_m) * stride_om
-    tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, acc.to(Out.dtype.element_ty),
-             mask=(rows[:, None] < seqlen_q) & d_ok[None, :])
+    tl.store(o_base + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od, acc.to(Out.dtype.element_ty),
+             mask=(rows[:, None] < seqlen_q) & dv_ok[None, :])
     l_base = LSE + bq * stride_lb + off_h * stride_lh + (start_q + start_m) * stride_lm
-    tl.store(l_base + offs_m * stride_lm, lse, mask=rows < seqlen_q)
+    if BLOCK_DV == BLOCK_D:
+        tl.store(l_base + offs_m * stride_lm, lse, mask=rows < seqlen_q)
+    else:  # every head-dim slice computed the same LSE: the first stores it
+        tl.store(l_base + offs_m * stride_lm, lse, mask=rows < tl.where(dv0 == 0, seqlen_q, 0))
 
 
 # --------------------------------------------------------------------------- backward
@@ -370,7 +478,7 @@ def _attn_bwd_rowstats(
     seqlen_q, seqlen_k, kv_group, sm_scale, softcap, window_left, window_right,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr, D_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Base-2 row statistics of the scores under an additive mask, for the backward:
@@ -391,9 +499,10 @@ def _attn_bwd_rowstats(
         off = seqlen_k - seqlen_q
     offs_m, offs_n, offs_d, d_ok = _tile_offsets(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
     rows = start_m + offs_m
-    q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + tl.cast(start_m, tl.int64) * stride_qm
-                + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=(rows[:, None] < seqlen_q) & d_ok[None, :], other=0.0)
+    q_base = Q + off_b * stride_qb + off_h * stride_qh + tl.cast(start_m, tl.int64) * stride_qm
+    if D_CHUNK == BLOCK_D:
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                    mask=(rows[:, None] < seqlen_q) & d_ok[None, :], other=0.0)
     k_base = K + off_b * stride_kb + off_hk * stride_kh
     qk_scale, cap = _score_scale(sm_scale, softcap, SOFTCAP)
     slope, mask_base = _head_operands(Alibi, Mask, off_b, off_h, stride_ab, stride_ah, stride_mb, stride_mh, ALIBI, 2)
@@ -404,9 +513,14 @@ def _attn_bwd_rowstats(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        k = tl.load(k_base + tl.cast(start_n, tl.int64) * stride_kn + offs_n[None, :] * stride_kn
-                    + offs_d[:, None] * stride_kd, mask=(cols < seqlen_k)[None, :] & d_ok[:, None], other=0.0)
-        qk = tl.dot(q, k, input_precision=DOT_PRECISION)
+        if D_CHUNK == BLOCK_D:
+            k = tl.load(k_base + tl.cast(start_n, tl.int64) * stride_kn + offs_n[None, :] * stride_kn
+                        + offs_d[:, None] * stride_kd, mask=(cols < seqlen_k)[None, :] & d_ok[:, None], other=0.0)
+            qk = tl.dot(q, k, input_precision=DOT_PRECISION)
+        else:
+            qk = _dot_chunked(q_base, stride_qm, stride_qd, offs_m, rows < seqlen_q,
+                              k_base + tl.cast(start_n, tl.int64) * stride_kn, stride_kn, stride_kd, offs_n,
+                              cols < seqlen_k, HEAD_DIM, BLOCK_D, D_CHUNK, DOT_PRECISION, BLOCK_M, BLOCK_N)
         s, _edge = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
                        mask_base, stride_mm, stride_mn, True, CAUSAL, WINDOW, SOFTCAP, ALIBI, 2)
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -490,20 +604,24 @@ def _bwd_probs(qk, interior, lse2, lse_lo, rows, cols, seqlen_q, seqlen_k, off, 
 
 
 @triton.jit
-def _dkdv_loop(dk, dv, k, v, q_base, do_base, l_base, lo_base, d_base, dq_base, dmask_base, lo, hi, full_lo, full_hi,
-               offs_m,
-               offs_d, cols, seqlen_q, seqlen_k, off, window_left, window_right, sm_scale, qk_scale, cap, slope,
-               mask_base, stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_dqm, stride_dqd,
-               stride_mm, stride_mn, stride_gm, stride_gn,
-               dropout_p, seed, rng_offset, off_b, off_h, num_heads, max_q, max_k,
+def _dkdv_loop(dk, dv, k, v, k_base, v_base, q_base, do_base, l_base, lo_base, d_base, dq_base, dmask_base, lo, hi,
+               full_lo, full_hi, offs_m, offs_n, offs_d, offs_dv, dv_ok, dv0, cols, seqlen_q, seqlen_k, off,
+               window_left, window_right, sm_scale, qk_scale, cap, slope, mask_base, stride_kn, stride_kd, stride_vn,
+               stride_vd, stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_dqm, stride_dqd, stride_mm,
+               stride_mn, stride_gm, stride_gn, dropout_p, seed, rng_offset, off_b, off_h, num_heads, max_q, max_k,
                CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
                ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-               ATOMIC_DQ: tl.constexpr, MASK_GRAD: tl.constexpr,
-               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+               ATOMIC_DQ: tl.constexpr, MASK_GRAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_CHUNK: tl.constexpr, BLOCK_DV: tl.constexpr):
     """dK/dV (and atomic dQ) contributions of query blocks ``lo, lo + BLOCK_M, ... < hi`` to one
     resident key block. Blocks in ``[full_lo, full_hi)`` are interior: no element compare or
     select, and without features ``P = exp2(qk * scale_log2e - lse_log2)`` is one FMA a score;
-    the others (the diagonal, a window's edges, ragged rows or keys) take the masked branch."""
+    the others (the diagonal, a window's edges, ragged rows or keys) take the masked branch.
+
+    ``D_CHUNK < BLOCK_D`` (fp32 at head dims above 128): ``k`` holds only the ``BLOCK_DV``
+    columns ``offs_dv`` this program writes (for atomic dQ), Q K^T and dO V^T are summed over
+    head-dim chunks of Q, K, dO and V read as they are used (:func:`_dot_chunked`), and dK, dV
+    and dQ are accumulated for those columns only."""
     d_ok = offs_d < HEAD_DIM
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + offs_m
@@ -514,16 +632,23 @@ def _dkdv_loop(dk, dv, k, v, q_base, do_base, l_base, lo_base, d_base, dq_base, 
             q_ok = r_ok[:, None]
         else:
             q_ok = r_ok[:, None] & d_ok[None, :]
-        q = tl.load(q_base + row_off * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                    mask=q_ok, other=0.0)
+        if D_CHUNK == BLOCK_D:
+            o_ok = q_ok
+            q = tl.load(q_base + row_off * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                        mask=q_ok, other=0.0)
+        else:  # the columns of dK = dS^T Q this program writes
+            o_ok = r_ok[:, None] & dv_ok[None, :]
+            q = tl.load(q_base + row_off * stride_qm + offs_m[:, None] * stride_qm + offs_dv[None, :] * stride_qd,
+                        mask=o_ok, other=0.0)
         lse2, lse_lo = _lse_rows(l_base + row_off * stride_lm + offs_m * stride_lm,
                                  lo_base + row_off * stride_lm + offs_m * stride_lm, r_ok, MASK_MODE)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        qk = _dot_t(q, k, q_base + row_off * stride_qm, stride_qm, stride_qd, offs_m, r_ok, k_base, stride_kn,
+                    stride_kd, offs_n, cols < seqlen_k, HEAD_DIM, BLOCK_D, D_CHUNK, DOT_PRECISION, BLOCK_M, BLOCK_N)
         p, t = _bwd_probs(qk, (start_m >= full_lo) & (start_m < full_hi), lse2, lse_lo, rows, cols, seqlen_q, seqlen_k,
                           off, window_left, window_right, qk_scale, cap, slope, mask_base, stride_mm, stride_mn, CAUSAL,
                           WINDOW, SOFTCAP, ALIBI, MASK_MODE)
-        do = tl.load(do_base + row_off * stride_dom + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
-                     mask=q_ok, other=0.0)
+        do = tl.load(do_base + row_off * stride_dom + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                     mask=o_ok, other=0.0)
         delta = tl.load(d_base + row_off * stride_lm + offs_m * stride_lm, mask=r_ok, other=0.0)
         if DROPOUT:
             # O = (P * Z) V with Z = keep / (1 - p): dV = (P * Z)^T dO and dP = Z * (dO V^T);
@@ -533,23 +658,29 @@ def _dkdv_loop(dk, dv, k, v, q_base, do_base, l_base, lo_base, d_base, dq_base, 
             dv += tl.dot(tl.trans(tl.where(keep, p * rp, 0.0).to(do.dtype)), do, input_precision=DOT_PRECISION)
         else:
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        dp = _dot_t(do, v, do_base + row_off * stride_dom, stride_dom, stride_dod, offs_m, r_ok, v_base, stride_vn,
+                    stride_vd, offs_n, cols < seqlen_k, HEAD_DIM, BLOCK_D, D_CHUNK, DOT_PRECISION, BLOCK_M, BLOCK_N)
         if DROPOUT:
             dp = tl.where(keep, dp * rp, 0.0)
         ds = p * (dp - delta[:, None])
         if MASK_GRAD:
             # The additive mask enters after scaling and softcap: its gradient is dS itself.
-            # Each (b, h, i, j) has exactly one owner program (its key block), so plain stores.
+            # Each (b, h, i, j) has exactly one owner program (its key block; of its head-dim
+            # slices, the first), so plain stores.
+            if BLOCK_DV == BLOCK_D:
+                g_rows = seqlen_q
+            else:
+                g_rows = tl.where(dv0 == 0, seqlen_q, 0)
             tl.store(dmask_base + rows[:, None] * stride_gm + cols[None, :] * stride_gn, ds,
-                     mask=(rows[:, None] < seqlen_q) & (cols[None, :] < seqlen_k))
+                     mask=(rows[:, None] < g_rows) & (cols[None, :] < seqlen_k))
         if SOFTCAP:
             ds = ds * (1.0 - t * t)  # d(c * tanh(x / c))/dx = 1 - tanh^2
         ds = ds.to(q.dtype)
         dk += tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION)
         if ATOMIC_DQ:
             dq = tl.dot(ds, k, input_precision=DOT_PRECISION) * sm_scale
-            tl.atomic_add(dq_base + row_off * stride_dqm + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
-                          dq, mask=q_ok, sem="relaxed")
+            tl.atomic_add(dq_base + row_off * stride_dqm + offs_m[:, None] * stride_dqm + offs_dv[None, :] * stride_dqd,
+                          dq, mask=o_ok, sem="relaxed")
     return dk, dv
 
 
@@ -600,13 +731,13 @@ def _attn_bwd_dkdv(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, D_CHUNK: tl.constexpr, BLOCK_DV: tl.constexpr,
     ATOMIC_DQ: tl.constexpr, MASK_GRAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Causal: the first key blocks are seen by the most query rows, so the natural order already
     # launches the heaviest programs first.
-    pid_n = tl.program_id(0)
+    pid_n, dv0 = _split_program(tl.program_id(0), BLOCK_D, BLOCK_DV)
     off_hk = tl.program_id(1).to(tl.int64)
     max_q, max_k = seqlen_q, seqlen_k  # the dropout counter space (varlen: the longest sequence)
     off_b, bq, start_q, seqlen_q, start_k, seqlen_k, off = _program_sequence(CuSeqQ, CuSeqK, seqlen_q, seqlen_k,
@@ -616,20 +747,27 @@ def _attn_bwd_dkdv(
         return
 
     offs_m, offs_n, offs_d, d_ok = _tile_offsets(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
+    offs_dv, dv_ok = _dv_offsets(offs_d, d_ok, dv0, HEAD_DIM, BLOCK_D, BLOCK_DV)
     cols = start_n + offs_n
     kv_ok = (cols[:, None] < seqlen_k) & d_ok[None, :]
 
     k_base = K + bq * stride_kb + off_hk * stride_kh + (start_k + start_n) * stride_kn
     v_base = V + bq * stride_vb + off_hk * stride_vh + (start_k + start_n) * stride_vn
-    k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0)
-    v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0)
+    if D_CHUNK == BLOCK_D:
+        out_ok = kv_ok
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0)
+    else:  # only the columns this program writes, for atomic dQ's dS K (the loop reads K and V by chunks)
+        out_ok = (cols[:, None] < seqlen_k) & dv_ok[None, :]
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_dv[None, :] * stride_kd, mask=out_ok, other=0.0)
+        v = k
     qk_scale, cap = _score_scale(sm_scale, softcap, SOFTCAP)
 
     lo, hi, full_lo, full_hi = _query_ranges(start_n, seqlen_q, seqlen_k, off, window_left, window_right,
                                              BLOCK_M, BLOCK_N, CAUSAL, WINDOW)
 
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for g in range(0, kv_group):  # every query head of this kv head's group: dK/dV summed in registers
         off_h = off_hk * kv_group + g
         q_base = Q + bq * stride_qb + off_h * stride_qh + start_q * stride_qm
@@ -641,47 +779,62 @@ def _attn_bwd_dkdv(
         dmask_base = DMask + off_b * stride_gb + off_h * stride_gh
         slope, mask_base = _head_operands(Alibi, Mask, off_b, off_h, stride_ab, stride_ah, stride_mb, stride_mh, ALIBI,
                                           MASK_MODE)
-        dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, l_base, lo_base, d_base, dq_base, dmask_base, lo, hi, full_lo,
-                            full_hi, offs_m, offs_d, cols, seqlen_q, seqlen_k, off, window_left, window_right, sm_scale,
-                            qk_scale, cap, slope, mask_base, stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
-                            stride_dqm, stride_dqd, stride_mm, stride_mn, stride_gm, stride_gn, dropout_p, seed,
-                            rng_offset, off_b, off_h, num_heads, max_q, max_k, CAUSAL, WINDOW, SOFTCAP, ALIBI,
-                            MASK_MODE, DROPOUT, DOT_PRECISION, ATOMIC_DQ, MASK_GRAD, HEAD_DIM, BLOCK_D, BLOCK_M)
+        dk, dv = _dkdv_loop(dk, dv, k, v, k_base, v_base, q_base, do_base, l_base, lo_base, d_base, dq_base,
+                            dmask_base, lo, hi, full_lo, full_hi, offs_m, offs_n, offs_d, offs_dv, dv_ok, dv0, cols,
+                            seqlen_q, seqlen_k, off, window_left, window_right, sm_scale, qk_scale, cap, slope,
+                            mask_base, stride_kn, stride_kd, stride_vn, stride_vd, stride_qm, stride_qd, stride_dom,
+                            stride_dod, stride_lm, stride_dqm, stride_dqd, stride_mm, stride_mn, stride_gm, stride_gn,
+                            dropout_p, seed, rng_offset, off_b, off_h, num_heads, max_q, max_k, CAUSAL, WINDOW,
+                            SOFTCAP, ALIBI, MASK_MODE, DROPOUT, DOT_PRECISION, ATOMIC_DQ, MASK_GRAD, HEAD_DIM, BLOCK_D,
+                            BLOCK_M, BLOCK_N, D_CHUNK, BLOCK_DV)
 
     dk_base = DK + bq * stride_dkb + off_hk * stride_dkh + (start_k + start_n) * stride_dkn
     dv_base = DV + bq * stride_dvb + off_hk * stride_dvh + (start_k + start_n) * stride_dvn
-    tl.store(dk_base + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
-             (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_ok)
-    tl.store(dv_base + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty),
-             mask=kv_ok)
+    tl.store(dk_base + offs_n[:, None] * stride_dkn + offs_dv[None, :] * stride_dkd,
+             (dk * sm_scale).to(DK.dtype.element_ty), mask=out_ok)
+    tl.store(dv_base + offs_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd, dv.to(DV.dtype.element_ty),
+             mask=out_ok)
 
 
 @triton.jit
-def _dq_loop(dq, q, do, lse2, lse_lo, delta, k_base, v_base, lo, hi, full_lo, full_hi, rows, offs_n, offs_d, seqlen_q,
-             seqlen_k, off, window_left, window_right, qk_scale, cap, slope, mask_base, stride_kn, stride_kd,
-             stride_vn, stride_vd, stride_mm, stride_mn, dropout_p, seed, rng_offset, off_b, off_h, num_heads, max_q,
-             max_k, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-             ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dq_loop(dq, q, do, q_base, do_base, lse2, lse_lo, delta, k_base, v_base, lo, hi, full_lo, full_hi, rows, offs_m,
+             offs_n, offs_d, offs_dv, dv_ok, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
+             mask_base, stride_qm, stride_qd, stride_dom, stride_dod, stride_kn, stride_kd, stride_vn, stride_vd,
+             stride_mm, stride_mn, dropout_p, seed, rng_offset, off_b, off_h, num_heads, max_q, max_k,
+             CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+             MASK_MODE: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
+             BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, D_CHUNK: tl.constexpr,
+             BLOCK_DV: tl.constexpr):
     """dQ contributions of key blocks ``lo, lo + BLOCK_N, ... < hi`` to one resident query block;
-    ``[full_lo, full_hi)`` interior, as in :func:`_fwd_loop`."""
+    ``[full_lo, full_hi)`` interior, as in :func:`_fwd_loop`. ``D_CHUNK < BLOCK_D`` (fp32 at head
+    dims above 128): ``q`` and ``do`` are not held, Q K^T and dO V^T are summed over head-dim
+    chunks read as they are used (:func:`_dot_chunked`), and ``dq`` holds the ``BLOCK_DV``
+    columns ``offs_dv`` only."""
     d_ok = offs_d < HEAD_DIM
+    r_ok = rows < seqlen_q
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         col_off = tl.cast(start_n, tl.int64)
-        if HEAD_DIM == BLOCK_D:
-            kv_ok = (cols < seqlen_k)[:, None]  # one predicate a key
+        if D_CHUNK < BLOCK_D:  # the columns of dQ = dS K this program writes; Q K^T and dO V^T by chunks
+            k = tl.load(k_base + col_off * stride_kn + offs_n[:, None] * stride_kn + offs_dv[None, :] * stride_kd,
+                        mask=(cols < seqlen_k)[:, None] & dv_ok[None, :], other=0.0)
+            v = k
         else:
-            kv_ok = (cols < seqlen_k)[:, None] & d_ok[None, :]
-        k = tl.load(k_base + col_off * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                    mask=kv_ok, other=0.0)
-        v = tl.load(v_base + col_off * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=kv_ok, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+            if HEAD_DIM == BLOCK_D:
+                kv_ok = (cols < seqlen_k)[:, None]  # one predicate a key
+            else:
+                kv_ok = (cols < seqlen_k)[:, None] & d_ok[None, :]
+            k = tl.load(k_base + col_off * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                        mask=kv_ok, other=0.0)
+            v = tl.load(v_base + col_off * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                        mask=kv_ok, other=0.0)
+        qk = _dot_t(q, k, q_base, stride_qm, stride_qd, offs_m, r_ok, k_base + col_off * stride_kn, stride_kn, stride_kd,
+                    offs_n, cols < seqlen_k, HEAD_DIM, BLOCK_D, D_CHUNK, DOT_PRECISION, BLOCK_M, BLOCK_N)
         p, t = _bwd_probs(qk, (start_n >= full_lo) & (start_n < full_hi), lse2, lse_lo, rows, cols, seqlen_q, seqlen_k,
                           off, window_left, window_right, qk_scale, cap, slope, mask_base, stride_mm, stride_mn, CAUSAL,
                           WINDOW, SOFTCAP, ALIBI, MASK_MODE)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        dp = _dot_t(do, v, do_base, stride_dom, stride_dod, offs_m, r_ok, v_base + col_off * stride_vn, stride_vn,
+                    stride_vd, offs_n, cols < seqlen_k, HEAD_DIM, BLOCK_D, D_CHUNK, DOT_PRECISION, BLOCK_M, BLOCK_N)
         if DROPOUT:
             keep = _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows, cols)
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
@@ -709,25 +862,32 @@ def _attn_bwd_dq(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr, MASK_MODE: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, D_CHUNK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ of one query block, by its own pass over key blocks: no atomics, a fixed summation order."""
     max_q, max_k = seqlen_q, seqlen_k  # the dropout counter space (varlen: the longest sequence)
-    off_b, off_h, off_hk, bq, start_q, seqlen_q, start_k, seqlen_k, off, start_m = _row_program(
-        CuSeqQ, CuSeqK, seqlen_q, seqlen_k, kv_group, CAUSAL, VARLEN, BOTTOM_RIGHT, BLOCK_M)
+    off_b, off_h, off_hk, bq, start_q, seqlen_q, start_k, seqlen_k, off, start_m, dv0 = _row_program(
+        CuSeqQ, CuSeqK, seqlen_q, seqlen_k, kv_group, CAUSAL, VARLEN, BOTTOM_RIGHT, BLOCK_M, BLOCK_D, BLOCK_DV)
     if start_m >= seqlen_q:  # varlen: this sequence is shorter than the longest one
         return
 
     offs_m, offs_n, offs_d, d_ok = _tile_offsets(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
+    offs_dv, dv_ok = _dv_offsets(offs_d, d_ok, dv0, HEAD_DIM, BLOCK_D, BLOCK_DV)
     rows = start_m + offs_m
     q_ok = (rows[:, None] < seqlen_q) & d_ok[None, :]
 
     row0 = start_q + start_m
-    q = tl.load(Q + bq * stride_qb + off_h * stride_qh + row0 * stride_qm
-                + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0)
-    do = tl.load(DOut + bq * stride_dob + off_h * stride_doh + row0 * stride_dom
-                 + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=q_ok, other=0.0)
+    q_base = Q + bq * stride_qb + off_h * stride_qh + row0 * stride_qm
+    do_base = DOut + bq * stride_dob + off_h * stride_doh + row0 * stride_dom
+    if D_CHUNK == BLOCK_D:
+        out_ok = q_ok
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=q_ok, other=0.0)
+    else:  # the loop reads Q and dO by head-dim chunks
+        out_ok = (rows[:, None] < seqlen_q) & dv_ok[None, :]
+        q = q_base
+        do = do_base
     l_base = bq * stride_lb + off_h * stride_lh + row0 * stride_lm
     # Rows past the end read lse = +inf, so their P is exactly 0 in every block, interior or not.
     lse2, lse_lo = _lse_rows(LSE + l_base + offs_m * stride_lm, LseLo + l_base + offs_m * stride_lm, rows < seqlen_q,
@@ -742,16 +902,17 @@ def _attn_bwd_dq(
 
     lo, hi, full_lo, full_hi = _key_ranges(start_m, seqlen_k, off, window_left, window_right, BLOCK_M, BLOCK_N,
                                            CAUSAL, WINDOW)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    dq = _dq_loop(dq, q, do, lse2, lse_lo, delta, k_base, v_base, lo, hi, full_lo, full_hi, rows, offs_n, offs_d, seqlen_q,
-                  seqlen_k, off, window_left, window_right, qk_scale, cap, slope, mask_base, stride_kn, stride_kd,
-                  stride_vn, stride_vd, stride_mm, stride_mn, dropout_p, seed, rng_offset, off_b, off_h, num_heads,
-                  max_q, max_k, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE, DROPOUT, DOT_PRECISION, HEAD_DIM, BLOCK_D,
-                  BLOCK_N)
+    dq = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    dq = _dq_loop(dq, q, do, q_base, do_base, lse2, lse_lo, delta, k_base, v_base, lo, hi, full_lo, full_hi, rows,
+                  offs_m, offs_n, offs_d, offs_dv, dv_ok, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale,
+                  cap, slope, mask_base, stride_qm, stride_qd, stride_dom, stride_dod, stride_kn, stride_kd, stride_vn,
+                  stride_vd, stride_mm, stride_mn, dropout_p, seed, rng_offset, off_b, off_h, num_heads, max_q, max_k,
+                  CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE, DROPOUT, DOT_PRECISION, HEAD_DIM, BLOCK_D, BLOCK_N,
+                  BLOCK_M, D_CHUNK, BLOCK_DV)
 
     tl.store(DQ + bq * stride_dqb + off_h * stride_dqh + row0 * stride_dqm
-             + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
-             (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_ok)
+             + offs_m[:, None] * stride_dqm + offs_dv[None, :] * stride_dqd,
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=out_ok)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -775,15 +936,14 @@ def supports(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, c
     d = q.shape[-1]
     if not 1 <= d <= 256:
         return f"head dim {d} (1 to 256 only)"
-    if q.dtype == torch.float32 and d > 128:
-        return f"fp32 with head dim {d} > 128 (its tiles would spill registers; 16-bit inputs go to 256)"
     if q.is_cuda and not INTERPRET:
         arch = _arch()
         bd, elem = block_d(d), q.element_size()
         features = attn_mask is not None or alibi_slopes is not None or (args is not None and (
             args.has_window or args.softcap > 0 or args.dropout_p > 0))
         for kernel in _KERNELS[direction]:
-            if not any(fits_smem(kernel, c, arch, bd, elem) for c in _CANDIDATES[kernel]):
+            chunked = head_dim_split(bd, elem, kernel)[0] < bd
+            if not any(fits_smem(kernel, c, arch, bd, elem) for c in candidates(kernel, chunked)):
                 return f"no {kernel} tile for head dim {d} in {q.dtype} fits sm_{arch}'s shared memory"
             if spills_unavoidably(kernel, bd, elem, features):
                 return (f"the {kernel} kernel spills registers at head dim {d} in {q.dtype} with window, softcap, "
@@ -846,6 +1006,7 @@ def _common(q, k, args, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k):
         # whole tile in registers (it spills at every useful tile size).
         DOT_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32",
     )
+    flags["D_CHUNK"], flags["BLOCK_DV"] = head_dim_split(flags["BLOCK_D"], q.element_size())
     return batch, lq, lk, (cu_q, cu_k, alibi, mask), alibi_strides + mask_strides, scalars, flags
 
 
@@ -890,8 +1051,8 @@ def attention_fwd(q, k, v, args, *, attn_mask=None, alibi_slopes=None, cu_seqlen
         # Hopper: the same math with Q/K/V/O moved by TMA and the interior loop on its own.
         attention_tma.launch_fwd_tma(q, k, v, out, lse, ptrs, extra_strides, scalars, flags)
         return out, lse
-    heads = q.shape[1]
-    grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), heads, batch)
+    heads, splits = q.shape[1], flags["BLOCK_D"] // flags["BLOCK_DV"]
+    grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]) * splits, heads, batch)
     _attn_fwd[grid](
         q, k, v, out, lse, *ptrs,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *extra_strides,
@@ -940,7 +1101,8 @@ def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes
             q, k, alibi_t, mask_t, lse, lse_lo, *q.stride(), *k.stride(), *delta.stride(), *extra_strides,
             *scalars[:7], HEAD_DIM=hd, BLOCK_D=bd, CAUSAL=flags["CAUSAL"], BOTTOM_RIGHT=flags["BOTTOM_RIGHT"],
             WINDOW=flags["WINDOW"], SOFTCAP=flags["SOFTCAP"], ALIBI=flags["ALIBI"],
-            DOT_PRECISION=flags["DOT_PRECISION"], BLOCK_M=rbm, BLOCK_N=rbn, num_warps=rwarps, num_stages=2,
+            DOT_PRECISION=flags["DOT_PRECISION"], D_CHUNK=flags["D_CHUNK"], BLOCK_M=rbm, BLOCK_N=rbn,
+            num_warps=rwarps, num_stages=2,
         )
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
@@ -948,7 +1110,10 @@ def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes
     atomic = not args.deterministic
     # Atomic dQ accumulates in fp32 (low-precision atomics would round at every add).
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else dq
-    grid = lambda meta: (triton.cdiv(lk, meta["BLOCK_N"]), hk, batch)
+    # fp32 above 128: the backward writes narrower head-dim slices than the forward (head_dim_split).
+    flags["BLOCK_DV"] = head_dim_split(bd, q.element_size(), "bwd_dkdv")[1]
+    splits = bd // flags["BLOCK_DV"]  # programs per block, one per head-dim slice
+    grid = lambda meta: (triton.cdiv(lk, meta["BLOCK_N"]) * splits, hk, batch)
     _attn_bwd_dkdv[grid](
         q, k, v, dout, lse, lse_lo, delta, dk, dv, dq_acc, *ptrs, dmask if mask_grad else q,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse.stride(),
@@ -959,7 +1124,7 @@ def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes
     if atomic:
         dq.copy_(dq_acc)
     else:
-        grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), hq, batch)
+        grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]) * splits, hq, batch)
         _attn_bwd_dq[grid](
             q, k, v, dout, lse, lse_lo, delta, dq, *ptrs,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse.stride(), *dq.stride(),
@@ -980,7 +1145,7 @@ _AOT_BLOCK_D = (16, 32, 64, 128, 256)
 # feature as flash_attn_varlen_func launches it; the plain (non-causal) launch with the
 # deterministic backward; a bool mask. ``ATOMIC_DQ``/``MASK_GRAD`` only exist in dK/dV.
 _AOT_VARIANTS = {
-    "causal": (dict(CAUSAL=True), tuple(_AOT_DTYPES), _AOT_BLOCK_D),  # fp32 stops at 128 (see supports)
+    "causal": (dict(CAUSAL=True), tuple(_AOT_DTYPES), _AOT_BLOCK_D),
     "features": (dict(CAUSAL=True, BOTTOM_RIGHT=True, WINDOW=True, SOFTCAP=True, ALIBI=True, MASK_MODE=2,
                       MASK_GRAD=True), ("fp16", "fp32"), (128, 256)),
     # Dropout's Philox rounds hold four 32-bit words per element: the register-heaviest feature.
@@ -993,10 +1158,11 @@ _AOT_VARIANTS = {
 _FEATURE_FLAGS = ("WINDOW", "SOFTCAP", "ALIBI", "MASK_MODE", "DROPOUT")  # as supports() counts them
 # The specialisations compiled by default (tests/test_triton_aot.py outside the slow set): every
 # variant, kernel and head-dim tile at least once, chosen once and for all (the first of each
-# variant's (dtype, tile) list, the causal launch at every tile in fp16, and fp32 at 64); the slow
-# test and ``info --kernels`` compile them all.
-_AOT_STRATIFIED = {("causal", "fp16", bd) for bd in _AOT_BLOCK_D} | {("causal", "fp32", 64)} | {
-    (variant, dtypes[0], tiles[0]) for variant, (_, dtypes, tiles) in _AOT_VARIANTS.items()}
+# variant's (dtype, tile) list, the causal launch at every tile in fp16, fp32 at 64, and the
+# head-dim-chunked path (fp32 at 256, every feature: its few 16-row candidates compile in seconds);
+# the slow test and ``info --kernels`` compile them all.
+_AOT_STRATIFIED = {("causal", "fp16", bd) for bd in _AOT_BLOCK_D} | {("causal", "fp32", 64), ("features", "fp32", 256)}
+_AOT_STRATIFIED |= {(variant, dtypes[0], tiles[0]) for variant, (_, dtypes, tiles) in _AOT_VARIANTS.items()}
 
 
 def aot_variant_has_features(variant: str) -> bool:
@@ -1006,14 +1172,12 @@ def aot_variant_has_features(variant: str) -> bool:
 
 def aot_specialisations(stratified: bool = False) -> list:
     """Every (variant, dtype name, head-dim tile) the AOT check compiles (``stratified``: the
-    default subset); fp32 above 128 and the fp32 backward that :func:`spills_unavoidably` are
-    left out because :func:`supports` declines them."""
+    default subset); the fp32 backward that :func:`spills_unavoidably` is left out because
+    :func:`supports` declines it."""
     out = []
     for variant, (_, dtypes, tiles) in _AOT_VARIANTS.items():
         for dname in dtypes:
             for bd in tiles:
-                if _AOT_DTYPES[dname] == 4 and bd > 128:
-                    continue
                 if stratified and (variant, dname, bd) not in _AOT_STRATIFIED:
                     continue
                 out.append((variant, dname, bd))
@@ -1053,8 +1217,9 @@ def aot_cases(stratified: bool = False) -> list:
         for kernel, fn in fns.items():
             if spills_unavoidably(kernel, bd, elem, features):
                 continue  # supports() declines it
-            for cfg in _CANDIDATES[kernel]:
-                const = dict(flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
+            chunk, dv = head_dim_split(bd, elem, kernel)
+            for cfg in candidates(kernel, chunked=chunk < bd):
+                const = dict(flags, D_CHUNK=chunk, BLOCK_DV=dv, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
                 if kernel == "bwd_dkdv":
                     const["ATOMIC_DQ"] = on.get("ATOMIC_DQ", True)
                     const["MASK_GRAD"] = on.get("MASK_GRAD", False)
@@ -1075,7 +1240,7 @@ def aot_cases(stratified: bool = False) -> list:
             fn = _attn_bwd_rowstats
             bm, bn, warps = rowstats_tile(bd, elem)
             const = {k: v for k, v in flags.items() if k in fn.arg_names}
-            const.update(BLOCK_M=bm, BLOCK_N=bn, stride_qd=1, stride_kd=1)
+            const.update(D_CHUNK=head_dim_split(bd, elem)[0], BLOCK_M=bm, BLOCK_N=bn, stride_qd=1, stride_kd=1)
             cases.append(AotCase(
                 kernel="attention_bwd_rowstats", fn=fn, signature=signature_for(
                     fn, dict(pointer_types, Mask=mask_type), f"*{dname}", floats=("sm_scale", "softcap"),

@@ -62,6 +62,21 @@ _INTERPRETER_CONFIG = {
 }
 
 
+# fp32 at head dims above 128 runs the head-dim-chunked path (attention.head_dim_split), where
+# only 16-row tiles compile without spills (ptxas for sm_80 and sm_90a, every feature: 32-row
+# ones spill 76-1800 bytes) and each large tile takes minutes to compile only to spill tens of
+# kilobytes: the autotuner is offered these alone there.
+_CHUNKED_TILES = {"fwd": {(16, 32, 4)}, "bwd_dkdv": {(16, 32, 4), (16, 32, 8)}, "bwd_dq": {(16, 32, 4)}}
+
+
+def candidates(kernel: str, chunked: bool = False) -> list[dict]:
+    """The candidate configs of ``kernel`` ("fwd", "bwd_dkdv", "bwd_dq"): every one, or
+    (``chunked``) those of the head-dim-chunked path (fp32 above head dim 128)."""
+    if not chunked:
+        return list(_CANDIDATES[kernel])
+    return [c for c in _CANDIDATES[kernel] if (c["BLOCK_M"], c["BLOCK_N"], c["num_warps"]) in _CHUNKED_TILES[kernel]]
+
+
 def kernel_configs(kernel: str) -> list[dict]:
     """Every candidate config of ``kernel`` ("fwd", "bwd_dkdv", "bwd_dq") as plain dicts."""
     if INTERPRET:
