@@ -58,3 +58,10 @@ def _results_and_grads(fn, inputs, compute_dtype):
         dout = testing.randn(*out.shape, seed=99, device=out.device).to(out.dtype)
         grads = torch.autograd.grad(out, leaves, dout) if leaves else ()
     return tuple(r.detach() for r in results) + tuple(grads)
+
+
+def device_of(backend: str) -> str:
+    """Where a backend's cases run: CPU tensors for the native CPU kernels on every machine; for
+    the GPU backends CUDA tensors where there is a GPU, else CPU tensors (the Triton interpreter,
+    the CUDA simulator)."""
+    return "cpu" if backend == "cpu" or not torch.cuda.is_available() else "cuda"

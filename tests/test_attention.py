@@ -24,12 +24,11 @@ import torch
 
 import fastattn
 from fastattn import reference, testing
-from backend_cases import compare_on_backend
+from backend_cases import compare_on_backend, device_of
 from decode_cases import backends
 
 pytestmark = pytest.mark.usefixtures("poisoned")
 BACKENDS = backends("triton", "cuda", "cpu")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 DTYPE_IDS = {F16: "fp16", BF16: "bf16", F32: "fp32"}
 
@@ -45,10 +44,10 @@ def _check(backend, features, fn, ref_fn, inputs, dtype, lse=True):
                        results=2 if lse else 1)
 
 
-def _flash_qkv(b, hq, hk, lq, lk, d, dtype, seed=0):
-    return (testing.randn(b, lq, hq, d, dtype=dtype, seed=seed, device=DEVICE, requires_grad=True),
-            testing.randn(b, lk, hk, d, dtype=dtype, seed=seed + 1, device=DEVICE, requires_grad=True),
-            testing.randn(b, lk, hk, d, dtype=dtype, seed=seed + 2, device=DEVICE, requires_grad=True))
+def _flash_qkv(b, hq, hk, lq, lk, d, dtype, dev, seed=0):
+    return (testing.randn(b, lq, hq, d, dtype=dtype, seed=seed, device=dev, requires_grad=True),
+            testing.randn(b, lk, hk, d, dtype=dtype, seed=seed + 1, device=dev, requires_grad=True),
+            testing.randn(b, lk, hk, d, dtype=dtype, seed=seed + 2, device=dev, requires_grad=True))
 
 
 def _flash(**kw):
@@ -77,8 +76,9 @@ ALIGNMENT = [(17, 113, 4, 2, 64), (113, 17, 2, 1, 40), (70, 70, 2, 2, 128)]
 @pytest.mark.parametrize("dtype", [F16, BF16, F32], ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("lq,lk,hq,hk,d", ALIGNMENT, ids=[f"q{a}-k{b}-h{c}:{e}-d{f}" for a, b, c, e, f in ALIGNMENT])
 def test_flash_causal_bottom_right(backend, dtype, lq, lk, hq, hk, d):
+    dev = device_of(backend)
     ours, ref = _flash(causal=True)
-    _check(backend, set(), ours, ref, _flash_qkv(2, hq, hk, lq, lk, d, dtype), dtype)
+    _check(backend, set(), ours, ref, _flash_qkv(2, hq, hk, lq, lk, d, dtype, dev), dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -86,9 +86,10 @@ def test_flash_causal_bottom_right(backend, dtype, lq, lk, hq, hk, d):
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_sdpa_top_left_gqa(backend, dtype, causal):
     """SDPA's layout and alignment (a causal query row i sees keys j <= i, Lq < Lk), enable_gqa."""
-    q = testing.randn(1, 4, 40, 64, dtype=dtype, seed=1, device=DEVICE, requires_grad=True)
-    k = testing.randn(1, 2, 70, 64, dtype=dtype, seed=2, device=DEVICE, requires_grad=True)
-    v = testing.randn(1, 2, 70, 64, dtype=dtype, seed=3, device=DEVICE, requires_grad=True)
+    dev = device_of(backend)
+    q = testing.randn(1, 4, 40, 64, dtype=dtype, seed=1, device=dev, requires_grad=True)
+    k = testing.randn(1, 2, 70, 64, dtype=dtype, seed=2, device=dev, requires_grad=True)
+    v = testing.randn(1, 2, 70, 64, dtype=dtype, seed=3, device=dev, requires_grad=True)
 
     def ours(backend, q, k, v):
         return fastattn.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True, backend=backend)
@@ -108,18 +109,20 @@ WINDOWS = [(8, 0), (5, 3), (-1, 4), (16, -1)]
 def test_sliding_window(backend, dtype, window):
     """flash-attn's window_size (left, right), -1 = unbounded on that side, over 100 keys (several
     key blocks skipped entirely), Lq != Lk."""
+    dev = device_of(backend)
     ours, ref = _flash(window_size=window)
-    _check(backend, set(), ours, ref, _flash_qkv(1, 2, 1, 80, 100, 64, dtype, seed=4), dtype)
+    _check(backend, set(), ours, ref, _flash_qkv(1, 2, 1, 80, 100, 64, dtype, dev, seed=4), dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [F16, F32], ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("slopes", ["per-head", "per-batch-head"])
 def test_softcap_and_alibi_with_causal_window(backend, dtype, slopes):
+    dev = device_of(backend)
     ours, ref = _flash(causal=True, window_size=(24, 0), softcap=5.0)
-    q, k, v = _flash_qkv(2, 4, 2, 50, 66, 64, dtype, seed=5)
+    q, k, v = _flash_qkv(2, 4, 2, 50, 66, 64, dtype, dev, seed=5)
     shape = (4,) if slopes == "per-head" else (2, 4)
-    alibi = (torch.rand(*shape, generator=torch.Generator().manual_seed(6)) * 0.5).to(DEVICE)
+    alibi = (torch.rand(*shape, generator=torch.Generator().manual_seed(6)) * 0.5).to(dev)
     _check(backend, set(), ours, ref, (q, k, v, alibi), dtype)
 
 
@@ -129,13 +132,14 @@ def test_softcap_and_alibi_with_causal_window(backend, dtype, slopes):
 def test_attn_mask_broadcast_by_strides(backend, dtype, kind):
     """SDPA's attn_mask, (B, 1, Lq, Lk) broadcast over heads (stride 0): bool (True = take part)
     or float (added to the scores, -inf where masked)."""
-    q = testing.randn(2, 2, 33, 64, dtype=dtype, seed=7, device=DEVICE, requires_grad=True)
-    k = testing.randn(2, 2, 90, 64, dtype=dtype, seed=8, device=DEVICE, requires_grad=True)
-    v = testing.randn(2, 2, 90, 64, dtype=dtype, seed=9, device=DEVICE, requires_grad=True)
+    dev = device_of(backend)
+    q = testing.randn(2, 2, 33, 64, dtype=dtype, seed=7, device=dev, requires_grad=True)
+    k = testing.randn(2, 2, 90, 64, dtype=dtype, seed=8, device=dev, requires_grad=True)
+    v = testing.randn(2, 2, 90, 64, dtype=dtype, seed=9, device=dev, requires_grad=True)
     keep = torch.rand(2, 1, 33, 90, generator=torch.Generator().manual_seed(10)) > 0.3
     keep[:, :, :, 0] = True  # every row sees a key: a fully masked row's value is torch-specific
     mask = keep if kind == "bool" else torch.where(keep, torch.randn(keep.shape) * 0.5, float("-inf"))
-    mask = mask.to(device=DEVICE, dtype=torch.bool if kind == "bool" else dtype)
+    mask = mask.to(device=dev, dtype=torch.bool if kind == "bool" else dtype)
 
     def ours(backend, q, k, v):
         return fastattn.scaled_dot_product_attention(q, k, v, attn_mask=mask, backend=backend)
@@ -152,11 +156,12 @@ def test_attn_mask_broadcast_by_strides(backend, dtype, kind):
 def test_varlen_packed_batch(backend, dtype, causal):
     """flash_attn_varlen_func: three sequences of different query and key lengths packed in one
     tensor (one shorter in queries than in keys, one longer: bottom-right causal rows see no key)."""
-    cu_q = torch.tensor([0, 17, 30, 95], dtype=torch.int32, device=DEVICE)
-    cu_k = torch.tensor([0, 40, 45, 110], dtype=torch.int32, device=DEVICE)
-    q = testing.randn(95, 4, 40, dtype=dtype, seed=11, device=DEVICE, requires_grad=True)
-    k = testing.randn(110, 2, 40, dtype=dtype, seed=12, device=DEVICE, requires_grad=True)
-    v = testing.randn(110, 2, 40, dtype=dtype, seed=13, device=DEVICE, requires_grad=True)
+    dev = device_of(backend)
+    cu_q = torch.tensor([0, 17, 30, 95], dtype=torch.int32, device=dev)
+    cu_k = torch.tensor([0, 40, 45, 110], dtype=torch.int32, device=dev)
+    q = testing.randn(95, 4, 40, dtype=dtype, seed=11, device=dev, requires_grad=True)
+    k = testing.randn(110, 2, 40, dtype=dtype, seed=12, device=dev, requires_grad=True)
+    v = testing.randn(110, 2, 40, dtype=dtype, seed=13, device=dev, requires_grad=True)
 
     def ours(backend, q, k, v):
         out, lse, _ = fastattn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 65, 65, causal=causal,
@@ -176,7 +181,8 @@ def test_varlen_packed_batch(backend, dtype, causal):
 def test_strided_views_of_a_packed_projection(backend, dtype):
     """q, k, v as views into one (B, L, 3, H, D) projection output (row stride 3*H*D), as models
     pass them: taken by strides, with the same answer as contiguous inputs."""
-    packed = testing.randn(2, 70, 3, 2, 64, dtype=dtype, seed=14, device=DEVICE)
+    dev = device_of(backend)
+    packed = testing.randn(2, 70, 3, 2, 64, dtype=dtype, seed=14, device=dev)
     ours, ref = _flash(causal=True)
 
     def views(backend, packed):

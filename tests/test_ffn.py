@@ -19,13 +19,12 @@ import torch
 
 import fastattn
 from fastattn import reference, testing
-from backend_cases import compare_on_backend
+from backend_cases import compare_on_backend, device_of
 from decode_cases import backends
 from ffn_cases import weights
 
 pytestmark = pytest.mark.usefixtures("poisoned")
 BACKENDS = backends("triton", "cuda", "cpu")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -55,8 +54,9 @@ def _check(backend, features, dtype, fn, ref_fn, inputs):
 @pytest.mark.parametrize("activation", list(GATED))
 def test_gated_activation(backend, dtype, shape, activation):
     """Row lengths of 1, 129 (a ragged vector tail) and 4097 (more than one block per row)."""
-    gate = testing.randn(*shape, dtype=dtype, seed=1, device=DEVICE, scale=3.0, requires_grad=True)
-    up = testing.randn(*shape, dtype=dtype, seed=2, device=DEVICE, requires_grad=True)
+    dev = device_of(backend)
+    gate = testing.randn(*shape, dtype=dtype, seed=1, device=dev, scale=3.0, requires_grad=True)
+    up = testing.randn(*shape, dtype=dtype, seed=2, device=dev, requires_grad=True)
     _check(backend, {"gated"}, dtype, *GATED[activation], (gate, up))
 
 
@@ -66,7 +66,8 @@ def test_gated_activation(backend, dtype, shape, activation):
 def test_gated_activation_on_halves_of_a_fused_projection(backend, dtype, activation):
     """gate and up as the two column halves of one (tokens, 2 * hidden) projection output (row
     stride 2 * hidden), as a fused gate_up_proj hands them: taken by strides."""
-    fused = testing.randn(33, 2 * 96, dtype=dtype, seed=3, device=DEVICE, scale=2.0, requires_grad=True)
+    dev = device_of(backend)
+    fused = testing.randn(33, 2 * 96, dtype=dtype, seed=3, device=dev, scale=2.0, requires_grad=True)
     ours, ref = GATED[activation]
     _check(backend, {"gated"}, dtype, lambda b, f: ours(b, *f.chunk(2, dim=-1)), lambda f: ref(*f.chunk(2, dim=-1)),
            (fused,))
@@ -77,8 +78,9 @@ def test_gated_activation_on_halves_of_a_fused_projection(backend, dtype, activa
 @pytest.mark.parametrize("shape", ROWS[1:], ids=["x".join(map(str, s)) for s in ROWS[1:]])
 @pytest.mark.parametrize("approximate", ["none", "tanh"], ids=["erf", "tanh"])
 def test_bias_gelu(backend, dtype, shape, approximate):
-    x = testing.randn(*shape, dtype=dtype, seed=4, device=DEVICE, scale=2.0, requires_grad=True)
-    bias = testing.randn(shape[-1], dtype=dtype, seed=5, device=DEVICE, requires_grad=True)
+    dev = device_of(backend)
+    x = testing.randn(*shape, dtype=dtype, seed=4, device=dev, scale=2.0, requires_grad=True)
+    bias = testing.randn(shape[-1], dtype=dtype, seed=5, device=dev, requires_grad=True)
     _check(backend, {"bias_gelu"}, dtype,
            lambda b, x, bias: fastattn.bias_gelu(x, bias, approximate, backend=b),
            lambda x, bias: reference.bias_gelu(x, bias, approximate), (x, bias))
@@ -92,9 +94,10 @@ def test_feed_forward(backend, dtype, layout, activation):
     """The fused gated MLP on 2 x 37 tokens (ragged against every tile), dim 64 -> hidden 160 ->
     dim 64, with Llama's separate gate/up weights, Phi-3's fused gate_up rows, or column-major
     weights; gradients of x and of all three weights."""
+    dev = device_of(backend)
     torch.manual_seed(6)
-    w_gate, w_up, w_down = (w.requires_grad_() for w in weights(160, 64, 64, dtype, layout, device=DEVICE))
-    x = testing.randn(2, 37, 64, dtype=dtype, seed=7, device=DEVICE, requires_grad=True)
+    w_gate, w_up, w_down = (w.requires_grad_() for w in weights(160, 64, 64, dtype, layout, device=dev))
+    x = testing.randn(2, 37, 64, dtype=dtype, seed=7, device=dev, requires_grad=True)
     _check(backend, {"feed_forward"}, dtype,
            lambda b, x, wg, wu, wd: fastattn.feed_forward(x, (wg, wu), wd, activation, backend=b),
            lambda x, wg, wu, wd: reference.feed_forward(x, (wg, wu), wd, activation), (x, w_gate, w_up, w_down))
