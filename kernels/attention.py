@@ -45,10 +45,11 @@ blocks per query block (atomics-free, bitwise reproducible).
 Shapes: tensors are ``(B, H, L, D)`` views taken by strides (the SDPA layout and the
 flash layout ``(B, L, H, D).transpose(1, 2)`` alike, no copies). Varlen packs ``B == 1``
 and sequence ``s`` spans rows ``cu_seqlens[s]:cu_seqlens[s+1]``. Any head dim 1..256 runs in a
-power-of-two ``BLOCK_D`` tile with masked loads/stores; fp32 above 128 (``D_CHUNK``,
-``BLOCK_DV``: :func:`head_dim_split`) sums ``Q K^T`` and ``dO V^T`` over 64-column chunks and
-splits the columns each program writes over programs (O in halves, dK/dV and dQ in quarters),
-because every tile that holds a whole 256-column fp32 operand spills. Feature flags are
+power-of-two ``BLOCK_D`` tile with masked loads/stores; fp32 above 128, and its backward at
+128 with features (``D_CHUNK``, ``BLOCK_DV``: :func:`head_dim_split`), sum ``Q K^T`` and
+``dO V^T`` over 64-column chunks and split the columns each program writes over programs (O in
+128-column, dK/dV and dQ in 64-column slices), because there every tile that holds a whole fp32
+operand spills. Feature flags are
 ``tl.constexpr`` so a disabled feature costs nothing: ``CAUSAL``, ``WINDOW``,
 ``BOTTOM_RIGHT``, ``SOFTCAP``, ``ALIBI``, ``MASK_MODE`` (0 none, 1 bool, 2 additive;
 ``attn_mask`` broadcast by zero strides), ``VARLEN``, ``DROPOUT``.
@@ -101,18 +102,24 @@ def block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def head_dim_split(bd: int, elem: int, kernel: str = "fwd") -> tuple:
+def head_dim_split(bd: int, elem: int, kernel: str = "fwd", features: bool = False) -> tuple:
     """``(D_CHUNK, BLOCK_DV)`` of ``kernel`` ("fwd", "bwd_dkdv", "bwd_dq") for a ``bd``-wide
-    head-dim tile of ``elem``-byte elements: ``(bd, bd)`` (whole tiles) except fp32 above 128,
-    where every tile that holds a whole 256-column operand spills (tf32x3 keeps two copies of
-    each dot operand). There ``Q K^T`` and ``dO V^T`` are summed over 64-column chunks read as
-    they are used, and the columns each program writes are split over programs, each
-    recomputing the scores: the forward's O in two 128-column halves, the backward's dK/dV and
-    dQ (which hold more live tiles: dK and dV, or atomic dQ's product) in four 64-column
-    quarters; wider slices spill (ptxas, sm_80 and sm_90a)."""
-    if elem == 4 and bd > 128:
+    head-dim tile of ``elem``-byte elements (``features``: window, softcap, ALiBi, a mask or
+    dropout): ``(bd, bd)`` (whole tiles) except where every whole-tile candidate spills, in
+    fp32 (tf32x3 keeps two copies of each dot operand): above 128, and the backward at 128 with
+    features. There ``Q K^T`` and ``dO V^T`` are summed over 64-column chunks read as they are
+    used, and the columns each program writes are split over programs, each recomputing the
+    scores: the forward's O in 128-column slices, the backward's dK/dV and dQ (which hold more
+    live tiles: dK and dV, or atomic dQ's product) in 64-column ones; wider slices spill
+    (ptxas, sm_80 and sm_90a)."""
+    if elem == 4 and (bd > 128 or (bd == 128 and features and kernel != "fwd")):
         return 64, (128 if kernel == "fwd" else 64)
     return bd, bd
+
+
+def _has_features(flags: dict) -> bool:
+    """Whether the launch ``flags`` turn on a feature (window, softcap, ALiBi, mask, dropout)."""
+    return bool(flags["WINDOW"] or flags["SOFTCAP"] or flags["ALIBI"] or flags["MASK_MODE"] or flags["DROPOUT"])
 
 
 def delta_block_m(bd: int) -> int:
@@ -140,14 +147,6 @@ def fits_smem(kernel: str, cfg: dict, arch: int, bd: int, elem: int) -> bool:
     width = head_dim_split(bd, elem, kernel)[1]
     need = _smem_bytes(kernel, cfg["BLOCK_M"], cfg["BLOCK_N"], width, cfg["num_stages"], elem)
     return need <= SMEM_LIMIT.get(arch, 99 * 1024)
-
-
-def spills_unavoidably(kernel: str, bd: int, elem: int, features: bool) -> bool:
-    """Specialisations that :func:`supports` declines (so another backend serves them) because
-    every candidate spills registers in them: the fp32 backward at head dim 128 with features
-    (tf32x3 keeps a high and a low copy of every operand tile next to the dK + dV accumulators).
-    Above 128 the head-dim-chunked path (:func:`head_dim_split`) serves it."""
-    return elem == 4 and bd > 64 and features and kernel != "fwd" and head_dim_split(bd, elem, kernel)[0] == bd
 
 
 def _configs(kernel: str) -> list[triton.Config]:
@@ -942,12 +941,9 @@ def supports(q, k, v, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None, c
         features = attn_mask is not None or alibi_slopes is not None or (args is not None and (
             args.has_window or args.softcap > 0 or args.dropout_p > 0))
         for kernel in _KERNELS[direction]:
-            chunked = head_dim_split(bd, elem, kernel)[0] < bd
+            chunked = head_dim_split(bd, elem, kernel, features)[0] < bd
             if not any(fits_smem(kernel, c, arch, bd, elem) for c in candidates(kernel, chunked)):
                 return f"no {kernel} tile for head dim {d} in {q.dtype} fits sm_{arch}'s shared memory"
-            if spills_unavoidably(kernel, bd, elem, features):
-                return (f"the {kernel} kernel spills registers at head dim {d} in {q.dtype} with window, softcap, "
-                        f"ALiBi, mask or dropout")
     if k.shape[-1] != d or v.shape[-1] != d:
         return "a value head dim unlike the query's"
     if q.shape[1] % k.shape[1] != 0 or v.shape[1] != k.shape[1]:
@@ -1110,8 +1106,8 @@ def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes
     atomic = not args.deterministic
     # Atomic dQ accumulates in fp32 (low-precision atomics would round at every add).
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else dq
-    # fp32 above 128: the backward writes narrower head-dim slices than the forward (head_dim_split).
-    flags["BLOCK_DV"] = head_dim_split(bd, q.element_size(), "bwd_dkdv")[1]
+    # fp32 above 128 (and at 128 with features): the backward's own chunking (head_dim_split).
+    flags["D_CHUNK"], flags["BLOCK_DV"] = head_dim_split(bd, q.element_size(), "bwd_dkdv", _has_features(flags))
     splits = bd // flags["BLOCK_DV"]  # programs per block, one per head-dim slice
     grid = lambda meta: (triton.cdiv(lk, meta["BLOCK_N"]) * splits, hk, batch)
     _attn_bwd_dkdv[grid](
@@ -1172,8 +1168,7 @@ def aot_variant_has_features(variant: str) -> bool:
 
 def aot_specialisations(stratified: bool = False) -> list:
     """Every (variant, dtype name, head-dim tile) the AOT check compiles (``stratified``: the
-    default subset); the fp32 backward that :func:`spills_unavoidably` is left out because
-    :func:`supports` declines it."""
+    default subset)."""
     out = []
     for variant, (_, dtypes, tiles) in _AOT_VARIANTS.items():
         for dname in dtypes:
@@ -1215,9 +1210,7 @@ def aot_cases(stratified: bool = False) -> list:
         flags.update((name, value) for name, value in on.items() if name not in ("ATOMIC_DQ", "MASK_GRAD"))
         mask_type = "*i1" if on.get("MASK_MODE") == 1 else f"*{dname}"
         for kernel, fn in fns.items():
-            if spills_unavoidably(kernel, bd, elem, features):
-                continue  # supports() declines it
-            chunk, dv = head_dim_split(bd, elem, kernel)
+            chunk, dv = head_dim_split(bd, elem, kernel, features)
             for cfg in candidates(kernel, chunked=chunk < bd):
                 const = dict(flags, D_CHUNK=chunk, BLOCK_DV=dv, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
                 if kernel == "bwd_dkdv":

@@ -124,21 +124,25 @@ def test_select_compiled_keeps_what_the_compiler_accepts():
     assert sel([a, b], [(9000, 0), (8000, 0)], 4096) == [a, b]  # nothing fits: the launch raises
 
 
-def test_backward_that_would_spill_is_declined(monkeypatch):
-    """fp32 head dim 128 with a feature: the forward is served, the backward declined (so dispatch
-    falls back for training) on a GPU; the interpreter has no registers to spill."""
+def test_fp32_backward_with_features_at_128_runs_chunked_and_is_served(monkeypatch):
+    """fp32 head dim 128 with a feature: every whole-tile backward candidate spills there, so the
+    backward takes the head-dim-chunked path (whose 16-row tiles do not spill: the fp32 "features",
+    "dropout" and "varlen" cases at 128) and the call is served on a GPU; without features, and in
+    the forward, whole tiles."""
     import torch
     from fastattn.attention_args import AttentionArgs
 
     monkeypatch.setattr(attention, "INTERPRET", False)
     monkeypatch.setattr(attention, "_arch", lambda: 90)
     q = torch.empty(1, 2, 8, 128, device="meta")
-    args = AttentionArgs(scale=0.1, softcap=5.0)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-    assert attention.supports(q, q, q, args=args) is None
-    assert "spills registers" in attention.supports(q, q, q, args=args, direction="bwd")
-    assert attention.supports(q, q, q, args=AttentionArgs(scale=0.1), direction="bwd") is None
-    assert attention.supports(q.half(), q.half(), q.half(), args=args, direction="bwd") is None
+    for args in (AttentionArgs(scale=0.1, softcap=5.0), AttentionArgs(scale=0.1)):
+        assert attention.supports(q, q, q, args=args) is None
+        assert attention.supports(q, q, q, args=args, direction="bwd") is None
+    assert attention.head_dim_split(128, 4, "bwd_dkdv", features=True) == (64, 64)
+    assert attention.head_dim_split(128, 4, "bwd_dq", features=False) == (128, 128)
+    assert attention.head_dim_split(128, 4, "fwd", features=True) == (128, 128)
+    assert attention.head_dim_split(128, 2, "bwd_dkdv", features=True) == (128, 128)
 
 
 def test_occupancy_estimate_hand_values():

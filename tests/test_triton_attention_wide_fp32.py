@@ -1,7 +1,8 @@
-"""fp32 attention at head dims above 128 in the Triton kernels, against the float64 reference.
+"""fp32 attention at head dims above 128 (and the backward at 128 with features) in the Triton
+kernels, against the float64 reference.
 
-There every tile that holds a whole 256-column fp32 operand spills registers (tf32x3 keeps two
-copies of each dot operand), so the kernels take their head-dim-chunked path
+There every tile that holds a whole fp32 operand spills registers (tf32x3 keeps two copies of
+each dot operand), so the kernels take their head-dim-chunked path
 (``kernels.attention.head_dim_split``): ``Q K^T`` and ``dO V^T`` are summed over 64-column
 chunks read as they are used, and the columns each program writes are split over programs (O
 over two, dK/dV and dQ over four). The shapes here put interior, causal-diagonal and ragged key/query blocks in one
@@ -70,6 +71,13 @@ def test_forward_backward_match_reference(case):
     b, hq, hk, lq, lk, d, causal, br, det = case
     q, k, v = qkv(b, hq, hk, lq, lk, d, F32, seed=d)
     _check(q, k, v, _args(d, causal=causal, bottom_right=br, deterministic=det))
+
+
+def test_backward_at_128_with_features():
+    """BLOCK_D = 128 with softcap and a window: whole-tile forward, chunked backward (two
+    64-column slices), a padded head dim."""
+    q, k, v = qkv(1, 2, 1, 90, 100, 112, F32, seed=12)
+    _check(q, k, v, _args(112, bottom_right=True, window_left=50, window_right=0, softcap=5.0))
 
 
 @pytest.mark.slow
