@@ -1161,6 +1161,14 @@ _AOT_STRATIFIED = {("causal", "fp16", bd) for bd in _AOT_BLOCK_D} | {("causal", 
 _AOT_STRATIFIED |= {(variant, dtypes[0], tiles[0]) for variant, (_, dtypes, tiles) in _AOT_VARIANTS.items()}
 
 
+def aot_on_every_arch(case) -> bool:
+    """Whether CI's stratified AOT run compiles ``case`` for both sm_80 and sm_90 (the other
+    specialisations take one arch each, alternating): the plain causal 16-bit launch, whose
+    surviving tiles are pinned per arch (tests/test_triton_aot.py ANCHORS), and the fixed-tile
+    delta pass."""
+    return case.config.get("variant") in ("causal", "delta") and case.config.get("dtype") != "fp32"
+
+
 def aot_variant_has_features(variant: str) -> bool:
     """Whether the AOT variant ``variant`` turns on a feature (window, softcap, ALiBi, mask, dropout)."""
     return variant in _AOT_VARIANTS and any(_AOT_VARIANTS[variant][0].get(f) for f in _FEATURE_FLAGS)

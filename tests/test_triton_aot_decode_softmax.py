@@ -1,7 +1,8 @@
 """Ahead-of-time checks of the Triton softmax and split-KV decoding kernels:
 every config their launchers can pick (kernels/softmax.py and
-kernels/decode.py ``aot_cases()``) is compiled for sm_80 and sm_90 with no GPU; each must
-compile, fit the arch's shared memory per block, and not spill registers. Compiles run in an
+kernels/decode.py ``aot_cases()``) is compiled for sm_80 and sm_90 with no GPU (by default each
+on one of the two, alternating; every one on both in the slow run); each must compile, fit the
+arch's shared memory per block, and not spill registers. Compiles run in an
 interpreter-free subprocess (see fastattn/buildcheck/triton_aot.py) and are cached on disk.
 """
 from __future__ import annotations
@@ -20,9 +21,12 @@ ARCHS = (80, 90)
 PREFIXES = ("softmax_", "decode_")
 
 
-@pytest.fixture(scope="module")
-def records():
-    cases = [c for c in aot.discover_cases() if c.kernel.startswith(PREFIXES)]
+@pytest.fixture(scope="module", params=[pytest.param(True, id="stratified"),
+                                        pytest.param(False, id="full", marks=pytest.mark.slow)])
+def records(request):
+    """The compile records of CI's stratified set (each specialisation on one arch, alternating),
+    and in the slow run of the full set (every case on sm_80 and sm_90)."""
+    cases = [c for c in aot.discover_cases(stratified=request.param) if c.kernel.startswith(PREFIXES)]
     assert {c.kernel for c in cases} == {"softmax_fwd", "softmax_bwd", "decode_split", "decode_direct",
                                          "decode_append", "decode_merge"}
     records = aot.kernel_reports(ARCHS, cases=cases)

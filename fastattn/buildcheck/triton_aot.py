@@ -27,8 +27,10 @@ code applies on the GPU too; :func:`kernel_reports` returns the kept ones unless
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib
+import io
 import inspect
 import json
 import multiprocessing
@@ -71,10 +73,15 @@ def _case_identity(case: AotCase) -> tuple:
 def discover_cases(stratified: bool = False) -> list[AotCase]:
     """Every ``aot_cases()`` of the kernel modules of :mod:`fastattn.kernels` (each case knows its origin).
 
-    ``stratified``: where a module offers a subset (``aot_cases(stratified=True)``: every kernel,
-    variant and head-dim tile at least once, chosen deterministically), only those cases. This
-    is what the default test run compiles; the full set (minutes more on two cores, cold) is for
-    ``info --kernels``, ``benchmarks/static_analysis.py`` and the slow tests."""
+    ``stratified``: the subset the default test run compiles, within CI's time budget on a cold
+    cache: where a module offers one (``aot_cases(stratified=True)``: every kernel, variant and
+    head-dim tile at least once, chosen deterministically), only those cases; and each
+    specialisation on one arch, alternating sm_80 / sm_90 in declaration order within each
+    kernel (:func:`_one_arch_each`), so that every kernel still meets both archs. A module keeps
+    a case on every arch where its ``aot_on_every_arch(case)`` says so (the tiles whose survival
+    is pinned per arch). The full set (every specialisation on every arch: many minutes more on
+    two cores, cold) is for ``info --kernels``, ``benchmarks/static_analysis.py`` and the slow
+    tests."""
     cases = []
     for info in pkgutil.iter_modules(fastattn.kernels.__path__):
         if info.name.startswith("_"):
@@ -83,11 +90,59 @@ def discover_cases(stratified: bool = False) -> list[AotCase]:
         if not hasattr(module, "aot_cases"):
             continue
         found = [replace(c, origin=(info.name, i)) for i, c in enumerate(module.aot_cases())]
-        if stratified and "stratified" in inspect.signature(module.aot_cases).parameters:
-            keep = {_case_identity(c) for c in module.aot_cases(stratified=True)}
-            found = [c for c in found if _case_identity(c) in keep]
+        if stratified:
+            if "stratified" in inspect.signature(module.aot_cases).parameters:
+                keep = {_case_identity(c) for c in module.aot_cases(stratified=True)}
+                found = [c for c in found if _case_identity(c) in keep]
+            found = _one_arch_each(found, getattr(module, "aot_on_every_arch", lambda case: False))
         cases.extend(found)
     return cases
+
+
+def _one_arch_each(cases: list[AotCase], on_every_arch, archs=(80, 90)) -> list[AotCase]:
+    """``cases`` with each specialisation (a ``group`` of candidates, or an ungrouped case) given
+    one arch of ``archs`` in turn, per kernel in declaration order. Untouched: cases already
+    restricted to some archs, those ``on_every_arch`` keeps, and kernels of one specialisation."""
+    turn: dict[str, dict] = {}
+    for c in cases:
+        if c.archs is None and not on_every_arch(c):
+            specs = turn.setdefault(c.kernel, {})
+            specs.setdefault(c.group if c.group is not None else _case_identity(c), len(specs))
+    out = []
+    for c in cases:
+        specs = turn.get(c.kernel, {})
+        key = c.group if c.group is not None else _case_identity(c)
+        if key in specs and len(specs) > 1:
+            c = replace(c, archs=(archs[specs[key] % len(archs)],))
+        out.append(c)
+    return out
+
+
+def _compile_with_ptxas_log(src, arch: int, options: dict):
+    """``triton.compile`` of ``src`` for ``arch``, and the ``ptxas -v`` report of the cubin it
+    assembled (Triton prints it under ``knobs.nvidia.dump_ptxas_log``; empty when Triton took the
+    kernel from its cache and ran no ptxas)."""
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+
+    previous = knobs.nvidia.dump_ptxas_log
+    out = io.StringIO()
+    knobs.nvidia.dump_ptxas_log = True
+    try:
+        with contextlib.redirect_stdout(out):
+            compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    finally:
+        knobs.nvidia.dump_ptxas_log = previous
+    log = out.getvalue()
+    return compiled, log if "Used " in log else ""
+
+
+def _parse_ptxas_log(log: str) -> tuple[int, int]:
+    """(registers, spill bytes: stores + loads) from a ``ptxas -v`` report."""
+    regs = int(re.search(r"Used (\d+) registers", log).group(1))
+    spills = sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
+    return regs, spills
 
 
 def _ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
@@ -103,9 +158,7 @@ def _ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
     log = res.stdout + res.stderr
     if res.returncode != 0:
         raise RuntimeError(f"ptxas failed: {log[-2000:]}")
-    regs = int(re.search(r"Used (\d+) registers", log).group(1))
-    spills = sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
-    return regs, spills
+    return _parse_ptxas_log(log)
 
 
 def occupancy(arch: int, registers: int, shared_bytes: int, num_warps: int) -> float:
@@ -119,8 +172,6 @@ def occupancy(arch: int, registers: int, shared_bytes: int, num_warps: int) -> f
 
 
 def _compile_one(case: AotCase, arch: int, artefacts: Optional[Path] = None) -> dict:
-    import triton
-    from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     record = dict(kernel=case.kernel, backend="triton", config=dict(case.config, num_warps=case.num_warps,
@@ -134,11 +185,14 @@ def _compile_one(case: AotCase, arch: int, artefacts: Optional[Path] = None) -> 
         options = dict(num_warps=case.num_warps, num_stages=case.num_stages)
         if case.maxnreg is not None:
             options["maxnreg"] = case.maxnreg
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+        compiled, ptxas_log = _compile_with_ptxas_log(src, arch, options)
         if artefacts is not None:
             _write_artefacts(artefacts, compiled.asm["cubin"], compiled.asm["ttir"])
         shared = int(compiled.metadata.shared)
-        regs, spills = _ptxas_report(compiled.asm["ptx"], arch)
+        # Triton ran ptxas -v for this very cubin: read its report rather than assembling the
+        # PTX a second time (a third of a cold compile); a compile Triton served from its own
+        # cache ran no ptxas, so that one is assembled here.
+        regs, spills = _parse_ptxas_log(ptxas_log) if ptxas_log else _ptxas_report(compiled.asm["ptx"], arch)
         record.update(registers=regs, shared_memory_bytes=shared, spill_bytes=spills,
                       occupancy=occupancy(arch, regs, shared, case.num_warps),
                       fits_shared_memory=shared <= shared_memory_limit(arch))
