@@ -60,6 +60,12 @@ def _results_and_grads(fn, inputs, compute_dtype):
     return tuple(r.detach() for r in results) + tuple(grads)
 
 
+def backends(*names):
+    """``names`` as pytest params, each skipped (with the reason) where that backend cannot run
+    on :func:`device_of` it (conftest's ``requires_backend``)."""
+    return [pytest.param(n, id=n, marks=pytest.mark.requires_backend(n)) for n in names]
+
+
 def device_of(backend: str) -> str:
     """Where a backend's cases run: CPU tensors for the native CPU kernels on every machine; for
     the GPU backends CUDA tensors where there is a GPU, else CPU tensors (the Triton interpreter,

@@ -39,20 +39,20 @@ def pytest_sessionstart(session):
 
 def pytest_runtest_setup(item):
     """``@pytest.mark.requires_backend("cuda")`` (or as a module's ``pytestmark``): skip, saying
-    why, where that backend cannot run on this machine's default device (CUDA tensors with a
-    GPU, else CPU tensors through the interpreter / simulator; CPU tensors for ``"cpu"``). In CI such a skip cannot happen:
+    why, where that backend cannot run on the device its tests use (backend_cases.device_of: CPU
+    tensors for ``"cpu"``; else CUDA tensors with a GPU, CPU tensors through the interpreter /
+    simulator without one). In CI such a skip cannot happen:
     ``pytest_sessionstart`` has already stopped the run."""
     marks = list(item.iter_markers("requires_backend"))
     if not marks:
         return
     import torch
 
+    from backend_cases import device_of  # the device each backend's tests run on
     from fastattn import dispatch
 
-    default = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for mark in marks:
-        # the native CPU backend runs on CPU tensors on every machine, a GPU one or not
-        device = torch.device("cpu") if mark.args[0] == "cpu" else default
+        device = torch.device(device_of(mark.args[0]))
         why = dispatch.unavailable_reason(mark.args[0], device)
         if why is not None:
             pytest.skip(f"{mark.args[0]} backend unavailable on {device.type}: {why}")

@@ -9,11 +9,11 @@ for bit. A batch with no key at all (length 0, nothing appended) gets the rule's
 """
 from __future__ import annotations
 
-import pytest
 import torch
 
 import fastattn
-from fastattn import dispatch, reference, testing
+from fastattn import reference, testing
+from backend_cases import device_of
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 """Where the GPU backends' cases run (the ``cpu`` backend's always run on the CPU)."""
@@ -87,7 +87,7 @@ def run_case(backend, dtype, batch=2, seqlen_q=1, heads=4, heads_k=2, head_dim=6
     ``(out, lse)``. ``alibi``: None, ``"per_head"`` or ``"per_batch"`` slopes; ``strided_q``: q
     a (B, Hq, Lq, D) buffer seen as (B, Lq, Hq, D) by strides."""
     head_dim_v = head_dim_v or head_dim
-    device = "cpu" if backend == "cpu" else DEVICE
+    device = device_of(backend)
     if strided_q:
         q = torch.randn(batch, heads, seqlen_q, head_dim, device=device).to(dtype).transpose(1, 2)
     else:
@@ -122,15 +122,3 @@ def run_case(backend, dtype, batch=2, seqlen_q=1, heads=4, heads_k=2, head_dim=6
         "the append must write exactly rows cache_seqlens[b] .. + Lnew"
     check(out, lse, *refs)
     return out, lse
-
-
-def backends(*names):
-    """``names`` as pytest params, each skipped (with the reason) where it cannot run here: the
-    GPU backends on :data:`DEVICE`, ``cpu`` on the CPU (where its cases run on any machine)."""
-    def marks(name):
-        if name != "cpu":
-            return pytest.mark.requires_backend(name)
-        why = dispatch.unavailable_reason("cpu", torch.device("cpu"))
-        return pytest.mark.skipif(why is not None, reason=f"cpu backend: {why}")
-
-    return [pytest.param(n, id=n, marks=marks(n)) for n in names]

@@ -24,8 +24,7 @@ import torch
 
 import fastattn
 from fastattn import reference, testing
-from backend_cases import compare_on_backend, device_of
-from decode_cases import backends
+from backend_cases import backends, compare_on_backend, device_of
 
 pytestmark = pytest.mark.usefixtures("poisoned")
 BACKENDS = backends("triton", "cuda", "cpu")

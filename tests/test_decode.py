@@ -17,7 +17,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decode_cases import DTYPE_IDS, DTYPES, LONG_CACHE, backends, run_case
+from backend_cases import backends
+from decode_cases import DTYPE_IDS, DTYPES, LONG_CACHE, run_case
 
 pytestmark = pytest.mark.usefixtures("poisoned")
 BACKENDS = backends("triton", "cuda", "cpu")

@@ -19,8 +19,7 @@ import torch
 
 import fastattn
 from fastattn import reference, testing
-from backend_cases import compare_on_backend, device_of
-from decode_cases import backends
+from backend_cases import backends, compare_on_backend, device_of
 from ffn_cases import weights
 
 pytestmark = pytest.mark.usefixtures("poisoned")
