@@ -62,7 +62,8 @@ def pytest_addoption(parser):
     parser.addoption(
         "--slow-shard", metavar="K/N", default=None,
         help="run every test not marked slow plus shard K (0-based) of N of the slow ones; a slow "
-             "test's shard is crc32(node id) mod N, so the split is the same on every machine")
+             "test's shard is crc32(node id) mod N, so the split is the same on every machine; "
+             "tests marked exhaustive are left out")
 
 
 def _parse_shard(spec: str) -> tuple[int, int]:
@@ -80,17 +81,21 @@ def pytest_collection_modifyitems(config, items):
     if spec is None:
         return
     k, n = _parse_shard(spec)
-    kept, dropped, slow = [], [], 0
+    kept, dropped, exhaustive, slow = [], [], [], 0
     for item in items:
-        if item.get_closest_marker("slow") is None:
+        if item.get_closest_marker("exhaustive") is not None:
+            # Too long for any CI shard (see the marker's description): run on purpose only.
+            exhaustive.append(item)
+        elif item.get_closest_marker("slow") is None:
             kept.append(item)
-            continue
-        slow += 1
-        (kept if zlib.crc32(item.nodeid.encode()) % n == k else dropped).append(item)
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
+        else:
+            slow += 1
+            (kept if zlib.crc32(item.nodeid.encode()) % n == k else dropped).append(item)
+    if dropped or exhaustive:
+        config.hook.pytest_deselected(items=dropped + exhaustive)
     items[:] = kept
-    config.stash[_SHARD_SUMMARY] = f"slow tests: shard {k}/{n} selected {slow - len(dropped)} of {slow}"
+    config.stash[_SHARD_SUMMARY] = (f"slow tests: shard {k}/{n} selected {slow - len(dropped)} of {slow}"
+                                    f" ({len(exhaustive)} exhaustive left out)")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

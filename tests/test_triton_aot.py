@@ -61,6 +61,7 @@ def test_every_specialisation_keeps_a_compiled_tile_without_spills(records):
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive  # over an hour cold on 2 cores: outside CI's slow shards
 def test_every_specialisation_of_the_full_set():
     _check_records(_compile(stratified=False))
 
