@@ -196,11 +196,15 @@ FA_INLINE void pv_block(const Dec& g, const float* P, int64_t ldp, int64_t nk, c
 // AVX2: 4 x 2 + 3 of 16, leaving room for the address arithmetic).
 // A lone row (multi-head decoding: one query row per kv head) takes wider blocks: its NV
 // accumulators are NV independent FMA chains, and 2 or 4 of them leave the FMA units waiting
-// on their latency (AVX-512: 8 + 8 + 1 of 32; AVX2: 4 + 4 + 1 of 16).
+// on their latency; 8 vectors also read a whole 128-dim fp32 value row (AVX-512) or half of
+// it (AVX2) per pass over the chunk, where 4 AVX2 vectors took four passes over a chunk of
+// rows 4 KiB apart in a flash-layout cache (AVX-512: 8 + 8 + 1 of 32; AVX2: 8 accumulators,
+// the value vectors read as FMA memory operands (fp32) or widened one at a time, and the
+// broadcast: 10 of 16).
 #if FA_VEC_BITS == 512
 constexpr int kMB = 4, kNV = 4, kNV1 = 8;
 #else
-constexpr int kMB = 4, kNV = 2, kNV1 = 4;
+constexpr int kMB = 4, kNV = 2, kNV1 = 8;
 #endif
 
 template <int DT, int M>
@@ -213,12 +217,10 @@ FA_INLINE void pv_rows(const Dec& g, const float* P, int64_t ldp, int64_t nk, co
       case 2: pv_block<DT, M, 2>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
       case 3: if constexpr (NV >= 3) pv_block<DT, M, 3>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
       case 4: if constexpr (NV >= 4) pv_block<DT, M, 4>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
-#if FA_VEC_BITS == 512
       case 5: if constexpr (NV >= 5) pv_block<DT, M, 5>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
       case 6: if constexpr (NV >= 6) pv_block<DT, M, 6>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
       case 7: if constexpr (NV >= 7) pv_block<DT, M, 7>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
       case 8: if constexpr (NV >= 8) pv_block<DT, M, 8>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
-#endif
       default: break;
     }
   }
