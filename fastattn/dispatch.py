@@ -81,8 +81,8 @@ class Impl:
     supports: Optional[Callable] = None
     delegated_to: Optional[Callable[..., str]] = None
     """For an implementation that hands some or all of its calls to another backend's kernel
-    (the CUDA C++ attention backward hands head dims over 128 to the Triton or reference
-    backward): ``delegated_to(device, *inputs, **kwargs)`` names the backend whose kernel
+    (the CUDA C++ attention backward, built without its kernels, hands its calls to the Triton
+    or reference backward): ``delegated_to(device, *inputs, **kwargs)`` names the backend whose kernel
     actually runs a call with these inputs (the family forward's, as ``supports`` takes them;
     none: the calls this backend computes itself, if any), so that reports never credit this
     backend with it. ``None``: this backend's own kernel, always."""

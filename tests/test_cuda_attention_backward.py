@@ -112,14 +112,14 @@ def test_reports_name_cuda():
     assert dispatch.runs_on("attention_bwd", "cuda", DEVICE) == "cuda"
 
 
-def test_declined_head_dims_fall_back_with_a_reason(bwd_calls):
-    """Head dims over 128: the forward is CUDA C++, the gradients come from the fallback backward
-    (Triton where it runs, else the reference), still by the error-ratio rule."""
+def test_head_dims_over_128_run_cuda(bwd_calls):
+    """Head dim 136 runs the head-dim-256 kernels (zero-filled to 256; two warps of a key group
+    share its dK/dV columns): CUDA C++, not a fallback, by the error-ratio rule."""
     q = torch.empty(1, 2, 8, 256, dtype=torch.float16, device=DEVICE)
-    assert "head dims over 128" in cuda_attention.backward_unsupported(q)
-    assert cuda_attention.backward_unsupported(q[..., :128]) is None
+    assert cuda_attention.backward_unsupported(q) is None
+    assert dispatch.runs_on("attention_bwd", "cuda", DEVICE, q, q, q) == "cuda"
     _flash_case(torch.float16, 17, 20, 136, True)
-    assert bwd_calls == []
+    assert len(bwd_calls) == 1 and bwd_calls[0]["head_dim"] == 136
 
 
 def _counted(backend: str, calls: list) -> dispatch.Impl:
@@ -135,8 +135,8 @@ def _counted(backend: str, calls: list) -> dispatch.Impl:
 
 def test_reports_name_the_backend_that_runs_each_call(monkeypatch):
     """Given a call's inputs (what bench's reports pass), dispatch.runs_on names the backend whose
-    backward computes it: the fallback at head dim 136, whose backward is then the one called,
-    and cuda at 64."""
+    backward computes it: with a build of the kernels that lacks the backward (the calls cuda
+    declines), the fallback, whose backward is then the one called; with it, cuda."""
     selected = []
     select = dispatch.select
 
@@ -145,17 +145,21 @@ def test_reports_name_the_backend_that_runs_each_call(monkeypatch):
         return select(ops, requested, device, *args, **kwargs)
 
     monkeypatch.setattr(dispatch, "select", spy)
+    mod = cuda_backend._module(torch.device(DEVICE))
     calls = []
-    for d in (136, 64):
-        q, k, v = (testing.randn(1, 9, 2, d, dtype=torch.float16, seed=s, device=DEVICE).requires_grad_()
-                   for s in range(3))
-        out = fastattn.flash_attn_func(q, k, v, causal=True, backend="cuda")
-        device, args, kwargs = selected[-1]
-        by = dispatch.runs_on("attention_bwd", "cuda", device, *args, **kwargs)
-        assert (by == "cuda") == (d == 64), (d, by)
-        monkeypatch.setitem(dispatch._IMPLS, ("attention_bwd", by), _counted(by, calls))
-        out.backward(torch.ones_like(out))
-        assert calls[-1] == by, (d, calls)
+    for has_bwd in (False, True):
+        with monkeypatch.context() as m:
+            if not has_bwd:
+                m.delattr(mod, "attention_bwd")
+            q, k, v = (testing.randn(1, 9, 2, 64, dtype=torch.float16, seed=s, device=DEVICE).requires_grad_()
+                       for s in range(3))
+            out = fastattn.flash_attn_func(q, k, v, causal=True, backend="cuda")
+            device, args, kwargs = selected[-1]
+            by = dispatch.runs_on("attention_bwd", "cuda", device, *args, **kwargs)
+            assert (by == "cuda") == has_bwd, (has_bwd, by)
+            m.setitem(dispatch._IMPLS, ("attention_bwd", by), _counted(by, calls))
+            out.backward(torch.ones_like(out))
+            assert calls[-1] == by, (has_bwd, calls)
 
 
 # The cross-product: both dtypes, kernel head dims 64 and 128 and padded ones, several query and
@@ -209,6 +213,45 @@ def test_softcap_and_alibi(dt, d, causal, cap, per_batch, det):
 @pytest.mark.parametrize("heads,heads_k", [(4, 1), (4, 2), (3, 3)], ids=["mqa", "gqa", "mha"])
 def test_sdpa_layout_groups(heads, heads_k):
     _sdpa_case(torch.float16, 130, 100, 64, True, heads=heads, heads_k=heads_k)
+
+
+# Head dims 129-256 (kernel dim 256: 136 and 192 zero-filled). SMEM_PER_BLOCK picks the tiles the
+# launcher chooses for a device with that much shared memory a block (the simulator's stand-in for
+# it): sm_80/sm_90 (64 keys a dK/dV CTA, 8 warps; dq 32 keys a step) or sm_86/sm_89 (32 keys, 4
+# warps; dq 16 keys).
+SMEM_PER_BLOCK = {"wide": 163 * 1024, "narrow": 99 * 1024}
+HD256 = [("fp16", 130, 100, 256, True, False, "wide"), ("bf16", 70, 150, 256, False, True, "wide"),
+         ("bf16", 130, 100, 192, True, True, "narrow"), ("fp16", 100, 130, 136, False, False, "narrow"),
+         ("fp16", 1, 100, 256, True, True, "narrow"), ("bf16", 90, 90, 136, True, False, "wide")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dt,lq,lk,d,causal,det,tiles", HD256,
+                         ids=[f"{c[0]}-q{c[1]}-k{c[2]}-d{c[3]}-{'causal' if c[4] else 'full'}-"
+                              f"{'det' if c[5] else 'atomic'}-{c[6]}" for c in HD256])
+def test_head_dims_over_128(monkeypatch, bwd_calls, dt, lq, lk, d, causal, det, tiles):
+    if DEVICE == "cpu":
+        monkeypatch.setenv("FASTATTN_SIM_SMEM_PER_BLOCK", str(SMEM_PER_BLOCK[tiles]))
+    _flash_case(DTYPES[dt], lq, lk, d, causal, heads=4, heads_k=2, deterministic=det)
+    assert len(bwd_calls) == 1
+
+
+HD256_FEATURES = [("fp16", 256, (30, 10), 0.0, False, "wide"), ("bf16", 192, (-1, -1), 5.0, True, "narrow"),
+                  ("bf16", 256, (40, -1), 8.0, False, "narrow")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dt,d,window,cap,det,tiles", HD256_FEATURES,
+                         ids=[f"{c[0]}-d{c[1]}-w{c[2][0]}_{c[2][1]}-cap{c[3]:g}-{'det' if c[4] else 'atomic'}-{c[5]}"
+                              for c in HD256_FEATURES])
+def test_head_dims_over_128_window_softcap_alibi(monkeypatch, bwd_calls, dt, d, window, cap, det, tiles):
+    """Windows, softcap and per-batch-head ALiBi at kernel head dim 256, MQA."""
+    if DEVICE == "cpu":
+        monkeypatch.setenv("FASTATTN_SIM_SMEM_PER_BLOCK", str(SMEM_PER_BLOCK[tiles]))
+    slopes = torch.rand(2, 3, device=DEVICE, dtype=torch.float32) * 0.3
+    _flash_case(DTYPES[dt], 110, 90, d, False, heads=3, heads_k=1, batch=2, window=window, softcap=cap, alibi=slopes,
+                deterministic=det)
+    assert len(bwd_calls) == 1
 
 
 @pytest.mark.slow

@@ -14,6 +14,8 @@ FA_ATTN_BWD_EXTERN(__half, 64)
 FA_ATTN_BWD_EXTERN(__half, 128)
 FA_ATTN_BWD_EXTERN(__nv_bfloat16, 64)
 FA_ATTN_BWD_EXTERN(__nv_bfloat16, 128)
+FA_ATTN_BWD_EXTERN(__half, 256)
+FA_ATTN_BWD_EXTERN(__nv_bfloat16, 256)
 
 namespace fastattn::cuda {
 
@@ -28,7 +30,7 @@ void check_rows_aligned(const void* ptr, const int64_t (&strides)[3], int elems,
 
 bool attention_bwd_supported(int dtype, int64_t head_dim) {
   const bool type_ok = dtype == static_cast<int>(DType::kFloat16) || dtype == static_cast<int>(DType::kBFloat16);
-  return type_ok && head_dim >= 8 && head_dim <= 128 && head_dim % 8 == 0;
+  return type_ok && head_dim >= 8 && head_dim <= 256 && head_dim % 8 == 0;
 }
 
 int64_t attention_bwd_workspace_floats(const AttnBwdParams& p) { return attn::bwd_workspace_floats(p); }
@@ -52,8 +54,10 @@ void attention_bwd(const AttnBwdParams& params, void* stream) {
   const bool fp16 = p.dtype == static_cast<int>(DType::kFloat16);
   if (p.kernel_head_dim == 64)
     fp16 ? attn::run_flash_bwd<__half, 64>(p, stream) : attn::run_flash_bwd<__nv_bfloat16, 64>(p, stream);
-  else
+  else if (p.kernel_head_dim == 128)
     fp16 ? attn::run_flash_bwd<__half, 128>(p, stream) : attn::run_flash_bwd<__nv_bfloat16, 128>(p, stream);
+  else
+    fp16 ? attn::run_flash_bwd<__half, 256>(p, stream) : attn::run_flash_bwd<__nv_bfloat16, 256>(p, stream);
 }
 
 }  // namespace fastattn::cuda

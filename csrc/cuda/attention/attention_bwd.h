@@ -37,14 +37,14 @@ struct AttnBwdParams : AttnFwdParams {
   float* lse_log2 = nullptr;        // workspace: (B, Hq, seqlen_q_pad) lse * log2(e), +inf padding
   float* delta = nullptr;           // workspace: (B, Hq, seqlen_q_pad) rowsum(dout * out), 0 padding
   float* dq_accum = nullptr;        // workspace: (B, Hq, seqlen_q_pad, kernel head dim), or null
-  int64_t kernel_head_dim = 0;      // the next of 64 and 128
+  int64_t kernel_head_dim = 0;      // the next of 64, 128 and 256
   float softcap_exp2 = 0.0f;        // 2 log2(e) * softcap_inner: exp(2 x) of the softcap's tanh as exp2
   float softcap_neg2outer = 0.0f;   // -2 softcap_outer
   float ds_scale = 0.0f;            // scale of dS in dK and dQ: scale, times 4 with softcap (see prob_and_grad)
 };
 
 // Whether a (dtype, head dim) pair has compiled backward kernels (fp16/bf16, head dim a
-// multiple of 8 up to 128).
+// multiple of 8 up to 256).
 bool attention_bwd_supported(int dtype, int64_t head_dim);
 
 // The float32 workspace the launch needs (p's sizes, head_dim and deterministic set).

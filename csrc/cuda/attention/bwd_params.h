@@ -9,10 +9,12 @@
 
 namespace fastattn::cuda::attn {
 
-constexpr int64_t kBwdRowBlock = 64;  // AttnBwdTraits<D>::kBlockM: the workspace's row padding
+// The workspace's row padding: the dq kernel's query block (AttnBwdDqTraits::kBlockM), a
+// multiple of the dK/dV kernel's (AttnBwdTraits::kBlockM, 64 or 32).
+constexpr int64_t kBwdRowBlock = 64;
 
-// The kernels' head dim for a call's: the next of 64 and 128 (zero-filled in shared memory).
-inline int64_t bwd_kernel_head_dim(int64_t head_dim) { return head_dim <= 64 ? 64 : 128; }
+// The kernels' head dim for a call's: the next of 64, 128 and 256 (zero-filled in shared memory).
+inline int64_t bwd_kernel_head_dim(int64_t head_dim) { return head_dim <= 64 ? 64 : (head_dim <= 128 ? 128 : 256); }
 
 inline int64_t bwd_padded_rows(int64_t seqlen_q) { return (seqlen_q + kBwdRowBlock - 1) / kBwdRowBlock * kBwdRowBlock; }
 

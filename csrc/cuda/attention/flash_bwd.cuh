@@ -2,11 +2,12 @@
 // launcher of the whole backward (flash_bwd_common.cuh has the math and the small kernels,
 // flash_bwd_dq.cuh the deterministic dQ pass, bwd_kernel_traits.cuh the tiles).
 //
-// dK/dV kernel: a CTA owns 64 keys of one (batch, key/value head); K and V stay in shared
+// dK/dV kernel: a CTA owns BN keys of one (batch, key/value head); K and V stay in shared
 // memory. It walks the query blocks that can see those keys, for every query head of the
 // key/value head's group in turn (GQA/MQA: the group's gradients sum in the same registers,
-// no expanded copies and no atomics on dK/dV). Each warp owns 16 keys. Per query block:
-//   S^T = K Q^T, dP^T = V dO^T                      (16 keys x 64 queries, in registers)
+// no expanded copies and no atomics on dK/dV). Each warp owns 16 keys (and, at D = 256, half
+// of the dK/dV columns: bwd_kernel_traits.cuh). Per query block:
+//   S^T = K Q^T, dP^T = V dO^T                      (16 keys x BM queries, in registers)
 //   P^T = exp2(S^T * scale_log2 - lse_log2)          (recomputed from the saved lse)
 //   dS^T = P^T * (dP^T - delta) [* softcap factor]
 //   dV += P^T dO, dK += dS^T Q                       (P^T, dS^T C fragments repacked as A)
@@ -23,6 +24,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "../common/cp_async.cuh"
 #include "../common/ldmatrix.cuh"
@@ -98,20 +100,26 @@ __device__ __forceinline__ int dkdv_query_end(const AttnBwdParams& p, int n0) {
   return last < Lq ? last : Lq;
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_kernel(const AttnBwdParams p) {
-  using Tr = AttnBwdTraits<D>;
+template <typename T, int D, int KeyBlock>
+__global__ void __launch_bounds__(AttnBwdTraits<D, KeyBlock>::kThreads) flash_bwd_dkdv_kernel(const AttnBwdParams p) {
+  using Tr = AttnBwdTraits<D, KeyBlock>;
   constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, NT = Tr::kThreads, SM = Tr::kSubM;
+  constexpr int CS = Tr::kColSplit, NC = Tr::kCols, DSC = Tr::kDsCols;
+  constexpr int DQS = Tr::kDqSlices, DQC = Tr::kDqCols;
   FA_DYNAMIC_SHARED(T, smem);
   T* sK = smem;                // [BN][D]
   T* sV = sK + BN * D;         // [BN][D]
   T* sQ = sV + BN * D;         // [2][BM][D]
   T* sdO = sQ + 2 * BM * D;    // [BM][D]
-  T* sdS = sdO + BM * D;       // [BN][BM]: dS^T, keys by rows
-  float* s_stats = reinterpret_cast<float*>(sdS + BN * BM);  // [2][lse_log2 BM, delta BM]
+  T* sdS = sdO + BM * D;       // [BN][DSC]: dS^T, keys by rows, BM columns used
+  float* s_stats = reinterpret_cast<float*>(sdS + BN * DSC);  // [2][lse_log2 BM, delta BM]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane >> 2, t4 = lane & 3;
+  // dK/dV: this warp's key group (16 keys) and its first column (a multiple of 64, so that
+  // column offsets leave the swizzle's XOR alone); dQ: its 16 query rows and first column.
+  const int kgrp = warp / CS, col0 = (warp % CS) * NC;
+  const int qgrp = warp / DQS, dq_col0 = (warp % DQS) * DQC;
   const int n0 = static_cast<int>(blockIdx.x) * BN;
   const int hk = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
   const int group = static_cast<int>(p.heads / p.heads_k);
@@ -164,17 +172,17 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_ker
   const LaneSwizzle<D> a_lane(lane & 15, lane >> 4, lane);
   const LaneSwizzle<D> b_lane((lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1, lane);
   const LaneSwizzle<D> t_lane(lane & 15, lane >> 4, lane);
-  // dS^T's lane offset for this warp's 16 queries (chunks 2 warp, 2 warp + 1), computed once:
+  // dS^T's lane offset for this warp's 16 queries (chunks 2 qgrp, 2 qgrp + 1), computed once:
   // LaneSwizzle's table indexed by the warp would be a local-memory array.
   const int ds_row = (lane & 7) + ((lane >> 4) << 3);
-  const int ds_lane = ds_row * BM + (((2 * warp + ((lane >> 3) & 1)) ^ (ds_row & 7)) << 3);
+  const int ds_lane = ds_row * DSC + (((2 * qgrp + ((lane >> 3) & 1)) ^ (ds_row & 7)) << 3);
 
-  float dk[D / 8][4], dv[D / 8][4];
+  float dk[NC / 8][4], dv[NC / 8][4];
 #pragma unroll
-  for (int j = 0; j < D / 8; ++j)
+  for (int j = 0; j < NC / 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk[j][e] = dv[j][e] = 0.0f;
-  const int key_lo = n0 + warp * 16 + g;  // this lane's key rows: key_lo and key_lo + 8
+  const int key_lo = n0 + kgrp * 16 + g;  // this lane's key rows: key_lo and key_lo + 8
 
 #pragma unroll 1
   for (int step = 0; step < n_steps; ++step) {
@@ -208,8 +216,8 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_ker
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks) {
         uint32_t ka[4], va[4];
-        ldmatrix_x4(ka, sK + a_lane.at(ks, warp * 16));
-        ldmatrix_x4(va, sV + a_lane.at(ks, warp * 16));
+        ldmatrix_x4(ka, sK + a_lane.at(ks, kgrp * 16));
+        ldmatrix_x4(va, sV + a_lane.at(ks, kgrp * 16));
 #pragma unroll
         for (int j = 0; j < SM / 8; j += 2) {
           uint32_t qb[4], ob[4];
@@ -255,14 +263,14 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_ker
         da[kk][3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
       }
 
-      // dV += P^T dO and dK += dS^T Q.
+      // dV += P^T dO and dK += dS^T Q over this warp's NC columns.
 #pragma unroll
       for (int kk = 0; kk < SM / 16; ++kk)
 #pragma unroll
-        for (int j = 0; j < D / 8; j += 2) {
+        for (int j = 0; j < NC / 8; j += 2) {
           uint32_t ob[4], qb[4];
-          ldmatrix_x4_trans(ob, sdOs + t_lane.at(j / 2, kk * 16));
-          ldmatrix_x4_trans(qb, sQs + t_lane.at(j / 2, kk * 16));
+          ldmatrix_x4_trans(ob, sdOs + t_lane.at(j / 2, kk * 16) + col0);
+          ldmatrix_x4_trans(qb, sQs + t_lane.at(j / 2, kk * 16) + col0);
           const uint32_t o0[2] = {ob[0], ob[1]}, o1[2] = {ob[2], ob[3]};
           const uint32_t q0[2] = {qb[0], qb[1]}, q1[2] = {qb[2], qb[3]};
           mma_m16n8k16<T>(dv[j], pa[kk], o0);
@@ -271,38 +279,43 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_ker
           mma_m16n8k16<T>(dk[j + 1], da[kk], q1);
         }
 
-      // dS^T into shared memory for dQ (the packed A fragments are dS^T's rows, 2 queries a word).
+      // dS^T into shared memory for dQ (the packed A fragments are dS^T's rows, 2 queries a
+      // word); with the columns split, the warps of a key group hold the same dS^T and each
+      // writes every CS-th k-step of it.
       if (p.dq_accum != nullptr) {
 #pragma unroll
-        for (int kk = 0; kk < SM / 16; ++kk)
+        for (int kk = 0; kk < SM / 16; ++kk) {
+          if (CS > 1 && kk % CS != warp % CS) continue;
 #pragma unroll
           for (int r = 0; r < 4; ++r) {
-            const int row = warp * 16 + g + 8 * (r & 1), col = sub * SM + kk * 16 + 8 * (r >> 1) + 2 * t4;
-            *reinterpret_cast<uint32_t*>(sdS + swz<BM>(row, col)) = da[kk][r];
+            const int row = kgrp * 16 + g + 8 * (r & 1), col = sub * SM + kk * 16 + 8 * (r >> 1) + 2 * t4;
+            *reinterpret_cast<uint32_t*>(sdS + swz<DSC>(row, col)) = da[kk][r];
           }
+        }
       }
     }
     __syncthreads();  // every warp is done with dO (refilled next) and dS^T is complete
     if (step + 1 < n_steps) copy_do(next_h, next_m0);
     cp_async_commit();
 
-    // dQ += dS K for this warp's 16 query rows, 32 columns at a time (fewer live registers), added to the fp32
-    // accumulator (padded to whole blocks and to D columns: no bounds to check).
+    // dQ += dS K for this warp's 16 query rows and DQC columns, 32 at a time (fewer live registers), added to
+    // the fp32 accumulator (padded to whole blocks and to D columns: no bounds to check).
     if (p.dq_accum != nullptr) {
-      float* acc_row = p.dq_accum + ((static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q_pad + m0 + warp * 16 + g) * D;
+      float* acc_row =
+          p.dq_accum + ((static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q_pad + m0 + qgrp * 16 + g) * D + dq_col0;
 #pragma unroll
-      for (int c0 = 0; c0 < D; c0 += 32) {
+      for (int c0 = 0; c0 < DQC; c0 += 32) {
         float acc[4][4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
           uint32_t a[4];
-          ldmatrix_x4_trans(a, sdS + ds_lane + kk * 16 * BM);
+          ldmatrix_x4_trans(a, sdS + ds_lane + kk * 16 * DSC);
 #pragma unroll
           for (int j = 0; j < 4; j += 2) {
             uint32_t kb[4];
-            ldmatrix_x4_trans(kb, sK + t_lane.at((c0 + j * 8) / 16, kk * 16));
+            ldmatrix_x4_trans(kb, sK + t_lane.at((c0 + j * 8) / 16, kk * 16) + dq_col0);
             const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
             mma_m16n8k16<T>(acc[j], a, b0);
             mma_m16n8k16<T>(acc[j + 1], a, b1);
@@ -327,8 +340,8 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_ker
     const int key = key_lo + 8 * half;
     if (key >= Lk) continue;
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      const int col = j * 8 + 2 * t4;
+    for (int j = 0; j < NC / 8; ++j) {
+      const int col = col0 + j * 8 + 2 * t4;
       if (col >= d) continue;
       *reinterpret_cast<uint32_t*>(dkp + key * p.dk_strides[2] + col) =
           pack2<T>(dk[j][2 * half] * p.ds_scale, dk[j][2 * half + 1] * p.ds_scale);
@@ -337,32 +350,69 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dkdv_ker
   }
 }
 
-// The backward's launches for one (type, kernel head dim); p's derived fields and workspace
-// pointers set by prepare_bwd_params (bwd_params.h).
-template <typename T, int D>
-void run_flash_bwd(const AttnBwdParams& p, void* stream_ptr) {
-  using Tr = AttnBwdTraits<D>;
-  static_assert(Tr::kBlockM == kBwdRowBlock, "the workspace rows are padded to the query block");
+// The backward's launches for one (type, kernel head dim, dK/dV and dq key blocks); p's derived
+// fields and workspace pointers set by prepare_bwd_params (bwd_params.h).
+template <typename T, int D, int KeyBlock, int DqKeyBlock>
+void run_flash_bwd_tiles(const AttnBwdParams& p, void* stream_ptr) {
+  using Tr = AttnBwdTraits<D, KeyBlock>;
+  using DqTr = AttnBwdDqTraits<D, DqKeyBlock>;
+  static_assert(kBwdRowBlock % Tr::kBlockM == 0 && DqTr::kBlockM == kBwdRowBlock,
+                "the workspace rows are padded to whole query blocks");
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
-  const dim3 threads(Tr::kThreads);
   const unsigned heads = static_cast<unsigned>(p.heads), batch = static_cast<unsigned>(p.batch);
   if (p.seqlen_q_pad > 0)
-    launch(flash_bwd_preprocess_kernel<T, D>, dim3(ceil_div(p.seqlen_q_pad, Tr::kRowsPerBlock), heads, batch),
-           threads, 0, stream, p);
+    launch(flash_bwd_preprocess_kernel<T, D>, dim3(ceil_div(p.seqlen_q_pad, kBwdRowsPerBlock), heads, batch),
+           dim3(kBwdRowThreads), 0, stream, p);
   if (p.seqlen_k > 0) {
-    auto kernel = flash_bwd_dkdv_kernel<T, D>;
+    auto kernel = flash_bwd_dkdv_kernel<T, D, KeyBlock>;
     set_max_dynamic_smem(kernel, Tr::kDkdvSmemBytes);
-    launch(kernel, dim3(ceil_div(p.seqlen_k, Tr::kBlockN), static_cast<unsigned>(p.heads_k), batch), threads,
-           Tr::kDkdvSmemBytes, stream, p);
+    launch(kernel, dim3(ceil_div(p.seqlen_k, Tr::kBlockN), static_cast<unsigned>(p.heads_k), batch),
+           dim3(Tr::kThreads), Tr::kDkdvSmemBytes, stream, p);
   }
   if (p.seqlen_q == 0) return;
   if (p.deterministic) {
-    auto kernel = flash_bwd_dq_kernel<T, D>;
-    set_max_dynamic_smem(kernel, Tr::kDqSmemBytes);
-    launch(kernel, dim3(ceil_div(p.seqlen_q, Tr::kBlockM), heads, batch), threads, Tr::kDqSmemBytes, stream, p);
+    auto kernel = flash_bwd_dq_kernel<T, D, DqKeyBlock>;
+    set_max_dynamic_smem(kernel, DqTr::kSmemBytes);
+    launch(kernel, dim3(ceil_div(p.seqlen_q, DqTr::kBlockM), heads, batch), dim3(DqTr::kThreads), DqTr::kSmemBytes,
+           stream, p);
   } else {
-    launch(flash_bwd_convert_dq_kernel<T, D>, dim3(ceil_div(p.seqlen_q, Tr::kRowsPerBlock), heads, batch), threads,
-           0, stream, p);
+    launch(flash_bwd_convert_dq_kernel<T, D>, dim3(ceil_div(p.seqlen_q, kBwdRowsPerBlock), heads, batch),
+           dim3(kBwdRowThreads), 0, stream, p);
+  }
+}
+
+// The most dynamic shared memory a block of the current device may use (the opt-in limit:
+// 163 KB on sm_80, 99 KB on sm_86/sm_89, 227 KB on sm_90). The simulator has no device: it
+// reports its own limit unless FASTATTN_SIM_SMEM_PER_BLOCK (bytes) names another, so that the
+// tiles of every arch run there.
+inline int max_dynamic_smem_per_block() {
+#if defined(FASTATTN_SIM)
+  const char* env = std::getenv("FASTATTN_SIM_SMEM_PER_BLOCK");
+  return env != nullptr ? std::atoi(env) : static_cast<int>(::fastattn::sim::kMaxSmemBytes);
+#else
+  int device = 0, bytes = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+             "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
+  return bytes;
+#endif
+}
+
+// The backward for one (type, kernel head dim). Head dim 256 takes the larger tiles (64 keys a
+// dK/dV CTA, 32 a dq step) where the device's shared memory holds both, else the smaller ones
+// (32 and 16).
+template <typename T, int D>
+void run_flash_bwd(const AttnBwdParams& p, void* stream_ptr) {
+  if constexpr (D <= 128) {
+    run_flash_bwd_tiles<T, D, 64, 64>(p, stream_ptr);
+  } else {
+    constexpr int kWide = AttnBwdTraits<D, 64>::kDkdvSmemBytes > AttnBwdDqTraits<D, 32>::kSmemBytes
+                              ? AttnBwdTraits<D, 64>::kDkdvSmemBytes
+                              : AttnBwdDqTraits<D, 32>::kSmemBytes;
+    if (max_dynamic_smem_per_block() >= kWide)
+      run_flash_bwd_tiles<T, D, 64, 32>(p, stream_ptr);
+    else
+      run_flash_bwd_tiles<T, D, 32, 16>(p, stream_ptr);
   }
 }
 

@@ -52,12 +52,12 @@ __device__ __forceinline__ float alibi_factor(const AttnBwdParams& p, int b, int
   return p.alibi_slopes != nullptr ? p.alibi_slopes[b * p.alibi_batch_stride + h] * p.alibi_scale : 0.0f;
 }
 
-// Grid (seqlen_q_pad / kRowsPerBlock, Hq, B), one warp a row: delta = rowsum(dO * O) over the
+// Grid (seqlen_q_pad / kBwdRowsPerBlock, Hq, B), one warp a row: delta = rowsum(dO * O) over the
 // head dim, lse in log2 units; padding rows (>= Lq) get delta 0 and lse +inf, so that every
 // probability the kernels recompute for them is 0. Zeroes the row of the dq accumulator.
 template <typename T, int D>
-__global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_preprocess_kernel(const AttnBwdParams p) {
-  constexpr int kRows = AttnBwdTraits<D>::kRowsPerBlock;
+__global__ void __launch_bounds__(kBwdRowThreads) flash_bwd_preprocess_kernel(const AttnBwdParams p) {
+  constexpr int kRows = kBwdRowsPerBlock;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + warp;
   const int64_t h = blockIdx.y, b = blockIdx.z;
@@ -79,10 +79,10 @@ __global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_preproce
     for (int c = lane; c < D; c += 32) p.dq_accum[srow * D + c] = 0.0f;
 }
 
-// Grid (ceil(Lq / kRowsPerBlock), Hq, B), one warp a row: dq = accumulator * scale in dq's type.
+// Grid (ceil(Lq / kBwdRowsPerBlock), Hq, B), one warp a row: dq = accumulator * scale in dq's type.
 template <typename T, int D>
-__global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_convert_dq_kernel(const AttnBwdParams p) {
-  constexpr int kRows = AttnBwdTraits<D>::kRowsPerBlock;
+__global__ void __launch_bounds__(kBwdRowThreads) flash_bwd_convert_dq_kernel(const AttnBwdParams p) {
+  constexpr int kRows = kBwdRowsPerBlock;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + warp;
   if (row >= p.seqlen_q) return;

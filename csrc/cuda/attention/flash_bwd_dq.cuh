@@ -1,6 +1,7 @@
 // The deterministic dQ pass of the attention backward (deterministic=True): no atomics. A CTA
 // owns 64 query rows of one (batch, query head), 16 per warp, and walks the key blocks those
-// rows can see (K and V double-buffered, the next block copied during the current one):
+// rows can see (K and V double-buffered, the next block copied during the current one; 64
+// keys a block, 32 or 16 at D = 256, where the warp's dQ accumulator is 128 floats):
 //   S = Q K^T, dP = dO V^T, P = exp2(S * scale_log2 - lse_log2), dS = P (dP - delta)
 //   dQ += dS K   (dS's C fragments repacked as A fragments, in registers)
 // The dK/dV kernel recomputes the same dS for its own sums; this pass costs one more
@@ -58,9 +59,10 @@ __device__ __forceinline__ void dq_probs(const AttnBwdParams& p, float (&s)[BN /
     }
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(AttnBwdTraits<D>::kThreads) flash_bwd_dq_kernel(const AttnBwdParams p) {
-  using Tr = AttnBwdTraits<D>;
+// KeyBlock: keys per step (AttnBwdDqTraits: 64, or 32 / 16 at D = 256 by shared memory).
+template <typename T, int D, int KeyBlock>
+__global__ void __launch_bounds__(AttnBwdDqTraits<D, KeyBlock>::kThreads) flash_bwd_dq_kernel(const AttnBwdParams p) {
+  using Tr = AttnBwdDqTraits<D, KeyBlock>;
   constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, NT = Tr::kThreads;
   FA_DYNAMIC_SHARED(T, smem);
   T* sQ = smem;               // [BM][D]

@@ -31,8 +31,9 @@ struct AttnProblem {
   std::vector<T> fwd_out;      // the forward kernel's out and lse (fwd_params)
   std::vector<float> fwd_lse;
 
-  AttnProblem(int lq_, int lk_, bool causal_, bool bottom_right_, unsigned seed) {
-    lq = lq_, lk = lk_, causal = causal_, bottom_right = bottom_right_;
+  // head_dim: any multiple of 8 up to 256 (the kernels run the next of 64, 128 and 256).
+  AttnProblem(int lq_, int lk_, bool causal_, bool bottom_right_, unsigned seed, int head_dim = 64) {
+    lq = lq_, lk = lk_, causal = causal_, bottom_right = bottom_right_, D = head_dim;
     scale = 1.0f / std::sqrt(float(D));
     std::mt19937 rng(seed);
     std::normal_distribution<float> dist;

@@ -15,12 +15,12 @@ The backward (``attention_bwd``) is CUDA C++ too (FlashAttention-2's scheme,
 ``csrc/cuda/attention/flash_bwd*.cuh``): a ``rowsum(dout * out)`` preprocess, a dK/dV kernel
 over key blocks that recomputes P and dS from the forward's LSE (dK/dV of a GQA group summed
 in the kernel), and dQ either accumulated with fp32 atomics or, with ``deterministic=True``,
-by a separate pass with no atomics. It covers every call the forward covers whose head dim
-is at most 128 (the kernels run at 64 or 128 with the rest zero-filled). A call it declines
-(:func:`backward_unsupported` names why: head dims over 128) runs the Triton backward when
-Triton runs on the tensors' device, else the reference backward; both take the forward's
-``out`` and ``lse`` as this forward computes them (natural-log LSE, ``+inf`` for rows that see
-no key).
+by a separate pass with no atomics. It covers every call the forward covers (the kernels run
+at head dim 64, 128 or 256 with the rest zero-filled; at 256 the tiles follow the device's
+shared memory). A call it declines (:func:`backward_unsupported` names why: a build of the
+kernels without the backward) runs the Triton backward when Triton runs on the tensors'
+device, else the reference backward; both take the forward's ``out`` and ``lse`` as this
+forward computes them (natural-log LSE, ``+inf`` for rows that see no key).
 """
 from __future__ import annotations
 
@@ -117,17 +117,13 @@ def attention_fwd(q, k, v, *, attn_mask, alibi_slopes, cu_seqlens_q, cu_seqlens_
     return out, lse
 
 
-MAX_BWD_HEAD_DIM = 128
-
-
 def backward_unsupported(q) -> Optional[str]:
     """``None`` if the CUDA C++ backward computes the gradients of a call :func:`supports`
-    accepted, else why it hands them to another backend's backward (:func:`attention_bwd`)."""
+    accepted (every head dim the forward takes), else why it hands them to another backend's
+    backward (:func:`attention_bwd`)."""
     mod = _cuda._MODULES.get("_cuda" if q.device.type == "cuda" else "_cuda_sim")
     if mod is not None and not hasattr(mod, "attention_bwd"):
         return "this build of the CUDA C++ kernels has no attention backward"
-    if q.shape[-1] > MAX_BWD_HEAD_DIM:
-        return f"head dims over {MAX_BWD_HEAD_DIM} (the CUDA C++ backward's largest tile)"
     return None
 
 
