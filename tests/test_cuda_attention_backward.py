@@ -255,6 +255,17 @@ def test_head_dims_over_128_window_softcap_alibi(monkeypatch, bwd_calls, dt, d, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("lq,lk,d,tiles", [(80, 130, 256, "wide"), (130, 70, 200, "narrow")],
+                         ids=["q80-k130-d256-wide", "q130-k70-d200-narrow"])
+def test_head_dims_over_128_top_left(monkeypatch, bwd_calls, lq, lk, d, tiles):
+    """SDPA's causal alignment (top-left) at kernel head dim 256, GQA through enable_gqa."""
+    if DEVICE == "cpu":
+        monkeypatch.setenv("FASTATTN_SIM_SMEM_PER_BLOCK", str(SMEM_PER_BLOCK[tiles]))
+    _sdpa_case(torch.bfloat16, lq, lk, d, True, heads=4, heads_k=2)
+    assert len(bwd_calls) == 1
+
+
+@pytest.mark.slow
 def test_deterministic_repeats_bitwise():
     """deterministic=True: the same gradients, bit for bit, on a second run (no atomics)."""
     a = _flash_case(torch.bfloat16, 150, 150, 64, True, heads=4, heads_k=2, deterministic=True, seed=3)

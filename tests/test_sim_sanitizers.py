@@ -33,7 +33,8 @@ _REPORT = {"tsan": "ThreadSanitizer", "asan": "AddressSanitizer"}
 # Unit tests each build must have run (clean): the kernels with the most barriers and copies.
 _MUST_PASS = {
     "tsan": ("kernel_split_kv_decode", "two_blocks_run_concurrently", "attention_fwd_fp16_noncausal",
-             "attention_bwd_fp16_causal_bottom_right", "attention_bwd_bf16_noncausal_deterministic"),
+             "attention_bwd_fp16_causal_bottom_right", "attention_bwd_bf16_noncausal_deterministic",
+             "attention_bwd_fp16_hd256_wide_tiles", "attention_bwd_bf16_hd200_narrow_tiles"),
     "asan": ("kernel_split_kv_decode", "attention_fwd_fp16_noncausal"),
 }
 _ENABLED = {"tsan": _TSAN, "asan": _ASAN}
