@@ -76,13 +76,13 @@ def test_decode_options(dtype, option):
 @pytest.mark.parametrize("isa", ISAS, ids=ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("heads,heads_k,head_dim,head_dim_v",
-                         [(8, 2, 72, 72), (8, 8, 72, 136), (8, 8, 68, 124)],
-                         ids=["gqa-d72", "mha-d72-dv136", "mha-d68-dv124"])
+                         [(8, 2, 72, 72), (8, 4, 68, 124), (8, 8, 72, 136), (8, 8, 68, 124)],
+                         ids=["gqa-d72", "gqa2-d68-dv124", "mha-d72-dv136", "mha-d68-dv124"])
 def test_decode_every_isa(use_isa, isa, dtype, heads, heads_k, head_dim, head_dim_v):
-    """Each instruction set this CPU has (AVX2, AVX-512, AVX-512+BF16 dot products): a GQA group
-    (4-row register blocks) and one query row per kv head (the wide P V blocks; cache rows of
-    8 heads, wide enough for the key-range split at 1300 keys), with vector tails in the head
-    dims: 136 ends in a one-vector block after full 8-vector blocks (AVX2: 8 + 8 + 1), 124
+    """Each instruction set this CPU has (AVX2, AVX-512, AVX-512+BF16 dot products): GQA groups
+    of 4 and 2 rows (the 2-row register blocks are wider) and one query row per kv head (the
+    wide P V blocks; cache rows of 8 heads, wide enough for the key-range split at 1300 keys),
+    with vector tails in the head dims: 136 ends in a one-vector block after full 8-vector blocks (AVX2: 8 + 8 + 1), 124
     ends in a part-filled vector inside an 8-vector block on both widths, 68 in the scores."""
     use_isa(isa)
     run_cpu(dtype, batch=3, heads=heads, heads_k=heads_k, head_dim=head_dim, head_dim_v=head_dim_v,

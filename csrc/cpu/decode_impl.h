@@ -200,17 +200,20 @@ FA_INLINE void pv_block(const Dec& g, const float* P, int64_t ldp, int64_t nk, c
 // it (AVX2) per pass over the chunk, where 4 AVX2 vectors took four passes over a chunk of
 // rows 4 KiB apart in a flash-layout cache (AVX-512: 8 + 8 + 1 of 32; AVX2: 8 accumulators,
 // the value vectors read as FMA memory operands (fp32) or widened one at a time, and the
-// broadcast: 10 of 16).
+// broadcast: 10 of 16). Two rows (a GQA group of 2, or two query rows per kv head) take
+// wider blocks for the same reasons: AVX2 4 vectors (8 chains, not 4: 8 + 4 + 1 of 16),
+// AVX-512 8 (one pass over a 128-dim row: 16 + 8 + 1 of 32); three rows keep kNV (AVX2: 3
+// vectors measured slower in fp32).
 #if FA_VEC_BITS == 512
-constexpr int kMB = 4, kNV = 4, kNV1 = 8;
+constexpr int kMB = 4, kNV = 4, kNV1 = 8, kNV2 = 8;
 #else
-constexpr int kMB = 4, kNV = 2, kNV1 = 8;
+constexpr int kMB = 4, kNV = 2, kNV1 = 8, kNV2 = 4;
 #endif
 
 template <int DT, int M>
 FA_INLINE void pv_rows(const Dec& g, const float* P, int64_t ldp, int64_t nk, const char* vbase, int64_t vsl,
                        float* O, int64_t ldo) {
-  constexpr int NV = M == 1 ? kNV1 : kNV;
+  constexpr int NV = M == 1 ? kNV1 : M == 2 ? kNV2 : kNV;
   for (int64_t v0 = 0; v0 < g.nvdv; v0 += NV) {
     switch ((int)imin(NV, g.nvdv - v0)) {
       case 1: pv_block<DT, M, 1>(g, P, ldp, nk, vbase, vsl, v0 * W, O, ldo); break;
