@@ -3,8 +3,8 @@
 Compiles every kernel config the autotuners keep (cached; see ``python -m fastattn info
 --kernels --sass``), analyses the main loops of their machine code, and prints one Markdown
 table per kernel family at head dims 64 and 128, 16-bit, for sm_80 and sm_90a: Triton
-attention forward, dK/dV, dQ, split-KV decode, FFN gate/up GEMM, and the CUDA C++ attention
-forward. Every figure is a static ceiling (an upper bound from instruction counts), not a
+attention forward, dK/dV, dQ (and their Hopper TMA kernels, sm_90a), split-KV decode, FFN
+gate/up GEMM, and the CUDA C++ attention forward. Every figure is a static ceiling (an upper bound from instruction counts), not a
 measured speed.
 
 With ``--tutorial PATH`` (``python/tutorials/06-fused-attention.py`` of a Triton checkout) it
@@ -107,11 +107,20 @@ FAMILIES = (
     ("Triton attention forward (`attention_fwd`), fp16", _attention("attention_fwd")),
     ("Triton attention backward dK/dV (`attention_bwd_dkdv`), fp16", _attention("attention_bwd_dkdv")),
     ("Triton attention backward dQ (`attention_bwd_dq`), fp16", _attention("attention_bwd_dq")),
+    ("Triton attention forward on Hopper (`attention_fwd_tma`), fp16, sm_90a only", _attention("attention_fwd_tma")),
+    ("Triton attention backward dK/dV on Hopper (`attention_bwd_dkdv_tma`: loops edge-before, interior, "
+     "edge-after), fp16, sm_90a only", _attention("attention_bwd_dkdv_tma")),
+    ("Triton attention backward dQ on Hopper (`attention_bwd_dq_tma`: loops edge-before, interior, edge-after), "
+     "fp16, sm_90a only", _attention("attention_bwd_dq_tma")),
     ("Triton split-KV decode (`decode_split`, `decode_direct`), fp16, no window/softcap/ALiBi", _decode()),
     ("Triton FFN gate/up GEMM (`feed_forward_gate_up_fwd`/`_bwd`), 16-bit (bf16 build; fp16 differs only in "
      "conversions), one activation", _ffn()),
     ("CUDA C++ attention forward (`flash_fwd_kernel`), fp16", _cuda_attention()),
 )
+
+ATTENTION_KERNELS = ("attention_fwd", "attention_bwd_dkdv", "attention_bwd_dq", "attention_fwd_tma",
+                     "attention_bwd_dkdv_tma", "attention_bwd_dq_tma")
+ATTENTION_FAMILIES = FAMILIES[:6]  # the Triton attention tables (--attention-only)
 
 HEADER = ("kernel", "config", "arch", "main loop", "MMA/warp", "redund.", "non-MMA/4kF", "smem B/F", "MUFU", "SEL",
           "local B", "issue", "smem", "mufu", "fp32", "static ceiling")
@@ -210,7 +219,7 @@ def _attention_cases() -> list:
 
     return [c for c in attention.aot_cases() if c.config.get("dtype") == "fp16"
             and c.config.get("BLOCK_D") in HEAD_DIMS and c.config.get("variant") in _VARIANTS
-            and c.kernel in ("attention_fwd", "attention_bwd_dkdv", "attention_bwd_dq")]
+            and c.kernel in ATTENTION_KERNELS]
 
 
 def _records(cases: list, archs: list) -> list:
@@ -238,7 +247,7 @@ def main(argv=None) -> int:
     archs = [a for a in args.archs.split(",") if a]
     if args.attention_only:
         records = _records(_attention_cases(), archs)
-        families = FAMILIES[:3]
+        families = ATTENTION_FAMILIES
     else:
         report = kernel_report.collect(archs, sass=True)
         for backend, why in report.missing.items():

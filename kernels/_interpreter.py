@@ -13,7 +13,12 @@ Triton's interpreter stores bfloat16 values as their raw ``uint16`` bit patterns
 :func:`ensure_interpreter_fixes` wraps ``create_dot`` so that bf16 operands are
 decoded to float32 (exactly: every bf16 value is a float32 value) before the matmul,
 which then accumulates in the accumulator's dtype as for every other input type, and
-wraps ``cast_impl`` so fp32 -> bf16 rounds as the hardware does. Each fix is applied
+wraps ``cast_impl`` so fp32 -> bf16 rounds as the hardware does.
+
+It also supplies a reduction into a tensor descriptor (``desc.atomic_add``, the Hopper
+backward's atomic dQ: ``cp.reduce.async.bulk.tensor``), which the interpreter's builder lacks
+(``create_descriptor_reduce``, Triton 3.9): an fp32 atomic add per element of the tile, with the
+out-of-bounds elements dropped as the hardware drops them. Each fix is applied
 only when a probe shows the installed Triton needs it. It is idempotent, a no-op when the interpreter is not in use, and every fastattn
 launcher calls it, so ``backend="triton"`` on bf16 CPU tensors is right for tests,
 users and outside checks alike.
@@ -73,6 +78,18 @@ def _round_bf16_casts(builder_cls) -> None:
     builder_cls.cast_impl = cast_impl
 
 
+def _add_descriptor_reduce(builder_cls) -> None:
+    from triton._C.libtriton import ir
+
+    def create_descriptor_reduce(self, kind, desc, value, indices):
+        if kind != ir.DESCRIPTOR_REDUCE_KIND.ADD:
+            raise NotImplementedError(f"descriptor reduction {kind} in the interpreter")
+        ptrs, mask = desc.materialize_pointers(indices)  # mask: inside the tensor's bounds
+        return self.create_atomic_rmw(ir.ATOMIC_OP.FADD, ptrs, value, mask, ir.MEM_SEMANTIC.RELAXED, None)
+
+    builder_cls.create_descriptor_reduce = create_descriptor_reduce
+
+
 def ensure_interpreter_fixes() -> None:
     """Patch the Triton interpreter's bf16 ``tl.dot`` once; safe to call any number of times.
 
@@ -88,6 +105,8 @@ def ensure_interpreter_fixes() -> None:
     from triton.runtime import interpreter
 
     builder_cls = interpreter.InterpreterBuilder
+    if not hasattr(builder_cls, "create_descriptor_reduce"):
+        _add_descriptor_reduce(builder_cls)
     if not getattr(builder_cls.cast_impl, "_fastattn_bf16_fix", False) and _bf16_cast_truncates(builder_cls):
         _round_bf16_casts(builder_cls)
     if getattr(builder_cls.create_dot, "_fastattn_bf16_fix", False) or not _bf16_dot_is_wrong(builder_cls):

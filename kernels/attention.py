@@ -83,9 +83,9 @@ from ._configs import select_compiled
 from ._interpreter import ensure_interpreter_fixes
 from .attention_shared import (_CANDIDATES, _INTERPRETER_CONFIG, _TUNE_KEY, INTERPRET, SMEM_LIMIT,  # noqa: F401
                                _arch, _compile_report, _dropout_keep, _forward_result, _head_operands, _key_ranges,
-                               _positive_score_scale, _row_block_id, _score_scale, _scores, _softmax_step, _tanh,
-                               candidates, kernel_configs, seq_bucket)
-from . import attention_tma
+                               _lse_rows, _positive_score_scale, _probs_at, _query_ranges, _row_block_id, _score_scale,
+                               _scores, _softmax_step, _tanh, candidates, kernel_configs, seq_bucket)
+from . import attention_tma, attention_tma_bwd
 
 __all__ = ["attention_fwd", "attention_bwd", "supports", "block_d", "kernel_configs", "select_compiled", "seq_bucket"]
 
@@ -549,37 +549,14 @@ def rowstats_tile(bd: int, elem: int) -> tuple:
 
 
 @triton.jit
-def _lse_rows(lse_ptrs, lo_ptrs, r_ok, MASK_MODE: tl.constexpr):
-    """``(lse2, lse_lo)`` of a row block for :func:`_bwd_probs`: the base-2 LSE (one multiply a
-    row, not one a score), and under an additive mask the base-2 row max and ``log2`` of the
-    row sum apart (see :func:`_attn_bwd_rowstats`). Rows past the end read ``+inf``: P = 0."""
-    lse = tl.load(lse_ptrs, mask=r_ok, other=float("inf"))
-    if MASK_MODE == 2:
-        lse2 = lse
-        lse_lo = tl.load(lo_ptrs, mask=r_ok, other=0.0)
-    else:
-        lse2 = lse * 1.4426950408889634
-        lse_lo = lse2
-    return lse2, lse_lo
-
-
-@triton.jit
 def _tile_probs(qk, lse2, lse_lo, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
                 mask_base, stride_mm, stride_mn, EDGE: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
                 SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, MASK_MODE: tl.constexpr):
     """:func:`_bwd_probs` for one kind of tile: ``EDGE`` compares every element; an interior
     tile without features computes ``P = exp2(qk * scale_log2e - lse2)``, one FMA a score."""
-    if EDGE or SOFTCAP or ALIBI or MASK_MODE != 0:
-        s, t = _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
-                       mask_base, stride_mm, stride_mn, EDGE, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
-        if MASK_MODE == 2:
-            p = tl.math.exp2((s - lse2[:, None]) - lse_lo[:, None])
-        else:
-            p = tl.math.exp2(s - lse2[:, None])
-    else:
-        t = qk
-        p = tl.math.exp2(qk * qk_scale - lse2[:, None])
-    return p, t
+    return _probs_at(qk, lse2[:, None], lse_lo[:, None], rows[:, None], cols[None, :], seqlen_q, seqlen_k, off,
+                     window_left, window_right, qk_scale, cap, slope, mask_base, stride_mm, stride_mn, EDGE, CAUSAL,
+                     WINDOW, SOFTCAP, ALIBI, MASK_MODE)
 
 
 @triton.jit
@@ -681,32 +658,6 @@ def _dkdv_loop(dk, dv, k, v, k_base, v_base, q_base, do_base, l_base, lo_base, d
             tl.atomic_add(dq_base + row_off * stride_dqm + offs_m[:, None] * stride_dqm + offs_dv[None, :] * stride_dqd,
                           dq, mask=o_ok, sem="relaxed")
     return dk, dv
-
-
-@triton.jit
-def _query_ranges(start_n, seqlen_q, seqlen_k, off, window_left, window_right, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
-    """Query blocks that see the key block at ``start_n``: ``[lo, hi)`` are visited,
-    ``[full_lo, full_hi)`` are interior (every row sees every key of the block, no ragged rows or
-    keys); every bound but ``hi`` is a multiple of ``BLOCK_M``."""
-    lo = 0
-    hi = seqlen_q
-    full_lo = 0
-    full_hi = (seqlen_q // BLOCK_M) * BLOCK_M
-    if CAUSAL or WINDOW:
-        # Rows that see key j: j - off - window_right <= i <= j - off + window_left.
-        lo = (tl.maximum(0, start_n - off - window_right) // BLOCK_M) * BLOCK_M
-        hi = tl.minimum(seqlen_q, start_n + BLOCK_N - off + window_left)
-        # Every row i of [m0, m0 + BLOCK_M) sees every key of the block iff
-        # m0 >= start_n + BLOCK_N - 1 - off - window_right and m0 + BLOCK_M <= start_n - off + window_left + 1.
-        first = tl.maximum(0, start_n + BLOCK_N - 1 - off - window_right)
-        full_lo = tl.maximum(lo, ((first + BLOCK_M - 1) // BLOCK_M) * BLOCK_M)
-        if WINDOW:
-            full_hi = tl.minimum(full_hi, (tl.maximum(0, start_n - off + window_left + 1) // BLOCK_M) * BLOCK_M)
-    if start_n + BLOCK_N > seqlen_k:  # ragged keys: every block of this program takes the masked path
-        full_lo = lo
-        full_hi = lo
-    return lo, hi, full_lo, full_hi
 
 
 @triton.autotune(configs=_configs("bwd_dkdv"), key=_TUNE_KEY + ["ATOMIC_DQ", "MASK_GRAD"],
@@ -1058,15 +1009,20 @@ def attention_fwd(q, k, v, args, *, attn_mask=None, alibi_slopes=None, cu_seqlen
 
 
 def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes=None, cu_seqlens_q=None,
-                  cu_seqlens_k=None, mask_grad=False):
+                  cu_seqlens_k=None, mask_grad=False, path: str = "auto"):
     """Attention backward: ``(dq, dk, dv)`` shaped and laid out like ``q``, ``k``, ``v``.
 
     ``dout``/``out`` ``(B, Hq, Lq, D)`` and ``lse`` fp32 ``(B, Hq, Lq)`` from :func:`attention_fwd`
     with the same arguments. ``args.deterministic`` selects the atomics-free dQ pass.
     ``mask_grad`` (a float ``attn_mask`` only): also return the gradient of the mask as a
     fourth result, ``(B, Hq, Lq, Lk)`` in the mask's dtype (the gradient of the mask as
-    broadcast; autograd sums it back to the mask's own shape).
+    broadcast; autograd sums it back to the mask's own shape). ``path``: ``"auto"`` (the TMA
+    kernels of :mod:`.attention_tma_bwd` where :func:`~.attention_tma_bwd.uses_tma` says so:
+    Hopper GPUs; else the pointer kernels), ``"tma"`` or ``"pointer"`` to force one (``"tma"``
+    raises ``ValueError`` for what it cannot serve; the interpreter runs both).
     """
+    if path not in ("auto", "tma", "pointer"):
+        raise ValueError(f"path must be 'auto', 'tma' or 'pointer', got {path!r}")
     ensure_interpreter_fixes()
     batch, lq, lk, ptrs, extra_strides, scalars, flags = _common(q, k, args, attn_mask, alibi_slopes,
                                                                  cu_seqlens_q, cu_seqlens_k)
@@ -1106,6 +1062,18 @@ def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes
     atomic = not args.deterministic
     # Atomic dQ accumulates in fp32 (low-precision atomics would round at every add).
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if atomic else dq
+    if path == "tma":
+        why = attention_tma_bwd.unsupported_reason(q, k, v, out, dout, varlen=flags["VARLEN"])
+        if why is not None:
+            raise ValueError(f"attention_bwd(path='tma'): {why}")
+    if path == "tma" or (path == "auto" and attention_tma_bwd.uses_tma(
+            q, k, v, out, dout, arch=_arch(), on_gpu=q.is_cuda and not INTERPRET, varlen=flags["VARLEN"])):
+        # Hopper: the same math with the tiles moved by TMA and the interior loops on their own.
+        attention_tma_bwd.launch_bwd_tma(q, k, v, dout, lse, lse_lo, delta, dq, dk, dv, dq_acc if atomic else None,
+                                         dmask, ptrs, extra_strides, scalars, flags)
+        if atomic:
+            dq.copy_(dq_acc)
+        return (dq, dk, dv, dmask.to(attn_mask.dtype)) if mask_grad else (dq, dk, dv)
     # fp32 above 128 (and at 128 with features): the backward's own chunking (head_dim_split).
     flags["D_CHUNK"], flags["BLOCK_DV"] = head_dim_split(bd, q.element_size(), "bwd_dkdv", _has_features(flags))
     splits = bd // flags["BLOCK_DV"]  # programs per block, one per head-dim slice
@@ -1264,45 +1232,74 @@ def aot_cases(stratified: bool = False) -> list:
     return cases + _tma_aot_cases(stratified)
 
 
-# The default test run compiles the plain causal launch and every feature at once (each forward
-# candidate of both); the slow test and ``info --kernels`` compile every specialisation.
-_AOT_STRATIFIED_TMA = {("causal", "fp16", 64), ("features", "fp16", 128)}
+# The default test run compiles, for sm_90: the TMA forward's plain causal launch and every
+# feature at once (each candidate of both); the TMA backward's dK/dV in the plain causal launch
+# (atomic dQ) and its dQ pass in the deterministic one. The slow test and ``info --kernels``
+# compile every specialisation of each.
+_AOT_STRATIFIED_TMA = {
+    "fwd_tma": {("causal", "fp16", 64), ("features", "fp16", 128)},
+    "bwd_dkdv_tma": {("causal", "fp16", 64)},
+    "bwd_dq_tma": {("plain-deterministic", "fp16", 64)},
+}
+# Each TMA kernel: its jitted function (looked up when the cases are built), its candidate set,
+# and the descriptors whose block is a row (BLOCK_M) or a key (BLOCK_N) tile.
+_TMA_KERNELS = {
+    "fwd_tma": (lambda: attention_tma._attn_fwd_tma.fn, "fwd", ("desc_q", "desc_o"), ("desc_k", "desc_v")),
+    "bwd_dkdv_tma": (lambda: attention_tma_bwd._attn_bwd_dkdv_tma.fn, "bwd_dkdv_tma",
+                     ("desc_q", "desc_do", "desc_dq"), ("desc_k", "desc_v", "desc_dk", "desc_dv")),
+    "bwd_dq_tma": (lambda: attention_tma_bwd._attn_bwd_dq_tma.fn, "bwd_dq_tma", ("desc_q", "desc_do", "desc_dq"),
+                   ("desc_k", "desc_v")),
+}
+
+
+def _tma_max_head_dim(kernel: str, elem: int) -> int:
+    """The widest head dim the TMA kernel ``kernel`` serves for ``elem``-byte elements."""
+    widest = attention_tma.TMA_MAX_HEAD_DIM[elem]
+    return widest if kernel == "fwd_tma" else min(widest, attention_tma_bwd.TMA_BWD_MAX_HEAD_DIM.get(elem, 0))
 
 
 def _tma_aot_cases(stratified: bool) -> list:
-    """The TMA forward (:mod:`.attention_tma`) in the specialisations of
-    :func:`aot_specialisations` it serves (not varlen, head dims up to its maximum) with every
-    forward candidate config, for sm_90 only (the only arch that launches it)."""
+    """The TMA forward (:mod:`.attention_tma`) and backward (:mod:`.attention_tma_bwd`) in the
+    specialisations of :func:`aot_specialisations` they serve (not varlen, head dims up to
+    ``TMA_MAX_HEAD_DIM``) with every candidate config, for sm_90 only (the only arch that
+    launches them)."""
     from ._configs import AotCase, signature_for
 
-    fn = attention_tma._attn_fwd_tma.fn
     cases = []
-    for variant, dname, bd in aot_specialisations():
-        on = _AOT_VARIANTS[variant][0]
-        if (on.get("VARLEN") or bd > attention_tma.TMA_MAX_HEAD_DIM[_AOT_DTYPES[dname]]
-                or (stratified and (variant, dname, bd) not in _AOT_STRATIFIED_TMA)):
-            continue
-        flags = dict(HEAD_DIM=bd, BLOCK_D=bd, CAUSAL=False, BOTTOM_RIGHT=False, WINDOW=False, SOFTCAP=False,
-                     ALIBI=False, MASK_MODE=0, VARLEN=False, DROPOUT=False,
-                     DOT_PRECISION="tf32x3" if dname == "fp32" else "tf32")
-        flags.update((name, value) for name, value in on.items() if name in flags)
-        mask_type = "*i1" if on.get("MASK_MODE") == 1 else f"*{dname}"
-        for cfg in _CANDIDATES["fwd"]:
-            bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-            const = dict(flags, BLOCK_M=bm, BLOCK_N=bn)
-            sig = signature_for(fn, {"LSE": "*fp32", "Alibi": "*fp32", "Mask": mask_type}, f"*{dname}",
-                                floats=("sm_scale", "softcap", "dropout_p"), int64s=("seed", "rng_offset"),
-                                constexprs=const)
-            for name, rows in (("desc_q", bm), ("desc_o", bm), ("desc_k", bn), ("desc_v", bn)):
-                sig[name] = f"tensordesc<{dname}[1,1,{rows},{bd}]>"
-            cases.append(AotCase(
-                kernel="attention_fwd_tma", fn=fn, signature=sig, constexprs=const,
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], maxnreg=cfg.get("maxnreg"),
-                config=dict(variant=variant, dtype=dname, BLOCK_D=bd, BLOCK_M=bm, BLOCK_N=bn),
-                divisible_by_16=tuple(n for n in fn.arg_names if n not in const and not n.startswith("desc")
-                                      and (n[0].isupper() or n.startswith("stride"))),
-                archs=(90,), group=("fwd_tma", variant, dname, bd),
-            ))
+    for kernel, (jit_fn, candidates_of, row_descs, key_descs) in _TMA_KERNELS.items():
+        fn = jit_fn()
+        for variant, dname, bd in aot_specialisations():
+            on = _AOT_VARIANTS[variant][0]
+            if (on.get("VARLEN") or bd > _tma_max_head_dim(kernel, _AOT_DTYPES[dname])
+                    or (stratified and (variant, dname, bd) not in _AOT_STRATIFIED_TMA[kernel])):
+                continue
+            flags = dict(HEAD_DIM=bd, BLOCK_D=bd, CAUSAL=False, BOTTOM_RIGHT=False, WINDOW=False, SOFTCAP=False,
+                         ALIBI=False, MASK_MODE=0, VARLEN=False, DROPOUT=False,
+                         DOT_PRECISION="tf32x3" if dname == "fp32" else "tf32")
+            flags.update((name, value) for name, value in on.items() if name in flags)
+            if kernel == "bwd_dkdv_tma":
+                flags.update(ATOMIC_DQ=on.get("ATOMIC_DQ", True), MASK_GRAD=on.get("MASK_GRAD", False))
+            mask_type = "*i1" if on.get("MASK_MODE") == 1 else f"*{dname}"
+            for cfg in _CANDIDATES[candidates_of]:
+                bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+                const = dict(flags, BLOCK_M=bm, BLOCK_N=bn)
+                sig = signature_for(fn, {"LSE": "*fp32", "LseLo": "*fp32", "Delta": "*fp32", "DQAcc": "*fp32",
+                                         "DMask": "*fp32", "Alibi": "*fp32", "Mask": mask_type}, f"*{dname}",
+                                    floats=("sm_scale", "softcap", "dropout_p"), int64s=("seed", "rng_offset"),
+                                    constexprs=const)
+                for names, rows in ((row_descs, bm), (key_descs, bn)):
+                    for name in names:
+                        # Atomic dQ reduces into an fp32 buffer.
+                        elem = "fp32" if name == "desc_dq" and flags.get("ATOMIC_DQ") else dname
+                        sig[name] = f"tensordesc<{elem}[1,1,{rows},{bd}]>"
+                cases.append(AotCase(
+                    kernel=f"attention_{kernel}", fn=fn, signature=sig, constexprs=const,
+                    num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], maxnreg=cfg.get("maxnreg"),
+                    config=dict(variant=variant, dtype=dname, BLOCK_D=bd, BLOCK_M=bm, BLOCK_N=bn),
+                    divisible_by_16=tuple(n for n in fn.arg_names if n not in const and not n.startswith("desc")
+                                          and (n[0].isupper() or n.startswith("stride"))),
+                    archs=(90,), group=(kernel, variant, dname, bd),
+                ))
     return cases
 
 

@@ -50,6 +50,17 @@ _CANDIDATES = {
         dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
         for bm, bn, w, s in [(128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3), (32, 32, 4, 2), (16, 32, 4, 2)]
     ],
+    # The Hopper backward (attention_tma_bwd): Q/dO (dK/dV) and K/V (dQ) arrive by TMA, and the
+    # dK/dV loop computes the transposed tiles (keys x rows), so BLOCK_N keys are the wgmma's M
+    # (64 a warpgroup): 128-key tiles on 4 and 8 warps, as the tutorial's backward.
+    "bwd_dkdv_tma": [
+        dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, **({"maxnreg": 255} if w == 8 else {}))
+        for bm, bn, w, s in [(64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 2), (16, 64, 4, 2)]
+    ],
+    "bwd_dq_tma": [
+        dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [(128, 128, 8, 2), (128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2)]
+    ],
 }
 
 # Under TRITON_INTERPRET=1 one small config per kernel: the autotuner would run every config
@@ -59,6 +70,8 @@ _INTERPRETER_CONFIG = {
     "fwd": dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
     "bwd_dkdv": dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=1),
     "bwd_dq": dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
+    "bwd_dkdv_tma": dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=1),
+    "bwd_dq_tma": dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
 }
 
 
@@ -126,6 +139,21 @@ def _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right,
             ALIBI: tl.constexpr, MASK_MODE: tl.constexpr):
     """Base-2 scores ``log2(e) * s`` of a (rows x cols) tile of raw ``q.k`` products, -inf where
     hidden. Also returns ``tanh`` of the softcapped scores (for the backward's chain rule).
+    :func:`_scores_at` with the rows along the tile's first axis."""
+    return _scores_at(qk, rows[:, None], cols[None, :], seqlen_q, seqlen_k, off, window_left, window_right, qk_scale,
+                      softcap, slope, MaskBlk, stride_mm, stride_mn, EDGE, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
+
+
+@triton.jit
+def _scores_at(qk, ri, cj, seqlen_q, seqlen_k, off, window_left, window_right,
+               qk_scale, softcap, slope, MaskBlk, stride_mm, stride_mn,
+               EDGE: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+               ALIBI: tl.constexpr, MASK_MODE: tl.constexpr):
+    """Base-2 scores ``log2(e) * s`` of a tile of raw ``q.k`` products, -inf where hidden, and
+    ``tanh`` of the softcapped scores (for the backward's chain rule). ``ri`` (query rows) and
+    ``cj`` (keys) are 2-D and broadcast to the tile: ``rows[:, None]``, ``cols[None, :]`` for a
+    (rows x keys) tile, ``rows[None, :]``, ``cols[:, None]`` for the transposed (keys x rows) one
+    of the Hopper dK/dV kernel.
 
     ``EDGE``: the tile may hold keys past ``seqlen_k`` or outside the causal diagonal / window, so
     every element is compared; interior tiles (every key visible from every row) skip that work
@@ -139,7 +167,7 @@ def _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right,
         s = qk * qk_scale  # qk_scale = scale * log2(e): exp(x) = exp2(x * log2(e))
     if ALIBI:
         # ALiBi always aligns bottom-right; slope already carries the log2(e) factor.
-        dist = (rows[:, None] + (seqlen_k - seqlen_q)) - cols[None, :]
+        dist = (ri + (seqlen_k - seqlen_q)) - cj
         s = s - slope * tl.abs(dist).to(tl.float32)
     # Rows past seqlen_q need no mask: the forward never stores them and the backward gives them
     # lse = +inf (so P = 0). Fewer predicates per element = fewer registers.
@@ -148,26 +176,24 @@ def _scores(qk, rows, cols, seqlen_q, seqlen_k, off, window_left, window_right,
             # Key j is visible from row i iff i + off - window_left <= j <= i + off + window_right
             # and j < seqlen_k: per-row bounds (BLOCK_M operations), then one compare an element
             # for each side the tile can cross.
-            visible = cols[None, :] <= tl.minimum(rows + (off + window_right), seqlen_k - 1)[:, None]
+            visible = cj <= tl.minimum(ri + (off + window_right), seqlen_k - 1)
             if WINDOW:
-                visible = visible & (cols[None, :] >= (rows + (off - window_left))[:, None])
+                visible = visible & (cj >= ri + (off - window_left))
         else:
-            visible = cols[None, :] < seqlen_k
-        load_ok = visible & (rows[:, None] < seqlen_q)
+            visible = cj < seqlen_k
+        load_ok = visible & (ri < seqlen_q)
     else:
         # Interior tile: the mask (when there is one) is still read only for real rows (the
         # predicate broadcasts along the keys: one compare a row, not one an element).
-        load_ok = rows[:, None] < seqlen_q
+        load_ok = ri < seqlen_q
     if MASK_MODE == 1:
-        m = tl.load(MaskBlk + rows[:, None] * stride_mm + cols[None, :] * stride_mn,
-                    mask=load_ok, other=0).to(tl.int1)
+        m = tl.load(MaskBlk + ri * stride_mm + cj * stride_mn, mask=load_ok, other=0).to(tl.int1)
         if EDGE:
             visible = visible & m
         else:
             visible = m
     if MASK_MODE == 2:
-        m = tl.load(MaskBlk + rows[:, None] * stride_mm + cols[None, :] * stride_mn,
-                    mask=load_ok, other=0.0).to(tl.float32)
+        m = tl.load(MaskBlk + ri * stride_mm + cj * stride_mn, mask=load_ok, other=0.0).to(tl.float32)
         # A finite mask value is a number, as torch adds it: log2(e) * finfo(float32).min
         # overflows to -inf, which would hide the key, so the product saturates at +-FLT_MAX
         # instead (a row of such scores is a row of equal logits: torch's uniform average).
@@ -185,8 +211,15 @@ def _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, m
     ``off_h``: ``tl.rand`` on the counter ``offset + ((b * H + h) * max_q + i) * max_k + j``, in int64
     (B * H * Lq * Lk passes 2**31). A pure function of its coordinates, so every kernel (and tile
     shape) redraws the same mask; fastattn/philox.py is the specification."""
-    row_ctr = ((off_b * num_heads + off_h) * max_q + rows) * max_k + rng_offset
-    return tl.rand(seed, row_ctr[:, None] + cols[None, :]) >= dropout_p
+    return _dropout_keep_at(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows[:, None],
+                            cols[None, :])
+
+
+@triton.jit
+def _dropout_keep_at(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, ri, cj):
+    """:func:`_dropout_keep` with 2-D ``ri``/``cj`` broadcast to the tile (see :func:`_scores_at`)."""
+    row_ctr = ((off_b * num_heads + off_h) * max_q + ri) * max_k + rng_offset
+    return tl.rand(seed, row_ctr + cj) >= dropout_p
 
 
 @triton.jit
@@ -304,3 +337,72 @@ def _forward_result(acc, l_i, m_i, dropout_p, DROPOUT: tl.constexpr):
         acc = acc * (1.0 / (1.0 - dropout_p))  # kept probabilities are scaled by 1 / (1 - p)
     lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
     return acc, lse
+
+
+@triton.jit
+def _lse_rows(lse_ptrs, lo_ptrs, r_ok, MASK_MODE: tl.constexpr, MASKED: tl.constexpr = True):
+    """``(lse2, lse_lo)`` of a row block for :func:`_bwd_probs`: the base-2 LSE (one multiply a
+    row, not one a score), and under an additive mask the base-2 row max and ``log2`` of the
+    row sum apart (see :func:`_attn_bwd_rowstats`). Rows past the end read ``+inf``: P = 0."""
+    if MASKED:
+        lse = tl.load(lse_ptrs, mask=r_ok, other=float("inf"))
+    else:  # every row real (an interior block): no predicate
+        lse = tl.load(lse_ptrs)
+    if MASK_MODE == 2:
+        lse2 = lse
+        if MASKED:
+            lse_lo = tl.load(lo_ptrs, mask=r_ok, other=0.0)
+        else:
+            lse_lo = tl.load(lo_ptrs)
+    else:
+        lse2 = lse * 1.4426950408889634
+        lse_lo = lse2
+    return lse2, lse_lo
+
+
+@triton.jit
+def _query_ranges(start_n, seqlen_q, seqlen_k, off, window_left, window_right, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
+    """Query blocks that see the key block at ``start_n``: ``[lo, hi)`` are visited,
+    ``[full_lo, full_hi)`` are interior (every row sees every key of the block, no ragged rows or
+    keys); every bound but ``hi`` is a multiple of ``BLOCK_M``."""
+    lo = 0
+    hi = seqlen_q
+    full_lo = 0
+    full_hi = (seqlen_q // BLOCK_M) * BLOCK_M
+    if CAUSAL or WINDOW:
+        # Rows that see key j: j - off - window_right <= i <= j - off + window_left.
+        lo = (tl.maximum(0, start_n - off - window_right) // BLOCK_M) * BLOCK_M
+        hi = tl.minimum(seqlen_q, start_n + BLOCK_N - off + window_left)
+        # Every row i of [m0, m0 + BLOCK_M) sees every key of the block iff
+        # m0 >= start_n + BLOCK_N - 1 - off - window_right and m0 + BLOCK_M <= start_n - off + window_left + 1.
+        first = tl.maximum(0, start_n + BLOCK_N - 1 - off - window_right)
+        full_lo = tl.maximum(lo, ((first + BLOCK_M - 1) // BLOCK_M) * BLOCK_M)
+        if WINDOW:
+            full_hi = tl.minimum(full_hi, (tl.maximum(0, start_n - off + window_left + 1) // BLOCK_M) * BLOCK_M)
+    if start_n + BLOCK_N > seqlen_k:  # ragged keys: every block of this program takes the masked path
+        full_lo = lo
+        full_hi = lo
+    return lo, hi, full_lo, full_hi
+
+
+@triton.jit
+def _probs_at(qk, lse2, lse_lo, ri, cj, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
+              mask_base, stride_mm, stride_mn, EDGE: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+              SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, MASK_MODE: tl.constexpr):
+    """``(p, t)`` of a backward tile of raw products ``qk``: ``P = exp2(s - lse2)`` (under an
+    additive mask ``exp2((s - max) - log2 sum)``, see :func:`_lse_rows`) and ``tanh`` of the
+    softcapped scores. ``lse2``/``lse_lo`` and ``ri``/``cj`` are 2-D, broadcast along the tile
+    as in :func:`_scores_at`. ``EDGE`` compares every element; an interior tile without features
+    computes ``P = exp2(qk * scale_log2e - lse2)``, one FMA a score."""
+    if EDGE or SOFTCAP or ALIBI or MASK_MODE != 0:
+        s, t = _scores_at(qk, ri, cj, seqlen_q, seqlen_k, off, window_left, window_right, qk_scale, cap, slope,
+                          mask_base, stride_mm, stride_mn, EDGE, CAUSAL, WINDOW, SOFTCAP, ALIBI, MASK_MODE)
+        if MASK_MODE == 2:
+            p = tl.math.exp2((s - lse2) - lse_lo)
+        else:
+            p = tl.math.exp2(s - lse2)
+    else:
+        t = qk
+        p = tl.math.exp2(qk * qk_scale - lse2)
+    return p, t

@@ -75,6 +75,8 @@ ANCHORS = {
     ("attention_bwd_dkdv", 64): ((80, 90), {(32, 64), (64, 64), (32, 128), (64, 128)}),
     ("attention_bwd_dq", 64): ((80, 90), {(64, 64), (128, 32), (128, 64)}),
     ("attention_bwd_dq", 128): ((90,), {(64, 64), (128, 32), (128, 64)}),
+    # The Hopper dK/dV kernel (TMA, transposed tiles) keeps a 128-key tile with atomic dQ.
+    ("attention_bwd_dkdv_tma", 64): ((90,), {(64, 128), (32, 128)}),
 }
 
 
