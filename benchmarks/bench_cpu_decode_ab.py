@@ -1,7 +1,7 @@
 """The CPU decoding kernel of two source revisions, A and B, side by side in one process.
 
     python benchmarks/bench_cpu_decode_ab.py --a HEAD~1 [--b WORKTREE] [--isas avx2,avx512]
-        [--cases 1x8x8x1024x128xf32,...] [--threads 1] [--reps 31] [--json PATH]
+        [--cases 1x8x8x1024x128xf32,...] [--threads 1] [--reps 31] [--layout flash|heads] [--json PATH]
 
 Each revision's ``csrc/cpu`` and ``csrc/common`` (``git archive``; ``WORKTREE`` = the files as
 they are now) is compiled by g++ with the flags of the release build (``-O3 -fopenmp``) into a
@@ -9,7 +9,8 @@ small C++ driver, each revision's kernels in their own namespaces, so that one p
 ``decode_fwd`` of A and of B in turns on the same inputs (a change in machine load hits both
 alike; the Python extension is not involved). A case ``BxHqxHkxLxDxDT`` is batch, query heads,
 kv heads, keys, head dim and dtype (``f32`` or ``bf16``): one query row per sequence, every
-cache full, in the flash layout ``(B, L, Hk, D)`` that ``flash_attn_with_kvcache`` takes.
+cache full, in the flash layout ``(B, L, Hk, D)`` that ``flash_attn_with_kvcache`` takes
+(``--layout heads``: ``(B, Hk, L, D)``, transformers' cache layout).
 Printed per case: the medians and fastest calls of A and B, B / A by the medians (below 1: B is
 faster), and the largest difference between their outputs (0 where B sums in the same order).
 Correctness is the tests' business (``tests/test_cpu_kvcache.py``); this only times.
@@ -55,9 +56,10 @@ static float elem(const std::vector<char>& b, size_t i, bool f32) {
   if (f32) return ((const float*)b.data())[i];
   uint32_t u = (uint32_t)((const uint16_t*)b.data())[i] << 16; float x; memcpy(&x, &u, 4); return x;
 }
-// argv: isa B Hq Hk L D f32|bf16 threads reps
+// argv: isa B Hq Hk L D f32|bf16 threads reps flash|heads
 int main(int argc, char** argv) {
-  if (argc != 10) return 2;
+  if (argc != 11) return 2;
+  const bool heads_first = !strcmp(argv[10], "heads");
   const bool avx2 = !strcmp(argv[1], "avx2"), f32 = !strcmp(argv[7], "f32");
   const int64_t B = atoll(argv[2]), Hq = atoll(argv[3]), Hk = atoll(argv[4]), L = atoll(argv[5]), D = atoll(argv[6]);
   const int threads = atoi(argv[8]), reps = atoi(argv[9]);
@@ -75,8 +77,10 @@ int main(int argc, char** argv) {
   p.dtype = f32 ? 0 : 2;  // fastattn::DType codes (csrc/common/dtype.h)
   p.batch = B; p.heads_q = Hq; p.heads_k = Hk; p.seqlen_q = 1; p.seqlen_k = L; p.head_dim = D; p.head_dim_v = D;
   p.q = {Q.data(), Hq * D, D, Hq * D, 1};
-  p.k = {K.data(), L * Hk * D, D, Hk * D, 1};
-  p.v = {V.data(), L * Hk * D, D, Hk * D, 1};
+  // (batch, head, seq, dim) element strides of the cache
+  const int64_t sh = heads_first ? L * D : D, sl = heads_first ? D : Hk * D;
+  p.k = {K.data(), L * Hk * D, sh, sl, 1};
+  p.v = {V.data(), L * Hk * D, sh, sl, 1};
   p.lse_sb = Hq; p.lse_sh = 1; p.lse_sl = 1; p.kv_lens = lens.data(); p.scale = 1.0f / sqrtf((float)D);
   p.causal = true; p.num_threads = threads;
   using F = void (*)(const AttnParams&);
@@ -148,6 +152,7 @@ def main() -> None:
     ap.add_argument("--cases", default=DEFAULT_CASES, help="BxHqxHkxLxDxDT, comma separated")
     ap.add_argument("--threads", default="1")
     ap.add_argument("--reps", type=int, default=31)
+    ap.add_argument("--layout", choices=("flash", "heads"), default="flash")
     ap.add_argument("--json")
     args = ap.parse_args()
     rows = []
@@ -157,9 +162,9 @@ def main() -> None:
             for threads in args.threads.split(","):
                 for case in args.cases.split(","):
                     *dims, dt = case.split("x")
-                    out = subprocess.run([str(exe), isa, *dims, dt, threads, str(args.reps)],
+                    out = subprocess.run([str(exe), isa, *dims, dt, threads, str(args.reps), args.layout],
                                          check=True, capture_output=True, text=True).stdout
-                    row = dict(isa=isa, case=case, threads=int(threads), **json.loads(out))
+                    row = dict(isa=isa, case=case, threads=int(threads), layout=args.layout, **json.loads(out))
                     row["b_over_a"] = row["b_median_us"] / row["a_median_us"]
                     rows.append(row)
                     print(f"{isa:7s} {case:22s} thr={threads}  A {row['a_median_us']:10.1f} us "
