@@ -210,6 +210,17 @@ def test_softcap_and_alibi(dt, d, causal, cap, per_batch, det):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dt,d,causal,det", [("fp16", 64, True, False), ("bf16", 48, False, True),
+                                             ("bf16", 192, True, True), ("fp16", 128, False, False)],
+                         ids=["fp16-d64-causal-atomic", "bf16-d48-full-det", "bf16-d192-causal-det", "fp16-d128-full-atomic"])
+def test_softcap_without_alibi(bwd_calls, dt, d, causal, det):
+    """Softcap alone: at kernel head dim 64 its own element loop, at 128 and 256 the ALiBi loop
+    with a zero bias (with_score_loop)."""
+    _flash_case(DTYPES[dt], 90, 100, d, causal, heads=2, heads_k=1, softcap=3.0, deterministic=det)
+    assert len(bwd_calls) == 1
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("heads,heads_k", [(4, 1), (4, 2), (3, 3)], ids=["mqa", "gqa", "mha"])
 def test_sdpa_layout_groups(heads, heads_k):
     _sdpa_case(torch.float16, 130, 100, 64, True, heads=heads, heads_k=heads_k)

@@ -41,15 +41,15 @@ namespace fastattn::cuda::attn {
 
 // P^T and dS^T of one warp's 16 keys (rows) x BM queries (columns) in place of S^T and dP^T.
 // Masked: the tile crosses a mask bound or the end of the keys, so each element is checked;
-// Softcap: the elements take the tanh (prob_and_grad). One instantiation per combination, so
-// the element loop has no branch.
-template <bool Masked, bool Softcap, int BM>
+// Mode: the score's treatment (ScoreMode, prob_and_grad). One instantiation per combination
+// (with_score_loop), so the element loop has no branch.
+template <bool Masked, int Mode, int BM>
 __device__ __forceinline__ void dkdv_probs(const AttnBwdParams& p, float (&s)[BM / 8][4], float (&dp)[BM / 8][4],
                                            const float* s_lse, const float* s_delta, int key_lo, int m0, int t4,
                                            float alibi_a) {
   const int Lk = static_cast<int>(p.seqlen_k);
   const int rel0 = m0 + 2 * t4 + (Lk - static_cast<int>(p.seqlen_q)) - key_lo;  // i + Lk - Lq - j, first element
-  if (!Softcap && p.alibi_slopes != nullptr) {
+  if (Mode == kScorePlain && p.alibi_slopes != nullptr) {
     // ALiBi without softcap: the bias added in a pass of its own (one uniform branch).
 #pragma unroll
     for (int j = 0; j < BM / 8; ++j)
@@ -76,7 +76,7 @@ __device__ __forceinline__ void dkdv_probs(const AttnBwdParams& p, float (&s)[BM
     for (int e = 0; e < 4; ++e) {
       const int col = j * 8 + (e & 1);
       const bool visible = !Masked || (col >= lo[e >> 1] && col <= hi[e >> 1]);
-      prob_and_grad<Softcap>(p, s[j][e], dp[j][e], lse2[e & 1], delta[e & 1], visible, alibi_a,
+      prob_and_grad<Mode>(p, s[j][e], dp[j][e], lse2[e & 1], delta[e & 1], visible, alibi_a,
                              rel0 + col - 8 * (e >> 1));
     }
   }
@@ -236,18 +236,10 @@ __global__ void __launch_bounds__(AttnBwdTraits<D, KeyBlock>::kThreads) flash_bw
       const bool need_mask = n0 + BN > Lk ||
                              (p.window_right >= 0 && n0 + BN - 1 > ms + off + p.window_right) ||
                              (p.window_left >= 0 && n0 < ms + SM - 1 + off - p.window_left);
-      const bool capped = p.softcap_outer > 0.0f;
-      if (need_mask) {
-        if (capped)
-          dkdv_probs<true, true, SM>(p, s, dpt, s_lse_s, s_lse_s + BM, key_lo, ms, t4, alibi_a);
-        else
-          dkdv_probs<true, false, SM>(p, s, dpt, s_lse_s, s_lse_s + BM, key_lo, ms, t4, alibi_a);
-      } else {
-        if (capped)
-          dkdv_probs<false, true, SM>(p, s, dpt, s_lse_s, s_lse_s + BM, key_lo, ms, t4, alibi_a);
-        else
-          dkdv_probs<false, false, SM>(p, s, dpt, s_lse_s, s_lse_s + BM, key_lo, ms, t4, alibi_a);
-      }
+      with_score_loop<D == 64>(p, need_mask, [&](auto masked, auto mode) {
+        dkdv_probs<decltype(masked)::value, decltype(mode)::value, SM>(p, s, dpt, s_lse_s, s_lse_s + BM, key_lo, ms,
+                                                                       t4, alibi_a);
+      });
 
       // Rounded to T and repacked as A fragments (C fragments of n-tiles 2kk, 2kk + 1 = k-step kk).
       uint32_t pa[SM / 16][4], da[SM / 16][4];

@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "../common/convert.cuh"
 #include "../common/fast_math.cuh"
@@ -23,28 +24,61 @@
 
 namespace fastattn::cuda::attn {
 
+// How the element loop treats a score: as is (ALiBi, if any, added in a pass of its own before
+// the loop), through softcap's tanh, or through the tanh and then ALiBi's bias (per element:
+// the derivative needs the capped score before the bias). Softcap without ALiBi has its own
+// instantiation so that it pays no bias arithmetic.
+enum ScoreMode : int { kScorePlain = 0, kScoreCap = 1, kScoreCapAlibi = 2 };
+
 // One element's probability and score gradient, in place: s (the raw score, with the ALiBi bias
-// already added unless Softcap) becomes p, dp becomes dS (times the softcap factor). Softcap:
-// the tanh, its derivative and the bias (alibi_a * |rel|, alibi_a 0 without ALiBi) are applied
-// here, since the derivative needs the capped score before the bias. Not visible: p = 0.
-// exp2(-inf) = 0 also covers lse = +inf (a row that sees no key, or a padding row).
-template <bool Softcap>
+// already added when Mode is kScorePlain) becomes p, dp becomes dS (times the softcap factor).
+// Not visible: p = 0. exp2(-inf) = 0 also covers lse = +inf (a row that sees no key, or a
+// padding row). rel (query - key + Lk - Lq) is read only for kScoreCapAlibi.
+template <int Mode>
 __device__ __forceinline__ void prob_and_grad(const AttnBwdParams& p, float& s, float& dp, float lse_log2, float delta,
                                               bool visible, float alibi_a, int rel) {
+  constexpr bool kCap = Mode != kScorePlain;
   float z = s, dcap = 1.0f;
-  if constexpr (Softcap) {
+  if constexpr (kCap) {
     // tanh(x) = 1 - 2r and 1 - tanh(x)^2 = 4r(1 - r) with r = 1 / (exp(2x) + 1): two MUFU ops
     // and three FP32 ones instead of tanhf's range-reduced sequence (about 20 instructions an
     // element). Absolute error about 2^-22 (r saturates to 0 or 1 for large |x|, giving
     // +-1 and 0 exactly); the forward's tanhf differs from it by far less than P's rounding.
     // The 4 of 4r(1 - r) is in ds_scale, applied once to dK and dQ.
     const float r = rcp_approx(exp2_approx(s * p.softcap_exp2) + 1.0f);
-    z = fmaf(r, p.softcap_neg2outer, fmaf(alibi_a, fabsf(static_cast<float>(rel)), p.softcap_outer));
+    const float outer = Mode == kScoreCapAlibi ? fmaf(alibi_a, fabsf(static_cast<float>(rel)), p.softcap_outer)
+                                               : p.softcap_outer;
+    z = fmaf(r, p.softcap_neg2outer, outer);
     dcap = fmaf(-r, r, r);
   }
   const float pr = visible ? exp2_approx(z * p.scale_log2 - lse_log2) : 0.0f;
   s = pr;
-  dp = Softcap ? pr * (dp - delta) * dcap : pr * (dp - delta);
+  dp = kCap ? pr * (dp - delta) * dcap : pr * (dp - delta);
+}
+
+// Calls f(masked, mode) with std::integral_constant arguments for a tile's runtime conditions
+// (it crosses a mask bound; p's softcap and ALiBi), so that each combination is its own
+// instantiation of the element loop, with no branch inside. CapAlone: softcap without ALiBi
+// gets its own loop (kScoreCap); otherwise it runs kScoreCapAlibi with a zero bias (alibi_factor
+// is 0 without slopes), one loop fewer: the kernels at head dims 128 and 256 run at the register
+// limit, where a third loop made ptxas spill, and their element loops weigh half as much per MMA.
+template <bool CapAlone, typename F>
+__device__ __forceinline__ void with_score_loop(const AttnBwdParams& p, bool masked, F&& f) {
+  using Yes = std::integral_constant<bool, true>;
+  using No = std::integral_constant<bool, false>;
+  using Plain = std::integral_constant<int, kScorePlain>;
+  using Cap = std::integral_constant<int, kScoreCap>;
+  using CapAlibi = std::integral_constant<int, kScoreCapAlibi>;
+  const bool capped = p.softcap_outer > 0.0f, alibi = !CapAlone || p.alibi_slopes != nullptr;
+  if (masked) {
+    if (!capped) f(Yes{}, Plain{});
+    else if (alibi) f(Yes{}, CapAlibi{});
+    else f(Yes{}, Cap{});
+  } else {
+    if (!capped) f(No{}, Plain{});
+    else if (alibi) f(No{}, CapAlibi{});
+    else f(No{}, Cap{});
+  }
 }
 
 // ALiBi's per-(batch, head) factor: -slope / scale (so that scale * it * |rel| is the bias), 0 without.

@@ -23,14 +23,14 @@
 namespace fastattn::cuda::attn {
 
 // P and dS of one warp's 16 query rows x BN keys in place of S and dP (rows = queries); Masked
-// and Softcap as dkdv_probs (flash_bwd.cuh).
-template <bool Masked, bool Softcap, int BN>
+// and Mode as dkdv_probs (flash_bwd.cuh).
+template <bool Masked, int Mode, int BN>
 __device__ __forceinline__ void dq_probs(const AttnBwdParams& p, float (&s)[BN / 8][4], float (&dp)[BN / 8][4],
                                          const float (&lse2)[2], const float (&delta)[2], int row_lo, int n0, int t4,
                                          float alibi_a) {
   const int Lk = static_cast<int>(p.seqlen_k);
   const int rel0 = row_lo + (Lk - static_cast<int>(p.seqlen_q)) - (n0 + 2 * t4);
-  if (!Softcap && p.alibi_slopes != nullptr) {
+  if (Mode == kScorePlain && p.alibi_slopes != nullptr) {
 #pragma unroll
     for (int j = 0; j < BN / 8; ++j)
 #pragma unroll
@@ -54,7 +54,7 @@ __device__ __forceinline__ void dq_probs(const AttnBwdParams& p, float (&s)[BN /
     for (int e = 0; e < 4; ++e) {
       const int col = j * 8 + (e & 1);
       const bool visible = !Masked || (col >= lo[e >> 1] && col < hi[e >> 1]);
-      prob_and_grad<Softcap>(p, s[j][e], dp[j][e], lse2[e >> 1], delta[e >> 1], visible, alibi_a,
+      prob_and_grad<Mode>(p, s[j][e], dp[j][e], lse2[e >> 1], delta[e >> 1], visible, alibi_a,
                              rel0 + 8 * (e >> 1) - col);
     }
 }
@@ -162,18 +162,9 @@ __global__ void __launch_bounds__(AttnBwdDqTraits<D, KeyBlock>::kThreads) flash_
     const bool need_mask = n0 + BN > Lk ||
                            (p.window_right >= 0 && n0 + BN - 1 > m0 + off + p.window_right) ||
                            (p.window_left >= 0 && n0 < m0 + BM - 1 + off - p.window_left);
-    const bool capped = p.softcap_outer > 0.0f;
-    if (need_mask) {
-      if (capped)
-        dq_probs<true, true, BN>(p, s, dp, lse2, delta, row_lo, n0, t4, alibi_a);
-      else
-        dq_probs<true, false, BN>(p, s, dp, lse2, delta, row_lo, n0, t4, alibi_a);
-    } else {
-      if (capped)
-        dq_probs<false, true, BN>(p, s, dp, lse2, delta, row_lo, n0, t4, alibi_a);
-      else
-        dq_probs<false, false, BN>(p, s, dp, lse2, delta, row_lo, n0, t4, alibi_a);
-    }
+    with_score_loop<D == 64>(p, need_mask, [&](auto masked, auto mode) {
+      dq_probs<decltype(masked)::value, decltype(mode)::value, BN>(p, s, dp, lse2, delta, row_lo, n0, t4, alibi_a);
+    });
 
     // dQ += dS K: dS's C fragments (keys 16 kk ..) are the A fragment of k-step kk.
 #pragma unroll

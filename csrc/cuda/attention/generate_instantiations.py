@@ -7,11 +7,14 @@ the dispatch tables of attention.cu and attention_bwd.cu.
 
     python csrc/cuda/attention/generate_instantiations.py   # rewrites inst/ (checked in)
 
-Build cost (nvcc 13.0, the default FASTATTN_CUDA_ARCHS 80;86;89;90a, -O3): about 6 s of CPU
-per file, so the 12 files plus attention.cu take about 80 s of CPU, well under a minute of
-wall time with 2 jobs on an idle 2-core machine. Every head dim that is a multiple of 8 up
-to 256 runs on one of these (the next of 64, 128 and 256, zero-filled inside the kernel:
-attention.cu's padded_head_dim). A new kernel head dim needs a specialisation in
+Build cost (nvcc 13.0, the default FASTATTN_CUDA_ARCHS 80;86;89;90a, -O3): the whole cuda
+extension (every csrc/cuda source: these 18 files, the dispatchers, the other kernel families,
+the bindings) built cold, no ccache, with 2 jobs on the shared 2-core machine under nice:
+6 min 28 s of wall time, 4 min 2 s of user CPU (cmake --build <fresh dir> --target _cuda -j 2).
+The backward's head-dim-256 files hold two tiles each (chosen at run time by shared memory).
+Every head dim that is a multiple of 8 up to 256 runs on one of these (the next of 64, 128 and
+256, zero-filled inside the kernel: attention.cu's padded_head_dim, bwd_params.h's
+bwd_kernel_head_dim). A new kernel head dim needs a specialisation in
 kernel_traits.cuh, an entry in HEAD_DIMS here and in attention.cu's switch, and its tile in
 tests/test_cuda_attention_ptxas.py.
 """
