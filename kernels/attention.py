@@ -1071,8 +1071,6 @@ def attention_bwd(dout, q, k, v, out, lse, args, *, attn_mask=None, alibi_slopes
         # Hopper: the same math with the tiles moved by TMA and the interior loops on their own.
         attention_tma_bwd.launch_bwd_tma(q, k, v, dout, lse, lse_lo, delta, dq, dk, dv, dq_acc if atomic else None,
                                          dmask, ptrs, extra_strides, scalars, flags)
-        if atomic:
-            dq.copy_(dq_acc)
         return (dq, dk, dv, dmask.to(attn_mask.dtype)) if mask_grad else (dq, dk, dv)
     # fp32 above 128 (and at 128 with features): the backward's own chunking (head_dim_split).
     flags["D_CHUNK"], flags["BLOCK_DV"] = head_dim_split(bd, q.element_size(), "bwd_dkdv", _has_features(flags))
@@ -1252,6 +1250,11 @@ _TMA_KERNELS = {
 }
 
 
+# The TMA backward serves head dims up to 64, where the lists of _AOT_VARIANTS have no feature
+# case: it also compiles every feature at once and a bool mask there.
+_TMA_BWD_EXTRA = (("features", "fp16", 64), ("bool-mask", "fp16", 64))
+
+
 def _tma_max_head_dim(kernel: str, elem: int) -> int:
     """The widest head dim the TMA kernel ``kernel`` serves for ``elem``-byte elements."""
     widest = attention_tma.TMA_MAX_HEAD_DIM[elem]
@@ -1268,7 +1271,7 @@ def _tma_aot_cases(stratified: bool) -> list:
     cases = []
     for kernel, (jit_fn, candidates_of, row_descs, key_descs) in _TMA_KERNELS.items():
         fn = jit_fn()
-        for variant, dname, bd in aot_specialisations():
+        for variant, dname, bd in aot_specialisations() + ([] if kernel == "fwd_tma" else list(_TMA_BWD_EXTRA)):
             on = _AOT_VARIANTS[variant][0]
             if (on.get("VARLEN") or bd > _tma_max_head_dim(kernel, _AOT_DTYPES[dname])
                     or (stratified and (variant, dname, bd) not in _AOT_STRATIFIED_TMA[kernel])):

@@ -55,7 +55,7 @@ _CANDIDATES = {
     # (64 a warpgroup): 128-key tiles on 4 and 8 warps, as the tutorial's backward.
     "bwd_dkdv_tma": [
         dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, **({"maxnreg": 255} if w == 8 else {}))
-        for bm, bn, w, s in [(64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 2), (16, 64, 4, 2)]
+        for bm, bn, w, s in [(64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 2), (16, 64, 4, 2), (16, 32, 4, 2)]
     ],
     "bwd_dq_tma": [
         dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
@@ -340,10 +340,12 @@ def _forward_result(acc, l_i, m_i, dropout_p, DROPOUT: tl.constexpr):
 
 
 @triton.jit
-def _lse_rows(lse_ptrs, lo_ptrs, r_ok, MASK_MODE: tl.constexpr, MASKED: tl.constexpr = True):
+def _lse_rows(lse_ptrs, lo_ptrs, r_ok, MASK_MODE: tl.constexpr, MASKED: tl.constexpr = True,
+              BASE2: tl.constexpr = False):
     """``(lse2, lse_lo)`` of a row block for :func:`_bwd_probs`: the base-2 LSE (one multiply a
-    row, not one a score), and under an additive mask the base-2 row max and ``log2`` of the
-    row sum apart (see :func:`_attn_bwd_rowstats`). Rows past the end read ``+inf``: P = 0."""
+    row, not one a score; none when ``BASE2``: the LSE given is base 2 already), and under an
+    additive mask the base-2 row max and ``log2`` of the row sum apart (see
+    :func:`_attn_bwd_rowstats`). Rows past the end read ``+inf``: P = 0."""
     if MASKED:
         lse = tl.load(lse_ptrs, mask=r_ok, other=float("inf"))
     else:  # every row real (an interior block): no predicate
@@ -355,7 +357,10 @@ def _lse_rows(lse_ptrs, lo_ptrs, r_ok, MASK_MODE: tl.constexpr, MASKED: tl.const
         else:
             lse_lo = tl.load(lo_ptrs)
     else:
-        lse2 = lse * 1.4426950408889634
+        if BASE2:
+            lse2 = lse
+        else:
+            lse2 = lse * 1.4426950408889634
         lse_lo = lse2
     return lse2, lse_lo
 

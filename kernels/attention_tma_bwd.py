@@ -32,6 +32,7 @@ capability 9.x when :func:`unsupported_reason` has nothing against it, or when a
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -134,8 +135,8 @@ def _dkdv_block(dk, dv, k, v, desc_q, desc_do, desc_dq, off_b, off_h, start_m, o
     and the row statistics are read under a predicate; else none of that."""
     rows = start_m + offs_m
     at = l_base + rows * stride_lm
-    # Rows past the end (edge blocks only) read lse = +inf: P = 0 there.
-    lse2, lse_lo = _lse_rows(LSE + at, LseLo + at, rows < seqlen_q, MASK_MODE, EDGE)
+    # Rows past the end (edge blocks only) read lse = +inf: P = 0 there. LSE is base 2 already.
+    lse2, lse_lo = _lse_rows(LSE + at, LseLo + at, rows < seqlen_q, MASK_MODE, EDGE, True)
     if EDGE:
         delta = tl.load(Delta + at, mask=rows < seqlen_q, other=0.0)
     else:
@@ -171,7 +172,8 @@ def _dkdv_block(dk, dv, k, v, desc_q, desc_do, desc_dq, off_b, off_h, start_m, o
     dk += tl.dot(ds_t, q, input_precision=DOT_PRECISION)
     if ATOMIC_DQ:
         # One bulk fp32 reduction of the tile; rows past the end fall outside the descriptor.
-        dq = tl.dot(ds_t.T, k, input_precision=DOT_PRECISION) * sm_scale
+        # The scale is applied once to the sum (launch_bwd_tma), not to every tile.
+        dq = tl.dot(ds_t.T, k, input_precision=DOT_PRECISION)
         desc_dq.atomic_add([off_b, off_h, start_m, 0], dq.reshape([1, 1, BLOCK_M, BLOCK_D]))
     return dk, dv
 
@@ -313,7 +315,7 @@ def _attn_bwd_dq_tma(
     do = desc_do.load([off_b, off_h, start_m, 0]).reshape([BLOCK_M, BLOCK_D])
     at = off_b.to(tl.int64) * stride_lb + off_h.to(tl.int64) * stride_lh + rows * stride_lm
     # Rows past the end read lse = +inf, so their P is exactly 0 in every block, interior or not.
-    lse2, lse_lo = _lse_rows(LSE + at, LseLo + at, rows < seqlen_q, MASK_MODE)
+    lse2, lse_lo = _lse_rows(LSE + at, LseLo + at, rows < seqlen_q, MASK_MODE, True, True)
     delta = tl.load(Delta + at, mask=rows < seqlen_q, other=0.0)
     qk_scale, cap = _score_scale(sm_scale, softcap, SOFTCAP)
     slope, mask_base = _head_operands(Alibi, Mask, off_b, off_h, stride_ab, stride_ah, stride_mb, stride_mh, ALIBI,
@@ -353,12 +355,18 @@ _JIT = {"bwd_dkdv_tma": lambda: _attn_bwd_dkdv_tma.fn, "bwd_dq_tma": lambda: _at
 def launch_bwd_tma(q, k, v, dout, lse, lse_lo, delta, dq, dk, dv, dq_acc, dmask, ptrs, extra_strides, scalars,
                    flags) -> None:
     """Launch the TMA backward: dK/dV (with atomic dQ into the zero-filled fp32 ``dq_acc`` when
-    it is given, else the deterministic dQ pass into ``dq``) and the mask gradient into ``dmask``
-    (or None), with the arguments :func:`fastattn.kernels.attention._common` derived (not
-    varlen; every tensor TMA-compatible: :func:`unsupported_reason`). ``lse``/``lse_lo`` and
-    ``delta`` share strides."""
+    it is given, then ``dq = scale * dq_acc``; else the deterministic dQ pass into ``dq``) and
+    the mask gradient into ``dmask`` (or None), with the arguments
+    :func:`fastattn.kernels.attention._common` derived (not varlen; every tensor
+    TMA-compatible: :func:`unsupported_reason`). ``lse`` is the forward's
+    (natural log; under an additive mask the base-2 row maxima, ``lse_lo`` the base-2 log row
+    sums); it and ``delta`` share strides."""
     _cu_q, _cu_k, alibi, mask = ptrs
     batch, hq, hk, lq, lk = q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2]
+    if flags["MASK_MODE"] != 2:
+        # The kernels read a base-2 LSE: one multiply a row here, not one per row per tile there.
+        # (An additive mask's row statistics are base 2 already.)
+        lse = lse * 1.4426950408889634
     # Head-dim chunking is for fp32 above 128, which these kernels do not serve.
     flags = {name: value for name, value in flags.items() if name not in ("D_CHUNK", "BLOCK_DV")}
     atomic = dq_acc is not None
@@ -370,7 +378,9 @@ def launch_bwd_tma(q, k, v, dout, lse, lse_lo, delta, dq, dk, dv, dq_acc, dmask,
         *lse.stride(), *extra_strides, *(dmask.stride() if dmask is not None else (0, 0, 0, 0)),
         *scalars, ATOMIC_DQ=atomic, MASK_GRAD=dmask is not None, **flags,
     )
-    if not atomic:
+    if atomic:
+        torch.mul(dq_acc, scalars[3], out=dq)  # scalars[3]: the softmax scale
+    else:
         grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), hq, batch)
         _attn_bwd_dq_tma[grid](
             _descriptor(q), _descriptor(k), _descriptor(v), _descriptor(dout), _descriptor(dq), lse, lse_lo, delta,

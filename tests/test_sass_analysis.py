@@ -354,8 +354,8 @@ def test_info_kernels_sass_json_has_the_fields_for_every_kept_config(sass_report
             with_mma.add(r["kernel"])
             assert s["static_ceiling"] is not None, where
     # The tensor-core kernels have main loops; the elementwise and reduction ones do not.
-    assert {"attention_fwd", "attention_bwd_dkdv", "attention_bwd_dq", "decode_split", "feed_forward_gate_up_fwd",
-            "feed_forward_gate_up_bwd"} | ({"flash_fwd_kernel"} if has_nvcc else set()) <= with_mma
+    assert {"attention_fwd", "attention_bwd_dkdv", "attention_bwd_dq", "attention_fwd_tma", "attention_bwd_dkdv_tma",
+            "attention_bwd_dq_tma", "decode_split", "feed_forward_gate_up_fwd", "feed_forward_gate_up_bwd"} | ({"flash_fwd_kernel"} if has_nvcc else set()) <= with_mma
     assert not with_mma & {"softmax_fwd", "softmax_bwd", "gated_act_fwd", "bias_gelu_fwd", "attention_bwd_delta"}
     if not has_nvcc:
         return
