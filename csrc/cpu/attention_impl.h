@@ -138,19 +138,32 @@ void ukernel_f32_rows(int mr, int64_t K, const float* A, int64_t am, int64_t ak,
   }
 }
 
+// The causal staircase of a diagonal block, for the forward's two products: row m of S
+// sees columns (keys) n < m + stair only. A block of rows m0 .. m0+mr-1 then needs columns
+// below stair_end(m0, mr, stair) and no more: S = Q K^T may leave the rest unwritten (the
+// range mask writes -inf there), and P V may stop its reduction there (P is 0 beyond).
+// Without a staircase (kNoStair) every product is whole.
+constexpr int64_t kNoStair = (int64_t)1 << 40;
+FA_INLINE int64_t stair_end(int64_t m0, int mr, int64_t stair) { return imax(0, m0 + mr - 1 + stair); }
+
 // C[M x N] (mode) A[M x K] B[K x N], fp32; N a multiple of W. Columns outer so that a
 // K x 2W panel of B stays in L1 while every row block of A streams past it.
+// ncut: skip the panels a row block's staircase hides (C left unwritten there);
+// kcut: end each row block's reduction at its staircase (A must be 0 beyond it).
 void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t am, int64_t ak,
-              const float* B, int64_t ldb, float* C, int64_t ldc, int mode, const float* rs) {
+              const float* B, int64_t ldb, float* C, int64_t ldc, int mode, const float* rs,
+              int64_t ncut = kNoStair, int64_t kcut = kNoStair) {
   for (int64_t n0 = 0; n0 < N; n0 += 2 * W) {
     const bool two = N - n0 >= 2 * W;
     for (int64_t m0 = 0; m0 < M; m0 += MR) {
       const int mr = (int)imin(MR, M - m0);
+      if (n0 >= stair_end(m0, mr, ncut)) continue;
+      const int64_t k = imin(K, stair_end(m0, mr, kcut));
       const float* r = rs ? rs + m0 : nullptr;
       if (two)
-        ukernel_f32_rows<2>(mr, K, A + m0 * am, am, ak, B + n0, ldb, C + m0 * ldc + n0, ldc, mode, r);
+        ukernel_f32_rows<2>(mr, k, A + m0 * am, am, ak, B + n0, ldb, C + m0 * ldc + n0, ldc, mode, r);
       else
-        ukernel_f32_rows<1>(mr, K, A + m0 * am, am, ak, B + n0, ldb, C + m0 * ldc + n0, ldc, mode, r);
+        ukernel_f32_rows<1>(mr, k, A + m0 * am, am, ak, B + n0, ldb, C + m0 * ldc + n0, ldc, mode, r);
     }
   }
 }
@@ -193,18 +206,22 @@ void ukernel_bf16_rows(int mr, int64_t KP, const uint16_t* A, int64_t am, const 
 }
 
 // C[M x N] (mode) A[M x 2KP] B[2KP x N] with bf16 A (row-major, leading dim am) and
-// pair-interleaved bf16 B (leading dim ldb = 2 * row length in elements).
+// pair-interleaved bf16 B (leading dim ldb = 2 * row length in elements); ncut and kcut
+// as gemm_f32's (kcut counts elements of the reduction, not pairs).
 void gemm_bf16(int64_t M, int64_t N, int64_t KP, const uint16_t* A, int64_t am, const uint16_t* B,
-               int64_t ldb, float* C, int64_t ldc, int mode, const float* rs) {
+               int64_t ldb, float* C, int64_t ldc, int mode, const float* rs,
+               int64_t ncut = kNoStair, int64_t kcut = kNoStair) {
   for (int64_t n0 = 0; n0 < N; n0 += 2 * W) {
     const bool two = N - n0 >= 2 * W;
     for (int64_t m0 = 0; m0 < M; m0 += MR) {
       const int mr = (int)imin(MR, M - m0);
+      if (n0 >= stair_end(m0, mr, ncut)) continue;
+      const int64_t kp = imin(KP, cdiv(stair_end(m0, mr, kcut), 2));
       const float* r = rs ? rs + m0 : nullptr;
       if (two)
-        ukernel_bf16_rows<2>(mr, KP, A + m0 * am, am, B + 2 * n0, ldb, C + m0 * ldc + n0, ldc, mode, r);
+        ukernel_bf16_rows<2>(mr, kp, A + m0 * am, am, B + 2 * n0, ldb, C + m0 * ldc + n0, ldc, mode, r);
       else
-        ukernel_bf16_rows<1>(mr, KP, A + m0 * am, am, B + 2 * n0, ldb, C + m0 * ldc + n0, ldc, mode, r);
+        ukernel_bf16_rows<1>(mr, kp, A + m0 * am, am, B + 2 * n0, ldb, C + m0 * ldc + n0, ldc, mode, r);
     }
   }
 }
@@ -581,12 +598,15 @@ void fwd_typed(const AttnParams& p) {
         const int64_t nk = imin(kBK, round_up(s.lk - j0, 16));
         const E* Kb = kvbuf + ((kb_off[s.b] + kb) * g.Hk + hk) * (ksz + vsz);
         const E* Vb = Kb + ksz;
+        // Row r of the block sees keys j0 + jj with jj < r + stair (causal or a right window):
+        // the products skip what a whole row block of the diagonal would only mask away.
+        const int64_t stair = g.wr >= 0 ? i0 + s.off + g.wr - j0 + 1 : kNoStair;
 #if FA_DPBF16
-        if constexpr (DP) gemm_bf16(mq, nk, g.D2 / 2, Qb, qld, Kb, 2 * kBK, S, kBK, kSet, nullptr);
+        if constexpr (DP) gemm_bf16(mq, nk, g.D2 / 2, Qb, qld, Kb, 2 * kBK, S, kBK, kSet, nullptr, stair);
         else
 #endif
           gemm_f32(mq, nk, g.D, reinterpret_cast<const float*>(Qb), qld, 1,
-                   reinterpret_cast<const float*>(Kb), kBK, S, kBK, kSet, nullptr);
+                   reinterpret_cast<const float*>(Kb), kBK, S, kBK, kSet, nullptr, stair);
         const bool range_mask = needs_range_mask(g, s, i0, i0 + mq, j0, nk);
         if (fuse_scale) {
           if (range_mask) mask_range(g, s, i0, mq, j0, nk, S);
@@ -604,7 +624,8 @@ void fwd_typed(const AttnParams& p) {
           // A row with nothing visible yet keeps m = -inf; subtracting 0 instead keeps
           // exp2 at exactly 0 (not NaN from -inf - -inf).
           const float m_use = m_new == -__builtin_inff() ? 0.0f : m_new;
-          alpha[r] = exp2f(m[r] - m_use);
+          // An unchanged max (most rows, most blocks) rescales by exactly 1: no exp2f call.
+          alpha[r] = m_new == m[r] && m_use == m_new ? 1.0f : exp2f(m[r] - m_use);
           const R nmv = Vec::set1(-m_use);
           R vs = Vec::zero();
           // Dropout scales P V only: the row sum l (the softmax's normaliser) takes every P.
@@ -624,11 +645,11 @@ void fwd_typed(const AttnParams& p) {
           m[r] = m_new;
         }
 #if FA_DPBF16
-        if constexpr (DP) gemm_bf16(mq, g.Dvp, nk / 2, P, kBK, Vb, 2 * g.Dvp, O, g.Dvp, kScaleAdd, alpha);
+        if constexpr (DP) gemm_bf16(mq, g.Dvp, nk / 2, P, kBK, Vb, 2 * g.Dvp, O, g.Dvp, kScaleAdd, alpha, kNoStair, stair);
         else
 #endif
           gemm_f32(mq, g.Dvp, nk, reinterpret_cast<const float*>(P), kBK, 1,
-                   reinterpret_cast<const float*>(Vb), g.Dvp, O, g.Dvp, kScaleAdd, alpha);
+                   reinterpret_cast<const float*>(Vb), g.Dvp, O, g.Dvp, kScaleAdd, alpha, kNoStair, stair);
       }
 
       for (int64_t r = 0; r < mq; ++r) {
