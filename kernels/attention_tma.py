@@ -40,7 +40,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._configs import select_compiled
 from .attention_shared import (INTERPRET, SMEM_LIMIT, _TUNE_KEY, _arch, _compile_report, _dropout_keep,
-                               _forward_result, _head_operands, _key_ranges, _positive_score_scale, _row_block_id,
+                               _forward_result, _head_operands, _key_ranges, _row_block_id, _score_scale,
                                _softmax_step, kernel_configs)
 
 __all__ = ["launch_fwd_tma", "tma_compatible", "unsupported_reason", "uses_tma", "TMA_MIN_ARCH", "TMA_MAX_HEAD_DIM"]
@@ -56,10 +56,13 @@ tiles spill)."""
 def tma_compatible(*tensors: torch.Tensor) -> bool:
     """Whether TMA can address each ``(B, H, L, D)`` tensor as it is laid out: unit stride on the
     last dim, every other stride and the base address a multiple of 16 bytes (the
-    descriptor's rules), and at most 2**31 - 1 elements along each dim."""
+    descriptor's rules), no broadcast (zero-stride) dim, and at most 2**31 - 1 elements along
+    each dim."""
     for t in tensors:
         elem = t.element_size()
         if t.dim() != 4 or t.stride(-1) != 1 or t.data_ptr() % 16:
+            return False
+        if any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape)):
             return False
         if any((s * elem) % 16 for s in t.stride()[:-1]) or any(n >= 2 ** 31 for n in t.shape):
             return False
@@ -175,10 +178,11 @@ def _attn_fwd_tma(
     offs_n = tl.arange(0, BLOCK_N)
     rows = start_m + offs_m
 
+    # Q stays the tile TMA wrote to shared memory, where the wgmma reads it: negating it here (for
+    # a negative scale) would move it into registers and serialise every Q K^T wgmma on register
+    # copies of its operand. The launcher passes a positive scale instead (launch_fwd_tma).
     q = desc_q.load([off_b, off_h, start_m, 0]).reshape([BLOCK_M, BLOCK_D])
-    qk_scale, cap, flip_q = _positive_score_scale(sm_scale, softcap, SOFTCAP)
-    if flip_q:  # q.k * scale == (-q).k * |scale| exactly: the loops may assume scale > 0
-        q = -q
+    qk_scale, cap = _score_scale(sm_scale, softcap, SOFTCAP)
     slope, mask_base = _head_operands(Alibi, Mask, off_b, off_h, stride_ab, stride_ah, stride_mb, stride_mh, ALIBI,
                                       MASK_MODE)
 
@@ -223,6 +227,12 @@ def launch_fwd_tma(q, k, v, out, lse, ptrs, extra_strides, scalars, flags) -> No
     :func:`tma_compatible`)."""
     _cu_q, _cu_k, alibi, mask = ptrs
     heads, batch, lq = q.shape[1], q.shape[0], q.shape[2]
+    if scalars[3] < 0:
+        # The kernel assumes a positive scale (its interior loop folds the scale and the max
+        # subtraction into one FMA): q.k * scale == (-q).k * |scale| exactly.
+        # The copy keeps q's strides, so its descriptor's rules hold as q's do.
+        q = torch.neg(q, out=torch.empty_strided(q.shape, q.stride(), dtype=q.dtype, device=q.device))
+        scalars = scalars[:3] + (-scalars[3],) + scalars[4:]
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), heads, batch)
     _attn_fwd_tma[grid](
         _descriptor(q), _descriptor(k), _descriptor(v), _descriptor(out), lse, alibi, mask,

@@ -86,7 +86,7 @@ def test_forward_matches_reference(run):
 
 def test_alibi_mask_and_negative_scale():
     """ALiBi slopes, a boolean mask broadcast over heads, an additive mask, and a negative scale
-    (the kernel flips q once so that its FMA fold may assume a positive one)."""
+    (the launcher negates q so that the kernel's FMA fold may assume a positive one)."""
     q, k, v = _inputs(2, 4, 2, 70, 90, 32, F16, True, seed=21)
     slopes = torch.rand(4, device=DEVICE) * 0.3
     _check(q, k, v, AttentionArgs(scale=0.2, causal=True, bottom_right=True), alibi_slopes=slopes)
@@ -96,6 +96,9 @@ def test_alibi_mask_and_negative_scale():
     bias = torch.randn(1, 4, 70, 90, generator=gen).to(DEVICE)
     _check(q, k, v, AttentionArgs(scale=0.2, causal=True), attn_mask=bias)
     _check(q, k, v, AttentionArgs(scale=-0.3, causal=True, bottom_right=True))
+    # Scores spanning hundreds in base 2: a running max taken as if the scale were positive
+    # would overflow exp2.
+    _check(q, k, v, AttentionArgs(scale=-8.0, causal=True))
 
 
 def test_dropout_equals_the_pointer_kernel():
@@ -144,6 +147,7 @@ def test_tma_compatibility_rule():
     assert not tma.tma_compatible(x[..., 1:33])  # base address 2 bytes off
     assert not tma.tma_compatible(x.transpose(2, 3))  # head dim not contiguous
     assert tma.tma_compatible(torch.randn(1, 2, 5, 4, dtype=F32))  # 16-byte fp32 rows
+    assert not tma.tma_compatible(torch.randn(1, 1, 8, 64, dtype=F16).expand(2, 3, 8, 64))  # broadcast heads
     bad = torch.randn(1, 2, 8, 12, dtype=F16, device=DEVICE)
     with pytest.raises(ValueError, match="16-byte aligned"):
         _fwd_tma(bad, bad, bad, AttentionArgs(scale=0.3))
