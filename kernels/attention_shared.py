@@ -52,7 +52,9 @@ _CANDIDATES = {
     ],
     # The Hopper backward (attention_tma_bwd): Q/dO (dK/dV) and K/V (dQ) arrive by TMA, and the
     # dK/dV loop computes the transposed tiles (keys x rows), so BLOCK_N keys are the wgmma's M
-    # (64 a warpgroup): 128-key tiles on 4 and 8 warps, as the tutorial's backward.
+    # (64 a warpgroup): 128-key tiles on 4 and 8 warps, as the tutorial's backward. 16x32 (which
+    # repeats MMA work 1.4x over its 4 warps) is the one that does not spill with every feature at
+    # once at head dim 64; on 2 warps it spills.
     "bwd_dkdv_tma": [
         dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, **({"maxnreg": 255} if w == 8 else {}))
         for bm, bn, w, s in [(64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 2), (16, 64, 4, 2), (16, 32, 4, 2)]
