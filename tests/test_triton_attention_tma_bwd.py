@@ -109,7 +109,7 @@ def test_bool_mask_and_rows_without_keys():
     q, k, v = _inputs(2, 2, 2, 70, 90, 32, F16, False, seed=23)
     keep = (torch.rand(2, 1, 70, 90, generator=torch.Generator().manual_seed(6)) > 0.3).to(DEVICE)
     _check(q, k, v, AttentionArgs(scale=0.2), attn_mask=keep)
-    q, k, v = _inputs(1, 2, 1, 60, 40, tma_bwd.TMA_BWD_MAX_HEAD_DIM, BF16, False, seed=41)
+    q, k, v = _inputs(1, 2, 1, 60, 40, tma_bwd.TMA_BWD_MAX_HEAD_DIM[2], BF16, False, seed=41)
     _check(q, k, v, AttentionArgs(scale=0.09, causal=True, bottom_right=True))
 
 
