@@ -122,36 +122,50 @@ def source_tree(rev: str, dest: Path) -> Path:
     return dest / "csrc"
 
 
-def build(a: str, b: str, work: Path) -> Path:
-    """The driver with the kernels of revisions a and b; returns the executable."""
-    flags = ["-O3", "-DNDEBUG", "-std=c++17", "-fopenmp", "-w"]
+def build_driver(a: str, b: str, work: Path, units: dict, driver: str, debug: bool = False) -> Path:
+    """A C++ driver linking the kernels of revisions a and b; returns the executable.
+    ``units`` maps a unit name to the #defines that precede ``#include "isa_unit.h"`` (its
+    FA_ISA gets the suffix _a or _b); ``driver`` is the main program's source."""
+    flags = ["-O3", "-DNDEBUG", "-std=c++17", "-fopenmp", "-w"] + (["-g"] if debug else [])
     trees = {"a": source_tree(a, work / "a"), "b": source_tree(b, work / "b")}
     if (trees["a"] / "cpu/attention.h").read_text() != (trees["b"] / "cpu/attention.h").read_text():
         sys.exit("csrc/cpu/attention.h differs between the two revisions: the driver fills one AttnParams")
     objs = []
     for tag, inc in trees.items():
-        for isa, (target, bits) in ISAS.items():
-            unit = work / f"unit_{isa}_{tag}.cpp"
-            unit.write_text(f'#define FA_TARGET "{target}"\n#define FA_IMPL "decode_impl.h"\n'
-                            f"#define FA_ISA {isa}_{tag}\n#define FA_VEC_BITS {bits}\n#include \"isa_unit.h\"\n")
+        for name, defines in units.items():
+            unit = work / f"unit_{name}_{tag}.cpp"
+            unit.write_text(f"{defines}\n#define FA_ISA {name}_{tag}\n#include \"isa_unit.h\"\n")
             objs.append(unit.with_suffix(".o"))
             subprocess.run(["g++", *flags, f"-I{inc / 'cpu'}", f"-I{inc}", "-c", str(unit), "-o", str(objs[-1])],
                            check=True)
-    (work / "main.cpp").write_text(DRIVER)
+    (work / "main.cpp").write_text(driver)
     exe = work / "ab"
     subprocess.run(["g++", *flags, f"-I{trees['b']}", str(work / "main.cpp"), *map(str, objs), "-o", str(exe)],
                    check=True)
     return exe
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build(a: str, b: str, work: Path) -> Path:
+    """The driver with the decoding kernels of revisions a and b; returns the executable."""
+    units = {isa: f'#define FA_TARGET "{target}"\n#define FA_IMPL "decode_impl.h"\n#define FA_VEC_BITS {bits}'
+             for isa, (target, bits) in ISAS.items()}
+    return build_driver(a, b, work, units, DRIVER)
+
+
+def ab_arguments(doc: str, isas: str, cases: str, case_form: str, reps: int) -> argparse.ArgumentParser:
+    """The arguments every A/B driver takes: the two revisions, ISAs, cases, threads, reps."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--a", required=True, help="git revision of A (or WORKTREE)")
     ap.add_argument("--b", default="WORKTREE", help="git revision of B (default: the working tree)")
-    ap.add_argument("--isas", default="avx2,avx512")
-    ap.add_argument("--cases", default=DEFAULT_CASES, help="BxHqxHkxLxDxDT, comma separated")
+    ap.add_argument("--isas", default=isas)
+    ap.add_argument("--cases", default=cases, help=f"{case_form}, comma separated")
     ap.add_argument("--threads", default="1")
-    ap.add_argument("--reps", type=int, default=31)
+    ap.add_argument("--reps", type=int, default=reps)
+    return ap
+
+
+def main() -> None:
+    ap = ab_arguments(__doc__, "avx2,avx512", DEFAULT_CASES, "BxHqxHkxLxDxDT", 31)
     ap.add_argument("--layout", choices=("flash", "heads"), default="flash")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -162,15 +176,24 @@ def main() -> None:
             for threads in args.threads.split(","):
                 for case in args.cases.split(","):
                     *dims, dt = case.split("x")
-                    out = subprocess.run([str(exe), isa, *dims, dt, threads, str(args.reps), args.layout],
-                                         check=True, capture_output=True, text=True).stdout
-                    row = dict(isa=isa, case=case, threads=int(threads), layout=args.layout, **json.loads(out))
-                    row["b_over_a"] = row["b_median_us"] / row["a_median_us"]
-                    rows.append(row)
-                    print(f"{isa:7s} {case:22s} thr={threads}  A {row['a_median_us']:10.1f} us "
-                          f"(min {row['a_min_us']:9.1f})  B {row['b_median_us']:10.1f} us "
-                          f"(min {row['b_min_us']:9.1f})  B/A {row['b_over_a']:.3f}  max diff {row['max_diff']:.2g}",
-                          flush=True)
+                    rows.append(ab_row([str(exe), isa, *dims, dt, threads, str(args.reps), args.layout], "us",
+                                       dict(isa=isa, case=case, threads=int(threads), layout=args.layout)))
+    save_json(args, rows)
+
+
+def ab_row(argv: list, unit: str, row: dict) -> dict:
+    """Runs the driver (argv), adds its timings (in ``unit``) and B / A to ``row``, prints it."""
+    row.update(json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout))
+    a, b = row[f"a_median_{unit}"], row[f"b_median_{unit}"]
+    row["b_over_a"] = b / a
+    print(f"{row['isa']:10s} {row['case']:26s} thr={row['threads']}  A {a:10.2f} {unit} "
+          f"(min {row[f'a_min_{unit}']:9.2f})  B {b:10.2f} {unit} (min {row[f'b_min_{unit}']:9.2f})  "
+          f"B/A {row['b_over_a']:.3f}  max diff {row['max_diff']:.2g}", flush=True)
+    return row
+
+
+def save_json(args, rows: list) -> None:
+    """The rows with the command, the revisions and the load average, to ``--json`` if given."""
     if args.json:
         record = dict(command=" ".join(sys.argv), a=args.a, b=args.b, load_average=os.getloadavg(), rows=rows)
         Path(args.json).write_text(json.dumps(record, indent=1))

@@ -16,16 +16,13 @@ faster), and the largest difference between their outputs. Correctness is the te
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu_decode_ab import source_tree  # noqa: E402
+from bench_cpu_decode_ab import ab_arguments, ab_row, build_driver, save_json  # noqa: E402
 
 ISAS = {  # name: (target features, vector bits, VDPBF16PS); as csrc/cpu/attention_<isa>.cpp
     "avx2": ("avx2,fma,f16c,bmi,bmi2", 256, 0),
@@ -104,36 +101,15 @@ int main(int argc, char** argv) {
 
 
 def build(a: str, b: str, work: Path) -> Path:
-    """The driver with the forward kernels of revisions a and b; returns the executable."""
-    flags = ["-O3", "-DNDEBUG", "-std=c++17", "-fopenmp", "-w", "-g"]
-    trees = {"a": source_tree(a, work / "a"), "b": source_tree(b, work / "b")}
-    if (trees["a"] / "cpu/attention.h").read_text() != (trees["b"] / "cpu/attention.h").read_text():
-        sys.exit("csrc/cpu/attention.h differs between the two revisions: the driver fills one AttnParams")
-    objs = []
-    for tag, inc in trees.items():
-        for isa, (target, bits, dp) in ISAS.items():
-            unit = work / f"unit_{isa}_{tag}.cpp"
-            unit.write_text(f'#define FA_TARGET "{target}"\n#define FA_IMPL "attention_impl.h"\n'
-                            f"#define FA_ISA {isa}_{tag}\n#define FA_VEC_BITS {bits}\n#define FA_DPBF16 {dp}\n"
-                            '#include "isa_unit.h"\n')
-            objs.append(unit.with_suffix(".o"))
-            subprocess.run(["g++", *flags, f"-I{inc / 'cpu'}", f"-I{inc}", "-c", str(unit), "-o", str(objs[-1])],
-                           check=True)
-    (work / "main.cpp").write_text(DRIVER)
-    exe = work / "ab"
-    subprocess.run(["g++", *flags, f"-I{trees['b']}", str(work / "main.cpp"), *map(str, objs), "-o", str(exe)],
-                   check=True)
-    return exe
+    """The driver with the forward kernels of revisions a and b (with symbols, for perf)."""
+    units = {isa: f'#define FA_TARGET "{target}"\n#define FA_IMPL "attention_impl.h"\n'
+                  f"#define FA_VEC_BITS {bits}\n#define FA_DPBF16 {dp}"
+             for isa, (target, bits, dp) in ISAS.items()}
+    return build_driver(a, b, work, units, DRIVER, debug=True)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--a", required=True, help="git revision of A (or WORKTREE)")
-    ap.add_argument("--b", default="WORKTREE", help="git revision of B (default: the working tree)")
-    ap.add_argument("--isas", default="avx512bf16,avx2")
-    ap.add_argument("--cases", default=DEFAULT_CASES, help="BxHxLxDxDTxMASK, comma separated")
-    ap.add_argument("--threads", default="1")
-    ap.add_argument("--reps", type=int, default=11)
+    ap = ab_arguments(__doc__, "avx512bf16,avx2", DEFAULT_CASES, "BxHxLxDxDTxMASK", 11)
     ap.add_argument("--keep", help="copy the driver executable here (for perf or objdump)")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -147,20 +123,10 @@ def main() -> None:
             for threads in args.threads.split(","):
                 for case in args.cases.split(","):
                     *dims, dt, mask = case.split("x")
-                    out = subprocess.run([str(exe), isa, *dims, dt, mask, threads, str(args.reps)],
-                                         check=True, capture_output=True, text=True).stdout
-                    row = dict(isa=isa, case=case, threads=int(threads), load_average=os.getloadavg()[0],
-                               **json.loads(out))
-                    row["b_over_a"] = row["b_median_ms"] / row["a_median_ms"]
-                    rows.append(row)
-                    print(f"{isa:10s} {case:26s} thr={threads}  A {row['a_median_ms']:9.2f} ms "
-                          f"(min {row['a_min_ms']:8.2f})  B {row['b_median_ms']:9.2f} ms "
-                          f"(min {row['b_min_ms']:8.2f})  B/A {row['b_over_a']:.3f}  max diff {row['max_diff']:.2g}",
-                          flush=True)
-    if args.json:
-        record = dict(command=" ".join(sys.argv), a=args.a, b=args.b, load_average=os.getloadavg(), rows=rows)
-        Path(args.json).write_text(json.dumps(record, indent=1))
-
+                    rows.append(ab_row([str(exe), isa, *dims, dt, mask, threads, str(args.reps)], "ms",
+                                       dict(isa=isa, case=case, threads=int(threads),
+                                            load_average=os.getloadavg()[0])))
+    save_json(args, rows)
 
 if __name__ == "__main__":
     main()

@@ -631,7 +631,7 @@ void fwd_typed(const AttnParams& p) {
           // Dropout scales P V only: the row sum l (the softmax's normaliser) takes every P.
           if (drop) dropout_row(p, s, h, i0 + r, j0, nk, Mrow);
           for (int64_t j = 0; j < nk; j += W) {
-            R e = Vec::exp2(Vec::fmadd(Vec::load(z + j), zs, nmv));
+            R e = Vec::exp2_fast(Vec::fmadd(Vec::load(z + j), zs, nmv));
             vs = Vec::add(vs, e);
             if (drop) e = Vec::mul(e, Vec::load(Mrow + j));
 #if FA_DPBF16
