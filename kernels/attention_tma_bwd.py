@@ -23,9 +23,9 @@ windows, both causal alignments), the same dropout stream and mask gradient. Wha
   a score without features), and the blocks after it (the ragged end, a window's other edge).
 
 Served: what :mod:`.attention_tma` serves (tensors TMA can address, not varlen) in fp16 and
-bf16 at head dims up to 64 (:data:`TMA_BWD_MAX_HEAD_DIM`), with every feature of the pointer backward (GQA/MQA,
-causal both alignments, windows, softcap, ALiBi, bool and additive masks with their row
-statistics, dropout, the mask gradient, atomic and deterministic dQ). The rest runs the pointer
+bf16 at head dims up to 64 (:data:`TMA_BWD_MAX_HEAD_DIM`), with every feature of the pointer
+backward (GQA/MQA, causal both alignments, windows, softcap, ALiBi, bool and additive masks
+with their row statistics, dropout, the mask gradient, atomic and deterministic dQ). The rest runs the pointer
 kernels: :func:`fastattn.kernels.attention.attention_bwd` sends a call here on compute
 capability 9.x when :func:`unsupported_reason` has nothing against it, or when asked
 (``path="tma"``: the tests run it so under the interpreter).
@@ -39,8 +39,7 @@ import triton.language as tl
 from ._configs import select_compiled
 from .attention_shared import (INTERPRET, SMEM_LIMIT, _TUNE_KEY, _arch, _compile_report, _dropout_keep_at,
                                _head_operands, _key_ranges, _lse_rows, _probs_at, _query_ranges, _row_block_id,
-                               _score_scale,
-                               kernel_configs)
+                               _score_scale, kernel_configs)
 from .attention_tma import TMA_MIN_ARCH, _descriptor, tma_compatible
 from .attention_tma import unsupported_reason as _forward_unsupported_reason
 
@@ -50,8 +49,9 @@ __all__ = ["launch_bwd_tma", "unsupported_reason", "uses_tma", "TMA_BWD_MAX_HEAD
 TMA_BWD_MAX_HEAD_DIM = {2: 64}
 """The widest head dim sent here, by element size in bytes (16-bit only). The register file
 decides, by ptxas's reports for sm_90a: at head dim 128 every dK/dV candidate spills with
-atomic dQ (412-9128 bytes: the fp32 dK and dV accumulators of a 64-key tile alone are 128
-registers a thread), and in fp32 (tf32x3 keeps two copies of each operand) every one spills
+atomic dQ (the default) and with any feature (412-9128 bytes: the fp32 dK and dV accumulators of
+a 64-key tile alone are 128 registers a thread; only the featureless deterministic launch keeps
+32x64 and 16x64), and in fp32 (tf32x3 keeps two copies of each operand) every one spills
 from head dim 32 on (172-20268 bytes), so the pointer kernels run those."""
 
 
