@@ -188,7 +188,9 @@ def ab_row(argv: list, unit: str, row: dict) -> dict:
     row["b_over_a"] = b / a
     print(f"{row['isa']:10s} {row['case']:26s} thr={row['threads']}  A {a:10.2f} {unit} "
           f"(min {row[f'a_min_{unit}']:9.2f})  B {b:10.2f} {unit} (min {row[f'b_min_{unit}']:9.2f})  "
-          f"B/A {row['b_over_a']:.3f}  max diff {row['max_diff']:.2g}", flush=True)
+          f"B/A {row['b_over_a']:.3f}  max diff {row['max_diff']:.2g}"
+          + (f"  CPU time B/A {row['b_cpu_median_ms'] / row['a_cpu_median_ms']:.3f}" if "a_cpu_median_ms" in row else ""),
+          flush=True)
     return row
 
 

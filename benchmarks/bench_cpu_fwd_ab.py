@@ -11,7 +11,9 @@ the Python extension and torch are not involved). A case ``BxHxLxDxDTxMASK`` is 
 sequence length (queries = keys), head dim, dtype (``f32`` or ``bf16``) and ``causal`` or
 ``full``; q, k, v are contiguous ``(B, H, L, D)`` as torch's SDPA takes them.
 Printed per case: the medians and fastest calls of A and B, B / A by the medians (below 1: B is
-faster), and the largest difference between their outputs. Correctness is the tests' business
+faster), and the largest difference between their outputs; the JSON also holds the medians of
+the process CPU time per call (``a_cpu_median_ms``; at 1 thread, the wall time less the waits
+for other processes). Correctness is the tests' business
 (``tests/test_cpu_attention.py``); this only times.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ DRIVER = r"""
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <vector>
 #include "cpu/attention.h"
 using fastattn::cpu::AttnParams;
@@ -79,23 +82,29 @@ int main(int argc, char** argv) {
   namespace c = fastattn::cpu;
   const F fn[2] = {!strcmp(argv[1], "avx2") ? c::avx2_a::attention_fwd : !strcmp(argv[1], "avx512") ? c::avx512_a::attention_fwd : c::avx512bf16_a::attention_fwd,
                    !strcmp(argv[1], "avx2") ? c::avx2_b::attention_fwd : !strcmp(argv[1], "avx512") ? c::avx512_b::attention_fwd : c::avx512bf16_b::attention_fwd};
-  std::vector<double> t[2];
+  std::vector<double> t[2], cpu[2];  // wall and process CPU time (less sensitive to other processes)
   for (int r = 0; r < reps + 1; ++r)
     for (int w = 0; w < 2; ++w) {
       const int s = (r + w) % 2;  // alternate which goes first
       AttnParams pp = p;
       pp.out = {O[s].data(), H * L * D, L * D, D, 1};
       pp.lse = lse[s].data();
+      const std::clock_t c0 = std::clock();
       const auto t0 = std::chrono::steady_clock::now();
       fn[s](pp);
       const auto t1 = std::chrono::steady_clock::now();
-      if (r >= 1) t[s].push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+      const std::clock_t c1 = std::clock();
+      if (r >= 1) {
+        t[s].push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+        cpu[s].push_back(1e3 * (double)(c1 - c0) / CLOCKS_PER_SEC);
+      }
     }
   double diff = 0;
   for (size_t i = 0; i < n; ++i) diff = std::max(diff, (double)fabsf(elem(O[0], i, f32) - elem(O[1], i, f32)));
-  for (auto& v : t) std::sort(v.begin(), v.end());
-  printf("{\"a_median_ms\": %.3f, \"a_min_ms\": %.3f, \"b_median_ms\": %.3f, \"b_min_ms\": %.3f, \"max_diff\": %.3g}\n",
-         t[0][t[0].size() / 2], t[0][0], t[1][t[1].size() / 2], t[1][0], diff);
+  for (auto* v : {&t[0], &t[1], &cpu[0], &cpu[1]}) std::sort(v->begin(), v->end());
+  printf("{\"a_median_ms\": %.3f, \"a_min_ms\": %.3f, \"b_median_ms\": %.3f, \"b_min_ms\": %.3f, \"max_diff\": %.3g, "
+         "\"a_cpu_median_ms\": %.3f, \"b_cpu_median_ms\": %.3f}\n",
+         t[0][t[0].size() / 2], t[0][0], t[1][t[1].size() / 2], t[1][0], diff, cpu[0][cpu[0].size() / 2], cpu[1][cpu[1].size() / 2]);
 }
 """
 

@@ -43,6 +43,10 @@ constexpr int64_t kBQ = 64;   // query rows per block
 constexpr int64_t kBK = 128;  // keys per block (a multiple of 16: N of every score tile)
 constexpr int64_t kPad = 16;  // feature dims are padded to this in packed buffers
 constexpr int MR = Vec::MR;
+// The forward's query rows per block: kBQ rounded up to a multiple of the micro-kernel's
+// rows (AVX2: 66 = 11 x 6), so that no block ends in a part-filled row tile (with 64,
+// every AVX2 block did: 10 x 6 + 4, the 4-row tile at two thirds of the FMA rate).
+constexpr int64_t kBQF = (kBQ + MR - 1) / MR * MR;
 
 template <class T>
 T* alloc_zero(int64_t n) {
@@ -527,8 +531,8 @@ void fwd_typed(const AttnParams& p) {
   for (int64_t b = 0; b < g.nseq; ++b) {
     const Seq s = seq_of(p, g, b);
     kb_off[b + 1] = kb_off[b] + cdiv(s.lk, kBK);
-    max_nqb = imax(max_nqb, cdiv(s.lq, kBQ));
-    n_qblocks += cdiv(s.lq, kBQ);
+    max_nqb = imax(max_nqb, cdiv(s.lq, kBQF));
+    n_qblocks += cdiv(s.lq, kBQF);
   }
   const int64_t n_kblocks = kb_off[g.nseq] * g.Hk;
   const int64_t ksz = DP ? g.D2 * kBK : g.D * kBK;
@@ -538,7 +542,7 @@ void fwd_typed(const AttnParams& p) {
   int64_t n_units = 0;
   for (int64_t qb = max_nqb - 1; qb >= 0; --qb)
     for (int64_t b = 0; b < g.nseq; ++b)
-      if (qb < cdiv(seq_of(p, g, b).lq, kBQ)) {
+      if (qb < cdiv(seq_of(p, g, b).lq, kBQF)) {
         units[2 * n_units] = b;
         units[2 * n_units + 1] = qb;
         ++n_units;
@@ -557,13 +561,13 @@ void fwd_typed(const AttnParams& p) {
     }
 
     const int64_t qld = DP ? g.D2 : g.D;
-    E* Qb = alloc_zero<E>(kBQ * qld);
-    float* S = alloc<float>(kBQ * kBK);
-    E* P = alloc<E>(kBQ * kBK);
-    float* O = alloc<float>(kBQ * g.Dvp);
-    float* m = alloc<float>(kBQ);
-    float* l = alloc<float>(kBQ);
-    float* alpha = alloc<float>(kBQ);
+    E* Qb = alloc_zero<E>(kBQF * qld);
+    float* S = alloc<float>(kBQF * kBK);
+    E* P = alloc<E>(kBQF * kBK);
+    float* O = alloc<float>(kBQF * g.Dvp);
+    float* m = alloc<float>(kBQF);
+    float* l = alloc<float>(kBQF);
+    float* alpha = alloc<float>(kBQF);
     const bool drop = p.dropout_p > 0.0f;
     float* Mrow = drop ? alloc<float>(kBK) : nullptr;
 
@@ -571,7 +575,7 @@ void fwd_typed(const AttnParams& p) {
     for (int64_t w = 0; w < n_units * g.Hq; ++w) {
       const int64_t u = w / g.Hq, h = w % g.Hq, hk = h / g.group;
       const Seq s = seq_of(p, g, units[2 * u]);
-      const int64_t i0 = units[2 * u + 1] * kBQ, mq = imin(kBQ, s.lq - i0);
+      const int64_t i0 = units[2 * u + 1] * kBQF, mq = imin(kBQF, s.lq - i0);
 
       for (int64_t r = 0; r < mq; ++r) {
         const void* qr = elem_ptr(p.q, esz, s.tb, h, s.q0 + i0 + r);
@@ -583,7 +587,7 @@ void fwd_typed(const AttnParams& p) {
         m[r] = -__builtin_inff();
         l[r] = 0.0f;
       }
-      memset(O, 0, sizeof(float) * kBQ * g.Dvp);
+      memset(O, 0, sizeof(float) * kBQF * g.Dvp);
 
       int64_t jlo, jhi;
       block_key_range(g, s, i0, i0 + mq, &jlo, &jhi);
