@@ -495,6 +495,31 @@ void pack_kv_block(const AttnParams& p, const Geo& g, const Seq& s, int64_t hk, 
   if constexpr (DP) {
     memset(Kb, 0, sizeof(uint16_t) * g.D2 * kBK);
     memset(Vb, 0, sizeof(uint16_t) * kBK * g.Dvp);
+#if FA_DPBF16
+    if (p.k.sd == 1 && p.v.sd == 1) {
+      // Contiguous rows: K moves as 32-bit words (a pair along d is one word of K2), and
+      // two keys' V values interleave into one word of V2 each; a scalar scatter of 16-bit
+      // elements cost ~2% of a causal bf16 forward.
+      u32_alias* kw = reinterpret_cast<u32_alias*>(Kb);
+      u32_alias* vw = reinterpret_cast<u32_alias*>(Vb);
+      for (int64_t jj = 0; jj < nvalid; ++jj) {
+        const uint16_t* kr = static_cast<const uint16_t*>(elem_ptr(p.k, esz, s.tb, hk, s.k0 + j0 + jj));
+        for (int64_t dp = 0; dp < g.D / 2; ++dp) kw[dp * kBK + jj] = *reinterpret_cast<const u32_alias*>(kr + 2 * dp);
+        if (g.D & 1) Kb[((g.D >> 1) * kBK + jj) * 2] = kr[g.D - 1];
+      }
+      for (int64_t jj = 0; jj < nvalid; jj += 2) {
+        const uint16_t* v0 = static_cast<const uint16_t*>(elem_ptr(p.v, esz, s.tb, hk, s.k0 + j0 + jj));
+        u32_alias* vd = vw + (jj >> 1) * g.Dvp;
+        if (jj + 1 < nvalid) {
+          const uint16_t* v1 = v0 + p.v.sl;
+          for (int64_t d = 0; d < g.Dv; ++d) vd[d] = (int32_t)((uint32_t)v0[d] | (uint32_t)v1[d] << 16);
+        } else {
+          for (int64_t d = 0; d < g.Dv; ++d) vd[d] = v0[d];
+        }
+      }
+      return;
+    }
+#endif
     for (int64_t jj = 0; jj < nvalid; ++jj) {
       const uint16_t* kr = static_cast<const uint16_t*>(elem_ptr(p.k, esz, s.tb, hk, s.k0 + j0 + jj));
       for (int64_t d = 0; d < g.D; ++d) Kb[((d >> 1) * kBK + jj) * 2 + (d & 1)] = kr[d * p.k.sd];
