@@ -213,13 +213,14 @@ def _dropout_keep(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, m
     ``off_h``: ``tl.rand`` on the counter ``offset + ((b * H + h) * max_q + i) * max_k + j``, in int64
     (B * H * Lq * Lk passes 2**31). A pure function of its coordinates, so every kernel (and tile
     shape) redraws the same mask; fastattn/philox.py is the specification."""
-    return _dropout_keep_at(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, rows[:, None],
-                            cols[None, :])
+    row_ctr = ((off_b * num_heads + off_h) * max_q + rows) * max_k + rng_offset
+    return tl.rand(seed, row_ctr[:, None] + cols[None, :]) >= dropout_p
 
 
 @triton.jit
 def _dropout_keep_at(seed, rng_offset, dropout_p, off_b, off_h, num_heads, max_q, max_k, ri, cj):
-    """:func:`_dropout_keep` with 2-D ``ri``/``cj`` broadcast to the tile (see :func:`_scores_at`)."""
+    """:func:`_dropout_keep` with 2-D ``ri``/``cj`` broadcast to the tile (see :func:`_scores_at`):
+    the same counters, for the transposed tiles of the Hopper dK/dV kernel."""
     row_ctr = ((off_b * num_heads + off_h) * max_q + ri) * max_k + rng_offset
     return tl.rand(seed, row_ctr + cj) >= dropout_p
 
