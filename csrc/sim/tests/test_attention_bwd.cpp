@@ -41,8 +41,10 @@ FA_TEST(attention_bwd_bf16_noncausal_deterministic) {
 template <typename T>
 void check_attention_bwd_hd256(int smem_per_block, int head_dim, const char* name) {
   setenv("FASTATTN_SIM_SMEM_PER_BLOCK", std::to_string(smem_per_block).c_str(), 1);
-  check_attention_bwd<T>(true, true, false, 100, 90, name, head_dim);
-  check_attention_bwd<T>(false, false, true, 70, 100, name, head_dim);
+  // Sizes small enough for the sanitizer builds, still two key blocks of either tile with a ragged
+  // tail, and a ragged last query step (32 rows a step).
+  check_attention_bwd<T>(true, true, false, 50, 80, name, head_dim);
+  check_attention_bwd<T>(false, false, true, 40, 70, name, head_dim);
   unsetenv("FASTATTN_SIM_SMEM_PER_BLOCK");
 }
 
