@@ -17,8 +17,9 @@ wraps ``cast_impl`` so fp32 -> bf16 rounds as the hardware does.
 
 It also supplies a reduction into a tensor descriptor (``desc.atomic_add``, the Hopper
 backward's atomic dQ: ``cp.reduce.async.bulk.tensor``), which the interpreter's builder lacks
-(``create_descriptor_reduce``, Triton 3.9): an fp32 atomic add per element of the tile, with the
-out-of-bounds elements dropped as the hardware drops them. Each fix is applied
+(``create_descriptor_reduce``, Triton 3.9): every reduction kind the language emits (add, min,
+max, and, or, xor) element by element over the tile, with the out-of-bounds elements dropped as the
+hardware drops them. Each fix is applied
 only when a probe shows the installed Triton needs it. It is idempotent, a no-op when the interpreter is not in use, and every fastattn
 launcher calls it, so ``backend="triton"`` on bf16 CPU tensors is right for tests,
 users and outside checks alike.
@@ -81,11 +82,21 @@ def _round_bf16_casts(builder_cls) -> None:
 def _add_descriptor_reduce(builder_cls) -> None:
     from triton._C.libtriton import ir
 
+    kinds, ops = ir.DESCRIPTOR_REDUCE_KIND, ir.ATOMIC_OP
+    # The kinds Triton's language emits (tensor_descriptor.atomic_add/min/max/and/or/xor; it has
+    # no inc/dec), as the interpreter's atomics: float add is FADD, unsigned min/max UMIN/UMAX.
+    signed = {kinds.ADD: ops.ADD, kinds.MIN: ops.MIN, kinds.MAX: ops.MAX,
+              kinds.AND: ops.AND, kinds.OR: ops.OR, kinds.XOR: ops.XOR}
+    unsigned = {**signed, kinds.MIN: ops.UMIN, kinds.MAX: ops.UMAX}
+
     def create_descriptor_reduce(self, kind, desc, value, indices):
-        if kind != ir.DESCRIPTOR_REDUCE_KIND.ADD:
-            raise NotImplementedError(f"descriptor reduction {kind} in the interpreter")
+        scalar = value.dtype.scalar
+        if scalar.is_floating():
+            op = ops.FADD if kind == kinds.ADD else signed[kind]
+        else:
+            op = (unsigned if scalar.is_int_unsigned() else signed)[kind]
         ptrs, mask = desc.materialize_pointers(indices)  # mask: inside the tensor's bounds
-        return self.create_atomic_rmw(ir.ATOMIC_OP.FADD, ptrs, value, mask, ir.MEM_SEMANTIC.RELAXED, None)
+        return self.create_atomic_rmw(op, ptrs, value, mask, ir.MEM_SEMANTIC.RELAXED, None)
 
     builder_cls.create_descriptor_reduce = create_descriptor_reduce
 

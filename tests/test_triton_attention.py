@@ -337,6 +337,49 @@ def test_interpreter_bf16_dot_fix():
     torch.testing.assert_close(c, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["add", "min", "max", "and", "or", "xor"])
+def test_interpreter_descriptor_reduction(kind):
+    """The interpreter lacks reductions into a tensor descriptor (``desc.atomic_<kind>``, TMA's
+    ``cp.reduce.async.bulk.tensor``); the fix applies each kind per element and drops the tile's
+    elements outside the tensor, as the hardware does."""
+    if not INTERPRETED:
+        pytest.skip("the interpreter is not in use")
+    import triton
+    import triton.language as tl
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from fastattn.kernels._interpreter import ensure_interpreter_fixes
+
+    @triton.jit
+    def _reduce(desc, V, KIND: tl.constexpr, N: tl.constexpr):
+        r = tl.arange(0, N)
+        v = tl.load(V + r[:, None] * N + r[None, :])
+        if KIND == "add":
+            desc.atomic_add([8, 0], v)
+        elif KIND == "min":
+            desc.atomic_min([8, 0], v)
+        elif KIND == "max":
+            desc.atomic_max([8, 0], v)
+        elif KIND == "and":
+            desc.atomic_and([8, 0], v)
+        elif KIND == "or":
+            desc.atomic_or([8, 0], v)
+        else:
+            desc.atomic_xor([8, 0], v)
+
+    ensure_interpreter_fixes()
+    dtype = torch.float32 if kind == "add" else torch.int32  # Triton allows min/max on integers only
+    make = (lambda *s: torch.randn(*s)) if dtype == torch.float32 else (lambda *s: torch.randint(-2**30, 2**30, s, dtype=torch.int32))
+    dst, val = make(20, 16), make(16, 16)
+    want = dst.clone()
+    inside = want[8:20]  # the tile covers rows 8..23: rows 20..23 are outside and dropped
+    op = {"add": torch.add, "min": torch.minimum, "max": torch.maximum, "and": torch.bitwise_and,
+          "or": torch.bitwise_or, "xor": torch.bitwise_xor}[kind]
+    inside.copy_(op(inside, val[:12]))
+    _reduce[(1,)](TensorDescriptor.from_tensor(dst, [16, 16]), val, KIND=kind, N=16)
+    torch.testing.assert_close(dst, want, rtol=1e-6, atol=1e-6)
+
+
 def test_interpreter_bf16_cast_rounds_to_nearest_even():
     """The interpreter truncates fp32 -> bf16 casts; the fix rounds to nearest even as the GPU does."""
     if not INTERPRETED:
