@@ -89,8 +89,6 @@ from . import attention_tma, attention_tma_bwd
 
 __all__ = ["attention_fwd", "attention_bwd", "supports", "block_d", "kernel_configs", "select_compiled", "seq_bucket"]
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 # "Unbounded" window side: large enough to never bind, small enough that i + off + w stays in int32.
 _FAR = 1 << 30
 

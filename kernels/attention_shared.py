@@ -14,6 +14,7 @@ import triton.language as tl
 __all__ = ["INTERPRET", "SMEM_LIMIT", "kernel_configs", "seq_bucket"]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+LOG2E = 1.4426950408889634  # exp(x) = exp2(x * LOG2E); host-side (the jitted helpers write the literal)
 
 # Shared memory per block (opt-in maximum), bytes, per compute capability.
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from ._configs import select_compiled
-from .attention_shared import (INTERPRET, SMEM_LIMIT, _TUNE_KEY, _arch, _compile_report, _dropout_keep_at,
+from .attention_shared import (INTERPRET, LOG2E, SMEM_LIMIT, _TUNE_KEY, _arch, _compile_report, _dropout_keep_at,
                                _head_operands, _key_ranges, _lse_rows, _probs_at, _query_ranges, _row_block_id,
                                _score_scale, kernel_configs)
 from .attention_tma import TMA_MIN_ARCH, _descriptor, tma_compatible
@@ -366,7 +366,7 @@ def launch_bwd_tma(q, k, v, dout, lse, lse_lo, delta, dq, dk, dv, dq_acc, dmask,
     if flags["MASK_MODE"] != 2:
         # The kernels read a base-2 LSE: one multiply a row here, not one per row per tile there.
         # (An additive mask's row statistics are base 2 already.)
-        lse = lse * 1.4426950408889634
+        lse = lse * LOG2E
     # Head-dim chunking is for fp32 above 128, which these kernels do not serve.
     flags = {name: value for name, value in flags.items() if name not in ("D_CHUNK", "BLOCK_DV")}
     atomic = dq_acc is not None
